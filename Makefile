@@ -1,0 +1,32 @@
+# `make run` and `make test` do all set-up on a fresh machine: virtualenv, install, then the job.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# pip on this machine prints a warning per package for the mirror's missing index folders.
+PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: run test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -c "import fraudguard, torch, mlflow, prefect, dvc, art, evidently"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fraudguard run
+
+test: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+bench: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) data/validated data/quarantine data/features models reports

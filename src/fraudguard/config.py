@@ -1,0 +1,215 @@
+"""Typed, validated settings loaded from params.yaml, the single source of tunables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fraudguard.errors import ConfigError
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulateSettings(_Strict):
+    seed: int
+    n_customers: int = Field(gt=0)
+    n_terminals: int = Field(gt=0)
+    n_days: int = Field(gt=0)
+    start_date: dt.date
+    terminal_radius: float = Field(gt=0)
+    output: Path
+
+
+class ValidateSettings(_Strict):
+    input: Path
+    max_amount: float = Field(gt=0)
+    max_speed_km_per_hour: float = Field(gt=0)
+    grid_km_per_unit: float = Field(gt=0)
+    max_robust_z: float = Field(gt=0)
+    min_customer_history: int = Field(ge=2)
+    max_quarantine_share: float = Field(ge=0, le=1)
+
+
+class FeaturizeSettings(_Strict):
+    windows_days: list[int] = Field(min_length=1)
+    label_delay_days: int = Field(ge=0)
+    night_end_hour: int = Field(ge=0, le=23)
+    train_days: int = Field(gt=0)
+    delay_gap_days: int = Field(ge=0)
+    test_days: int = Field(gt=0)
+
+
+class ModelSettings(_Strict):
+    features: list[str] = Field(min_length=1)
+    hidden_sizes: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class FeatureBounds(_Strict):
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FeatureBounds":
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class ThreatModelSettings(_Strict):
+    controlled_features: dict[str, FeatureBounds] = Field(min_length=1)
+    epsilon: float = Field(gt=0)
+    eps_step: float = Field(gt=0)
+    pgd_iterations: int = Field(gt=0)
+
+
+class AdversarialSettings(_Strict):
+    enabled: bool
+    attack: Literal["fgsm", "fgsm_random_start", "pgd"]
+    ratio: float = Field(ge=0, le=1)
+
+
+class TrainSettings(_Strict):
+    seed: int
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    class_weighting: Literal["balanced", "none"]
+    adversarial: AdversarialSettings
+    torch_threads: int = Field(gt=0)
+
+
+class EvaluateSettings(_Strict):
+    card_precision_k: int = Field(gt=0)
+    fpr_for_recall: float = Field(gt=0, lt=1)
+
+
+class QualityGateSettings(_Strict):
+    min_average_precision: float = Field(ge=0, le=1)
+    min_card_precision_at_k: float = Field(ge=0, le=1)
+    min_recall_at_fpr: float = Field(ge=0, le=1)
+    non_inferiority_tolerance: float = Field(ge=0)
+
+
+class RobustnessGateSettings(_Strict):
+    epsilons: list[float] = Field(min_length=1)
+    min_robust_recall: float = Field(ge=0, le=1)
+    non_inferiority_tolerance: float = Field(ge=0)
+    hopskipjump_samples: int = Field(ge=0)
+    hopskipjump_max_iter: int = Field(gt=0)
+
+
+class DriftGateSettings(_Strict):
+    drift_share_threshold: float = Field(ge=0, le=1)
+    window_days: int = Field(gt=0)
+
+
+class StaticAnalysisGateSettings(_Strict):
+    paths: list[str] = Field(min_length=1)
+    min_severity: Literal["low", "medium", "high"]
+    min_confidence: Literal["low", "medium", "high"]
+
+
+class PrivacyGateSettings(_Strict):
+    max_attack_auc: float = Field(ge=0.5, le=1)
+    sample_size: int = Field(gt=0)
+
+
+class GatesSettings(_Strict):
+    quality: QualityGateSettings
+    robustness: RobustnessGateSettings
+    drift: DriftGateSettings
+    static_analysis: StaticAnalysisGateSettings
+    privacy: PrivacyGateSettings
+
+
+class RegistrySettings(_Strict):
+    model_name: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)
+
+
+class Settings(_Strict):
+    simulate: SimulateSettings
+    validate_: ValidateSettings = Field(alias="validate")
+    featurize: FeaturizeSettings
+    model: ModelSettings
+    threat_model: ThreatModelSettings
+    train: TrainSettings
+    evaluate: EvaluateSettings
+    gates: GatesSettings
+    registry: RegistrySettings
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _attacker_features_are_model_features(self) -> "Settings":
+        unknown = sorted(set(self.threat_model.controlled_features) - set(self.model.features))
+        if unknown:
+            raise ValueError(
+                f"threat_model.controlled_features names features the model does not use: {unknown}"
+            )
+        return self
+
+    def as_params_dict(self) -> dict[str, Any]:
+        """The settings as plain data, with the same keys as params.yaml."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_settings(raw: Any, source: str = "<params>") -> Settings:
+    """Validate already-parsed params data; errors name each bad key and the source."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "<root>"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            elif err["type"] == "missing":
+                problems.append(f"missing key '{key}'")
+            else:
+                problems.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: invalid params: " + "; ".join(problems)) from exc
+
+
+def load_settings(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read params.yaml (plus optional nested overrides) into validated Settings."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read params file: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if overrides:
+        raw = merge_overrides(raw, overrides)
+    return parse_settings(raw, source=str(path))
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge overrides into a copy of base. Dotted keys ("train.epochs") are accepted."""
+    merged: dict[str, Any] = dict(base)
+    for key, value in overrides.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            value = {rest: value}
+            key = head
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,1 @@
+"""Transaction data: schema, simulator, reading, validation and DVC versioning."""

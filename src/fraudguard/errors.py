@@ -1,0 +1,41 @@
+"""Project exceptions: each names the file, row, field or gate at fault."""
+
+
+class FraudGuardError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+
+class ConfigError(FraudGuardError):
+    """params.yaml (or an override) is missing, unreadable, or has an unknown or ill-typed key."""
+
+
+class DataError(FraudGuardError):
+    """A data file cannot be read, lacks required columns, or fails a batch-level check."""
+
+
+class DataVersionError(FraudGuardError):
+    """DVC state is inconsistent: missing remote data, md5 mismatch, failed dvc command."""
+
+
+class ModelError(FraudGuardError):
+    """A model artifact is missing, malformed, or fails its integrity check."""
+
+
+class RegistryError(FraudGuardError):
+    """The MLflow registry is not in the state an operation needs (no version, no history...)."""
+
+
+class PromotionBlocked(FraudGuardError):
+    """A candidate failed one or more gates; the registry was left as it was."""
+
+    def __init__(self, version: int, failed_gates: list[str], reasons: list[str]):
+        self.version = version
+        self.failed_gates = failed_gates
+        self.reasons = reasons
+        super().__init__(
+            f"version {version} blocked by gate(s) {', '.join(failed_gates)}: " + "; ".join(reasons)
+        )
+
+
+class AuditError(FraudGuardError):
+    """The audit log's hash chain is broken (an entry edited, removed or reordered)."""

@@ -1,0 +1,1 @@
+"""Promotion gates: each module exposes one `(candidate, context, settings) -> GateResult` function."""

@@ -1,0 +1,89 @@
+"""Where the pipeline's files live inside a project checkout (DVC outs and reports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """The project's file layout, rooted at a checkout; stages and flows take one of these."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: Path | str = ".") -> "ProjectPaths":
+        return cls(Path(root).resolve())
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def raw_dvc_file(self) -> Path:
+        return self.root / "data.dvc"
+
+    @property
+    def validated(self) -> Path:
+        return self.root / "data" / "validated" / "transactions.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "data" / "quarantine" / "transactions.parquet"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "data" / "features"
+
+    @property
+    def train_features(self) -> Path:
+        return self.features_dir / "train.parquet"
+
+    @property
+    def test_features(self) -> Path:
+        return self.features_dir / "test.parquet"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.reports_dir / "validation.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def model_weights(self) -> Path:
+        return self.models_dir / "model.pt"
+
+    @property
+    def preprocess(self) -> Path:
+        return self.models_dir / "preprocess.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.models_dir / "metrics.json"
+
+    @property
+    def training_history(self) -> Path:
+        return self.models_dir / "training_history.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.models_dir / "evaluation.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.models_dir / "plots"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"

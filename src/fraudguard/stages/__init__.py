@@ -1,0 +1,1 @@
+"""DVC stages: one module per stage, each run as `python -m fraudguard.stages.<name>`."""
