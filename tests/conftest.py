@@ -1,0 +1,34 @@
+"""Shared fixtures: small, seeded settings so tests stay fast on 2 cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fraudguard.config import Settings, merge_overrides, parse_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# A small world: a few thousand transactions, trains in seconds.
+SMALL_OVERRIDES = {
+    "simulate": {"n_customers": 100, "n_terminals": 200, "n_days": 60},
+    "featurize": {"train_days": 35, "delay_gap_days": 7, "test_days": 14},
+    "train": {"epochs": 4, "batch_size": 256, "torch_threads": 1},
+    "gates": {"privacy": {"sample_size": 500}},
+}
+
+
+def small_params(extra: dict | None = None) -> dict:
+    """params.yaml's content with the small-world overrides (plus `extra`) applied."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw = merge_overrides(raw, SMALL_OVERRIDES)
+    if extra:
+        raw = merge_overrides(raw, extra)
+    return raw
+
+
+@pytest.fixture
+def small_settings() -> Settings:
+    return parse_settings(small_params(), source="small test params")
