@@ -30,3 +30,32 @@ bench: install
 
 clean:
 	rm -rf $(VENV) data/validated data/quarantine data/features models reports
+
+# --- Pull-request CI (.github/workflows/pull-request.yml calls exactly these) ----------------------
+# On a laptop: `make ci-report BASE_REF=main` after a `dvc repro` / `fraudguard promote --dry-run`.
+# ci-profile rewrites params.yaml (CI's checkout is throwaway): run it only in a scratch clone.
+FG := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fraudguard
+DVC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc
+BASE_REF ?= HEAD
+HEAD_REV ?=
+CI_PROFILE ?= params.ci.yaml
+GATE_DIR ?= reports/gates
+
+.PHONY: bandit ci-profile ci-pipeline ci-gates ci-report
+
+bandit: install
+	$(FG) ci bandit --out-dir reports
+
+ci-profile: install
+	$(FG) ci profile $(CI_PROFILE)
+
+ci-pipeline: install
+	$(FG) data simulate
+	$(DVC) repro
+	$(FG) register
+
+ci-gates: install
+	$(FG) promote --dry-run
+
+ci-report: install
+	$(FG) ci report --base $(BASE_REF) $(if $(HEAD_REV),--head $(HEAD_REV)) --gate-dir $(GATE_DIR)

@@ -26,6 +26,13 @@ class SimulateSettings(_Strict):
     start_date: dt.date
     terminal_radius: float = Field(gt=0)
     output: Path
+    fraud_amount_threshold: float = Field(gt=0)
+    terminal_compromise_share_per_day: float = Field(ge=0, le=1)
+    terminal_compromise_days: int = Field(gt=0)
+    customer_compromise_share_per_day: float = Field(ge=0, le=1)
+    customer_compromise_days: int = Field(gt=0)
+    customer_fraud_share: float = Field(ge=0, le=1)
+    customer_fraud_amount_factor: float = Field(gt=0)
 
 
 class ValidateSettings(_Strict):
@@ -36,6 +43,8 @@ class ValidateSettings(_Strict):
     max_robust_z: float = Field(gt=0)
     min_customer_history: int = Field(ge=2)
     max_quarantine_share: float = Field(ge=0, le=1)
+    terminal_locations: Path | None = None
+    assumed_terminal_distance_units: float = Field(ge=0)
 
 
 class FeaturizeSettings(_Strict):
@@ -45,6 +54,14 @@ class FeaturizeSettings(_Strict):
     train_days: int = Field(gt=0)
     delay_gap_days: int = Field(ge=0)
     test_days: int = Field(gt=0)
+
+    @field_validator("windows_days")
+    @classmethod
+    def _positive_distinct_windows(cls, windows: list[int]) -> list[int]:
+        # Each window names two feature columns; a repeated one would collide.
+        if any(w <= 0 for w in windows) or len(set(windows)) != len(windows):
+            raise ValueError(f"windows must be distinct positive day counts, got {windows}")
+        return windows
 
 
 class ModelSettings(_Strict):
@@ -64,11 +81,31 @@ class FeatureBounds(_Strict):
         return self
 
 
+class DerivedFeatureSettings(_Strict):
+    """A feature the attacker moves indirectly: a customer average whose window includes the current
+    transaction moves by (change of `source`) / `count` when the attacker changes `source`."""
+
+    source: str
+    count: str
+
+
 class ThreatModelSettings(_Strict):
     controlled_features: dict[str, FeatureBounds] = Field(min_length=1)
+    derived_features: dict[str, DerivedFeatureSettings] = Field(default_factory=dict)
     epsilon: float = Field(gt=0)
     eps_step: float = Field(gt=0)
     pgd_iterations: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _derived_follow_controlled(self) -> "ThreatModelSettings":
+        for name, spec in self.derived_features.items():
+            if name in self.controlled_features:
+                raise ValueError(f"derived feature {name} is also listed in controlled_features")
+            if spec.source not in self.controlled_features:
+                raise ValueError(
+                    f"derived feature {name}: source {spec.source} is not a controlled feature"
+                )
+        return self
 
 
 class AdversarialSettings(_Strict):
@@ -86,6 +123,7 @@ class TrainSettings(_Strict):
     class_weighting: Literal["balanced", "none"]
     adversarial: AdversarialSettings
     torch_threads: int = Field(gt=0)
+    validation_share: float = Field(ge=0, lt=0.5)
 
 
 class EvaluateSettings(_Strict):
@@ -106,6 +144,16 @@ class RobustnessGateSettings(_Strict):
     non_inferiority_tolerance: float = Field(ge=0)
     hopskipjump_samples: int = Field(ge=0)
     hopskipjump_max_iter: int = Field(gt=0)
+    max_attack_rows: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seed: int
+
+    @field_validator("epsilons")
+    @classmethod
+    def _positive_epsilons(cls, value: list[float]) -> list[float]:
+        if any(eps <= 0 for eps in value):
+            raise ValueError(f"every epsilon must be > 0, got {value}")
+        return value
 
 
 class DriftGateSettings(_Strict):
@@ -121,7 +169,9 @@ class StaticAnalysisGateSettings(_Strict):
 
 class PrivacyGateSettings(_Strict):
     max_attack_auc: float = Field(ge=0.5, le=1)
-    sample_size: int = Field(gt=0)
+    sample_size: int = Field(ge=4)
+    attack_model_type: Literal["rf", "gb", "lr", "nn"]
+    seed: int
 
 
 class GatesSettings(_Strict):
@@ -135,6 +185,8 @@ class GatesSettings(_Strict):
 class RegistrySettings(_Strict):
     model_name: str = Field(min_length=1)
     experiment: str = Field(min_length=1)
+    reference_sample_rows: int = Field(gt=0)
+    reference_sample_seed: int
 
 
 class Settings(_Strict):
@@ -157,6 +209,14 @@ class Settings(_Strict):
         if unknown:
             raise ValueError(
                 f"threat_model.controlled_features names features the model does not use: {unknown}"
+            )
+        derived = self.threat_model.derived_features
+        unknown = sorted(
+            ({*derived} | {spec.count for spec in derived.values()}) - set(self.model.features)
+        )
+        if unknown:
+            raise ValueError(
+                f"threat_model.derived_features names features the model does not use: {unknown}"
             )
         return self
 

@@ -1,5 +1,114 @@
-"""`fraudguard data ...`: simulate, import, push, pull."""
+"""`fraudguard data ...`: simulate, import, push, pull, validate.
+
+Heavy modules are imported inside each command so `fraudguard --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from fraudguard.errors import FraudGuardError
+
 app = typer.Typer(no_args_is_help=True)
+
+ROOT_OPTION = typer.Option(Path("."), "--root", help="Project checkout (holds params.yaml and data.dvc).")
+
+
+def _fail(exc: FraudGuardError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def simulate(root: Path = ROOT_OPTION) -> None:
+    """Write the seeded simulator's transactions (params.yaml `simulate`) to data/raw."""
+    from fraudguard.config import load_settings
+    from fraudguard.data.io import file_md5, read_transactions
+    from fraudguard.data.versioning import simulate_raw_data
+    from fraudguard.logs import configure_logging
+    from fraudguard.paths import ProjectPaths
+
+    configure_logging()
+    try:
+        paths = ProjectPaths.at(root)
+        target = simulate_raw_data(paths, load_settings(paths.params))
+        frame = read_transactions(target)
+    except FraudGuardError as exc:
+        _fail(exc)
+    typer.echo(f"{target}: {len(frame)} rows, fraud rate {frame['TX_FRAUD'].mean():.4f}, md5 {file_md5(target)}")
+    typer.echo("version it with `dvc add data/raw` (or `fraudguard data import`), then git commit data.dvc")
+
+
+@app.command("import")
+def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the raw schema."),
+            root: Path = ROOT_OPTION) -> None:
+    """Validate a transactions file, make it data/raw/transactions.parquet and version it with DVC."""
+    from fraudguard.config import load_settings
+    from fraudguard.data.versioning import import_data
+    from fraudguard.logs import configure_logging
+    from fraudguard.paths import ProjectPaths
+
+    configure_logging()
+    try:
+        paths = ProjectPaths.at(root)
+        outcome = import_data(path, paths, load_settings(paths.params))
+    except FraudGuardError as exc:
+        _fail(exc)
+    report = outcome.validation_report
+    typer.echo(f"imported {path}: {outcome.rows} rows ({report['rows_quarantined']} will be quarantined), "
+               f"data/raw is now {outcome.md5}")
+    typer.echo("run `git add data.dvc && git commit` to record this version, `fraudguard data push` to share it")
+
+
+@app.command()
+def push(root: Path = ROOT_OPTION) -> None:
+    """Upload data.dvc's version of data/raw to the default DVC remote."""
+    from fraudguard.data.versioning import push_data
+    from fraudguard.logs import configure_logging
+    from fraudguard.paths import ProjectPaths
+
+    configure_logging()
+    try:
+        remote = push_data(ProjectPaths.at(root))
+    except FraudGuardError as exc:
+        _fail(exc)
+    typer.echo(f"pushed data/raw to remote '{remote}'")
+
+
+@app.command()
+def pull(root: Path = ROOT_OPTION) -> None:
+    """Fetch data.dvc's version of data/raw, or regenerate it (md5-checked) when no remote holds it."""
+    from fraudguard.config import load_settings
+    from fraudguard.data.versioning import pull_data
+    from fraudguard.logs import configure_logging
+    from fraudguard.paths import ProjectPaths
+
+    configure_logging()
+    try:
+        paths = ProjectPaths.at(root)
+        outcome = pull_data(paths, load_settings(paths.params))
+    except FraudGuardError as exc:
+        _fail(exc)
+    typer.echo(f"data/raw {outcome.md5}: {outcome.source}")
+
+
+@app.command()
+def validate(root: Path = ROOT_OPTION) -> None:
+    """Run the validate stage: data/raw -> data/validated, data/quarantine, reports/validation.json."""
+    from fraudguard.config import load_settings
+    from fraudguard.logs import configure_logging
+    from fraudguard.paths import ProjectPaths
+    from fraudguard.stages.validate import run_validation
+
+    configure_logging()
+    try:
+        paths = ProjectPaths.at(root)
+        result = run_validation(paths, load_settings(paths.params))
+    except FraudGuardError as exc:
+        _fail(exc)
+    report = result.report
+    typer.echo(f"{report['rows_in']} rows: {report['rows_accepted']} accepted, "
+               f"{report['rows_quarantined']} quarantined {report['reasons']}; "
+               f"fraud rate {report['fraud_rate']:.4f}")

@@ -1,0 +1,243 @@
+"""Evasion attacks (ART) restricted to the threat model.
+
+Every attack passes the threat mask to ART's generate(), so gradients and random starts only touch
+attacker-controlled features, and then re-projects with ThreatModel.project, so uncontrolled features
+equal the original exactly and controlled ones stay within eps and their valid range, whatever ART did.
+Inputs and outputs are standardized float32 arrays (ModelBundle.standardizer.transform).
+
+Derived features (customer averages that include the current amount) follow the amount. So that ART's
+gradients see that coupling, attacks run in a reparametrized space z where each derived feature is
+replaced by its part not explained by the amount (z_d = x_d - x_amount * k, k = amount_std / (count *
+avg_std)); the attacked model maps z back to x first. Moving the amount in z moves the averages exactly
+as in the real world, and ART's gradient w.r.t. the amount includes the path through the averages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from typing import Iterator
+
+import numpy as np
+import torch
+from art.attacks.evasion import FastGradientMethod, HopSkipJump
+from art.estimators.classification import PyTorchClassifier
+from tqdm.auto import tqdm
+
+from fraudguard.threat import DerivedFeature, ThreatModel
+
+logger = logging.getLogger(__name__)
+
+# ART logs at INFO on every call: FGM a "success rate" that is a 0% placeholder without random restarts,
+# the classifier its inferred layer count. In a training loop that is one line per batch.
+_NOISY_ART_LOGGERS = ("art.attacks.evasion.fast_gradient", "art.estimators.classification.pytorch")
+
+
+@contextlib.contextmanager
+def _quiet_art() -> Iterator[None]:
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in _NOISY_ART_LOGGERS]
+    for art_logger, _ in saved:
+        art_logger.setLevel(max(logging.WARNING, art_logger.level))
+    try:
+        yield
+    finally:
+        for art_logger, level in saved:
+            art_logger.setLevel(level)
+
+
+class _Float32Input(torch.nn.Module):
+    """Casts inputs to float32: HopSkipJump's binary search hands ART float64 arrays, which ART passes
+    to the module unconverted. Holds the wrapped module, so parameters stay shared with it."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.float())
+
+
+class _CoupledInput(torch.nn.Module):
+    """Maps the attack space z back to features x (derived = z_d + z_source * k(count)), then scores."""
+
+    def __init__(self, module: torch.nn.Module, threat: ThreatModel):
+        super().__init__()
+        self.module = module
+        self.derived = threat.derived
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.float()
+        columns = list(z.unbind(dim=1))
+        for d in self.derived:
+            count = torch.clamp(torch.round(z[:, d.count_index] * d.count_std + d.count_mean), min=1.0)
+            columns[d.index] = z[:, d.index] + z[:, d.source] * (d.source_std / d.std) / count
+        return self.module(torch.stack(columns, dim=1))
+
+
+def _slope(x: np.ndarray, d: DerivedFeature) -> np.ndarray:
+    count = np.maximum(np.rint(x[:, d.count_index].astype(np.float64) * d.count_std + d.count_mean), 1.0)
+    return (d.source_std / d.std) / count
+
+
+def _to_attack_space(x: np.ndarray, threat: ThreatModel) -> np.ndarray:
+    z = x.astype(np.float64)
+    for d in threat.derived:
+        z[:, d.index] = z[:, d.index] - z[:, d.source] * _slope(x, d)
+    return z.astype(np.float32)
+
+
+def _from_attack_space(z: np.ndarray, threat: ThreatModel) -> np.ndarray:
+    x = z.astype(np.float64)
+    for d in threat.derived:
+        x[:, d.index] = x[:, d.index] + x[:, d.source] * _slope(z, d)
+    return x.astype(np.float32)
+
+
+_COUPLED: "weakref.WeakKeyDictionary[PyTorchClassifier, tuple[ThreatModel, PyTorchClassifier]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _attack_classifier(classifier: PyTorchClassifier, threat: ThreatModel) -> PyTorchClassifier:
+    """The classifier ART attacks: the given one, or one on the coupled space when features are derived
+    (memoized per classifier and threat model: training attacks every batch)."""
+    if not threat.derived:
+        return classifier
+    cached = _COUPLED.get(classifier)
+    if cached is not None and cached[0] is threat:
+        return cached[1]
+    with _quiet_art():
+        coupled = PyTorchClassifier(
+            model=_CoupledInput(classifier.model, threat),
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=(threat.n_features,),
+            nb_classes=2,
+            device_type="cpu",
+        )
+    _COUPLED[classifier] = (threat, coupled)
+    return coupled
+
+
+def make_art_classifier(
+    module: torch.nn.Module,
+    n_features: int,
+    clip_values: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PyTorchClassifier:
+    """Wrap a 2-logit module (shared, not copied) as an ART classifier on CPU with cross-entropy loss."""
+    with _quiet_art():
+        return PyTorchClassifier(
+            model=_Float32Input(module),
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=(n_features,),
+            nb_classes=2,
+            clip_values=clip_values,
+            device_type="cpu",
+        )
+
+
+def _check_inputs(x: np.ndarray, threat: ThreatModel, y: np.ndarray | None = None) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != threat.n_features:
+        raise ValueError(f"attack inputs must have shape (N, {threat.n_features}), got {x.shape}")
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"attack labels: {len(y)} labels for {len(x)} rows")
+    return x
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y).astype(np.int64).reshape(-1)
+
+
+def masked_fgsm(
+    classifier: PyTorchClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    threat: ThreatModel,
+    eps: float,
+    random_start: bool = False,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """One signed-gradient step of size eps on controlled features (optionally from a random point in the
+    eps-ball), raising the loss of the true labels `y`; the result satisfies the threat model."""
+    x = _check_inputs(x, threat, y)
+    if len(x) == 0 or eps == 0:
+        return x.copy()
+    attack = FastGradientMethod(
+        _attack_classifier(classifier, threat),
+        norm=np.inf,
+        eps=eps,
+        eps_step=eps,
+        num_random_init=1 if random_start else 0,
+        batch_size=batch_size,
+    )
+    with _quiet_art():
+        z_adv = attack.generate(_to_attack_space(x, threat), y=_labels(y), mask=threat.mask)
+    return threat.project(_from_attack_space(z_adv, threat), x, eps)
+
+
+def masked_pgd(
+    classifier: PyTorchClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    threat: ThreatModel,
+    eps: float,
+    eps_step: float,
+    max_iter: int,
+    batch_size: int = 1024,
+    verbose: bool = False,
+) -> np.ndarray:
+    """L-inf PGD on controlled features raising the loss of the true labels `y`: max_iter masked
+    signed-gradient steps of eps_step (ART), each followed by exact projection onto the threat model."""
+    x = _check_inputs(x, threat, y)
+    if len(x) == 0 or eps == 0:
+        return x.copy()
+    labels = _labels(y)
+    # ART's ProjectedGradientDescent projects onto the eps-ball only, so iterates could leave the feature
+    # bounds and be clipped once at the end; stepping with ART's FGM and projecting onto ball and bounds
+    # (a box, so clipping is the exact projection) after each step keeps every iterate valid.
+    step = FastGradientMethod(
+        _attack_classifier(classifier, threat), norm=np.inf, eps=eps_step, eps_step=eps_step,
+        batch_size=batch_size,
+    )
+    x_adv = x.copy()
+    for _ in tqdm(range(max_iter), desc="PGD", disable=not verbose, leave=False):
+        with _quiet_art():
+            z_adv = step.generate(_to_attack_space(x_adv, threat), y=labels, mask=threat.mask)
+        x_adv = threat.project(_from_attack_space(z_adv, threat), x, eps)
+    return x_adv
+
+
+def hop_skip_jump(
+    classifier: PyTorchClassifier,
+    x: np.ndarray,
+    threat: ThreatModel,
+    max_iter: int,
+    max_eval: int = 1000,
+    init_eval: int = 100,
+    batch_size: int = 1024,
+    eps: float | None = None,
+    verbose: bool = False,
+) -> np.ndarray:
+    """Decision-based (black-box) L-inf HopSkipJump on controlled features, projected onto the threat
+    model with radius `eps` (default threat.epsilon). HSJ minimizes distance to the decision boundary,
+    so a row stays adversarial after projection only if HSJ found a crossing within eps."""
+    x = _check_inputs(x, threat)
+    eps = threat.epsilon if eps is None else eps
+    if len(x) == 0 or eps == 0:
+        return x.copy()
+    attack = HopSkipJump(
+        _attack_classifier(classifier, threat),
+        batch_size=batch_size,
+        targeted=False,
+        norm=np.inf,
+        max_iter=max_iter,
+        max_eval=max_eval,
+        init_eval=init_eval,
+        verbose=verbose,
+    )
+    z_adv = attack.generate(_to_attack_space(x, threat), mask=threat.mask)
+    x_adv = _from_attack_space(z_adv.astype(np.float32), threat)
+    # A row HSJ could not attack comes back unchanged; guard against non-finite values all the same.
+    x_adv = np.where(np.isfinite(x_adv), x_adv, x)
+    return threat.project(x_adv, x, eps)

@@ -1,0 +1,86 @@
+"""`fraudguard register` and `fraudguard model ...`: log the pipeline's outputs to MLflow, register the
+model, and show a version's lineage. mlflow and torch are imported inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+RootOption = Annotated[Path, typer.Option(help="Project checkout holding models/, data/ and params.yaml.")]
+ParamsOption = Annotated[
+    Optional[Path], typer.Option(help="params file (default: <root>/params.yaml).")
+]
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _ui_hint(root: Path, tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store (relative path when run from the root)."""
+    from fraudguard.tracking import DB_FILENAME, sqlite_db_path
+
+    db = sqlite_db_path(tracking_uri)
+    if db is not None and db == (root / DB_FILENAME).resolve() and Path.cwd().resolve() == root:
+        return f"mlflow ui --backend-store-uri sqlite:///{DB_FILENAME}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+@app.command("register")
+def register(
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+    flow_run_id: Annotated[
+        Optional[str], typer.Option(help="Prefect flow run to record in the lineage (default: current, if any).")
+    ] = None,
+) -> None:
+    """Log models/ outputs as an MLflow run and register them as a new version of the model."""
+    from fraudguard.config import load_settings
+    from fraudguard.errors import FraudGuardError
+    from fraudguard.logs import configure_logging
+    from fraudguard.tracking import configure_mlflow, log_training_run, resolve_tracking_uri
+
+    configure_logging()
+    root = root.resolve()
+    try:
+        settings = load_settings(params or root / "params.yaml")
+        configure_mlflow(root, settings)
+        record = log_training_run(root, settings, flow_run_id=flow_run_id)
+    except FraudGuardError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"registered {settings.registry.model_name} version {record.version} (run {record.run_id})")
+    typer.echo(f"model uri: {record.model_uri}")
+    for name, value in sorted(record.metrics.items()):
+        typer.echo(f"  {name} = {value:.6g}")
+    typer.echo(f"weights sha256: {record.lineage['artifact.sha256']}")
+    typer.echo(f"review: {_ui_hint(root, resolve_tracking_uri(root))}")
+
+
+@app.command("lineage")
+def lineage(
+    version: Annotated[int, typer.Argument(help="Registered model version.")],
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+) -> None:
+    """Print a registered version's lineage and artifact tags."""
+    from fraudguard.config import load_settings
+    from fraudguard.errors import FraudGuardError
+    from fraudguard.tracking import configure_mlflow, registered_version_tags
+
+    root = root.resolve()
+    try:
+        settings = load_settings(params or root / "params.yaml")
+        client = configure_mlflow(root, settings)
+        tags = registered_version_tags(client, settings.registry.model_name, version)
+    except FraudGuardError as exc:
+        _fail(exc)
+        return
+    for key in sorted(tags):
+        if key.startswith(("lineage.", "artifact.")):
+            typer.echo(f"{key} = {tags[key]}")

@@ -1,0 +1,117 @@
+"""Privacy gate: can an attacker tell the model's training transactions from unseen ones?
+
+ART's black-box membership inference attack (MembershipInferenceBlackBox) is trained on the model's
+outputs for half of a sample of members (training split) and non-members (test split), then scored on
+the other half; an attack AUC near 0.5 means the model leaks little about who was in its training data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fraudguard.data.schema import TX_FRAUD
+from fraudguard.errors import DataError
+from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fraudguard.config import PrivacyGateSettings
+    from fraudguard.model import ModelBundle
+
+logger = logging.getLogger(__name__)
+
+GATE_NAME = "privacy"
+
+
+def _sample(frame: "pd.DataFrame", n: int, rng: np.random.Generator) -> "pd.DataFrame":
+    # Random order, not time order: the two halves must come from the same period.
+    return frame.iloc[rng.choice(len(frame), n, replace=False)]
+
+
+def membership_attack_auc(
+    bundle: "ModelBundle",
+    members: "pd.DataFrame",
+    non_members: "pd.DataFrame",
+    settings: "PrivacyGateSettings",
+) -> dict[str, float]:
+    """Attack AUC (and accuracy) of ART's black-box membership inference on held-out halves of the samples."""
+    import torch
+    from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
+    from sklearn.metrics import roc_auc_score
+
+    from fraudguard.attacks import make_art_classifier
+
+    rng = np.random.default_rng(settings.seed)
+    n = min(settings.sample_size, len(members), len(non_members))
+    if n < 4:
+        raise DataError(
+            f"privacy gate: needs >= 4 member and non-member rows, got {len(members)} and {len(non_members)}"
+        )
+    members, non_members = _sample(members, n, rng), _sample(non_members, n, rng)
+    x_in, y_in = bundle.standardizer.transform(members), members[TX_FRAUD].to_numpy().astype(np.int64)
+    x_out, y_out = bundle.standardizer.transform(non_members), non_members[TX_FRAUD].to_numpy().astype(np.int64)
+    half = n // 2
+
+    classifier = make_art_classifier(bundle.module, x_in.shape[1])
+    attack = MembershipInferenceBlackBox(classifier, input_type="prediction",
+                                         attack_model_type=settings.attack_model_type)
+    # ART builds its default sklearn attack models unseeded; seed them so the gate is reproducible.
+    if hasattr(attack.attack_model, "random_state"):
+        attack.attack_model.set_params(random_state=settings.seed)
+    torch.manual_seed(settings.seed)
+    attack.fit(x=x_in[:half], y=y_in[:half], test_x=x_out[:half], test_y=y_out[:half])
+    p_in = np.asarray(attack.infer(x_in[half:], y_in[half:], probabilities=True), dtype=float).ravel()
+    p_out = np.asarray(attack.infer(x_out[half:], y_out[half:], probabilities=True), dtype=float).ravel()
+    truth = np.concatenate([np.ones(p_in.size), np.zeros(p_out.size)])
+    guess = np.concatenate([p_in, p_out])
+    return {
+        "attack_auc": float(roc_auc_score(truth, guess)),
+        "attack_accuracy": float(((guess >= 0.5) == truth).mean()),
+        "n_attack_train": float(2 * half),
+        "n_attack_eval": float(truth.size),
+    }
+
+
+def run_privacy_gate(
+    candidate: ModelUnderTest, context: GateContext, settings: "PrivacyGateSettings"
+) -> GateResult:
+    """Block when the membership inference attack's AUC exceeds max_attack_auc."""
+    metrics = membership_attack_auc(candidate.bundle, context.train_features, context.test_features, settings)
+    auc = metrics["attack_auc"]
+    passed = auc <= settings.max_attack_auc
+    comparison = "<=" if passed else ">"
+    reason = f"membership inference attack_auc {auc:.4f} {comparison} max_attack_auc {settings.max_attack_auc:.4f}"
+    thresholds = {"max_attack_auc": settings.max_attack_auc}
+
+    context.report_dir.mkdir(parents=True, exist_ok=True)
+    report = context.report_dir / "privacy.json"
+    report.write_text(
+        json.dumps(
+            {
+                "gate": GATE_NAME,
+                "passed": passed,
+                "reason": reason,
+                "attack": f"art MembershipInferenceBlackBox (input_type=prediction, "
+                          f"attack_model_type={settings.attack_model_type})",
+                "metrics": metrics,
+                "thresholds": thresholds,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    logger.info("privacy gate %s: %s", "passed" if passed else "BLOCKED", reason)
+    return GateResult(
+        name=GATE_NAME,
+        passed=passed,
+        metrics=metrics,
+        thresholds=thresholds,
+        reason=reason,
+        report_paths=(report,),
+    )

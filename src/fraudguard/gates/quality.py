@@ -1,0 +1,100 @@
+"""Quality gate: absolute metric floors, and non-inferiority against the champion on the same test split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from fraudguard.data.schema import TX_FRAUD
+from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+
+if TYPE_CHECKING:
+    from fraudguard.config import QualityGateSettings
+
+logger = logging.getLogger(__name__)
+
+GATE_NAME = "quality"
+# Metrics the gate judges, with the settings key holding each floor.
+_FLOORS = {
+    "average_precision": "min_average_precision",
+    "card_precision_at_k": "min_card_precision_at_k",
+    "recall_at_fpr": "min_recall_at_fpr",
+}
+
+
+def score_quality(candidate: ModelUnderTest, context: GateContext) -> dict[str, float]:
+    """Clean ranking metrics of one model on context.test_features (no attack)."""
+    from fraudguard.evaluation import ranking_metrics
+
+    frame = context.test_features
+    scores = candidate.bundle.predict_proba(frame)
+    y = frame[TX_FRAUD].to_numpy().astype(int)
+    return ranking_metrics(y, scores, frame, context.settings)
+
+
+def run_quality_gate(
+    candidate: ModelUnderTest, context: GateContext, settings: "QualityGateSettings"
+) -> GateResult:
+    """Pass when every judged metric clears its floor and, with a champion, is >= champion - tolerance."""
+    measured = score_quality(candidate, context)
+    metrics = dict(measured)
+    thresholds: dict[str, float] = {}
+    failures: list[str] = []
+
+    for metric, key in _FLOORS.items():
+        floor = float(getattr(settings, key))
+        thresholds[f"{metric}.floor"] = floor
+        if measured[metric] < floor:
+            failures.append(f"{metric} {measured[metric]:.4f} < floor {floor:.4f}")
+
+    champion_metrics: dict[str, float] | None = None
+    if context.champion is not None:
+        champion_metrics = score_quality(context.champion, context)
+        tolerance = settings.non_inferiority_tolerance
+        for metric in _FLOORS:
+            bar = champion_metrics[metric] - tolerance
+            metrics[f"champion.{metric}"] = champion_metrics[metric]
+            thresholds[f"{metric}.non_inferiority"] = bar
+            if measured[metric] < bar:
+                failures.append(
+                    f"{metric} {measured[metric]:.4f} < champion {champion_metrics[metric]:.4f}"
+                    f" - tolerance {tolerance:.4f}"
+                )
+
+    passed = not failures
+    if passed:
+        reason = "all quality metrics clear their floors" + (
+            " and are non-inferior to the champion" if champion_metrics is not None else " (no champion)"
+        )
+    else:
+        reason = "; ".join(failures)
+
+    context.report_dir.mkdir(parents=True, exist_ok=True)
+    report = context.report_dir / "quality.json"
+    report.write_text(
+        json.dumps(
+            {
+                "gate": GATE_NAME,
+                "passed": passed,
+                "reason": reason,
+                "candidate": measured,
+                "champion": champion_metrics,
+                "champion_version": context.champion.version if context.champion else None,
+                "thresholds": thresholds,
+                "n_test_rows": len(context.test_features),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    logger.info("quality gate %s: %s", "passed" if passed else "BLOCKED", reason)
+    return GateResult(
+        name=GATE_NAME,
+        passed=passed,
+        metrics=metrics,
+        thresholds=thresholds,
+        reason=reason,
+        report_paths=(report,),
+    )

@@ -1,0 +1,256 @@
+"""Robustness gate: do the frauds a model catches stay caught when the fraudster adapts?
+
+ART evasion attacks run on the fraud rows of the test split that the model DETECTS at its operating
+threshold, inside the threat model (attacker-controlled features only, within bounds and epsilon):
+FGSM and PGD (white-box) at each configured epsilon, HopSkipJump (decision-based, black-box) at the
+budget. Robust recall = share of those frauds still flagged after the attack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fraudguard.data.schema import TX_FRAUD
+from fraudguard.errors import ConfigError
+from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fraudguard.config import RobustnessGateSettings, ThreatModelSettings
+    from fraudguard.model import ModelBundle
+
+logger = logging.getLogger(__name__)
+
+GATE_NAME = "robustness"
+# The gate's verdict rests on the strongest white-box attack at the attacker's full budget.
+GATED_ATTACK = "pgd"
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """One attack at one epsilon: how many detected frauds were attacked and how many stayed detected."""
+
+    attack: str
+    epsilon: float
+    n_attacked: int
+    n_still_detected: int
+
+    @property
+    def robust_recall(self) -> float:
+        return self.n_still_detected / self.n_attacked if self.n_attacked else float("nan")
+
+    @property
+    def attack_success_rate(self) -> float:
+        return 1.0 - self.robust_recall
+
+
+@dataclass(frozen=True)
+class RobustnessProfile:
+    """All attacks against one model; `budget` is the threat model's epsilon."""
+
+    n_fraud: int
+    n_detected: int
+    budget: float
+    outcomes: tuple[AttackOutcome, ...]
+
+    def recall(self, attack: str, epsilon: float) -> float:
+        for outcome in self.outcomes:
+            if outcome.attack == attack and np.isclose(outcome.epsilon, epsilon):
+                return outcome.robust_recall
+        raise KeyError(f"no {attack} outcome at epsilon {epsilon}")
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Flat metrics: robust_recall.<attack>.eps_<e>, attack_success_rate.<attack>.eps_<e>, counts."""
+        out = {f"{prefix}n_fraud": float(self.n_fraud), f"{prefix}n_detected": float(self.n_detected)}
+        for o in self.outcomes:
+            tag = f"{o.attack}.eps_{o.epsilon:g}"
+            out[f"{prefix}robust_recall.{tag}"] = o.robust_recall
+            out[f"{prefix}attack_success_rate.{tag}"] = o.attack_success_rate
+        return out
+
+
+def attack_epsilons(settings: "RobustnessGateSettings", budget: float) -> list[float]:
+    """The configured epsilons, checked against the budget, with the budget itself always included."""
+    too_big = [eps for eps in settings.epsilons if eps > budget + 1e-9]
+    if too_big:
+        raise ConfigError(
+            f"gates.robustness.epsilons {too_big} exceed the attacker budget threat_model.epsilon={budget}"
+        )
+    return sorted({float(eps) for eps in settings.epsilons} | {float(budget)})
+
+
+def profile_robustness(
+    bundle: "ModelBundle",
+    frame: "pd.DataFrame",
+    threat_settings: "ThreatModelSettings",
+    settings: "RobustnessGateSettings",
+) -> RobustnessProfile:
+    """Attack the detected frauds of `frame` (a seeded sample of at most max_attack_rows) with every attack."""
+    from fraudguard.attacks import hop_skip_jump, make_art_classifier, masked_fgsm, masked_pgd
+    from fraudguard.threat import build_threat_model
+
+    threat = build_threat_model(threat_settings, bundle.standardizer)
+    epsilons = attack_epsilons(settings, threat.epsilon)
+    y = frame[TX_FRAUD].to_numpy().astype(int)
+    x = bundle.standardizer.transform(frame)
+    fraud = np.flatnonzero(y == 1)
+    detected = fraud[bundle.predict_proba_standardized(x[fraud]) >= bundle.threshold]
+    if detected.size == 0:
+        return RobustnessProfile(len(fraud), 0, threat.epsilon, ())
+    rng = np.random.default_rng(settings.seed)
+    if detected.size > settings.max_attack_rows:
+        detected = np.sort(rng.choice(detected, settings.max_attack_rows, replace=False))
+    x_att = x[detected]
+    y_att = np.ones(len(detected), dtype=np.int64)
+    classifier = make_art_classifier(bundle.module, x.shape[1])
+
+    def still_detected(x_adv: np.ndarray, x_orig: np.ndarray, eps: float) -> int:
+        # Re-project: whatever an attack returns, only points inside the threat model count.
+        x_adv = threat.project(x_adv, x_orig, eps)
+        return int((bundle.predict_proba_standardized(x_adv) >= bundle.threshold).sum())
+
+    outcomes = []
+    for eps in epsilons:
+        x_fgsm = masked_fgsm(classifier, x_att, y_att, threat, eps, batch_size=settings.batch_size)
+        outcomes.append(AttackOutcome("fgsm", eps, len(x_att), still_detected(x_fgsm, x_att, eps)))
+        # Step size scales with epsilon so every PGD run can reach its ball's boundary.
+        step = threat.eps_step * eps / threat.epsilon
+        x_pgd = masked_pgd(
+            classifier, x_att, y_att, threat, eps, step, threat.pgd_iterations, batch_size=settings.batch_size
+        )
+        outcomes.append(AttackOutcome("pgd", eps, len(x_att), still_detected(x_pgd, x_att, eps)))
+    if settings.hopskipjump_samples > 0:
+        n_hsj = min(settings.hopskipjump_samples, len(x_att))
+        x_hsj_orig = x_att[np.sort(rng.choice(len(x_att), n_hsj, replace=False))]
+        x_hsj = hop_skip_jump(classifier, x_hsj_orig, threat, settings.hopskipjump_max_iter)
+        outcomes.append(
+            AttackOutcome("hopskipjump", threat.epsilon, n_hsj, still_detected(x_hsj, x_hsj_orig, threat.epsilon))
+        )
+    return RobustnessProfile(len(fraud), len(detected), threat.epsilon, tuple(outcomes))
+
+
+def _plot(path: Path, candidate: RobustnessProfile, champion: RobustnessProfile | None, floor: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    markers = {"fgsm": "o", "pgd": "s"}
+    for label, profile, line in (("candidate", candidate, "-"), ("champion", champion, "--")):
+        if profile is None:
+            continue
+        for attack, marker in markers.items():
+            pts = sorted((o.epsilon, o.robust_recall) for o in profile.outcomes if o.attack == attack)
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, linestyle=line, label=f"{label} {attack.upper()}")
+        hsj = [o for o in profile.outcomes if o.attack == "hopskipjump"]
+        if hsj:
+            ax.plot([hsj[0].epsilon], [hsj[0].robust_recall], marker="^", linestyle="none",
+                    label=f"{label} HopSkipJump")
+    ax.axhline(floor, color="red", linewidth=1, linestyle=":", label=f"floor {floor:g}")
+    ax.axvline(candidate.budget, color="grey", linewidth=1, linestyle=":", label="budget")
+    ax.set_xlabel("epsilon (standardized units, attacker-controlled features)")
+    ax.set_ylabel("robust recall (detected frauds still detected)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Robust recall vs attack budget")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_robustness_gate(
+    candidate: ModelUnderTest, context: GateContext, settings: "RobustnessGateSettings"
+) -> GateResult:
+    """Pass when PGD robust recall at the budget >= min_robust_recall and >= champion's - tolerance."""
+    threat_settings = context.settings.threat_model
+    cand = profile_robustness(candidate.bundle, context.test_features, threat_settings, settings)
+    champ = (
+        profile_robustness(context.champion.bundle, context.test_features, threat_settings, settings)
+        if context.champion is not None
+        else None
+    )
+    metrics = cand.metrics()
+    thresholds = {"min_robust_recall": settings.min_robust_recall}
+    failures: list[str] = []
+    gated = f"robust_recall.{GATED_ATTACK}.eps_{cand.budget:g}"
+    if cand.n_detected == 0:
+        failures.append(f"the model detects none of the {cand.n_fraud} test frauds at its threshold")
+    else:
+        value = cand.recall(GATED_ATTACK, cand.budget)
+        metrics["robust_recall_at_budget"] = value
+        if value < settings.min_robust_recall:
+            failures.append(f"{gated} {value:.4f} < floor {settings.min_robust_recall:.4f}")
+        if champ is not None and champ.n_detected > 0:
+            champ_value = champ.recall(GATED_ATTACK, champ.budget)
+            bar = champ_value - settings.non_inferiority_tolerance
+            metrics["champion.robust_recall_at_budget"] = champ_value
+            thresholds["non_inferiority"] = bar
+            if value < bar:
+                failures.append(
+                    f"{gated} {value:.4f} < champion {champ_value:.4f}"
+                    f" - tolerance {settings.non_inferiority_tolerance:.4f}"
+                )
+    if champ is not None:
+        metrics.update(champ.metrics(prefix="champion."))
+
+    passed = not failures
+    reason = (
+        f"{gated} {metrics['robust_recall_at_budget']:.4f} >= floor {settings.min_robust_recall:.4f}"
+        + (" and non-inferior to the champion" if champ is not None else " (no champion)")
+        if passed
+        else "; ".join(failures)
+    )
+
+    context.report_dir.mkdir(parents=True, exist_ok=True)
+    report_json = context.report_dir / "robustness.json"
+    report_png = context.report_dir / "robustness.png"
+
+    def table(profile: RobustnessProfile | None) -> dict | None:
+        if profile is None:
+            return None
+        return {
+            "n_fraud": profile.n_fraud,
+            "n_detected": profile.n_detected,
+            "budget": profile.budget,
+            "outcomes": [
+                {**asdict(o), "robust_recall": o.robust_recall, "attack_success_rate": o.attack_success_rate}
+                for o in profile.outcomes
+            ],
+        }
+
+    report_json.write_text(
+        json.dumps(
+            {
+                "gate": GATE_NAME,
+                "passed": passed,
+                "reason": reason,
+                "gated_metric": gated,
+                "thresholds": thresholds,
+                "candidate": table(cand),
+                "champion": table(champ),
+                "champion_version": context.champion.version if context.champion else None,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    _plot(report_png, cand, champ, settings.min_robust_recall)
+    logger.info("robustness gate %s: %s", "passed" if passed else "BLOCKED", reason)
+    return GateResult(
+        name=GATE_NAME,
+        passed=passed,
+        metrics=metrics,
+        thresholds=thresholds,
+        reason=reason,
+        report_paths=(report_json, report_png),
+    )

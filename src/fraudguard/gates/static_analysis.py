@@ -1,0 +1,152 @@
+"""Static-analysis gate: Bandit over the code the candidate was built from.
+
+Blocks on any finding at or above both `min_severity` and `min_confidence`, and on any bare `nosec`
+comment: a suppression must say why (`# nosec B404 - only runs git with fixed arguments`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import subprocess  # nosec B404 - runs the venv's own bandit executable with a fixed argument list
+import sys
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fraudguard.errors import FraudGuardError
+from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+
+if TYPE_CHECKING:
+    from fraudguard.config import Settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "static_analysis"
+_LEVELS = {"undefined": 0, "low": 1, "medium": 2, "high": 3}
+_NOSEC_RE = re.compile(r"#\s*nosec\b(?P<rest>.*)$", re.IGNORECASE)
+# Test ids (B602) and plugin names (subprocess_popen_with_shell_equals_true) are not a reason.
+_TEST_REF_RE = re.compile(r"\b(B\d{3}|[a-z0-9]+(?:_[a-z0-9]+)+)\b", re.IGNORECASE)
+_MIN_REASON_LETTERS = 8
+
+
+class StaticAnalysisError(FraudGuardError):
+    """Bandit could not be run or its report could not be read."""
+
+
+@dataclass(frozen=True)
+class BareNosec:
+    """A `nosec` comment without a written reason."""
+
+    path: str
+    line: int
+    text: str
+
+
+def bandit_executable() -> Path:
+    """The bandit script next to the running interpreter (the project's venv)."""
+    exe = Path(sys.executable).parent / "bandit"
+    if not exe.exists():
+        raise StaticAnalysisError(f"{exe}: bandit is not installed in this environment")
+    return exe
+
+
+def run_bandit(paths: list[Path], report_path: Path) -> dict:
+    """Run Bandit recursively over `paths` and return its parsed JSON report (also written to report_path)."""
+    cmd = [str(bandit_executable()), "-r", *map(str, paths), "-f", "json", "-o", str(report_path), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # nosec B603 - fixed argv, no shell
+    # Bandit exits 1 when it finds issues; anything else without a report is a failure to scan.
+    if proc.returncode not in (0, 1) or not report_path.exists():
+        raise StaticAnalysisError(
+            f"bandit exited {proc.returncode} scanning {', '.join(map(str, paths))}: {proc.stderr.strip()[-500:]}"
+        )
+    try:
+        return json.loads(report_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise StaticAnalysisError(f"{report_path}: bandit report is not JSON: {exc}") from exc
+
+
+def _nosec_reason(comment: str) -> str | None:
+    match = _NOSEC_RE.search(comment)
+    if not match:
+        return None
+    rest = _TEST_REF_RE.sub(" ", match.group("rest"))
+    return "".join(ch for ch in rest if ch.isalpha())
+
+
+def find_bare_nosec(paths: list[Path]) -> list[BareNosec]:
+    """Every comment with `nosec` and no written reason, in the Python files under `paths`."""
+    found = []
+    for root in paths:
+        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for file in files:
+            try:
+                source = file.read_text(encoding="utf-8")
+                tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+            except (OSError, UnicodeDecodeError, SyntaxError, tokenize.TokenError) as exc:
+                logger.warning("%s: cannot tokenize for nosec check: %s", file, exc)
+                continue
+            for tok in tokens:
+                if tok.type != tokenize.COMMENT:
+                    continue
+                reason = _nosec_reason(tok.string)
+                if reason is not None and len(reason) < _MIN_REASON_LETTERS:
+                    found.append(BareNosec(str(file), tok.start[0], tok.string.strip()))
+    return found
+
+
+def run_static_analysis_gate(candidate: ModelUnderTest, context: GateContext, settings: "Settings") -> GateResult:
+    """Bandit over settings' paths under context.source_root; fail on a finding at/above both levels or a bare nosec."""
+    cfg = settings.gates.static_analysis
+    root = Path(context.source_root)
+    paths = [root / p for p in cfg.paths if (root / p).exists()]
+    missing = [p for p in cfg.paths if not (root / p).exists()]
+    if missing:
+        logger.warning("static analysis: %s not found under %s, not scanned", missing, root)
+    thresholds = {"min_severity": float(_LEVELS[cfg.min_severity]),
+                  "min_confidence": float(_LEVELS[cfg.min_confidence])}
+    if not paths:
+        return GateResult(NAME, False, {}, thresholds,
+                          f"none of {cfg.paths} exists under {root}: nothing to vouch for")
+    context.report_dir.mkdir(parents=True, exist_ok=True)
+    report_path = context.report_dir / "bandit.json"
+    report = run_bandit(paths, report_path)
+
+    min_sev, min_conf = _LEVELS[cfg.min_severity], _LEVELS[cfg.min_confidence]
+    blocking = [
+        r for r in report.get("results", [])
+        if _LEVELS.get(str(r.get("issue_severity", "")).lower(), 0) >= min_sev
+        and _LEVELS.get(str(r.get("issue_confidence", "")).lower(), 0) >= min_conf
+    ]
+    bare = find_bare_nosec(paths)
+    errors = report.get("errors", [])
+    nosec_report = context.report_dir / "bandit_bare_nosec.json"
+    nosec_report.write_text(json.dumps([b.__dict__ for b in bare], indent=2), encoding="utf-8")
+
+    metrics = {
+        "findings_total": float(len(report.get("results", []))),
+        "findings_blocking": float(len(blocking)),
+        "bare_nosec": float(len(bare)),
+        "scan_errors": float(len(errors)),
+    }
+    problems = []
+    if blocking:
+        shown = ", ".join(
+            f"{r['test_id']} {Path(r['filename']).name}:{r['line_number']} ({r['issue_severity'].lower()})"
+            for r in blocking[:5]
+        )
+        problems.append(f"{len(blocking)} finding(s) at or above {cfg.min_severity}/{cfg.min_confidence}: {shown}")
+    if bare:
+        shown = ", ".join(f"{Path(b.path).name}:{b.line}" for b in bare[:5])
+        problems.append(f"{len(bare)} nosec without a written reason: {shown}")
+    if errors:
+        # A file Bandit could not parse was not checked: fail closed.
+        shown = ", ".join(f"{e.get('filename')}: {e.get('reason')}" for e in errors[:3])
+        problems.append(f"{len(errors)} file(s) bandit could not scan: {shown}")
+    passed = not problems
+    reason = (f"no finding at or above {cfg.min_severity} severity / {cfg.min_confidence} confidence "
+              f"in {', '.join(p.name for p in paths)}") if passed else "; ".join(problems)
+    return GateResult(NAME, passed, metrics, thresholds, reason, (report_path, nosec_report))

@@ -1,0 +1,170 @@
+"""Lineage of a trained model: code commit, data version, pipeline lock, params, run and library versions.
+
+Every value is a string so the dict can go straight into MLflow run and model-version tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+# Only the local `git` binary, with fixed arguments and no shell.
+import subprocess  # nosec B404
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fraudguard.config import Settings
+from fraudguard.errors import DataVersionError, ModelError
+from fraudguard.paths import ProjectPaths
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+ABSENT = "absent"
+NONE = "none"
+
+# Distribution names whose versions are recorded; "python" is the interpreter.
+TRACKED_PACKAGES = (
+    "torch",
+    "mlflow",
+    "dvc",
+    "adversarial-robustness-toolbox",
+    "evidently",
+    "prefect",
+)
+
+LINEAGE_KEYS = (
+    "lineage.git_commit",
+    "lineage.git_dirty",
+    "lineage.data_md5",
+    "lineage.dvc_lock_sha256",
+    "lineage.params_sha256",
+    "lineage.prefect_flow_run_id",
+    *(f"lineage.versions.{pkg}" for pkg in (*TRACKED_PACKAGES, "python")),
+    "artifact.sha256",
+)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal data gives equal text, hence equal hashes."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def params_sha256(settings: Settings) -> str:
+    """sha256 of the settings' canonical JSON (independent of key order and YAML formatting)."""
+    return sha256_bytes(canonical_json(settings.as_params_dict()).encode("utf-8"))
+
+
+def _run_git(root: Path, *args: str) -> str | None:
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        done = subprocess.run(  # nosec B603
+            [git, "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("git %s failed in %s: %s", " ".join(args), root, exc)
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout
+
+
+def git_state(root: Path) -> tuple[str, str]:
+    """(commit sha, "true"/"false" dirty flag) of the checkout at root; ("unknown", "unknown") outside git."""
+    head = _run_git(root, "rev-parse", "HEAD")
+    if head is None:
+        return UNKNOWN, UNKNOWN
+    status = _run_git(root, "status", "--porcelain")
+    dirty = UNKNOWN if status is None else str(bool(status.strip())).lower()
+    return head.strip(), dirty
+
+
+def data_md5(dvc_file: Path) -> str:
+    """md5 DVC recorded for the raw data (`outs[0].md5` of data.dvc); "absent" when there is no data.dvc."""
+    if not dvc_file.exists():
+        return ABSENT
+    try:
+        content = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))
+        md5 = content["outs"][0]["md5"]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
+        raise DataVersionError(f"{dvc_file}: no outs[0].md5 in the DVC file ({exc!r})") from exc
+    return str(md5)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the tracked packages (UNKNOWN when not installed) and of Python."""
+    versions: dict[str, str] = {}
+    for pkg in TRACKED_PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = UNKNOWN
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def current_flow_run_id() -> str | None:
+    """The Prefect flow run this process runs in, if any."""
+    # Prefect is slow to import; a process that never imported it and has no flow-run env var
+    # cannot be inside a flow run.
+    if "prefect" not in sys.modules and not os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return None
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+def collect_lineage(
+    root: Path | str,
+    settings: Settings,
+    weights_path: Path | str,
+    flow_run_id: str | None = None,
+) -> dict[str, str]:
+    """All lineage tags (see LINEAGE_KEYS) for the weights at weights_path, built in the checkout at root."""
+    paths = ProjectPaths.at(root)
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise ModelError(f"{weights_path}: model weights not found; run the train stage first")
+    commit, dirty = git_state(paths.root)
+    run_id = flow_run_id or current_flow_run_id()
+    lineage = {
+        "lineage.git_commit": commit,
+        "lineage.git_dirty": dirty,
+        "lineage.data_md5": data_md5(paths.raw_dvc_file),
+        "lineage.dvc_lock_sha256": (
+            _sha256_of_file(paths.dvc_lock) if paths.dvc_lock.exists() else ABSENT
+        ),
+        "lineage.params_sha256": params_sha256(settings),
+        "lineage.prefect_flow_run_id": run_id or NONE,
+    }
+    for pkg, version in package_versions().items():
+        lineage[f"lineage.versions.{pkg}"] = version
+    lineage["artifact.sha256"] = _sha256_of_file(weights_path)
+    return lineage

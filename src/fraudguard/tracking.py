@@ -1,0 +1,377 @@
+"""MLflow tracking: where the store is, one run per trained model (params, metrics, reports, lineage),
+the pyfunc model registered as a new version, and loading a version's bundle and reference data back.
+
+Run artifact layout (what gates, rollback and reviewers find under a version's run):
+  bundle/model.pt, bundle/preprocess.json      the weights (sha256 = version tag `artifact.sha256`)
+  reference/train_features.parquet             a seeded sample of the training features (drift reference)
+  reports/validation.json                      the data-validation report
+  config/params.yaml, config/dvc.lock, config/features.json, config/threat_model.json
+  metrics/{metrics,evaluation,training_history}.json, plots/{pr_curve.png,pr_curve.json,loss_curve.png}
+  model/                                       the pyfunc model (logged model "model")
+Metrics: `train.*` (models/metrics.json), `eval.*` (models/evaluation.json), `epoch.*` per epoch (step=epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from fraudguard.errors import ModelError, RegistryError
+from fraudguard.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from fraudguard.config import Settings
+    from fraudguard.model import ModelBundle
+
+logger = logging.getLogger(__name__)
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DB_FILENAME = "mlflow.db"
+ARTIFACTS_DIRNAME = "mlartifacts"
+
+BUNDLE_DIR = "bundle"
+WEIGHTS_ARTIFACT = f"{BUNDLE_DIR}/model.pt"
+PREPROCESS_ARTIFACT = f"{BUNDLE_DIR}/preprocess.json"
+REFERENCE_ARTIFACT = "reference/train_features.parquet"
+MODEL_NAME_IN_RUN = "model"
+
+WEIGHTS_SHA_TAG = "artifact.sha256"
+PREPROCESS_SHA_TAG = "artifact.preprocess_sha256"
+RUN_ID_TAG = "lineage.run_id"
+WEIGHTS_PATH_TAG = "fraudguard.model_weights_path"
+
+# The tracking server's own limit (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3).
+PARAM_VALUE_MAX = 6000
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. /:]")
+
+
+@dataclass(frozen=True)
+class TrainingRunRecord:
+    """What log_training_run recorded: the run, the registered version, its lineage tags and metrics."""
+
+    run_id: str
+    version: int
+    lineage: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str = ""       # models:/<name>/<version>
+    model_id: str = ""        # MLflow 3 logged-model id (artifacts under <artifact root>/models/<id>)
+
+
+def resolve_tracking_uri(root: Path | str) -> str:
+    """$MLFLOW_TRACKING_URI when set, else the project's SQLite store `sqlite:///<abs root>/mlflow.db`."""
+    from_env = os.environ.get(TRACKING_URI_ENV, "").strip()
+    if from_env:
+        return from_env
+    return f"sqlite:///{(Path(root).resolve() / DB_FILENAME).as_posix()}"
+
+
+def sqlite_db_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` tracking URI; None for any other store."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:////abs/path -> path "//abs/path"; sqlite:///rel/path -> "/rel/path"
+    raw = unquote(parsed.path)
+    if raw.startswith("//"):
+        return Path(raw[1:])
+    return Path(raw.lstrip("/")).resolve()
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Artifact location for new experiments: next to a SQLite store's file; the server's choice otherwise."""
+    db = sqlite_db_path(tracking_uri)
+    if db is None:
+        return None
+    return (db.parent / ARTIFACTS_DIRNAME).resolve().as_uri()
+
+
+def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
+    """Point MLflow (tracking and registry) at the project's store and make the experiment current.
+
+    For entry points only (CLI commands, stage mains, flows): it sets process-wide MLflow state.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = ensure_experiment(client, settings.registry.experiment)
+    mlflow.set_experiment(experiment_id=experiment)
+    logger.info("MLflow store %s, experiment %r", uri, settings.registry.experiment)
+    return client
+
+
+def ensure_experiment(client: "MlflowClient", name: str) -> str:
+    """Id of the named experiment, created (artifacts beside a SQLite store) when missing."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = artifact_root_for(client.tracking_uri)
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as `a.b.c -> str(value)`; lists become JSON; values cut to the server's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+            continue
+        text = json.dumps(value) if isinstance(value, (list, tuple, Mapping)) else str(value)
+        if len(text) > PARAM_VALUE_MAX:
+            logger.warning("param %s is %d characters; truncated (params.yaml is logged whole)",
+                           name, len(text))
+            text = text[: PARAM_VALUE_MAX - 3] + "..."
+        flat[name] = text
+    return flat
+
+
+def flatten_metrics(data: Any, prefix: str) -> dict[str, float]:
+    """Finite numeric leaves of a JSON document as `prefix.a.b -> float` (strings, lists, NaN skipped)."""
+    flat: dict[str, float] = {}
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            flat.update(flatten_metrics(value, f"{prefix}.{key}"))
+    elif isinstance(data, (int, float)):
+        value = float(data)
+        if math.isfinite(value):
+            flat[_BAD_KEY_CHARS.sub("_", prefix)] = value
+    return flat
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read pipeline output as JSON: {exc}") from exc
+
+
+def history_rows(history: Any, source: Path) -> list[dict[str, Any]]:
+    """Per-epoch rows of training_history.json (a list of dicts with `epoch`, or one list inside a dict)."""
+    if isinstance(history, Mapping):
+        lists = [value for value in history.values() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise ModelError(f"{source}: expected a list of per-epoch dicts")
+        history = lists[0]
+    if not isinstance(history, list) or not all(isinstance(row, Mapping) for row in history):
+        raise ModelError(f"{source}: expected a list of per-epoch dicts")
+    for index, row in enumerate(history):
+        if "epoch" not in row:
+            raise ModelError(f"{source}: row {index} has no 'epoch' field")
+    return [dict(row) for row in history]
+
+
+def plot_loss_curve(rows: list[dict[str, Any]], out_path: Path) -> Path:
+    """PNG of every loss-like series (keys containing "loss", else every numeric series) per epoch."""
+    from matplotlib.figure import Figure
+
+    numeric = sorted({key for row in rows for key, value in row.items()
+                      if key != "epoch" and isinstance(value, (int, float))})
+    series = [key for key in numeric if "loss" in key.lower()] or numeric
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for key in series:
+        points = [(row["epoch"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss" if any("loss" in key.lower() for key in series) else "value")
+    ax.set_title("Training history")
+    if series:
+        ax.legend()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    return out_path
+
+
+def sample_reference(frame: "pd.DataFrame", rows: int, seed: int) -> "pd.DataFrame":
+    """At most `rows` rows of frame, drawn with a fixed seed, kept in their original (time) order."""
+    if len(frame) <= rows:
+        return frame.reset_index(drop=True)
+    return frame.sample(n=rows, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ModelError(f"{path}: {what} not found; run `dvc repro` first")
+    return path
+
+
+def log_training_run(
+    root: Path | str,
+    settings: "Settings",
+    *,
+    flow_run_id: str | None = None,
+) -> TrainingRunRecord:
+    """Log the pipeline outputs under root as one run of the experiment and register its pyfunc model.
+
+    Uses the current MLflow tracking URI (entry points call configure_mlflow first). The new version
+    of settings.registry.model_name and its run both carry every lineage tag and `artifact.sha256`.
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from fraudguard.lineage import collect_lineage
+    from fraudguard.model import load_bundle, sha256_file
+    from fraudguard.pyfunc_model import log_pyfunc_model
+
+    paths = ProjectPaths.at(root)
+    weights = _require(paths.model_weights, "model weights")
+    preprocess = _require(paths.preprocess, "preprocessing file")
+    metrics_doc = _read_json(_require(paths.metrics, "training metrics"))
+    history = history_rows(_read_json(_require(paths.training_history, "training history")),
+                           paths.training_history)
+    evaluation_doc = _read_json(paths.evaluation) if paths.evaluation.is_file() else {}
+    train_features = pd.read_parquet(_require(paths.train_features, "training features"))
+
+    lineage = collect_lineage(paths.root, settings, weights, flow_run_id=flow_run_id)
+    weights_sha = lineage[WEIGHTS_SHA_TAG]
+    bundle = load_bundle(weights, preprocess, expected_sha256=weights_sha)
+    preprocess_sha = sha256_file(preprocess)
+
+    client = MlflowClient()
+    experiment_id = ensure_experiment(client, settings.registry.experiment)
+    model_name = settings.registry.model_name
+
+    metrics = flatten_metrics(metrics_doc, "train")
+    metrics.update(flatten_metrics(evaluation_doc, "eval"))
+
+    with mlflow.start_run(experiment_id=experiment_id) as run, \
+            tempfile.TemporaryDirectory(prefix="fraudguard-run-") as tmp_dir:
+        run_id = run.info.run_id
+        tmp = Path(tmp_dir)
+        mlflow.set_tags({**lineage, RUN_ID_TAG: run_id, PREPROCESS_SHA_TAG: preprocess_sha,
+                         WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT})
+        mlflow.log_params(flatten_params(settings.as_params_dict()))
+
+        for row in history:
+            epoch = int(row["epoch"])
+            epoch_metrics = flatten_metrics({k: v for k, v in row.items() if k != "epoch"}, "epoch")
+            if epoch_metrics:
+                mlflow.log_metrics(epoch_metrics, step=epoch)
+        if metrics:
+            mlflow.log_metrics(metrics)
+
+        mlflow.log_artifact(str(weights), BUNDLE_DIR)
+        mlflow.log_artifact(str(preprocess), BUNDLE_DIR)
+        mlflow.log_artifact(str(paths.metrics), "metrics")
+        mlflow.log_artifact(str(paths.training_history), "metrics")
+        if paths.evaluation.is_file():
+            mlflow.log_artifact(str(paths.evaluation), "metrics")
+        for optional, artifact_dir in (
+            (paths.validation_report, "reports"),
+            (paths.params, "config"),
+            (paths.dvc_lock, "config"),
+            (paths.plots_dir / "pr_curve.png", "plots"),
+            (paths.plots_dir / "pr_curve.json", "plots"),
+        ):
+            if optional.is_file():
+                mlflow.log_artifact(str(optional), artifact_dir)
+            else:
+                logger.warning("%s absent; not logged to run %s", optional, run_id)
+        mlflow.log_dict({"features": list(settings.model.features)}, "config/features.json")
+        mlflow.log_dict(settings.threat_model.model_dump(mode="json"), "config/threat_model.json")
+        mlflow.log_artifact(str(plot_loss_curve(history, tmp / "loss_curve.png")), "plots")
+
+        reference = sample_reference(train_features, settings.registry.reference_sample_rows,
+                                     settings.registry.reference_sample_seed)
+        reference_file = tmp / "train_features.parquet"
+        reference.to_parquet(reference_file, index=False)
+        mlflow.log_artifact(str(reference_file), "reference")
+
+        model_info = log_pyfunc_model(
+            bundle, weights, preprocess, weights_sha, train_features.head(5),
+            name=MODEL_NAME_IN_RUN, registered_model_name=model_name,
+        )
+        registered = model_info.registered_model_version
+        if registered is None:
+            raise RegistryError(f"model {model_name!r}: run {run_id} logged but no version registered")
+        version = int(registered)
+        version_tags = {**lineage, RUN_ID_TAG: run_id, PREPROCESS_SHA_TAG: preprocess_sha,
+                        WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT}
+        for key, value in version_tags.items():
+            client.set_model_version_tag(model_name, str(version), key, value)
+        mlflow.set_tag("fraudguard.registered_version", str(version))
+
+    logger.info("run %s registered as %s version %d", run_id, model_name, version)
+    return TrainingRunRecord(run_id=run_id, version=version, lineage=lineage, metrics=metrics,
+                             model_uri=f"models:/{model_name}/{version}", model_id=model_info.model_id)
+
+
+def _version(client: "MlflowClient", model_name: str, version: int | str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"model {model_name!r} version {version}: not in the registry ({exc})") from exc
+
+
+def registered_version_tags(client: "MlflowClient", model_name: str, version: int | str) -> dict[str, str]:
+    """All tags of a registered version (lineage, artifact hashes, gate verdicts)."""
+    return dict(_version(client, model_name, version).tags)
+
+
+def load_bundle_for_version(
+    client: "MlflowClient",
+    model_name: str,
+    version: int | str,
+    dst_dir: Path | str,
+) -> "ModelBundle":
+    """The version's bundle, downloaded from its run into dst_dir and checked against its sha256 tags."""
+    from fraudguard.model import load_bundle, sha256_file
+
+    mv = _version(client, model_name, version)
+    expected = mv.tags.get(WEIGHTS_SHA_TAG)
+    if not expected:
+        raise RegistryError(f"model {model_name!r} version {version}: no {WEIGHTS_SHA_TAG} tag")
+    if not mv.run_id:
+        raise RegistryError(f"model {model_name!r} version {version}: not linked to a run")
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(mv.run_id, BUNDLE_DIR, str(dst)))
+    weights = local / Path(WEIGHTS_ARTIFACT).name
+    preprocess = local / Path(PREPROCESS_ARTIFACT).name
+    expected_preprocess = mv.tags.get(PREPROCESS_SHA_TAG)
+    if expected_preprocess and preprocess.is_file() and sha256_file(preprocess) != expected_preprocess:
+        raise ModelError(
+            f"model {model_name!r} version {version}: {preprocess} sha256 differs from the "
+            f"{PREPROCESS_SHA_TAG} tag (artifact altered)"
+        )
+    try:
+        return load_bundle(weights, preprocess, expected_sha256=expected)
+    except ModelError as exc:
+        raise ModelError(f"model {model_name!r} version {version}: {exc}") from exc
+
+
+def load_reference_features(client: "MlflowClient", model_name: str, version: int | str) -> "pd.DataFrame":
+    """The sample of training features logged with the version's run (the drift gate's reference)."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    mv = _version(client, model_name, version)
+    if not mv.run_id:
+        raise RegistryError(f"model {model_name!r} version {version}: not linked to a run")
+    with tempfile.TemporaryDirectory(prefix="fraudguard-ref-") as tmp:
+        try:
+            local = client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT, tmp)
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(
+                f"model {model_name!r} version {version}: run {mv.run_id} has no {REFERENCE_ARTIFACT}"
+            ) from exc
+        return pd.read_parquet(local)

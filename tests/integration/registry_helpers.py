@@ -1,0 +1,107 @@
+"""Real-MLflow helpers for the registry/promotion tests: a sqlite store under tmp_path and registered
+versions carrying a weights file and the tags the tracking side sets (no mocks, no training)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from fraudguard.config import Settings
+from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+
+EXPERIMENT = "fraudguard-test"
+
+
+def make_client(root: Path) -> MlflowClient:
+    """A client on a fresh sqlite store (and local artifact root) under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+    return client
+
+
+def register_version(client: MlflowClient, name: str, workdir: Path, weights: bytes,
+                     gates: dict[str, str] | None = None) -> int:
+    """Log `weights` as model/model.pt in a new run, register it, tag lineage + sha256 (+ gate verdicts)."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    run = client.create_run(exp.experiment_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    weights_file = workdir / "model.pt"
+    weights_file.write_bytes(weights)
+    client.log_artifact(run.info.run_id, str(weights_file), "model")
+    client.set_terminated(run.info.run_id)
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # already registered by an earlier call
+    tags = {
+        "artifact.sha256": hashlib.sha256(weights).hexdigest(),
+        "artifact.path": "model/model.pt",
+        "lineage.run_id": run.info.run_id,
+        "lineage.git_commit": "0123abcd",
+        "lineage.data_md5": "d41d8cd98f00b204e9800998ecf8427e",
+    }
+    tags.update({f"gate.{g}": v for g, v in (gates or {}).items()})
+    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                     tags=tags)
+    return int(mv.version)
+
+
+def artifact_file(client: MlflowClient, name: str, version: int) -> Path:
+    """The stored weights file of a version on the local artifact root (to tamper with it)."""
+    mv = client.get_model_version(name, str(version))
+    run = client.get_run(mv.run_id)
+    return Path(run.info.artifact_uri.removeprefix("file://")) / "model" / "model.pt"
+
+
+def feature_frame(settings: Settings, n: int, seed: int, amount_scale: float = 1.0) -> pd.DataFrame:
+    """A synthetic frame of the model features (amount columns scaled by `amount_scale`)."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for feature in settings.model.features:
+        if feature in ("TX_DURING_WEEKEND", "TX_DURING_NIGHT"):
+            data[feature] = rng.integers(0, 2, n).astype(float)
+        elif "AMOUNT" in feature:
+            data[feature] = rng.gamma(2.0, 50.0, n) * amount_scale
+        elif "RISK" in feature:
+            data[feature] = rng.beta(1.0, 20.0, n)
+        else:
+            data[feature] = rng.poisson(3.0, n).astype(float)
+    return pd.DataFrame(data)
+
+
+def simple_context(settings: Settings, root: Path, report_dir: Path) -> GateContext:
+    """A GateContext over synthetic, undrifted features."""
+    train = feature_frame(settings, 2000, seed=1)
+    test = feature_frame(settings, 800, seed=2)
+    return GateContext(settings=settings, train_features=train, test_features=test, newest_window=test,
+                       source_root=root, report_dir=report_dir)
+
+
+def candidate_for(client: MlflowClient, name: str, version: int) -> ModelUnderTest:
+    """The candidate as the promotion tests' gates see it (they never score it)."""
+    return ModelUnderTest(bundle=None, version=version, run_id=client.get_model_version(name, str(version)).run_id)
+
+
+def passing_gate(name: str, report_dir: Path | None = None):
+    """A gate that passes and (optionally) writes a small report file."""
+    def run(candidate, context, settings) -> GateResult:
+        paths = ()
+        if report_dir is not None:
+            report = report_dir / f"{name}_report.json"
+            report.write_text('{"ok": true}')
+            paths = (report,)
+        return GateResult(name, True, {"score": 1.0}, {"min_score": 0.5}, f"{name} fine", paths)
+    return run
+
+
+def failing_gate(name: str):
+    def run(candidate, context, settings) -> GateResult:
+        return GateResult(name, False, {"score": 0.1}, {"min_score": 0.5}, f"{name} score 0.1 below 0.5")
+    return run

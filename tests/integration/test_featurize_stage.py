@@ -1,0 +1,121 @@
+"""The featurize stage end to end: simulated validated data in a temporary checkout -> features + summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fraudguard.config import parse_settings
+from fraudguard.data.simulator import simulate_transactions
+from fraudguard.errors import DataError
+from fraudguard.paths import ProjectPaths
+from fraudguard.stages import featurize as stage
+from conftest import PROJECT_ROOT, small_params
+
+
+def make_checkout(root: Path, extra: dict | None = None) -> ProjectPaths:
+    """A checkout with small params.yaml and simulated transactions as the validated input."""
+    raw = small_params(extra)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    paths = ProjectPaths.at(root)
+    paths.validated.parent.mkdir(parents=True)
+    transactions = simulate_transactions(parse_settings(raw).simulate)
+    transactions.to_parquet(paths.validated, index=False)
+    return paths
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    paths = make_checkout(tmp_path_factory.mktemp("checkout"))
+    summary = stage.main(paths.root)
+    return paths, summary
+
+
+def test_stage_writes_train_test_and_summary(stage_run):
+    paths, summary = stage_run
+    train, test = pd.read_parquet(paths.train_features), pd.read_parquet(paths.test_features)
+    written = json.loads((paths.features_dir / stage.SUMMARY_FILE).read_text())
+    assert written == summary
+    assert summary["train"]["rows"] == len(train) > 0
+    assert summary["test"]["rows"] == len(test) > 0
+    assert summary["train"]["fraud_rate"] == pytest.approx(train["TX_FRAUD"].mean())
+    assert summary["test"]["fraud_rate"] == pytest.approx(test["TX_FRAUD"].mean())
+
+
+def test_stage_outputs_hold_every_model_feature_without_nan(stage_run):
+    paths, _ = stage_run
+    features = parse_settings(small_params()).model.features
+    for path in (paths.train_features, paths.test_features):
+        frame = pd.read_parquet(path)
+        assert not frame[features].isna().any().any(), path
+
+
+def test_stage_split_is_time_ordered_with_gap(stage_run):
+    paths, summary = stage_run
+    train, test = pd.read_parquet(paths.train_features), pd.read_parquet(paths.test_features)
+    gap = pd.Timestamp(summary["test"]["period_start"]) - pd.Timestamp(summary["train"]["period_end_exclusive"])
+    assert gap == pd.Timedelta(days=7)
+    assert train["TX_DATETIME"].max() < pd.Timestamp(summary["train"]["period_end_exclusive"])
+    assert test["TX_DATETIME"].min() >= pd.Timestamp(summary["test"]["period_start"])
+
+
+def test_stage_test_split_has_no_card_defrauded_in_train(stage_run):
+    paths, summary = stage_run
+    train, test = pd.read_parquet(paths.train_features), pd.read_parquet(paths.test_features)
+    defrauded = set(train.loc[train["TX_FRAUD"] == 1, "CUSTOMER_ID"])
+    assert defrauded, "the small simulated world should hold frauds in train"
+    assert not defrauded & set(test["CUSTOMER_ID"])
+    assert summary["test"]["rows_dropped_known_compromised"] > 0
+
+
+def test_stage_is_deterministic(stage_run, tmp_path):
+    paths, _ = stage_run
+    again = make_checkout(tmp_path)
+    stage.main(again.root)
+    for name in (stage.TRAIN_FILE, stage.TEST_FILE, stage.SUMMARY_FILE):
+        assert md5(again.features_dir / name) == md5(paths.features_dir / name), name
+
+
+def test_stage_on_too_short_data_raises_data_error_and_writes_nothing(tmp_path):
+    paths = make_checkout(tmp_path, {"featurize": {"train_days": 100}})
+    with pytest.raises(DataError, match="needs 121"):
+        stage.main(paths.root)
+    assert not paths.features_dir.exists()
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_featurize_block_and_then_skips_it(tmp_path):
+    paths = make_checkout(tmp_path)
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    for dep in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["featurize"]["deps"]:
+        if dep.startswith("src/"):
+            (tmp_path / dep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(PROJECT_ROOT / dep, tmp_path / dep)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+
+    def run(*args: str) -> str:
+        done = subprocess.run(dvc + list(args), cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("init", "--no-scm")
+    run("repro", "--single-item", "featurize")
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["featurize"]
+    assert [out["path"] for out in lock["outs"]] == ["data/features"]
+    assert (tmp_path / "data" / "features" / "train.parquet").exists()
+    assert "didn't change" in run("repro", "--single-item", "featurize")

@@ -1,0 +1,283 @@
+"""Feature engineering and the time-ordered split, on hand-made frames with hand-computed answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from fraudguard.config import FeaturizeSettings
+from fraudguard.errors import DataError
+from fraudguard.features import (
+    compute_features,
+    feature_names,
+    newest_window,
+    plan_split,
+    split_train_test,
+)
+
+SETTINGS = FeaturizeSettings(
+    windows_days=[1, 7, 30], label_delay_days=7, night_end_hour=6,
+    train_days=10, delay_gap_days=3, test_days=5,
+)
+
+# 2024-04-01 is a Monday. Hand-computed expectations are in the tests below.
+ROWS = [
+    # id, datetime,            customer, terminal, amount, fraud
+    (0, "2024-04-01 10:00", "C1", "T1", 10.0, 1),
+    (1, "2024-04-01 20:00", "C1", "T2", 30.0, 0),
+    (2, "2024-04-02 05:00", "C1", "T1", 20.0, 0),
+    (3, "2024-04-06 12:00", "C2", "T1", 100.0, 0),
+    (4, "2024-04-08 09:00", "C1", "T1", 40.0, 0),
+    (5, "2024-04-08 11:00", "C2", "T1", 50.0, 0),
+    (6, "2024-04-09 06:00", "C2", "T1", 70.0, 1),
+    (7, "2024-04-10 12:00", "C1", "T2", 60.0, 0),
+    (8, "2024-04-16 07:00", "C2", "T1", 80.0, 0),
+    (9, "2024-04-20 23:00", "C1", "T2", 90.0, 0),
+]
+
+
+def hand_frame(rows=ROWS) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID",
+                                        "TX_AMOUNT", "TX_FRAUD"])
+    frame["TX_DATETIME"] = pd.to_datetime(frame["TX_DATETIME"])
+    # Shuffled on purpose: compute_features must sort by time itself.
+    return frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def by_id(features: pd.DataFrame, tx_id: int) -> pd.Series:
+    return features.set_index("TRANSACTION_ID").loc[tx_id]
+
+
+@pytest.fixture(scope="module")
+def hand_features() -> pd.DataFrame:
+    return compute_features(hand_frame(), SETTINGS)
+
+
+def test_output_keeps_raw_columns_adds_all_features_sorted_by_time(hand_features):
+    raw = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]
+    assert list(hand_features.columns) == raw + feature_names(SETTINGS)
+    assert hand_features["TRANSACTION_ID"].tolist() == list(range(10))
+    assert hand_features["TX_DATETIME"].is_monotonic_increasing
+
+
+def test_feature_names_match_model_features_in_params(small_settings):
+    derived = set(feature_names(small_settings.featurize))
+    assert set(small_settings.model.features) - {"TX_AMOUNT"} <= derived
+
+
+def test_no_nan_and_float32_exact(hand_features):
+    values = hand_features[feature_names(SETTINGS)]
+    assert not values.isna().any().any()
+    assert np.array_equal(values.to_numpy(np.float64), values.to_numpy(np.float32).astype(np.float64))
+
+
+def test_weekend_and_night_flags(hand_features):
+    assert hand_features.set_index("TRANSACTION_ID")["TX_DURING_WEEKEND"].to_dict() == {
+        i: int(i in (3, 9)) for i in range(10)  # Sat 6th and Sat 20th April
+    }
+    # hour <= night_end_hour (6): 05:00 and 06:00 are night, 07:00 is not.
+    night = hand_features.set_index("TRANSACTION_ID")["TX_DURING_NIGHT"]
+    assert night[2] == 1 and night[6] == 1 and night[8] == 0 and night[0] == 0
+
+
+def test_customer_windows_include_current_transaction(hand_features):
+    row2 = by_id(hand_features, 2)  # C1 at 04-02 05:00: 1 day back reaches rows 0, 1 and itself
+    assert row2["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 3
+    assert row2["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == pytest.approx(20.0)
+    row4 = by_id(hand_features, 4)  # C1 at 04-08 09:00: 7 days back (from 04-01 09:00) holds 0, 1, 2, 4
+    assert row4["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 1
+    assert row4["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == pytest.approx(40.0)
+    assert row4["CUSTOMER_ID_NB_TX_7DAY_WINDOW"] == 4
+    assert row4["CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW"] == pytest.approx(25.0)
+    row9 = by_id(hand_features, 9)  # C1 at 04-20 23:00: 7 days back holds only itself; 30 days all 6 of C1
+    assert row9["CUSTOMER_ID_NB_TX_7DAY_WINDOW"] == 1
+    assert row9["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 6
+    assert row9["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"] == pytest.approx(250.0 / 6)
+
+
+def test_customer_window_excludes_transaction_exactly_window_old():
+    rows = [(0, "2024-04-01 10:00", "C1", "T1", 10.0, 0), (1, "2024-04-02 10:00", "C1", "T1", 30.0, 0)]
+    row1 = by_id(compute_features(hand_frame(rows), SETTINGS), 1)
+    assert row1["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 1  # window (t - 1 day, t]
+    assert row1["CUSTOMER_ID_NB_TX_7DAY_WINDOW"] == 2
+
+
+def test_terminal_window_is_shifted_by_label_delay(hand_features):
+    # T1 at 04-16 07:00: the known window ends at 04-09 07:00.
+    row8 = by_id(hand_features, 8)
+    assert row8["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 3  # rows 4, 5, 6 in (04-08 07:00, 04-09 07:00]
+    assert row8["TERMINAL_ID_RISK_1DAY_WINDOW"] == pytest.approx(1 / 3)
+    assert row8["TERMINAL_ID_NB_TX_7DAY_WINDOW"] == 4  # rows 3, 4, 5, 6
+    assert row8["TERMINAL_ID_RISK_7DAY_WINDOW"] == pytest.approx(0.25)
+    assert row8["TERMINAL_ID_NB_TX_30DAY_WINDOW"] == 6  # every earlier T1 row: 0, 2, 3, 4, 5, 6
+    assert row8["TERMINAL_ID_RISK_30DAY_WINDOW"] == pytest.approx(2 / 6)
+
+
+def test_terminal_risk_is_zero_when_known_window_is_empty(hand_features):
+    row0 = by_id(hand_features, 0)
+    assert row0["TERMINAL_ID_NB_TX_30DAY_WINDOW"] == 0
+    assert row0["TERMINAL_ID_RISK_30DAY_WINDOW"] == 0.0
+
+
+def test_fraud_label_inside_label_delay_does_not_affect_risk(hand_features):
+    # Row 6 (T1, 04-09 06:00): rows 3, 4, 5 lie in its delay period (04-02 06:00, 04-09 06:00].
+    terminal = [c for c in feature_names(SETTINGS) if c.startswith("TERMINAL_ID")]
+    flipped = hand_frame()
+    flipped.loc[flipped["TRANSACTION_ID"].isin([3, 4, 5]), "TX_FRAUD"] = 1
+    after = by_id(compute_features(flipped, SETTINGS), 6)[terminal]
+    pd.testing.assert_series_equal(after, by_id(hand_features, 6)[terminal])
+
+
+def test_fraud_label_outside_label_delay_affects_risk(hand_features):
+    # Row 6's known 1-day window (04-01 06:00, 04-02 06:00] holds rows 0 (fraud) and 2.
+    assert by_id(hand_features, 6)["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 2
+    assert by_id(hand_features, 6)["TERMINAL_ID_RISK_1DAY_WINDOW"] == pytest.approx(0.5)
+    flipped = hand_frame()
+    flipped.loc[flipped["TRANSACTION_ID"] == 0, "TX_FRAUD"] = 0
+    assert by_id(compute_features(flipped, SETTINGS), 6)["TERMINAL_ID_RISK_1DAY_WINDOW"] == 0.0
+
+
+def test_label_becomes_known_exactly_label_delay_days_later(hand_features):
+    # Row 0's fraud (T1, 04-01 10:00) is unknown to row 4 (04-08 09:00) and known to row 5 (04-08 11:00).
+    assert by_id(hand_features, 4)["TERMINAL_ID_NB_TX_30DAY_WINDOW"] == 0
+    assert by_id(hand_features, 4)["TERMINAL_ID_RISK_30DAY_WINDOW"] == 0.0
+    assert by_id(hand_features, 5)["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1
+    assert by_id(hand_features, 5)["TERMINAL_ID_RISK_1DAY_WINDOW"] == pytest.approx(1.0)
+
+
+def test_own_label_never_used_even_without_label_delay():
+    rows = [(0, "2024-04-01 10:00", "C1", "T1", 10.0, 1), (1, "2024-04-01 10:00", "C2", "T1", 10.0, 1)]
+    no_delay = SETTINGS.model_copy(update={"label_delay_days": 0})
+    features = compute_features(hand_frame(rows), no_delay)
+    assert by_id(features, 0)["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 0
+    assert by_id(features, 1)["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1  # the earlier row only, not itself
+
+
+def test_matches_handbook_pandas_rolling_on_random_data():
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame({
+        "TRANSACTION_ID": np.arange(n),
+        "TX_DATETIME": np.datetime64("2024-04-01") + rng.integers(0, 60 * 86400, n).astype("timedelta64[s]"),
+        "CUSTOMER_ID": rng.integers(0, 50, n), "TERMINAL_ID": rng.integers(0, 80, n),
+        "TX_AMOUNT": rng.gamma(2.0, 30.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.1).astype(int),
+    })
+    ours = compute_features(frame, SETTINGS).set_index("TRANSACTION_ID")
+    delay = SETTINGS.label_delay_days
+    for _, group in frame.sort_values("TX_DATETIME", kind="mergesort").groupby("CUSTOMER_ID"):
+        amounts = group.set_index("TX_DATETIME")["TX_AMOUNT"]
+        for w in SETTINGS.windows_days:
+            count, total = amounts.rolling(f"{w}D").count(), amounts.rolling(f"{w}D").sum()
+            np.testing.assert_array_equal(ours.loc[group["TRANSACTION_ID"], f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"],
+                                          count.to_numpy())
+            np.testing.assert_allclose(ours.loc[group["TRANSACTION_ID"], f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"],
+                                       (total / count).to_numpy(), rtol=1e-6)
+    for _, group in frame.sort_values("TX_DATETIME", kind="mergesort").groupby("TERMINAL_ID"):
+        fraud = group.set_index("TX_DATETIME")["TX_FRAUD"]
+        n_delay, f_delay = fraud.rolling(f"{delay}D").count(), fraud.rolling(f"{delay}D").sum()
+        for w in SETTINGS.windows_days:
+            n_all, f_all = fraud.rolling(f"{delay + w}D").count(), fraud.rolling(f"{delay + w}D").sum()
+            count = (n_all - n_delay).to_numpy()
+            risk = ((f_all - f_delay) / (n_all - n_delay)).fillna(0).to_numpy()
+            np.testing.assert_array_equal(ours.loc[group["TRANSACTION_ID"], f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"], count)
+            np.testing.assert_allclose(ours.loc[group["TRANSACTION_ID"], f"TERMINAL_ID_RISK_{w}DAY_WINDOW"],
+                                       risk, rtol=1e-6, atol=1e-7)
+
+
+def test_missing_column_raises_data_error_naming_it():
+    with pytest.raises(DataError, match="TERMINAL_ID"):
+        compute_features(hand_frame().drop(columns=["TERMINAL_ID"]), SETTINGS)
+
+
+def test_missing_amount_raises_data_error_naming_transaction():
+    frame = hand_frame()
+    frame.loc[frame["TRANSACTION_ID"] == 7, "TX_AMOUNT"] = np.nan
+    with pytest.raises(DataError, match=r"TX_AMOUNT.*TRANSACTION_ID=7"):
+        compute_features(frame, SETTINGS)
+
+
+# --- split -------------------------------------------------------------------------------------------
+
+def daily_frame(n_days: int = 20, fraud_days: dict[str, list[int]] | None = None) -> pd.DataFrame:
+    """One noon transaction a day for each of customers good, early (fraud day 2) and late (fraud day 11)."""
+    fraud_days = fraud_days if fraud_days is not None else {"early": [2], "late": [11]}
+    rows = []
+    for day in range(n_days):
+        for customer in ("good", "early", "late"):
+            rows.append({
+                "TRANSACTION_ID": len(rows),
+                "TX_DATETIME": pd.Timestamp("2024-04-01 12:00") + pd.Timedelta(days=day),
+                "CUSTOMER_ID": customer, "TERMINAL_ID": "T1", "TX_AMOUNT": 10.0,
+                "TX_FRAUD": int(day in fraud_days.get(customer, [])),
+            })
+    return pd.DataFrame(rows)
+
+
+SPLIT = FeaturizeSettings(windows_days=[1], label_delay_days=3, night_end_hour=6,
+                          train_days=10, delay_gap_days=3, test_days=5)
+
+
+def test_split_boundaries_and_gap_are_dropped():
+    train, test = split_train_test(daily_frame(), SPLIT)
+    start = pd.Timestamp("2024-04-01")
+    assert train["TX_DATETIME"].min() >= start
+    assert train["TX_DATETIME"].max() < start + pd.Timedelta(days=10)
+    assert test["TX_DATETIME"].min() >= start + pd.Timedelta(days=13)
+    assert test["TX_DATETIME"].max() < start + pd.Timedelta(days=18)
+    assert len(train) == 30  # 10 days x 3 customers
+    assert sorted(test["TX_DATETIME"].dt.day.unique()) == [14, 15, 16, 17, 18]
+
+
+def test_split_has_no_overlap():
+    train, test = split_train_test(daily_frame(), SPLIT)
+    assert not set(train["TRANSACTION_ID"]) & set(test["TRANSACTION_ID"])
+    assert train["TX_DATETIME"].max() < test["TX_DATETIME"].min()
+
+
+def test_split_removes_cards_compromised_in_train_from_test():
+    _, test = split_train_test(daily_frame(), SPLIT)
+    assert "early" not in set(test["CUSTOMER_ID"])
+    assert (test["CUSTOMER_ID"] == "good").sum() == 5
+
+
+def test_split_removes_card_once_its_later_fraud_label_is_known():
+    # "late" defrauded on day 11 (gap): with a 3-day label delay it is known from day 15 on.
+    _, test = split_train_test(daily_frame(), SPLIT)
+    late_days = sorted((test.loc[test["CUSTOMER_ID"] == "late", "TX_DATETIME"]
+                        - pd.Timestamp("2024-04-01")).dt.days)
+    assert late_days == [13, 14]
+
+
+def test_split_keeps_all_test_rows_without_frauds():
+    _, test = split_train_test(daily_frame(fraud_days={}), SPLIT)
+    assert len(test) == 15
+
+
+def test_split_on_too_short_data_names_days_available_and_needed():
+    with pytest.raises(DataError, match=r"covers 12 day\(s\).*needs 18"):
+        split_train_test(daily_frame(n_days=12), SPLIT)
+
+
+def test_plan_split_starts_at_midnight_of_first_day():
+    plan = plan_split(daily_frame(), SPLIT)
+    assert plan.start == pd.Timestamp("2024-04-01")
+    assert plan.test_end == pd.Timestamp("2024-04-19")
+
+
+def test_newest_window_takes_last_calendar_days():
+    window = newest_window(daily_frame(), days=4)
+    assert sorted(window["TX_DATETIME"].dt.day.unique()) == [17, 18, 19, 20]
+    assert len(window) == 12
+
+
+def test_newest_window_rejects_non_positive_days():
+    with pytest.raises(ValueError, match="positive"):
+        newest_window(daily_frame(), days=0)
+
+
+def test_featurize_settings_reject_repeated_or_non_positive_windows():
+    for windows in ([7, 7], [0, 7]):
+        with pytest.raises(ValidationError, match="distinct positive"):
+            FeaturizeSettings(**{**SETTINGS.model_dump(), "windows_days": windows})
