@@ -110,12 +110,12 @@ def run_bench(script: Path, timeout: float) -> BenchRun:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env,  # nosec B603
+        proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env,  # nosec B603 - fixed argv, no shell
                               capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return BenchRun(name, str(script.relative_to(ROOT)), -1, time.perf_counter() - started, None,
-                        out[-2000:], error=f"timed out after {timeout:.0f} s")
+                        out[-4000:], error=f"timed out after {timeout:.0f} s")
     seconds = time.perf_counter() - started
     error = None
     try:
@@ -126,7 +126,7 @@ def run_bench(script: Path, timeout: float) -> BenchRun:
         error = f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"
     # The human-readable figures, minus the machine line, so results.md can show them verbatim.
     tail = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(MARKER))
-    return BenchRun(name, str(script.relative_to(ROOT)), proc.returncode, seconds, figures, tail[-2000:],
+    return BenchRun(name, str(script.relative_to(ROOT)), proc.returncode, seconds, figures, tail[-4000:],
                     error=error)
 
 

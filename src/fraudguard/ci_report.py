@@ -80,6 +80,12 @@ class BanditRun:
     sarif_path: Path | None
     findings: int
     scanned_paths: tuple[str, ...]
+    # `# nosec` comments without a written reason ("file:line"), which the gate also blocks on.
+    bare_nosec: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.findings == 0 and not self.bare_nosec
 
 
 # --------------------------------------------------------------------------------------------- dvc
@@ -88,7 +94,8 @@ class BanditRun:
 def _run_dvc(root: Path, args: list[str]) -> str:
     """Run `dvc <args>` in root and return stdout; a failure raises DataVersionError with dvc's words."""
     cmd = [tool_path("dvc"), *args]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)  # nosec B603
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True,  # nosec B603 - fixed argv, no shell
+                          check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise DataVersionError(
@@ -374,11 +381,13 @@ def sarif_formatter_available() -> bool:
 
 
 def run_bandit(root: Path, settings: StaticAnalysisGateSettings, out_dir: Path) -> BanditRun:
-    """Scan settings.paths under root with the static-analysis gate's thresholds; JSON (+ SARIF) reports.
+    """Scan settings.paths under root as the static-analysis gate does; JSON (+ SARIF) reports.
 
-    Returns the number of findings at or above min_severity and min_confidence; raising is left to
-    the caller so that both reports are always written first.
+    Counts the findings at or above min_severity and min_confidence, and the bare `# nosec` comments
+    (the gate's own check, reused); failing is left to the caller so every report is written first.
     """
+    from fraudguard.gates.static_analysis import find_bare_nosec
+
     paths = tuple(p for p in settings.paths if (root / p).exists())
     if not paths:
         raise FraudGuardError(f"static analysis: none of {settings.paths} exists under {root}")
@@ -387,7 +396,7 @@ def run_bandit(root: Path, settings: StaticAnalysisGateSettings, out_dir: Path) 
             "--severity-level", settings.min_severity, "--confidence-level", settings.min_confidence]
     json_path = out_dir / "bandit.json"
     # Bandit exits 1 when it finds issues; the JSON report is the verdict, so the exit code is not.
-    proc = subprocess.run([*base, "-f", "json", "-o", str(json_path)], cwd=root,  # nosec B603
+    proc = subprocess.run([*base, "-f", "json", "-o", str(json_path)], cwd=root,  # nosec B603 - fixed argv
                           capture_output=True, text=True, check=False)
     if not json_path.is_file():
         raise FraudGuardError(f"bandit wrote no report to {json_path} (exit {proc.returncode}): "
@@ -398,15 +407,19 @@ def run_bandit(root: Path, settings: StaticAnalysisGateSettings, out_dir: Path) 
     sarif_path: Path | None = None
     if sarif_formatter_available():
         sarif_path = out_dir / "bandit.sarif"
-        subprocess.run([*base, "-f", "sarif", "-o", str(sarif_path)], cwd=root,  # nosec B603
+        subprocess.run([*base, "-f", "sarif", "-o", str(sarif_path)], cwd=root,  # nosec B603 - fixed argv
                        capture_output=True, text=True, check=False)
         if not sarif_path.is_file():
             log.warning("bandit wrote no SARIF report to %s", sarif_path)
             sarif_path = None
     else:
         log.warning("bandit has no SARIF formatter here (install bandit[sarif]); JSON only")
+    bare = find_bare_nosec([root / p for p in paths])
+    bare_names = tuple(f"{Path(b.path).resolve().relative_to(root.resolve())}:{b.line}" for b in bare)
+    (out_dir / "bandit_bare_nosec.json").write_text(json.dumps(list(bare_names), indent=2) + "\n",
+                                                    encoding="utf-8")
     return BanditRun(json_path=json_path, sarif_path=sarif_path,
-                     findings=len(report.get("results", [])), scanned_paths=paths)
+                     findings=len(report.get("results", [])), scanned_paths=paths, bare_nosec=bare_names)
 
 
 def step_summary_path() -> Path | None:

@@ -189,6 +189,14 @@ class RegistrySettings(_Strict):
     reference_sample_seed: int
 
 
+class MonitorSettings(_Strict):
+    window_days: int = Field(gt=0)
+    drift_share_threshold: float = Field(ge=0, le=1)
+    experiment: str = Field(min_length=1)
+    retrain_on_drift: bool
+    retrain_deployment: str = Field(pattern=r"^[^/]+/[^/]+$")
+
+
 class Settings(_Strict):
     simulate: SimulateSettings
     validate_: ValidateSettings = Field(alias="validate")
@@ -199,6 +207,7 @@ class Settings(_Strict):
     evaluate: EvaluateSettings
     gates: GatesSettings
     registry: RegistrySettings
+    monitor: MonitorSettings
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from fraudguard.errors import ModelError, RegistryError
+from fraudguard.lineage import collect_lineage
 from fraudguard.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -179,6 +181,7 @@ def history_rows(history: Any, source: Path) -> list[dict[str, Any]]:
 def plot_loss_curve(rows: list[dict[str, Any]], out_path: Path) -> Path:
     """PNG of every loss-like series (keys containing "loss", else every numeric series) per epoch."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     numeric = sorted({key for row in rows for key, value in row.items()
                       if key != "epoch" and isinstance(value, (int, float))})
@@ -188,6 +191,7 @@ def plot_loss_curve(rows: list[dict[str, Any]], out_path: Path) -> Path:
     for key in series:
         points = [(row["epoch"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss" if any("loss" in key.lower() for key in series) else "value")
     ax.set_title("Training history")
@@ -226,91 +230,110 @@ def log_training_run(
     import pandas as pd
     from mlflow import MlflowClient
 
-    from fraudguard.lineage import collect_lineage
-    from fraudguard.model import load_bundle, sha256_file
-    from fraudguard.pyfunc_model import log_pyfunc_model
+    from fraudguard.model import sha256_file
 
     paths = ProjectPaths.at(root)
-    weights = _require(paths.model_weights, "model weights")
-    preprocess = _require(paths.preprocess, "preprocessing file")
+    _require(paths.model_weights, "model weights")
+    _require(paths.preprocess, "preprocessing file")
     metrics_doc = _read_json(_require(paths.metrics, "training metrics"))
     history = history_rows(_read_json(_require(paths.training_history, "training history")),
                            paths.training_history)
     evaluation_doc = _read_json(paths.evaluation) if paths.evaluation.is_file() else {}
     train_features = pd.read_parquet(_require(paths.train_features, "training features"))
-
-    lineage = collect_lineage(paths.root, settings, weights, flow_run_id=flow_run_id)
-    weights_sha = lineage[WEIGHTS_SHA_TAG]
-    bundle = load_bundle(weights, preprocess, expected_sha256=weights_sha)
-    preprocess_sha = sha256_file(preprocess)
-
-    client = MlflowClient()
-    experiment_id = ensure_experiment(client, settings.registry.experiment)
-    model_name = settings.registry.model_name
-
     metrics = flatten_metrics(metrics_doc, "train")
     metrics.update(flatten_metrics(evaluation_doc, "eval"))
 
-    with mlflow.start_run(experiment_id=experiment_id) as run, \
-            tempfile.TemporaryDirectory(prefix="fraudguard-run-") as tmp_dir:
-        run_id = run.info.run_id
+    client = MlflowClient()
+    experiment_id = ensure_experiment(client, settings.registry.experiment)
+    with tempfile.TemporaryDirectory(prefix="fraudguard-run-") as tmp_dir:
         tmp = Path(tmp_dir)
-        mlflow.set_tags({**lineage, RUN_ID_TAG: run_id, PREPROCESS_SHA_TAG: preprocess_sha,
-                         WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT})
-        mlflow.log_params(flatten_params(settings.as_params_dict()))
+        # Hash, load and log private copies, so that a concurrent `dvc repro` cannot make the logged
+        # weights differ from the hash in the tags.
+        (tmp / BUNDLE_DIR).mkdir()
+        weights = Path(shutil.copy2(paths.model_weights, tmp / WEIGHTS_ARTIFACT))
+        preprocess = Path(shutil.copy2(paths.preprocess, tmp / PREPROCESS_ARTIFACT))
+        lineage = collect_lineage(paths.root, settings, weights, flow_run_id=flow_run_id)
+        commit = lineage["lineage.git_commit"]
+        run_name = "train" if commit == "unknown" else f"train-{commit[:8]}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            run_id = run.info.run_id
+            tags = {**lineage, RUN_ID_TAG: run_id, PREPROCESS_SHA_TAG: sha256_file(preprocess),
+                    WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT}
+            mlflow.set_tags(tags)
+            mlflow.log_params(flatten_params(settings.as_params_dict()))
+            _log_metrics(history, metrics)
+            _log_files(paths, settings, weights, preprocess, history, tmp, run_id)
+            reference = sample_reference(train_features, settings.registry.reference_sample_rows,
+                                         settings.registry.reference_sample_seed)
+            reference.to_parquet(tmp / "train_features.parquet", index=False)
+            mlflow.log_artifact(str(tmp / "train_features.parquet"), Path(REFERENCE_ARTIFACT).parent.name)
+            version, model_id = _register_model(client, settings, weights, preprocess, tags,
+                                                train_features.head(5))
+            mlflow.set_tag("fraudguard.registered_version", str(version))
 
-        for row in history:
-            epoch = int(row["epoch"])
-            epoch_metrics = flatten_metrics({k: v for k, v in row.items() if k != "epoch"}, "epoch")
-            if epoch_metrics:
-                mlflow.log_metrics(epoch_metrics, step=epoch)
-        if metrics:
-            mlflow.log_metrics(metrics)
-
-        mlflow.log_artifact(str(weights), BUNDLE_DIR)
-        mlflow.log_artifact(str(preprocess), BUNDLE_DIR)
-        mlflow.log_artifact(str(paths.metrics), "metrics")
-        mlflow.log_artifact(str(paths.training_history), "metrics")
-        if paths.evaluation.is_file():
-            mlflow.log_artifact(str(paths.evaluation), "metrics")
-        for optional, artifact_dir in (
-            (paths.validation_report, "reports"),
-            (paths.params, "config"),
-            (paths.dvc_lock, "config"),
-            (paths.plots_dir / "pr_curve.png", "plots"),
-            (paths.plots_dir / "pr_curve.json", "plots"),
-        ):
-            if optional.is_file():
-                mlflow.log_artifact(str(optional), artifact_dir)
-            else:
-                logger.warning("%s absent; not logged to run %s", optional, run_id)
-        mlflow.log_dict({"features": list(settings.model.features)}, "config/features.json")
-        mlflow.log_dict(settings.threat_model.model_dump(mode="json"), "config/threat_model.json")
-        mlflow.log_artifact(str(plot_loss_curve(history, tmp / "loss_curve.png")), "plots")
-
-        reference = sample_reference(train_features, settings.registry.reference_sample_rows,
-                                     settings.registry.reference_sample_seed)
-        reference_file = tmp / "train_features.parquet"
-        reference.to_parquet(reference_file, index=False)
-        mlflow.log_artifact(str(reference_file), "reference")
-
-        model_info = log_pyfunc_model(
-            bundle, weights, preprocess, weights_sha, train_features.head(5),
-            name=MODEL_NAME_IN_RUN, registered_model_name=model_name,
-        )
-        registered = model_info.registered_model_version
-        if registered is None:
-            raise RegistryError(f"model {model_name!r}: run {run_id} logged but no version registered")
-        version = int(registered)
-        version_tags = {**lineage, RUN_ID_TAG: run_id, PREPROCESS_SHA_TAG: preprocess_sha,
-                        WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT}
-        for key, value in version_tags.items():
-            client.set_model_version_tag(model_name, str(version), key, value)
-        mlflow.set_tag("fraudguard.registered_version", str(version))
-
+    model_name = settings.registry.model_name
     logger.info("run %s registered as %s version %d", run_id, model_name, version)
     return TrainingRunRecord(run_id=run_id, version=version, lineage=lineage, metrics=metrics,
-                             model_uri=f"models:/{model_name}/{version}", model_id=model_info.model_id)
+                             model_uri=f"models:/{model_name}/{version}", model_id=model_id)
+
+
+def _log_metrics(history: list[dict[str, Any]], metrics: dict[str, float]) -> None:
+    import mlflow
+
+    for row in history:
+        epoch_metrics = flatten_metrics({k: v for k, v in row.items() if k != "epoch"}, "epoch")
+        if epoch_metrics:
+            mlflow.log_metrics(epoch_metrics, step=int(row["epoch"]))
+    if metrics:
+        mlflow.log_metrics(metrics)
+
+
+def _log_files(paths: ProjectPaths, settings: "Settings", weights: Path, preprocess: Path,
+               history: list[dict[str, Any]], tmp: Path, run_id: str) -> None:
+    """The bundle, reports, configuration and plots of the active run (layout: module docstring)."""
+    import mlflow
+
+    mlflow.log_artifact(str(weights), BUNDLE_DIR)
+    mlflow.log_artifact(str(preprocess), BUNDLE_DIR)
+    mlflow.log_artifact(str(paths.metrics), "metrics")
+    mlflow.log_artifact(str(paths.training_history), "metrics")
+    for optional, artifact_dir in (
+        (paths.evaluation, "metrics"),
+        (paths.validation_report, "reports"),
+        (paths.params, "config"),
+        (paths.dvc_lock, "config"),
+        (paths.plots_dir / "pr_curve.png", "plots"),
+        (paths.plots_dir / "pr_curve.json", "plots"),
+    ):
+        if optional.is_file():
+            mlflow.log_artifact(str(optional), artifact_dir)
+        else:
+            logger.warning("%s absent; not logged to run %s", optional, run_id)
+    mlflow.log_dict({"features": list(settings.model.features)}, "config/features.json")
+    mlflow.log_dict(settings.threat_model.model_dump(mode="json"), "config/threat_model.json")
+    mlflow.log_artifact(str(plot_loss_curve(history, tmp / "loss_curve.png")), "plots")
+
+
+def _register_model(client: "MlflowClient", settings: "Settings", weights: Path, preprocess: Path,
+                    tags: dict[str, str], input_example: "pd.DataFrame") -> tuple[int, str]:
+    """Log the pyfunc model in the active run as a new version, tagged; returns (version, model id)."""
+    from fraudguard.model import load_bundle
+    from fraudguard.pyfunc_model import log_pyfunc_model
+
+    model_name = settings.registry.model_name
+    bundle = load_bundle(weights, preprocess, expected_sha256=tags[WEIGHTS_SHA_TAG])
+    model_info = log_pyfunc_model(
+        bundle, weights, preprocess, tags[WEIGHTS_SHA_TAG], input_example,
+        name=MODEL_NAME_IN_RUN, registered_model_name=model_name,
+    )
+    if model_info.registered_model_version is None:
+        raise RegistryError(
+            f"model {model_name!r}: run {tags[RUN_ID_TAG]} logged but no version was registered"
+        )
+    version = int(model_info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, str(version), key, value)
+    return version, model_info.model_id
 
 
 def _version(client: "MlflowClient", model_name: str, version: int | str):

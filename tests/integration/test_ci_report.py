@@ -22,8 +22,11 @@ from fraudguard.ci_report import (
     build_ci_summary,
     collect_gate_rows,
     render_summary,
+    run_bandit,
+    sarif_formatter_available,
     write_summary,
 )
+from fraudguard.config import StaticAnalysisGateSettings
 from fraudguard.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +163,31 @@ def test_gates_passed_is_false_without_any_verdict():
     empty = CiSummary("HEAD", None, "", "", (), Path("reports/gates"))
     passing = CiSummary("HEAD", None, "", "", (GateRow("quality", True, "ok"),), Path("reports/gates"))
     assert not empty.gates_passed and passing.gates_passed
+
+
+def test_bandit_blocks_shell_injection_and_writes_json_and_sarif(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "run.py").write_text(
+        "import subprocess  # nosec B404 - this module exists to run commands\n"
+        "def run(cmd):\n    return subprocess.run(cmd, shell=True)\n")
+    settings = StaticAnalysisGateSettings(paths=["src", "flows"], min_severity="medium",
+                                          min_confidence="medium")
+    result = run_bandit(tmp_path, settings, tmp_path / "reports")
+    assert result.findings == 1 and not result.passed
+    assert result.scanned_paths == ("src",)
+    report = json.loads(result.json_path.read_text())
+    assert report["results"][0]["test_id"] == "B602"
+    if sarif_formatter_available():
+        assert json.loads(result.sarif_path.read_text())["runs"][0]["results"]
+
+
+def test_bandit_run_fails_on_a_nosec_without_a_reason(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "quiet.py").write_text("import subprocess  # nosec\n")
+    settings = StaticAnalysisGateSettings(paths=["src"], min_severity="medium", min_confidence="medium")
+    result = run_bandit(tmp_path, settings, tmp_path / "reports")
+    assert result.findings == 0
+    assert result.bare_nosec == ("src/quiet.py:1",) and not result.passed
 
 
 # ----------------------------------------------------------------------------- the pipeline job

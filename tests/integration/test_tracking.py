@@ -250,7 +250,7 @@ def test_registry_model_refuses_to_load_tampered_weights(registered):
 
 
 @pytest.mark.slow
-def test_lineage_records_the_prefect_flow_run_it_runs_in(registered, tmp_path):
+def test_lineage_records_the_prefect_flow_run_it_runs_in(registered):
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 

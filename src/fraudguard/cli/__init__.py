@@ -4,6 +4,7 @@ so `fraudguard --help` stays fast."""
 import typer
 
 from fraudguard.cli import data as data_commands
+from fraudguard.cli import run as run_command
 
 app = typer.Typer(
     name="fraudguard",
@@ -12,6 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_commands.app, name="data", help="DVC-versioned transaction data.")
+app.command("run")(run_command.run)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def report(
     configure_logging()
     root = Path.cwd()
     try:
-        summary = build_ci_summary(root, base_rev=base, head_rev=head, gate_dir=root / gate_dir)
+        summary = build_ci_summary(root, base_rev=base, head_rev=head, gate_dir=gate_dir)
     except FraudGuardError as exc:
         _fail(exc)
         return
@@ -84,7 +84,7 @@ def bandit(
     params: Annotated[Path, typer.Option(help="params file with gates.static_analysis.")]
         = Path("params.yaml"),
 ) -> None:
-    """Bandit over gates.static_analysis.paths at its min severity/confidence; exit 1 on any finding."""
+    """Bandit over gates.static_analysis.paths as the gate runs it; exit 1 on a finding or bare nosec."""
     from fraudguard.ci_report import run_bandit
     from fraudguard.config import load_settings
     from fraudguard.errors import FraudGuardError
@@ -101,5 +101,7 @@ def bandit(
     typer.echo(f"bandit over {', '.join(result.scanned_paths)}: {result.findings} finding(s) at or above "
                f"severity {settings.gates.static_analysis.min_severity} / confidence "
                f"{settings.gates.static_analysis.min_confidence}; wrote {written}")
-    if result.findings:
+    if result.bare_nosec:
+        typer.echo(f"error: nosec without a written reason: {', '.join(result.bare_nosec)}", err=True)
+    if not result.passed:
         raise typer.Exit(code=1)

@@ -1,0 +1,115 @@
+"""Prefect flow `train-and-promote`: DVC data -> stages -> MLflow version -> gates -> champion.
+
+Thin by design: every task calls one fraudguard library function. Heavy libraries (torch, ART,
+Evidently, MLflow) are imported inside the tasks, so loading this file for a deployment is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+
+
+def _project_root() -> Path:
+    # The deployment's pull step sets the working directory to the project checkout.
+    return Path(os.environ.get("FRAUDGUARD_PROJECT_DIR", ".")).resolve()
+
+
+@task(name="validate-params", cache_policy=NO_CACHE)
+def validate_params(root: Path, params_overrides: dict[str, Any] | None):
+    from fraudguard.pipeline import validate_overrides
+
+    return validate_overrides(root / "params.yaml", params_overrides)
+
+
+@task(name="pull-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def pull_data(root: Path, settings, data_revision: str | None) -> str:
+    """The only task with retries: it is the one doing remote I/O."""
+    from fraudguard.data.versioning import pull_data as pull
+    from fraudguard.paths import ProjectPaths
+    from fraudguard.pipeline import checkout_data_revision
+
+    checkout_data_revision(root, data_revision)
+    outcome = pull(ProjectPaths.at(root), settings)
+    get_run_logger().info("data/raw %s (%s)", outcome.md5, outcome.source)
+    return outcome.md5
+
+
+@task(name="dvc-repro", cache_policy=NO_CACHE)
+def reproduce(root: Path, params_overrides: dict[str, Any] | None) -> dict[str, Any]:
+    from fraudguard.pipeline import params_overridden, reproduce_stages
+
+    with params_overridden(root / "params.yaml", params_overrides):
+        outcome = reproduce_stages(root)
+    get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
+    return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register(root: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
+    from fraudguard.tracking import configure_mlflow, log_training_run
+
+    client = configure_mlflow(root, settings)
+    record = log_training_run(root, settings, flow_run_id=flow_run_id)
+    experiment_id = client.get_run(record.run_id).info.experiment_id
+    return {"version": record.version, "run_id": record.run_id, "experiment_id": experiment_id,
+            "metrics": dict(record.metrics)}
+
+
+@task(name="gates-and-promotion", cache_policy=NO_CACHE)
+def gate_and_promote(root: Path, settings, version: int, promote: bool):
+    from fraudguard.errors import PromotionBlocked
+    from fraudguard.promotion import promote_version
+    from fraudguard.tracking import configure_mlflow
+
+    client = configure_mlflow(root, settings)
+    try:
+        return promote_version(client, root, settings, version=version, promote=promote,
+                               actor=f"prefect:{flow_run.get_id() or 'local'}")
+    except PromotionBlocked as blocked:
+        return blocked.outcome  # type: ignore[attr-defined]
+
+
+@flow(name="train-and-promote", log_prints=True)
+def train_and_promote(
+    data_revision: str | None = None,
+    params_overrides: dict[str, Any] | None = None,
+    promote: bool = True,
+):
+    """Train a candidate from the DVC-versioned data and promote it to `champion` if every gate passes.
+
+    data_revision: git revision of data.dvc to train on (default: the work tree's).
+    params_overrides: nested or dotted params.yaml keys, validated against the typed settings.
+    promote: false runs the gates only (a dry run); `champion` never moves.
+    """
+    from fraudguard.reporting import promotion_markdown
+
+    root = _project_root()
+    settings = validate_params(root, params_overrides)
+    data_md5 = pull_data(root, settings, data_revision)
+    stages = reproduce(root, params_overrides)
+    record = register(root, settings, flow_run.get_id())
+    outcome = gate_and_promote(root, settings, record["version"], promote)
+
+    markdown = promotion_markdown(outcome, record, data_md5, stages)
+    create_markdown_artifact(markdown=markdown, key="train-and-promote",
+                             description=f"gates for fraudguard version {record['version']}")
+    if outcome.failed_gates:
+        return Failed(name="Blocked", message=(
+            f"promotion of version {outcome.version} blocked by gate(s): {', '.join(outcome.failed_gates)}; "
+            "champion unchanged"))
+    if not promote:
+        return Completed(message=f"dry run: version {outcome.version} passed every gate; champion unchanged")
+    return Completed(message=f"version {outcome.version} is the new champion "
+                             f"(was {outcome.champion_before})")
+
+
+if __name__ == "__main__":
+    train_and_promote()

@@ -1,0 +1,202 @@
+"""The deployments for real: a Prefect server and a process worker on 127.0.0.1, `prefect deploy --all`,
+and `prefect deployment run ... --watch`, against a real MLflow store and a real DVC project.
+
+Everything started here is stopped by PID at the end of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT, small_params
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+UUID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+
+# Gate thresholds relaxed: this module tests orchestration; each gate's verdicts are tested on its own.
+LENIENT_GATES = {
+    "gates": {
+        "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
+                    "non_inferiority_tolerance": 1.0},
+        "robustness": {"min_robust_recall": 0.0, "non_inferiority_tolerance": 1.0, "hopskipjump_samples": 5,
+                       "hopskipjump_max_iter": 2},
+        "drift": {"drift_share_threshold": 1.0},
+        "privacy": {"max_attack_auc": 1.0, "sample_size": 300},
+    },
+    "train": {"epochs": 2},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _make_project(root: Path, env: dict[str, str]) -> None:
+    """A small FraudGuard project: a git repo with DVC, small params, simulated data tracked in data.dvc."""
+    root.mkdir(parents=True)
+    for name in ("dvc.yaml", "prefect.yaml", ".dvcignore"):
+        if (PROJECT_ROOT / name).exists():
+            shutil.copy2(PROJECT_ROOT / name, root / name)
+    shutil.copytree(PROJECT_ROOT / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    # dvc.yaml's stage deps name the library's files.
+    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "params.yaml").write_text(yaml.safe_dump(small_params(LENIENT_GATES), sort_keys=False))
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.prefect/\n")
+    _run(["git", "init", "-q", "-b", "main"], root, env)
+    _run([str(BIN / "dvc"), "init", "-q"], root, env)
+    _run([str(BIN / "fraudguard"), "data", "simulate", "--root", str(root)], root, env)
+    _run([str(BIN / "dvc"), "add", "-q", "data/raw"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "small project"], root, env)
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory):
+    """(project root, env, mlflow uri): a Prefect server + process worker serving the project's deployments."""
+    base = tmp_path_factory.mktemp("prefect_stack")
+    port = _free_port()
+    root = base / "project"
+    mlflow_uri = f"sqlite:///{base / 'mlflow.db'}"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_HOME": str(base / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "XDG_CACHE_HOME": str(base / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "PWD": str(root),
+        "FRAUDGUARD_ACTOR": "integration-test",
+    }
+    env.pop("FRAUDGUARD_PROJECT_DIR", None)
+    _make_project(root, env)
+    logs = base / "logs"
+    logs.mkdir()
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=base, env=env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    worker = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise AssertionError("prefect server did not start:\n" + (logs / "server.log").read_text()[-3000:])
+            time.sleep(1)
+        _run([str(BIN / "prefect"), "work-pool", "create", "fraudguard", "--type", "process"], root, env)
+        _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], root, env)
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "fraudguard", "--type", "process"],
+            cwd=root, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        yield root, env, mlflow_uri, logs
+    finally:
+        # The worker stops on SIGINT (not SIGTERM); the server on SIGTERM. Both by PID.
+        for proc, sig in ((worker, signal.SIGINT), (server, signal.SIGTERM)):
+            if proc is None or proc.poll() is not None:
+                continue
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def _deployment_run(stack, name: str, params: dict, expect_ok: bool = True) -> tuple[str, subprocess.CompletedProcess]:
+    root, env, _, logs = stack
+    cmd = [str(BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-interval", "2",
+           "--watch-timeout", "600", "--params", json.dumps(params)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=700)
+    out = proc.stdout + proc.stderr
+    match = UUID.search(out)
+    assert match, f"no flow run id in the output of {' '.join(cmd)}:\n{out}"
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{name} did not complete (exit {proc.returncode}):\n{out[-4000:]}\n--- worker log:\n"
+                             + (logs / "worker.log").read_text()[-6000:])
+    return match.group(1), proc
+
+
+def _flow_run(stack, flow_run_id: str) -> dict:
+    _, env, _, _ = stack
+    with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _client(mlflow_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+
+
+def test_train_and_promote_then_rollback_through_deployments(prefect_stack):
+    from fraudguard.audit import read_audit_log
+
+    _, _, mlflow_uri, _ = prefect_stack
+    first_id, _ = _deployment_run(prefect_stack, "train-and-promote/default", {})
+    assert _flow_run(prefect_stack, first_id)["state"]["type"] == "COMPLETED"
+    client = _client(mlflow_uri)
+    first = client.get_model_version_by_alias("fraudguard", "champion")
+    assert first.tags["lineage.prefect_flow_run_id"] == first_id
+
+    # A second candidate (another seed) becomes champion; its stages rerun, the data stages do not.
+    second_id, proc = _deployment_run(prefect_stack, "train-and-promote/default",
+                                      {"params_overrides": {"train": {"seed": 11}}})
+    assert _flow_run(prefect_stack, second_id)["state"]["type"] == "COMPLETED"
+    second = client.get_model_version_by_alias("fraudguard", "champion")
+    assert int(second.version) == int(first.version) + 1
+    assert second.tags["lineage.prefect_flow_run_id"] == second_id
+
+    rollback_id, _ = _deployment_run(prefect_stack, "rollback/default", {"reason": "integration test rollback"})
+    assert _flow_run(prefect_stack, rollback_id)["state"]["type"] == "COMPLETED"
+    assert client.get_model_version_by_alias("fraudguard", "champion").version == first.version
+    last = read_audit_log(client, "fraudguard")[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", int(second.version), int(first.version))
+    assert "integration test rollback" in " ".join(last.reasons)
+
+
+def test_bad_params_fail_the_flow_run_and_leave_the_registry_as_it_was(prefect_stack):
+    _, _, mlflow_uri, _ = prefect_stack
+    client = _client(mlflow_uri)
+    before = {(mv.version, tuple(sorted(mv.aliases))) for mv in client.search_model_versions("name='fraudguard'")}
+    run_id, proc = _deployment_run(prefect_stack, "train-and-promote/default",
+                                   {"params_overrides": {"train": {"epochz": 3}}}, expect_ok=False)
+    assert proc.returncode != 0
+    state = _flow_run(prefect_stack, run_id)["state"]
+    assert state["type"] == "FAILED"
+    assert "train.epochz" in state["message"]
+    after = {(mv.version, tuple(sorted(mv.aliases))) for mv in client.search_model_versions("name='fraudguard'")}
+    assert after == before
