@@ -128,13 +128,7 @@ def dvc_metrics_diff_md(root: Path, a_rev: str, b_rev: str | None = None) -> str
 def _as_float_map(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         return {}
-    out: dict[str, float] = {}
-    for key, item in value.items():
-        if isinstance(item, bool):
-            out[str(key)] = float(item)
-        elif isinstance(item, (int, float)):
-            out[str(key)] = float(item)
-    return out
+    return {str(key): float(item) for key, item in value.items() if isinstance(item, (int, float))}
 
 
 def _row_from_mapping(data: dict[str, Any], source: str) -> GateRow | None:
@@ -319,7 +313,7 @@ def render_summary(summary: CiSummary) -> str:
     else:
         parts.append(f"**Gates: no verdicts found in `{summary.gate_dir}`.**")
     sources = sorted({row.source for row in summary.gates})
-    origin = f" from `{sources[0]}`" if len(sources) == 1 else ""
+    origin = f" from `{summary.gate_dir / sources[0]}`" if len(sources) == 1 else ""
     parts += ["", f"### Gate verdicts (dry-run promotion){origin}", ""]
     parts.append(render_gate_table(summary.gates) if summary.gates else "_No gate results._")
     parts += ["", f"### Params diff (`{summary.base_rev}` → `{head}`)", ""]

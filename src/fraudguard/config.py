@@ -112,6 +112,8 @@ class AdversarialSettings(_Strict):
     enabled: bool
     attack: Literal["fgsm", "fgsm_random_start", "pgd"]
     ratio: float = Field(ge=0, le=1)
+    # which rows get adversarial versions: every class, or only frauds (the attacker is the fraudster)
+    classes: Literal["both", "fraud"] = "both"
 
 
 class TrainSettings(_Strict):

@@ -39,8 +39,6 @@ STATUS_TAG = "fraudguard.status"
 BLOCKED_REASONS_TAG = "fraudguard.blocked_reasons"
 GATE_TAG_PREFIX = "gate."
 SHA256_TAG = "artifact.sha256"
-# Run-relative path of the weights file, when the tracking side records it.
-WEIGHTS_PATH_TAG = "artifact.path"
 WEIGHTS_FILE_NAME = "model.pt"
 LOCK_DIR_ENV = "FRAUDGUARD_REGISTRY_LOCK_DIR"
 LOCK_TIMEOUT_ENV = "FRAUDGUARD_REGISTRY_LOCK_TIMEOUT_S"
@@ -272,9 +270,11 @@ def _sha256_of(path: Path) -> str:
 
 def _download_weights(client: "MlflowClient", mv: "ModelVersion", dst: Path) -> Path:
     """Download the version's weights file; RegistryError when it cannot be found."""
+    from fraudguard.tracking import WEIGHTS_ARTIFACT, WEIGHTS_PATH_TAG
+
     tags = mv.tags or {}
     errors: list[str] = []
-    run_path = tags.get(WEIGHTS_PATH_TAG)
+    run_path = tags.get(WEIGHTS_PATH_TAG, WEIGHTS_ARTIFACT)
     if mv.run_id and run_path:
         try:
             return Path(client.download_artifacts(mv.run_id, run_path, str(dst)))

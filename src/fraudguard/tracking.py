@@ -119,11 +119,19 @@ def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
 
 def ensure_experiment(client: "MlflowClient", name: str) -> str:
     """Id of the named experiment, created (artifacts beside a SQLite store) when missing."""
+    from mlflow.exceptions import MlflowException
+
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    location = artifact_root_for(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+    except MlflowException:
+        # Another process may have created it between the lookup and the create.
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -205,13 +205,18 @@ def train_model(
             idx = order[first:first + cfg.batch_size]
             xb, yb = x_fit[idx], y_fit_t[idx]
             if classifier is not None:
-                # The batch is a random draw, so its first rows are a random share of it.
-                k = int(round(cfg.adversarial.ratio * len(idx)))
-                if k > 0:
-                    t0 = time.perf_counter()
-                    x_adv = _attack_batch(attack, classifier, xb[:k].numpy(), yb[:k].numpy(), threat)
-                    xb = torch.cat([torch.from_numpy(x_adv), xb[k:]])
-                    attack_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                # The batch is a random draw, so its first eligible rows are a random share of them.
+                if cfg.adversarial.classes == "fraud":
+                    eligible = torch.nonzero(yb == 1).flatten()
+                else:
+                    eligible = torch.arange(len(idx))
+                rows = eligible[: int(round(cfg.adversarial.ratio * len(eligible)))]
+                if len(rows) > 0:
+                    x_adv = _attack_batch(attack, classifier, xb[rows].numpy(), yb[rows].numpy(), threat)
+                    xb = xb.clone()
+                    xb[rows] = torch.from_numpy(x_adv)
+                attack_seconds += time.perf_counter() - t0
             module.train()  # ART's gradient calls leave the module in eval mode
             optimizer.zero_grad()  # and leave gradients on the parameters
             loss = loss_fn(module(xb), yb)

@@ -34,7 +34,7 @@ def register_version(client: MlflowClient, name: str, workdir: Path, weights: by
     workdir.mkdir(parents=True, exist_ok=True)
     weights_file = workdir / "model.pt"
     weights_file.write_bytes(weights)
-    client.log_artifact(run.info.run_id, str(weights_file), "model")
+    client.log_artifact(run.info.run_id, str(weights_file), "bundle")
     client.set_terminated(run.info.run_id)
     try:
         client.create_registered_model(name)
@@ -42,13 +42,13 @@ def register_version(client: MlflowClient, name: str, workdir: Path, weights: by
         pass  # already registered by an earlier call
     tags = {
         "artifact.sha256": hashlib.sha256(weights).hexdigest(),
-        "artifact.path": "model/model.pt",
+        "fraudguard.model_weights_path": "bundle/model.pt",
         "lineage.run_id": run.info.run_id,
         "lineage.git_commit": "0123abcd",
         "lineage.data_md5": "d41d8cd98f00b204e9800998ecf8427e",
     }
     tags.update({f"gate.{g}": v for g, v in (gates or {}).items()})
-    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id,
                                      tags=tags)
     return int(mv.version)
 
@@ -57,7 +57,7 @@ def artifact_file(client: MlflowClient, name: str, version: int) -> Path:
     """The stored weights file of a version on the local artifact root (to tamper with it)."""
     mv = client.get_model_version(name, str(version))
     run = client.get_run(mv.run_id)
-    return Path(run.info.artifact_uri.removeprefix("file://")) / "model" / "model.pt"
+    return Path(run.info.artifact_uri.removeprefix("file://")) / "bundle" / "model.pt"
 
 
 def feature_frame(settings: Settings, n: int, seed: int, amount_scale: float = 1.0) -> pd.DataFrame:
@@ -105,3 +105,42 @@ def failing_gate(name: str):
     def run(candidate, context, settings) -> GateResult:
         return GateResult(name, False, {"score": 0.1}, {"min_score": 0.5}, f"{name} score 0.1 below 0.5")
     return run
+
+
+def write_pipeline_outputs(root: Path, seed: int) -> None:
+    """The files the DVC stages leave in a project (features, a random-weight bundle, metrics, reports)."""
+    import json
+
+    import torch
+    import yaml
+
+    from conftest import small_params
+    from fraudguard.config import parse_settings
+    from fraudguard.model import FraudMLP, ModelBundle, Standardizer, save_bundle
+    from fraudguard.paths import ProjectPaths
+
+    raw = small_params()
+    settings = parse_settings(raw)
+    paths = ProjectPaths.at(root)
+    for directory in (paths.features_dir, paths.plots_dir, paths.reports_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.params.write_text(yaml.safe_dump(raw))
+    paths.raw_dvc_file.write_text("outs:\n- md5: feedfacefeedfacefeedfacefeedface.dir\n  path: data/raw\n")
+    features = list(settings.model.features)
+    for path, n, frame_seed, start in ((paths.train_features, 600, 1, "2024-04-01"),
+                                       (paths.test_features, 200, 2, "2024-05-15")):
+        frame = feature_frame(settings, n, frame_seed)
+        frame["TX_DATETIME"] = pd.date_range(start, periods=n, freq="2h")
+        frame["TX_FRAUD"] = (np.random.default_rng(frame_seed).random(n) < 0.1).astype("int64")
+        frame.to_parquet(path)
+    torch.manual_seed(seed)
+    module = FraudMLP(len(features), settings.model.hidden_sizes, settings.model.dropout).eval()
+    train = pd.read_parquet(paths.train_features)
+    bundle = ModelBundle(module, Standardizer.fit(train, features), tuple(settings.model.hidden_sizes),
+                         settings.model.dropout, threshold=0.5)
+    save_bundle(bundle, paths.model_weights, paths.preprocess)
+    paths.metrics.write_text(json.dumps({"final_loss": 0.42, "threshold": 0.5}))
+    paths.training_history.write_text(json.dumps([{"epoch": 1, "loss": 0.5}]))
+    paths.evaluation.write_text(json.dumps({"average_precision": 0.5}))
+    (paths.plots_dir / "pr_curve.json").write_text(json.dumps([{"recall": 0.0, "precision": 1.0}]))
+    paths.validation_report.write_text(json.dumps({"n_rows": 600, "n_quarantined": 0}))

@@ -3,7 +3,7 @@ through a local-directory remote, regeneration on a fresh clone, the md5-mismatc
 
 from __future__ import annotations
 
-import subprocess  # nosec B404 - fixed git argument lists in temporary repositories
+import subprocess  # nosec B404
 from pathlib import Path
 
 import pandas as pd
@@ -121,10 +121,11 @@ def test_pull_refuses_regenerated_data_that_differs_from_data_dvc(origin, tmp_pa
 def test_import_validates_then_versions_the_file(origin, tmp_path):
     before = tracked_md5(origin)
     upload = tmp_path / "upload.csv"
-    frame = pd.read_parquet(origin.raw_dir / "transactions.parquet").head(300)
+    frame = pd.read_parquet(origin.raw_dir / "transactions.parquet").head(100)
     frame.to_csv(upload, index=False)
     outcome = import_data(upload, origin, load_settings(origin.params))
-    assert outcome.rows == 300
+    assert outcome.rows == 100
+    assert len(pd.read_parquet(outcome.raw_file)) == 100
     assert outcome.md5 == tracked_md5(origin) != before
     assert "Data and pipelines are up to date" in run_dvc(["status", "data.dvc"], origin.root).stdout
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from fraudguard.config import parse_settings
 from fraudguard.gates.base import GateContext, ModelUnderTest
 from fraudguard.gates.static_analysis import find_bare_nosec, run_static_analysis_gate

@@ -267,3 +267,39 @@ def test_lineage_records_the_prefect_flow_run_it_runs_in(registered):
     with prefect_test_harness(server_startup_timeout=90):
         recorded, actual = lineage_flow()
     assert recorded == actual != "none"
+
+
+_LOAD_WITHOUT_INSTALLED_PACKAGE = """
+import sys
+sys.path = [p for p in sys.path if not p.rstrip("/").endswith("src")]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+try:
+    import fraudguard
+    raise SystemExit("fraudguard still importable from " + fraudguard.__file__)
+except ImportError:
+    pass
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+frame = pd.read_parquet(sys.argv[2])[model.metadata.get_input_schema().input_names()]
+model.predict(frame)["fraud_probability"].to_frame().to_parquet(sys.argv[3])
+import fraudguard
+print(fraudguard.__file__)
+"""
+
+
+@pytest.mark.slow
+def test_registry_model_carries_its_own_fraudguard_code(registered, tmp_path):
+    import subprocess  # nosec B404
+    import sys
+
+    test_file = registered["root"] / "data" / "features" / "test.parquet"
+    out = tmp_path / "scores.parquet"
+    done = subprocess.run(  # nosec B603
+        [sys.executable, "-c", _LOAD_WITHOUT_INSTALLED_PACKAGE,
+         f"models:/fraudguard/{registered['record'].version}", str(test_file), str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mlartifacts" in done.stdout  # fraudguard came from the model's code_paths
+    expected = registered["bundle"].predict_proba(pd.read_parquet(test_file))
+    assert np.allclose(pd.read_parquet(out)["fraud_probability"].to_numpy(), expected, atol=1e-6)

@@ -199,6 +199,11 @@ def test_missing_required_column_raises_naming_source_and_column(settings):
         validate_transactions(clean_rows().drop(columns=[schema.TX_AMOUNT]), settings, source="upload.csv")
 
 
+def test_batch_without_rows_raises_naming_source(settings):
+    with pytest.raises(DataError, match="upload.csv: no rows"):
+        validate_transactions(clean_rows().iloc[:0], settings, source="upload.csv")
+
+
 def test_quarantine_share_above_limit_raises_with_share_and_top_reason(small_settings):
     frame = clean_rows()
     frame.loc[:2, schema.TX_AMOUNT] = "-1"

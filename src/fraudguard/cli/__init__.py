@@ -4,6 +4,7 @@ so `fraudguard --help` stays fast."""
 import typer
 
 from fraudguard.cli import data as data_commands
+from fraudguard.cli import model as model_commands
 from fraudguard.cli import run as run_command
 
 app = typer.Typer(
@@ -14,6 +15,8 @@ app = typer.Typer(
 )
 app.add_typer(data_commands.app, name="data", help="DVC-versioned transaction data.")
 app.command("run")(run_command.run)
+app.command("register")(model_commands.register)
+app.add_typer(model_commands.app, name="model", help="MLflow runs, registered versions and their lineage.")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,12 +101,15 @@ def validate_transactions(
 ) -> ValidationResult:
     """Split `df` into accepted and quarantined rows (rows_in == accepted + quarantined).
 
-    Raises DataError (naming `source`) if a required column is missing, and QuarantineShareExceeded
-    (a DataError carrying the result) if the quarantined share is above settings.max_quarantine_share.
+    Raises DataError (naming `source`) if a required column is missing or there are no rows, and
+    QuarantineShareExceeded (a DataError carrying the result) if the quarantined share is above
+    settings.max_quarantine_share.
     """
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{source}: missing required column(s) {', '.join(missing)}")
+    if df.empty:
+        raise DataError(f"{source}: no rows")
     columns = [c for c in schema.RAW_COLUMNS if c in df.columns]
     original = df.reset_index(drop=True)
     work = original[columns]
@@ -113,7 +117,7 @@ def validate_transactions(
 
     typed = _coerce_rows(work, reasons, source)
 
-    _, value_failures = _run_schema(_value_schema(settings, typed.columns), typed)
+    _, value_failures = _run_schema(_value_schema(settings, typed.columns), typed, source)
     _add_reasons(reasons, value_failures)
     clean = typed.loc[typed.index.difference(pd.Index(list(value_failures)))]
 
@@ -196,14 +200,10 @@ def amount_outlier_mask(df: pd.DataFrame, settings: ValidateSettings) -> pd.Seri
     customers with at least min_customer_history transactions (and a non-zero MAD)."""
     if df.empty:
         return pd.Series(False, index=df.index)
-    amount = df[schema.TX_AMOUNT]
-    by_customer = amount.groupby(df[schema.CUSTOMER_ID])
-    median = by_customer.transform("median")
-    mad = (amount - median).abs().groupby(df[schema.CUSTOMER_ID]).transform("median")
-    count = by_customer.transform("size")
-    eligible = (count >= settings.min_customer_history) & (mad > 0)
-    z = 0.6745 * (amount - median).abs() / mad.where(mad > 0)
-    return eligible & (z > settings.max_robust_z)
+    count = df.groupby(schema.CUSTOMER_ID)[schema.TX_AMOUNT].transform("size")
+    z = robust_z_scores(df).abs()
+    # NaN z (zero MAD) compares False: no evidence of an outlier.
+    return (count >= settings.min_customer_history) & (z > settings.max_robust_z)
 
 
 def robust_z_scores(df: pd.DataFrame) -> pd.Series:
@@ -214,10 +214,8 @@ def robust_z_scores(df: pd.DataFrame) -> pd.Series:
     return 0.6745 * (amount - median) / mad.where(mad > 0)
 
 
-def load_terminal_locations(path) -> pd.DataFrame:
+def load_terminal_locations(path: Path | str) -> pd.DataFrame:
     """A terminal-location table (TERMINAL_ID, x_terminal_id, y_terminal_id) from CSV or Parquet."""
-    from pathlib import Path
-
     path = Path(path)
     try:
         table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
@@ -295,7 +293,7 @@ def _coerce_rows(work: pd.DataFrame, reasons: dict[int, list[str]], source: str)
     parse_schema = _parse_schema(work)
     rows = work
     for _ in range(4):
-        typed, failures = _run_schema(parse_schema, rows)
+        typed, failures = _run_schema(parse_schema, rows, source)
         if not failures:
             return typed
         _add_reasons(reasons, failures)
@@ -303,7 +301,7 @@ def _coerce_rows(work: pd.DataFrame, reasons: dict[int, list[str]], source: str)
     raise DataError(f"{source}: rows still fail to parse after repeated quarantine passes")
 
 
-def _run_schema(schema_obj, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+def _run_schema(schema_obj, frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[int, list[str]]]:
     """Validate lazily; return the (possibly partly coerced) frame and reason codes per failing row."""
     import pandera.pandas as pa
 
@@ -321,6 +319,11 @@ def _run_schema(schema_obj, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[int
         code = _reason_code(str(column), str(check), value)
         if code is not None:
             failures.setdefault(int(index), []).append(code)
+    if not failures:
+        # Only column-level failures: no row to quarantine, so the batch itself is unusable.
+        first = cases.iloc[0]
+        raise DataError(f"{source}: column {first['column']} fails {first['check']} as a whole "
+                        f"({first['failure_case']})")
     return frame, failures
 
 

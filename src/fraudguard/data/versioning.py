@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess  # nosec B404 - runs the dvc executable with fixed argument lists, no shell
+# Runs the dvc executable with fixed argument lists, never through a shell.
+import subprocess  # nosec B404
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -167,8 +168,9 @@ def pull_data(paths: ProjectPaths, settings: Settings) -> PullOutcome:
     if proc.returncode == 0 and paths.raw_dir.is_dir():
         logger.info("pulled data/raw (%s)", expected)
         return PullOutcome("remote", expected, paths.raw_dir)
-    logger.warning("dvc pull found no copy of data/raw (%s): regenerating it with the simulator: %s",
-                   expected, (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or "")
+    dvc_said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    logger.warning("dvc pull found no copy of data/raw (%s): regenerating it with the simulator (dvc: %s)",
+                   expected, dvc_said[-1] if dvc_said else "no output")
     return _regenerate(paths, settings, expected)
 
 

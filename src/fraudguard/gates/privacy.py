@@ -12,15 +12,14 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from fraudguard.data.schema import TX_FRAUD
 from fraudguard.errors import DataError
 from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from fraudguard.config import PrivacyGateSettings
+    from fraudguard.config import FeaturizeSettings, PrivacyGateSettings
     from fraudguard.model import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -77,11 +76,36 @@ def membership_attack_auc(
     }
 
 
+def warmed_up_members(train_features: "pd.DataFrame", featurize: "FeaturizeSettings") -> "pd.DataFrame":
+    """Training rows whose window features are complete: later than max(window) + label delay after the start.
+
+    Rows in the warm-up have systematically smaller window counts and risks than any test row, so an attack
+    would tell them from non-members by their date, not by what the model memorised (measured: attack AUC
+    0.62-0.66 on an ordinary model with them, 0.50-0.53 without). Falls back to every row, with a warning,
+    when the training split is shorter than the warm-up.
+    """
+    from fraudguard.data.schema import TX_DATETIME
+
+    times = pd.to_datetime(train_features[TX_DATETIME])
+    warmup = pd.Timedelta(days=max(featurize.windows_days) + featurize.label_delay_days)
+    eligible = train_features[(times >= times.min() + warmup).to_numpy()]
+    if len(eligible) < 4:
+        logger.warning(
+            "privacy gate: the training split (%s to %s) is shorter than the %s feature warm-up; "
+            "using every training row as a member, which overstates the attack AUC",
+            times.min(), times.max(), warmup,
+        )
+        return train_features
+    return eligible
+
+
 def run_privacy_gate(
     candidate: ModelUnderTest, context: GateContext, settings: "PrivacyGateSettings"
 ) -> GateResult:
     """Block when the membership inference attack's AUC exceeds max_attack_auc."""
-    metrics = membership_attack_auc(candidate.bundle, context.train_features, context.test_features, settings)
+    members = warmed_up_members(context.train_features, context.settings.featurize)
+    metrics = membership_attack_auc(candidate.bundle, members, context.test_features, settings)
+    metrics["warmup_rows_excluded"] = float(len(context.train_features) - len(members))
     auc = metrics["attack_auc"]
     passed = auc <= settings.max_attack_auc
     comparison = "<=" if passed else ">"

@@ -1,0 +1,84 @@
+"""Privacy gate: ART's black-box membership inference attack against real models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import small_params
+from fraudguard.config import parse_settings
+from fraudguard.data.simulator import simulate_transactions
+from fraudguard.features import compute_features, split_train_test
+from fraudguard.gates.base import GateContext, ModelUnderTest
+from fraudguard.gates.privacy import run_privacy_gate, warmed_up_members
+from fraudguard.training import train_model
+
+pytestmark = pytest.mark.slow
+
+# A training split longer than the feature warm-up (30-day windows + 7-day label delay).
+WORLD = {
+    "simulate": {"n_customers": 300, "n_terminals": 600, "n_days": 80},
+    "featurize": {"train_days": 50, "delay_gap_days": 7, "test_days": 14},
+    "gates": {"privacy": {"sample_size": 500}},
+}
+# Built to memorise: wide, no dropout or weight decay, many epochs on a few hundred rows.
+OVERFIT = {
+    "model": {"hidden_sizes": [128, 128], "dropout": 0.0},
+    "train": {"epochs": 200, "batch_size": 64, "weight_decay": 0.0, "learning_rate": 0.003},
+}
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    settings = parse_settings(small_params(WORLD), source="privacy gate test params")
+    raw = simulate_transactions(settings.simulate)
+    train, test = split_train_test(compute_features(raw, settings.featurize), settings.featurize)
+    return settings, train, test
+
+
+def _context(settings, train, test, tmp_path):
+    return GateContext(settings=settings, train_features=train, test_features=test, newest_window=test,
+                       source_root=tmp_path, report_dir=tmp_path / "reports")
+
+
+def test_privacy_gate_passes_an_ordinarily_trained_model_with_an_auc_in_0_1(world, tmp_path):
+    settings, train, test = world
+    bundle = train_model(train, settings, adversarial=False, progress=False).bundle
+    result = run_privacy_gate(ModelUnderTest(bundle), _context(settings, train, test, tmp_path),
+                              settings.gates.privacy)
+    assert 0.0 <= result.metrics["attack_auc"] <= 1.0
+    assert result.passed, result.reason
+    assert json.loads(result.report_paths[0].read_text())["metrics"]["attack_auc"] == result.metrics["attack_auc"]
+
+
+def test_privacy_gate_blocks_a_model_that_memorised_its_training_rows(world, tmp_path):
+    settings, train, _ = world
+    # Members and non-members come from one pool (warmed-up rows: same period, same distribution); 30% of
+    # the pool's labels are flipped, which a model can only fit by memorising those rows.
+    rng = np.random.default_rng(0)
+    warm = warmed_up_members(train, settings.featurize)
+    pool = warm.iloc[rng.choice(len(warm), 800, replace=False)].copy()
+    noisy = rng.random(len(pool)) < 0.3
+    pool.loc[pool.index[noisy], "TX_FRAUD"] = 1 - pool.loc[pool.index[noisy], "TX_FRAUD"]
+    members, non_members = pool.iloc[:400].sort_values("TX_DATETIME"), pool.iloc[400:]
+    overfit = parse_settings(small_params({**WORLD, **OVERFIT, "gates": {"privacy": {"max_attack_auc": 0.5}}}))
+    bundle = train_model(members, overfit, adversarial=False, progress=False).bundle
+
+    result = run_privacy_gate(ModelUnderTest(bundle), _context(overfit, members, non_members, tmp_path),
+                              overfit.gates.privacy)
+    assert not result.passed
+    assert result.metrics["attack_auc"] > 0.6
+    assert "> max_attack_auc 0.5000" in result.reason
+
+
+def test_warmed_up_members_drops_rows_inside_the_feature_warm_up(world):
+    settings, train, _ = world
+    members = warmed_up_members(train, settings.featurize)
+    first_allowed = pd.to_datetime(train["TX_DATETIME"]).min() + pd.Timedelta(days=37)
+    assert 0 < len(members) < len(train)
+    assert pd.to_datetime(members["TX_DATETIME"]).min() >= first_allowed

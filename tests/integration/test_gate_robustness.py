@@ -1,0 +1,94 @@
+"""Robustness gate: real ART attacks (FGSM, PGD, HopSkipJump) on a real undefended model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import small_params
+from fraudguard.config import parse_settings
+from fraudguard.data.simulator import simulate_transactions
+from fraudguard.errors import ConfigError
+from fraudguard.features import compute_features, split_train_test
+from fraudguard.gates.base import GateContext, ModelUnderTest
+from fraudguard.gates.robustness import run_robustness_gate
+from fraudguard.training import train_model
+
+pytestmark = pytest.mark.slow
+
+# 300 cards: ~40 test frauds. At the default budget (0.5) this small model's detected frauds all survive,
+# so the attacker here gets a budget of 3 standardized units on the controlled features.
+WORLD = {
+    "simulate": {"n_customers": 300, "n_terminals": 600},
+    "threat_model": {"epsilon": 3.0, "eps_step": 0.6},
+    "gates": {"robustness": {"epsilons": [0.75, 1.5, 3.0], "hopskipjump_samples": 10,
+                             "hopskipjump_max_iter": 5}},
+}
+
+
+def _settings(**gate_overrides):
+    extra = {**WORLD, "gates": {"robustness": {**WORLD["gates"]["robustness"], **gate_overrides}}}
+    return parse_settings(small_params(extra), source="robustness gate test params")
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    settings = _settings()
+    raw = simulate_transactions(settings.simulate)
+    train, test = split_train_test(compute_features(raw, settings.featurize), settings.featurize)
+    undefended = train_model(train, settings, adversarial=False, progress=False).bundle
+    return train, test, undefended
+
+
+def _run(world, tmp_path, champion=None, **gate_overrides):
+    train, test, undefended = world
+    settings = _settings(**gate_overrides)
+    context = GateContext(settings=settings, train_features=train, test_features=test, newest_window=test,
+                          source_root=tmp_path, report_dir=tmp_path / "reports", champion=champion)
+    return run_robustness_gate(ModelUnderTest(undefended), context, settings.gates.robustness)
+
+
+def test_robustness_gate_blocks_an_undefended_model_when_the_floor_demands_robustness(world, tmp_path):
+    result = _run(world, tmp_path, min_robust_recall=0.95)
+    assert not result.passed
+    assert result.metrics["robust_recall_at_budget"] < 0.95
+    assert "robust_recall.pgd.eps_3 " in result.reason and "< floor 0.9500" in result.reason
+
+
+def test_robustness_gate_passes_the_same_model_when_the_floor_is_low(world, tmp_path):
+    result = _run(world, tmp_path, min_robust_recall=0.3)
+    assert result.passed, result.reason
+    assert result.metrics["n_detected"] > 0
+
+
+def test_robustness_gate_reports_recall_for_every_attack_and_epsilon(world, tmp_path):
+    result = _run(world, tmp_path, min_robust_recall=0.3)
+    for attack in ("fgsm", "pgd"):
+        for eps in ("0.75", "1.5", "3"):
+            assert 0.0 <= result.metrics[f"robust_recall.{attack}.eps_{eps}"] <= 1.0
+            assert result.metrics[f"attack_success_rate.{attack}.eps_{eps}"] == pytest.approx(
+                1.0 - result.metrics[f"robust_recall.{attack}.eps_{eps}"])
+    assert 0.0 <= result.metrics["robust_recall.hopskipjump.eps_3"] <= 1.0
+
+
+def test_robustness_gate_writes_a_json_table_and_a_png_plot(world, tmp_path):
+    result = _run(world, tmp_path, min_robust_recall=0.3)
+    report_json, report_png = result.report_paths
+    table = json.loads(report_json.read_text())
+    assert {(o["attack"], o["epsilon"]) for o in table["candidate"]["outcomes"]} >= {("pgd", 3.0), ("fgsm", 0.75)}
+    assert report_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_robustness_gate_passes_a_candidate_as_robust_as_the_champion(world, tmp_path):
+    result = _run(world, tmp_path, champion=ModelUnderTest(world[2], version=3), min_robust_recall=0.3)
+    assert result.passed, result.reason
+    assert result.metrics["champion.robust_recall_at_budget"] == pytest.approx(result.metrics["robust_recall_at_budget"])
+    assert "non_inferiority" in result.thresholds
+
+
+def test_robustness_gate_refuses_epsilons_beyond_the_attack_budget(world, tmp_path):
+    with pytest.raises(ConfigError, match="exceed the attacker budget"):
+        _run(world, tmp_path, epsilons=[1.0, 4.0])
