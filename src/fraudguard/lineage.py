@@ -13,7 +13,7 @@ import os
 import platform
 import shutil
 # Only the local `git` binary, with fixed arguments and no shell.
-import subprocess  # nosec B404
+import subprocess  # nosec B404 - runs git/dvc executables with fixed argument lists, no shell
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ def _run_git(root: Path, *args: str) -> str | None:
     if git is None:
         return None
     try:
-        done = subprocess.run(  # nosec B603
+        done = subprocess.run(  # nosec B603 - fixed argv from our own code, no shell
             [git, "-C", str(root), *args],
             capture_output=True,
             text=True,

@@ -60,7 +60,7 @@ def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES) -> R
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [tool_path("dvc"), "repro", *stages]
     log.info("running %s in %s", " ".join(cmd[1:]), root)
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)  # nosec B603
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)  # nosec B603 - fixed argv from our own code, no shell
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise DataVersionError(
@@ -102,7 +102,7 @@ def checkout_data_revision(root: Path, revision: str | None) -> str:
     if git is None:
         raise DataVersionError("git is not installed; cannot read data.dvc at a revision")
     if revision:
-        proc = subprocess.run([git, "show", f"{revision}:data.dvc"], cwd=root,  # nosec B603
+        proc = subprocess.run([git, "show", f"{revision}:data.dvc"], cwd=root,  # nosec B603 - fixed argv from our own code, no shell
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise DataVersionError(f"data revision '{revision}': cannot read data.dvc: {proc.stderr.strip()}")

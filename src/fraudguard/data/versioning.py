@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 # Runs the dvc executable with fixed argument lists, never through a shell.
-import subprocess  # nosec B404
+import subprocess  # nosec B404 - runs git/dvc executables with fixed argument lists, no shell
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -66,7 +66,7 @@ def run_dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
     cmd = [dvc_executable(), *args]
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     logger.debug("running %s in %s", " ".join(cmd), cwd)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)  # nosec B603
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)  # nosec B603 - fixed argv from our own code, no shell
     if check and proc.returncode != 0:
         message = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         raise DataVersionError(
