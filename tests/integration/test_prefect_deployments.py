@@ -21,57 +21,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT, small_params
+from project_factory import LENIENT_GATES, make_project, run_checked as _run
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 UUID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
 
-# Gate thresholds relaxed: this module tests orchestration; each gate's verdicts are tested on its own.
-LENIENT_GATES = {
-    "gates": {
-        "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
-                    "non_inferiority_tolerance": 1.0},
-        "robustness": {"min_robust_recall": 0.0, "non_inferiority_tolerance": 1.0, "hopskipjump_samples": 5,
-                       "hopskipjump_max_iter": 2},
-        "drift": {"drift_share_threshold": 1.0},
-        "privacy": {"max_attack_auc": 1.0, "sample_size": 300},
-    },
-    "train": {"epochs": 2},
-}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def _make_project(root: Path, env: dict[str, str]) -> None:
-    """A small FraudGuard project: a git repo with DVC, small params, simulated data tracked in data.dvc."""
-    root.mkdir(parents=True)
-    for name in ("dvc.yaml", "prefect.yaml", ".dvcignore"):
-        if (PROJECT_ROOT / name).exists():
-            shutil.copy2(PROJECT_ROOT / name, root / name)
-    shutil.copytree(PROJECT_ROOT / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-    # dvc.yaml's stage deps name the library's files.
-    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (root / "params.yaml").write_text(yaml.safe_dump(small_params(LENIENT_GATES), sort_keys=False))
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.prefect/\n")
-    _run(["git", "init", "-q", "-b", "main"], root, env)
-    _run([str(BIN / "dvc"), "init", "-q"], root, env)
-    _run([str(BIN / "fraudguard"), "data", "simulate", "--root", str(root)], root, env)
-    _run([str(BIN / "dvc"), "add", "-q", "data/raw"], root, env)
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "small project"], root, env)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +56,7 @@ def prefect_stack(tmp_path_factory):
         "FRAUDGUARD_ACTOR": "integration-test",
     }
     env.pop("FRAUDGUARD_PROJECT_DIR", None)
-    _make_project(root, env)
+    make_project(root, env, LENIENT_GATES)
     logs = base / "logs"
     logs.mkdir()
     server = subprocess.Popen(

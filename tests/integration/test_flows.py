@@ -1,0 +1,77 @@
+"""The Prefect flows in-process under one session-scoped `prefect_test_harness` (a real, temporary
+Prefect API), on a small real project with a real MLflow store."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from project_factory import make_project
+
+pytestmark = pytest.mark.slow
+
+STRICT_QUALITY = {"gates": {"quality": {"min_average_precision": 0.999}}, "train": {"epochs": 1}}
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, prefect_api):
+    root = make_project(tmp_path / "project", None, STRICT_QUALITY)
+    monkeypatch.setenv("FRAUDGUARD_PROJECT_DIR", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return root
+
+
+def _load(root: Path, module: str, name: str):
+    spec = importlib.util.spec_from_file_location(f"flow_{module}", root / "flows" / f"{module}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return getattr(mod, name)
+
+
+def _versions(tmp_path: Path) -> set:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return {(mv.version, tuple(sorted(mv.aliases))) for mv in client.search_model_versions("name='fraudguard'")}
+    except Exception:  # the registry was never created
+        return set()
+
+
+def test_unknown_params_override_fails_the_flow_naming_the_key(project, tmp_path):
+    flow = _load(project, "train_and_promote", "train_and_promote")
+    state = flow(params_overrides={"train": {"epochz": 2}}, return_state=True)
+    assert state.is_failed()
+    assert "train.epochz" in state.message
+    assert _versions(tmp_path) == set()
+
+
+def test_blocked_promotion_ends_in_a_blocked_state_naming_the_gate_and_keeps_champion(project, tmp_path):
+    flow = _load(project, "train_and_promote", "train_and_promote")
+    state = flow(return_state=True)
+    assert state.is_failed() and state.name == "Blocked", state.message
+    assert "quality" in state.message
+    versions = _versions(tmp_path)
+    assert len(versions) == 1 and all("champion" not in aliases for _, aliases in versions)
+
+
+def test_monitor_without_a_champion_fails_with_a_clear_reason(project):
+    from fraudguard.pipeline import reproduce_stages
+
+    reproduce_stages(project, ("featurize",))
+    flow = _load(project, "monitor", "monitor")
+    state = flow(return_state=True)
+    assert state.is_failed()
+    assert "no champion" in state.message
