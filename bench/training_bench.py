@@ -123,14 +123,14 @@ def main() -> None:
     print(f"logistic regression fit      {lr_seconds:8.3f} s (whole fit)")
     print()
     k = settings.evaluate.card_precision_k
-    print(f"{'model':<28}{'AP':>8}{f'CP@{k}':>9}{'robust AP':>11}")
+    print(f"{'model':<36}{'AP':>8}{f'CP@{k}':>9}{'robust AP':>11}")
     for name, bundle in (
         ("logistic regression", lr_bundle),
         ("MLP undefended", clean.bundle),
         (f"MLP augmented ({cfg.adversarial.attack})", augmented.bundle),
     ):
         m = score(bundle, test, settings)
-        print(f"{name:<28}{m['ap']:8.3f}{m['cp_at_k']:9.3f}{m['robust_ap']:11.3f}")
+        print(f"{name:<36}{m['ap']:8.3f}{m['cp_at_k']:9.3f}{m['robust_ap']:11.3f}")
 
 
 if __name__ == "__main__":

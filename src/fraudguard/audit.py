@@ -227,6 +227,17 @@ def _audit_tags(tags: Mapping[str, str]) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def audit_entries_from_tags(tags: Mapping[str, str]) -> list[AuditEntry]:
+    """The audit entries held in already-read registered-model tags, oldest first (unverified)."""
+    entries = []
+    for seq, text in _audit_tags(tags):
+        try:
+            entries.append(parse_entry(text))
+        except AuditError as exc:
+            raise AuditError(f"tag audit.{seq:06d}: {exc}") from exc
+    return entries
+
+
 def _registered_tags(client: "MlflowClient", model_name: str) -> dict[str, str]:
     from mlflow.exceptions import MlflowException
 
@@ -273,17 +284,18 @@ def append_audit_entry(client: "MlflowClient", model_name: str, entry: AuditEven
 
     Refuses (AuditError) to extend a chain that no longer verifies, so tampering cannot be papered over.
     """
-    from fraudguard.registry import registry_lock
+    from fraudguard.registry import registry_lock, registry_writer
 
     with registry_lock(client):
-        new = append_audit_entry_unlocked(client, model_name, _registered_tags(client, model_name), entry)
-    return new
+        tags = _registered_tags(client, model_name)
+        return append_audit_entry_unlocked(registry_writer(client), model_name, tags, entry)
 
 
-def append_audit_entry_unlocked(
-    client: "MlflowClient", model_name: str, tags: Mapping[str, str], entry: AuditEvent
-) -> AuditEntry:
-    """Append given the registered model's current tags; the caller holds the registry lock."""
+def append_audit_entry_unlocked(client: Any, model_name: str, tags: Mapping[str, str], entry: AuditEvent) -> AuditEntry:
+    """Append given the registered model's current tags; the caller holds the registry lock.
+
+    `client` is anything with MLflow's `set_registered_model_tag(name, key, value)`.
+    """
     stored = _audit_tags(tags)
     prev = None
     if stored:

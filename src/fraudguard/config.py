@@ -113,7 +113,7 @@ class AdversarialSettings(_Strict):
     attack: Literal["fgsm", "fgsm_random_start", "pgd"]
     ratio: float = Field(ge=0, le=1)
     # which rows get adversarial versions: every class, or only frauds (the attacker is the fraudster)
-    classes: Literal["both", "fraud"] = "both"
+    classes: Literal["both", "fraud"]
 
 
 class TrainSettings(_Strict):

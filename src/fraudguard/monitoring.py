@@ -50,7 +50,10 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     from fraudguard.tracking import ensure_experiment, load_reference_features
 
     name = settings.registry.model_name
-    champion = get_champion_version(client, name)
+    try:
+        champion = get_champion_version(client, name)
+    except RegistryError as exc:  # no registered model at all yet
+        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet ({exc})") from exc
     if champion is None:
         raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
     paths = ProjectPaths.at(root)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fraudguard.audit import AuditEntry, AuditEvent, append_audit_entry
 from fraudguard.errors import DataError, FraudGuardError, PromotionBlocked, RegistryError
@@ -28,12 +29,14 @@ from fraudguard.registry import (
     CHAMPION_ALIAS,
     GATE_TAG_PREFIX,
     STATUS_TAG,
-    _history_from_tags,
     check_weights_integrity,
     gate_verdicts,
     get_registered_tags_and_aliases,
     get_version,
+    history_from_tags,
+    move_champion_locked,
     newest_version,
+    registry_lock,
     set_champion,
 )
 
@@ -45,7 +48,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GateFn = Callable[[ModelUnderTest, GateContext, "Settings"], GateResult]
+# A gate takes the candidate, the shared context and its own params section (settings.gates.<name>;
+# None for a gate with no section); the full settings are context.settings.
+GateFn = Callable[[ModelUnderTest, GateContext, Any], GateResult]
+# Libraries the standard gates import lazily. Their first import must not race in two gate threads:
+# ART's circular imports deadlock (`_DeadlockError: art.attacks.inference`) when imported concurrently.
+STANDARD_HEAVY_IMPORTS = ("torch", "sklearn", "art", "evidently")
 GATE_SECTION_TITLE = "## Gate verdicts"
 _MAX_DESCRIPTION_CHARS = 4900  # model_versions.description is VARCHAR(5000) in SQL stores
 _MAX_TAG_REASON_CHARS = 2000
@@ -105,11 +113,26 @@ def _missing_gate(name: str, problem: str) -> GateFn:
     return run
 
 
+def warm_imports(gates: Mapping[str, GateFn], extra: tuple[str, ...] = ()) -> None:
+    """Import, in this thread, the heavy libraries the gates will need (module attribute HEAVY_IMPORTS)."""
+    wanted: list[str] = list(extra)
+    for fn in gates.values():
+        module = sys.modules.get(getattr(fn, "__module__", "") or "")
+        wanted.extend(getattr(module, "HEAVY_IMPORTS", ()))
+    for name in dict.fromkeys(wanted):
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # the gate itself will fail with the real error
+            logger.warning("cannot pre-import %s for the gates: %s", name, exc)
+
+
 def _run_one(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateContext,
-             settings: "Settings") -> tuple[GateResult, float]:
+             section: Any) -> tuple[GateResult, float]:
     start = time.perf_counter()
     try:
-        result = fn(candidate, context, settings)
+        result = fn(candidate, context, section)
         if not isinstance(result, GateResult):
             raise TypeError(f"returned {type(result).__name__}, not GateResult")
     except Exception as exc:  # a crashing gate is a failed gate, never a pass and never a crash of the caller
@@ -121,11 +144,11 @@ def _run_one(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateCont
 
 def run_gates(candidate: ModelUnderTest, context: GateContext, settings: "Settings",
               gates: Mapping[str, GateFn]) -> tuple[tuple[GateResult, ...], dict[str, float]]:
-    """Run every gate concurrently; results in the gates' order, with each gate's wall time."""
+    """Run every gate concurrently, each with its params section; results in the gates' order, with wall times."""
     if not gates:
         raise RegistryError("no gates configured: refusing to promote without any check")
     with ThreadPoolExecutor(max_workers=len(gates), thread_name_prefix="gate") as pool:
-        futures = {name: pool.submit(_run_one, name, fn, candidate, context, settings)
+        futures = {name: pool.submit(_run_one, name, fn, candidate, context, getattr(settings.gates, name, None))
                    for name, fn in gates.items()}
         done = {name: future.result() for name, future in futures.items()}
     results = tuple(done[name][0] for name in gates)
@@ -302,7 +325,9 @@ def promote_version(
         built_candidate, built_context = build_gate_context(client, root, settings, version, report_dir)
         candidate = candidate or built_candidate
         context = context or built_context
-    gates = dict(gates) if gates is not None else discover_gates(settings)
+    discovered = gates is None
+    gates = discover_gates(settings) if gates is None else dict(gates)
+    warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
 
     results, durations = run_gates(candidate, context, settings, gates)
     summary = _write_summary(report_dir, version, results, durations)
@@ -371,30 +396,31 @@ def rollback(
     otherwise RegistryError and nothing changes. No torch/ART/Evidently on this path.
     """
     name = settings.registry.model_name
-    tags, aliases = get_registered_tags_and_aliases(client, name)
-    current = aliases.get(CHAMPION_ALIAS)
-    if current is None:
-        raise RegistryError(f"model {name!r} has no champion to roll back from")
-    history = _history_from_tags(tags)
-    target = int(to_version) if to_version is not None else previous_champion(history, current)
-    if target is None:
-        raise RegistryError(
-            f"model {name!r}: no earlier champion in the history to roll back to from version {current}; "
-            "name one with --to"
-        )
-    if target == current:
-        raise RegistryError(f"version {target} of {name!r} is already the champion")
-    mv = get_version(client, name, target)
-    verdicts = gate_verdicts(mv)
-    not_passed = sorted(g for g, v in verdicts.items() if v != "passed")
-    if not verdicts or not_passed:
-        what = f"failed gate(s) {', '.join(not_passed)}" if verdicts else "no recorded gate verdicts"
-        raise RegistryError(f"refusing to roll back {name!r} to version {target}: it has {what}")
-    if (mv.tags or {}).get(STATUS_TAG) == "blocked":
-        raise RegistryError(f"refusing to roll back {name!r} to version {target}: it is tagged blocked")
-    digest = check_weights_integrity(client, mv)
-    reason = reason or f"rollback from version {current}"
-    move = set_champion(client, name, target, action="rollback", actor=actor, reasons=(reason,),
-                        gates=verdicts, expected_current=current)
+    # Checks and move under one lock hold: the registry is read once, and cannot change in between.
+    with registry_lock(client):
+        tags, aliases = get_registered_tags_and_aliases(client, name)
+        current = aliases.get(CHAMPION_ALIAS)
+        if current is None:
+            raise RegistryError(f"model {name!r} has no champion to roll back from")
+        target = int(to_version) if to_version is not None else previous_champion(history_from_tags(tags), current)
+        if target is None:
+            raise RegistryError(
+                f"model {name!r}: no earlier champion in the history to roll back to from version {current}; "
+                "name one with --to"
+            )
+        if target == current:
+            raise RegistryError(f"version {target} of {name!r} is already the champion")
+        mv = get_version(client, name, target)
+        verdicts = gate_verdicts(mv)
+        not_passed = sorted(g for g, v in verdicts.items() if v != "passed")
+        if not verdicts or not_passed:
+            what = f"failed gate(s) {', '.join(not_passed)}" if verdicts else "no recorded gate verdicts"
+            raise RegistryError(f"refusing to roll back {name!r} to version {target}: it has {what}")
+        if (mv.tags or {}).get(STATUS_TAG) == "blocked":
+            raise RegistryError(f"refusing to roll back {name!r} to version {target}: it is tagged blocked")
+        digest = check_weights_integrity(client, mv)
+        reason = reason or f"rollback from version {current}"
+        move = move_champion_locked(client, name, target, tags, aliases, action="rollback", actor=actor,
+                                    reasons=(reason,), gates=verdicts)
     return RollbackOutcome(from_version=current, to_version=target, reason=reason, audit=move.audit,
                            weights_sha256=digest)

@@ -1,20 +1,19 @@
 """The MLflow registry side of FraudGuard: the `champion` alias, its history, the registry lock.
 
 MLflow keeps no alias history and has no compare-and-set on aliases, so:
-- the champion history lives in the registry itself, one registered-model tag per change
-  (`fraudguard.champion_history.NNNNNN`, compact JSON);
+- the champion history lives in the registry itself: it is the promote/rollback entries of the
+  hash-chained audit log (registered-model tags `audit.NNNNNN`, see fraudguard.audit), so the history is
+  tamper-evident and costs no extra write per move;
 - every read-check-write of `champion` runs under an exclusive file lock derived from the store location,
-  and re-reads the champion under it. `set_champion` is the only code that moves `champion`.
+  and re-reads the champion under it. `set_champion` / `move_champion_locked` alone move `champion`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -23,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
-from fraudguard.audit import AuditEntry, AuditEvent, append_audit_entry_unlocked, canonical_json
+from fraudguard.audit import (
+    AuditEntry,
+    AuditEvent,
+    append_audit_entry_unlocked,
+    audit_entries_from_tags,
+    check_audit_tags,
+    current_actor,
+)
 from fraudguard.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -34,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
-HISTORY_TAG_PREFIX = "fraudguard.champion_history."
 STATUS_TAG = "fraudguard.status"
 BLOCKED_REASONS_TAG = "fraudguard.blocked_reasons"
 GATE_TAG_PREFIX = "gate."
@@ -42,7 +47,6 @@ SHA256_TAG = "artifact.sha256"
 WEIGHTS_FILE_NAME = "model.pt"
 LOCK_DIR_ENV = "FRAUDGUARD_REGISTRY_LOCK_DIR"
 LOCK_TIMEOUT_ENV = "FRAUDGUARD_REGISTRY_LOCK_TIMEOUT_S"
-_HISTORY_KEY_RE = re.compile(r"^fraudguard\.champion_history\.(\d{6,})$")
 
 ChampionAction = Literal["promote", "rollback"]
 _ANY = object()
@@ -58,12 +62,7 @@ class ChampionChange:
     action: str
     time: str
     actor: str
-
-    def to_json(self) -> str:
-        return canonical_json(
-            {"seq": self.seq, "version": self.version, "previous": self.previous,
-             "action": self.action, "time": self.time, "actor": self.actor}
-        )
+    audit_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,27 +158,21 @@ def get_champion_version(client: "MlflowClient", model_name: str) -> int | None:
     return get_registered_tags_and_aliases(client, model_name)[1].get(CHAMPION_ALIAS)
 
 
-def _history_from_tags(tags: Mapping[str, str]) -> list[ChampionChange]:
-    found = []
-    for key, value in tags.items():
-        match = _HISTORY_KEY_RE.match(key)
-        if not match:
-            continue
-        try:
-            raw = json.loads(value)
-            found.append(ChampionChange(
-                seq=int(raw["seq"]), version=int(raw["version"]),
-                previous=None if raw["previous"] is None else int(raw["previous"]),
-                action=str(raw["action"]), time=str(raw["time"]), actor=str(raw["actor"]),
+def history_from_tags(tags: Mapping[str, str]) -> list[ChampionChange]:
+    """The champion history held in already-read registered-model tags (promote/rollback audit entries)."""
+    changes = []
+    for entry in audit_entries_from_tags(tags):
+        if entry.action in ("promote", "rollback") and entry.to_version is not None:
+            changes.append(ChampionChange(
+                seq=len(changes) + 1, version=entry.to_version, previous=entry.from_version,
+                action=entry.action, time=entry.time, actor=entry.actor, audit_seq=entry.seq,
             ))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"champion history tag {key} is malformed: {exc}") from exc
-    return sorted(found, key=lambda change: change.seq)
+    return changes
 
 
 def champion_history(client: "MlflowClient", model_name: str) -> list[ChampionChange]:
     """Every move of `champion`, oldest first, as recorded in the registry."""
-    return _history_from_tags(get_registered_tags_and_aliases(client, model_name)[0])
+    return history_from_tags(get_registered_tags_and_aliases(client, model_name)[0])
 
 
 def newest_version(client: "MlflowClient", model_name: str) -> int:
@@ -209,6 +202,16 @@ def gate_verdicts(version: "ModelVersion") -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ writing
 
+def registry_writer(client: "MlflowClient"):
+    """The object to write tags and aliases through: MLflow's registry client when reachable.
+
+    MlflowClient's setters re-read the registered model on every call (a check that the name is not a
+    prompt), which doubles the cost of each write; callers here have just read that model themselves.
+    """
+    getter = getattr(client, "_get_registry_client", None)
+    return getter() if callable(getter) else client
+
+
 def set_champion(
     client: "MlflowClient",
     model_name: str,
@@ -221,39 +224,60 @@ def set_champion(
     expected_current: object = _ANY,
     move_challenger: bool = False,
 ) -> ChampionMove:
-    """Move `champion` to `version` under the registry lock, append the history and audit entries.
+    """Move `champion` to `version` under the registry lock and append the audit (= history) entry.
 
-    The only code that moves `champion`. The champion is re-read under the lock; with `expected_current`
-    given, a champion changed by someone else meanwhile raises RegistryError and nothing is written.
+    The champion is re-read under the lock; with `expected_current` given, a champion changed by someone
+    else meanwhile raises RegistryError and nothing is written.
     """
-    from fraudguard.audit import check_audit_tags, current_actor
-
-    actor = actor or current_actor()
     with registry_lock(client):
         tags, aliases = get_registered_tags_and_aliases(client, model_name)
-        current = aliases.get(CHAMPION_ALIAS)
-        if expected_current is not _ANY and current != expected_current:
-            raise RegistryError(
-                f"champion of {model_name!r} changed to {current} while this operation expected "
-                f"{expected_current}; nothing was changed, retry"
-            )
-        # Check the audit chain before any write, so a tampered log stops the move cleanly.
-        check_audit_tags(tags).raise_if_broken()
-        history = _history_from_tags(tags)
-        event = AuditEvent(action=action, from_version=current, to_version=version,
-                           reasons=reasons, gates=dict(gates or {}), actor=actor)
-        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
-        if move_challenger:
-            client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, str(version))
-        audit_entry = append_audit_entry_unlocked(client, model_name, tags, event)
-        change = ChampionChange(
-            seq=(history[-1].seq + 1) if history else 1, version=version, previous=current,
-            action=action, time=audit_entry.time, actor=actor,
+        return move_champion_locked(
+            client, model_name, version, tags, aliases, action=action, actor=actor, reasons=reasons,
+            gates=gates, expected_current=expected_current, move_challenger=move_challenger,
         )
-        client.set_registered_model_tag(model_name, f"{HISTORY_TAG_PREFIX}{change.seq:06d}", change.to_json())
-        client.set_model_version_tag(model_name, str(version), STATUS_TAG, "promoted")
-        if action == "rollback" and current is not None and current != version:
-            client.set_model_version_tag(model_name, str(current), STATUS_TAG, "rolled_back_from")
+
+
+def move_champion_locked(
+    client: "MlflowClient",
+    model_name: str,
+    version: int,
+    tags: Mapping[str, str],
+    aliases: Mapping[str, int],
+    *,
+    action: ChampionAction,
+    actor: str | None = None,
+    reasons: tuple[str, ...] = (),
+    gates: Mapping[str, str] | None = None,
+    expected_current: object = _ANY,
+    move_challenger: bool = False,
+) -> ChampionMove:
+    """set_champion's body, for a caller that holds registry_lock and read `tags`/`aliases` under it."""
+    actor = actor or current_actor()
+    current = aliases.get(CHAMPION_ALIAS)
+    if expected_current is not _ANY and current != expected_current:
+        raise RegistryError(
+            f"champion of {model_name!r} changed to {current} while this operation expected "
+            f"{expected_current}; nothing was changed, retry"
+        )
+    # Check the audit chain before any write, so a tampered log stops the move cleanly.
+    check_audit_tags(tags).raise_if_broken()
+    previous_moves = len(history_from_tags(tags))
+    writer = registry_writer(client)
+    writer.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
+    if move_challenger:
+        writer.set_registered_model_alias(model_name, CHALLENGER_ALIAS, str(version))
+    audit_entry = append_audit_entry_unlocked(
+        writer, model_name, tags,
+        AuditEvent(action=action, from_version=current, to_version=version, reasons=reasons,
+                   gates=dict(gates or {}), actor=actor),
+    )
+    if action == "promote":
+        writer.set_model_version_tag(model_name, str(version), STATUS_TAG, "promoted")
+    elif current is not None and current != version:
+        # A rollback target keeps the status it earned when it was promoted.
+        writer.set_model_version_tag(model_name, str(current), STATUS_TAG, "rolled_back_from")
+    change = ChampionChange(seq=previous_moves + 1, version=version, previous=current, action=action,
+                            time=audit_entry.time, actor=actor, audit_seq=audit_entry.seq)
     logger.info("champion of %s: %s -> %s (%s by %s)", model_name, current, version, action, actor)
     return ChampionMove(change=change, audit=audit_entry)
 

@@ -132,6 +132,7 @@ def write_pipeline_outputs(root: Path, seed: int) -> None:
         frame = feature_frame(settings, n, frame_seed)
         frame["TX_DATETIME"] = pd.date_range(start, periods=n, freq="2h")
         frame["TX_FRAUD"] = (np.random.default_rng(frame_seed).random(n) < 0.1).astype("int64")
+        frame["CUSTOMER_ID"] = np.arange(n) % 50
         frame.to_parquet(path)
     torch.manual_seed(seed)
     module = FraudMLP(len(features), settings.model.hidden_sizes, settings.model.dropout).eval()

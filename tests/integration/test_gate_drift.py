@@ -28,7 +28,7 @@ def _context(settings, tmp_path, window, champion_features=None):
 
 def test_amounts_times_three_block_and_name_the_controlled_feature(tmp_path, settings):
     window = feature_frame(settings, 1000, seed=2, amount_scale=3.0)
-    result = run_drift_gate(ModelUnderTest(bundle=None), _context(settings, tmp_path, window), settings)
+    result = run_drift_gate(ModelUnderTest(bundle=None), _context(settings, tmp_path, window), settings.gates.drift)
     assert not result.passed
     assert "TX_AMOUNT" in result.reason and "attacker-controlled" in result.reason
     assert result.metrics["drift_share_newest_window"] > 0.2
@@ -36,7 +36,7 @@ def test_amounts_times_three_block_and_name_the_controlled_feature(tmp_path, set
 
 def test_undrifted_window_passes_and_saves_html(tmp_path, settings):
     window = feature_frame(settings, 1000, seed=2)
-    result = run_drift_gate(ModelUnderTest(bundle=None), _context(settings, tmp_path, window), settings)
+    result = run_drift_gate(ModelUnderTest(bundle=None), _context(settings, tmp_path, window), settings.gates.drift)
     assert result.passed, result.reason
     assert result.metrics["drift_share_newest_window"] == 0.0
     html = tmp_path / "reports" / "drift_vs_newest_window.html"
@@ -47,7 +47,7 @@ def test_drift_against_the_champion_reference_blocks(tmp_path, settings):
     window = feature_frame(settings, 1000, seed=2)
     champion_ref = feature_frame(settings, 3000, seed=3, amount_scale=3.0)
     result = run_drift_gate(ModelUnderTest(bundle=None), _context(settings, tmp_path, window, champion_ref),
-                            settings)
+                            settings.gates.drift)
     assert not result.passed and result.reason.startswith("champion:")
     assert result.metrics["drift_share_newest_window"] == 0.0
     assert (tmp_path / "reports" / "drift_vs_champion.html").exists()

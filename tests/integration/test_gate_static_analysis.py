@@ -25,7 +25,7 @@ def _tree(root, files: dict[str, str]):
 def _gate(small_settings, root, report_dir):
     context = GateContext(settings=small_settings, train_features=None, test_features=None, newest_window=None,
                           source_root=root, report_dir=report_dir)
-    return run_static_analysis_gate(ModelUnderTest(bundle=None), context, small_settings)
+    return run_static_analysis_gate(ModelUnderTest(bundle=None), context, small_settings.gates.static_analysis)
 
 
 def test_shell_true_subprocess_blocks(tmp_path, small_settings):

@@ -310,3 +310,17 @@ def test_cli_promote_with_every_configured_gate_blocks_a_random_model(tracked_pr
 def _promote_tracked(client, root, settings, version):
     return promote_version(client, root, settings, version=version,
                            gates={"quality": passing_gate("quality")})
+
+
+def test_each_gate_receives_its_own_params_section(world):
+    client, (v1, _, _), settings, _ = world
+    received = {}
+
+    def recorder(name):
+        def run(candidate, context, section) -> GateResult:
+            received[name] = section
+            return GateResult(name, True, {}, {}, "recorded")
+        return run
+
+    _promote(world, v1, {"drift": recorder("drift"), "custom": recorder("custom")})
+    assert received == {"drift": settings.gates.drift, "custom": None}

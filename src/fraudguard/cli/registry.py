@@ -102,10 +102,10 @@ def status(root: Path = _ROOT) -> None:
     from fraudguard.registry import (
         CHALLENGER_ALIAS,
         CHAMPION_ALIAS,
-        _history_from_tags,
         gate_verdicts,
         get_registered_tags_and_aliases,
         get_version,
+        history_from_tags,
     )
 
     try:
@@ -126,7 +126,7 @@ def status(root: Path = _ROOT) -> None:
             for gate, verdict in sorted(gate_verdicts(mv).items()):
                 typer.echo(f"  {gate:<16} {verdict}")
         typer.echo("history:")
-        history = _history_from_tags(tags)
+        history = history_from_tags(tags)
         for change in history:
             typer.echo(f"  {change.seq:>4}  {change.time}  {change.action:<8} {change.previous} -> "
                        f"{change.version}  by {change.actor}")

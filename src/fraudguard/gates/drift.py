@@ -19,11 +19,13 @@ from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
 if TYPE_CHECKING:
     import pandas as pd
 
-    from fraudguard.config import Settings
+    from fraudguard.config import DriftGateSettings
 
 logger = logging.getLogger(__name__)
 
 NAME = "drift"
+# Imported once before gates run in threads (a first import racing in two threads can deadlock).
+HEAVY_IMPORTS = ("evidently",)
 MAX_ROWS = 20_000
 SAMPLE_SEED = 0
 
@@ -82,11 +84,14 @@ def compare_features(
     return DriftComparison(label, share, tuple(sorted(drifted)), len(ref), len(cur), report_path)
 
 
-def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "Settings") -> GateResult:
-    """Fail when the drifted-feature share against the champion's data or the newest window exceeds the threshold."""
-    cfg = settings.gates.drift
-    features = list(settings.model.features)
-    controlled = set(settings.threat_model.controlled_features)
+def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "DriftGateSettings") -> GateResult:
+    """Fail when the drifted-feature share against the champion's data or the newest window exceeds the threshold.
+
+    `settings` is the gates.drift section; model features and the threat model come from context.settings.
+    """
+    cfg = settings
+    features = list(context.settings.model.features)
+    controlled = set(context.settings.threat_model.controlled_features)
     comparisons: list[DriftComparison] = []
     if context.champion is not None and context.champion.train_features is not None:
         comparisons.append(compare_features(

@@ -21,7 +21,7 @@ from fraudguard.errors import FraudGuardError
 from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
 
 if TYPE_CHECKING:
-    from fraudguard.config import Settings
+    from fraudguard.config import StaticAnalysisGateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,12 @@ def find_bare_nosec(paths: list[Path]) -> list[BareNosec]:
     return found
 
 
-def run_static_analysis_gate(candidate: ModelUnderTest, context: GateContext, settings: "Settings") -> GateResult:
-    """Bandit over settings' paths under context.source_root; fail on a finding at/above both levels or a bare nosec."""
-    cfg = settings.gates.static_analysis
+def run_static_analysis_gate(
+    candidate: ModelUnderTest, context: GateContext, settings: "StaticAnalysisGateSettings"
+) -> GateResult:
+    """Bandit over the section's paths under context.source_root; fail on a finding at/above both levels
+    or a bare nosec. `settings` is the gates.static_analysis section."""
+    cfg = settings
     root = Path(context.source_root)
     paths = [root / p for p in cfg.paths if (root / p).exists()]
     missing = [p for p in cfg.paths if not (root / p).exists()]

@@ -26,13 +26,11 @@ def pr_curve_png_path(paths: ProjectPaths) -> Path:
 
 
 def write_pr_curve_png(points: list[dict[str, float]], average_precision: float, path: Path) -> None:
-    """Draw the precision-recall curve (matplotlib Agg backend, no display needed)."""
-    import matplotlib
+    """Draw the precision-recall curve to a PNG (matplotlib object API: no display, no pyplot state)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     ax.step([p["recall"] for p in points], [p["precision"] for p in points], where="post")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
@@ -42,7 +40,6 @@ def write_pr_curve_png(points: list[dict[str, float]], average_precision: float,
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def run_evaluate(paths: ProjectPaths) -> dict[str, float]:
@@ -64,6 +61,12 @@ def run_evaluate(paths: ProjectPaths) -> dict[str, float]:
     test = pd.read_parquet(paths.test_features)
     if TX_FRAUD not in test.columns:
         raise DataError(f"{paths.test_features}: lacks the label column {TX_FRAUD}")
+    n_fraud = int(test[TX_FRAUD].sum())
+    if n_fraud == 0 or n_fraud == len(test):
+        raise DataError(
+            f"{paths.test_features}: {n_fraud} fraud rows of {len(test)}; evaluation needs both classes "
+            "(enlarge simulate.n_customers or featurize.test_days)"
+        )
 
     metrics = evaluate_bundle(bundle, test, settings)
     points = pr_curve_points(test[TX_FRAUD].to_numpy(), bundle.predict_proba(test), PR_CURVE_MAX_POINTS)

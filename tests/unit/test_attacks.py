@@ -1,0 +1,152 @@
+"""THE MASK TEST: real ART attacks (FGSM, FGSM from a random start, PGD, HopSkipJump) never touch a feature
+out of the attacker's reach, stay within eps and the valid ranges, and move derived averages as the amount."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fraudguard.attacks import hop_skip_jump, make_art_classifier, masked_fgsm, masked_pgd
+from fraudguard.model import FraudMLP, ModelBundle, Standardizer
+from fraudguard.threat import build_threat_model
+
+AMOUNT = "TX_AMOUNT"
+EPS = 0.5
+
+
+def _frame(features: list[str], n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Features of the params.yaml model with a label that depends on amount and night (learnable)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(0.0, 1.0, size=(n, len(features))), columns=features)
+    for name in features:
+        if "NB_TX" in name:
+            frame[name] = rng.integers(1, 9, n)
+        elif name.startswith("TX_DURING"):
+            frame[name] = rng.integers(0, 2, n)
+    frame[AMOUNT] = rng.gamma(2.0, 25.0, n)
+    logit = (frame[AMOUNT] - 90.0) / 15.0 + 1.5 * frame["TX_DURING_NIGHT"]
+    labels = (rng.uniform(size=n) < 1.0 / (1.0 + np.exp(-logit.to_numpy()))).astype(np.int64)
+    return frame, labels
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A small MLP trained for a few hundred steps, its standardizer, threat model and test rows."""
+    from fraudguard.config import parse_settings
+
+    from conftest import small_params
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    settings = parse_settings(small_params())
+    features = settings.model.features
+    frame, labels = _frame(features, 3000, seed=1)
+    standardizer = Standardizer.fit(frame, features)
+    x, y = torch.from_numpy(standardizer.transform(frame)), torch.from_numpy(labels)
+    module = FraudMLP(len(features), (16, 8), 0.0)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    for step in range(300):
+        idx = torch.randint(0, len(x), (256,))
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(module(x[idx]), y[idx]).backward()
+        optimizer.step()
+    module.eval()
+    bundle = ModelBundle(module=module, standardizer=standardizer, hidden_sizes=(16, 8), dropout=0.0,
+                         threshold=0.5)
+    threat = build_threat_model(settings.threat_model, standardizer)
+    test_frame, test_labels = _frame(features, 300, seed=2)
+    return {
+        "bundle": bundle,
+        "threat": threat,
+        "classifier": make_art_classifier(module, len(features)),
+        "x": standardizer.transform(test_frame),
+        "y": test_labels,
+        "frame": test_frame,
+        "features": features,
+    }
+
+
+def _attack(name: str, world: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(original rows, adversarial rows) for one attack; HSJ (slow, per row) gets the first 8 rows."""
+    clf, threat, x, y = world["classifier"], world["threat"], world["x"], world["y"]
+    if name == "fgsm":
+        return x, masked_fgsm(clf, x, y, threat, EPS, batch_size=128)
+    if name == "fgsm_random_start":
+        return x, masked_fgsm(clf, x, y, threat, EPS, random_start=True, batch_size=128)
+    if name == "pgd":
+        return x, masked_pgd(clf, x, y, threat, EPS, eps_step=0.1, max_iter=10, batch_size=128)
+    if name == "hop_skip_jump":
+        rows = x[:8]
+        return rows, hop_skip_jump(clf, rows, threat, max_iter=3, max_eval=50, init_eval=10, eps=EPS)
+    raise ValueError(name)
+
+
+ATTACKS = ["fgsm", "fgsm_random_start", "pgd", "hop_skip_jump"]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attack_never_changes_a_feature_out_of_reach(world, attack):
+    x, x_adv = _attack(attack, world)
+    out_of_reach = world["threat"].moved_mask == 0
+    assert out_of_reach.sum() >= 9  # counts, terminal history: most of the features
+    np.testing.assert_array_equal(x_adv[:, out_of_reach], x[:, out_of_reach])
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attack_stays_within_eps_and_the_valid_ranges(world, attack):
+    threat = world["threat"]
+    x, x_adv = _attack(attack, world)
+    c = threat.mask == 1
+    assert np.all(np.abs(x_adv[:, c] - x[:, c]) <= EPS + 1e-6)
+    assert np.all(x_adv[:, c] >= np.minimum(threat.lower, x)[:, c] - 1e-6)
+    assert np.all(x_adv[:, c] <= np.maximum(threat.upper, x)[:, c] + 1e-6)
+    assert np.all(np.isfinite(x_adv))
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_attack_moves_each_customer_average_by_the_amount_change_over_the_count(world, attack):
+    standardizer, features = world["bundle"].standardizer, world["features"]
+    x, x_adv = _attack(attack, world)
+    before, after = standardizer.inverse_transform(x), standardizer.inverse_transform(x_adv)
+    amount_change = after[:, features.index(AMOUNT)] - before[:, features.index(AMOUNT)]
+    assert np.abs(amount_change).max() > 0  # the attack did move the amount
+    for days in (1, 7, 30):
+        avg = features.index(f"CUSTOMER_ID_AVG_AMOUNT_{days}DAY_WINDOW")
+        count = world["frame"][f"CUSTOMER_ID_NB_TX_{days}DAY_WINDOW"].to_numpy()
+        np.testing.assert_allclose(after[:, avg] - before[:, avg], amount_change / count, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "fgsm_random_start", "pgd"])
+def test_gradient_attack_lowers_the_fraud_score_of_frauds(world, attack):
+    fraud = world["y"] == 1
+    x, x_adv = _attack(attack, world)
+    bundle = world["bundle"]
+    before = bundle.predict_proba_standardized(x[fraud])
+    after = bundle.predict_proba_standardized(x_adv[fraud])
+    assert after.mean() < before.mean() - 0.02
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm_on_frauds(world):
+    fraud = world["y"] == 1
+    bundle = world["bundle"]
+    _, fgsm = _attack("fgsm", world)
+    _, pgd = _attack("pgd", world)
+    assert bundle.predict_proba_standardized(pgd[fraud]).mean() <= (
+        bundle.predict_proba_standardized(fgsm[fraud]).mean() + 1e-3
+    )
+
+
+def test_attacks_leave_the_model_weights_unchanged(world):
+    before = {k: v.clone() for k, v in world["bundle"].module.state_dict().items()}
+    _attack("pgd", world)
+    for key, value in world["bundle"].module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_hop_skip_jump_moves_the_amount_of_some_row(world):
+    x, x_adv = _attack("hop_skip_jump", world)
+    amount = world["features"].index(AMOUNT)
+    assert np.any(x_adv[:, amount] != x[:, amount])
