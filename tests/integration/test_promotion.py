@@ -324,3 +324,19 @@ def test_each_gate_receives_its_own_params_section(world):
 
     _promote(world, v1, {"drift": recorder("drift"), "custom": recorder("custom")})
     assert received == {"drift": settings.gates.drift, "custom": None}
+
+
+@pytest.mark.slow
+def test_cli_audit_verify_exits_1_naming_the_edited_entry(tracked_project):
+    import json
+
+    from typer.testing import CliRunner
+
+    client, root, settings, (v1, v2) = tracked_project
+    for version in (v1, v2):
+        _promote_tracked(client, root, settings, version)
+    entry = json.loads(client.get_registered_model(NAME).tags["audit.000001"])
+    entry["reasons"] = ["nothing to see here"]
+    client.set_registered_model_tag(NAME, "audit.000001", json.dumps(entry))
+    result = CliRunner().invoke(_cli(), ["audit", "verify", "--root", str(root)])
+    assert result.exit_code == 1 and "seq 1" in result.output

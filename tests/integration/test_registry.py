@@ -99,36 +99,54 @@ def test_champion_move_refused_when_the_audit_log_was_tampered(store):
 
 _WORKER = textwrap.dedent("""
     import sys, time
+    from pathlib import Path
     from mlflow import MlflowClient
-    from fraudguard.registry import set_champion
-    uri, name, version, rounds, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    sys.path.insert(0, "tests")
+    from conftest import small_params
+    from fraudguard.config import parse_settings
+    from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+    from fraudguard.promotion import promote_version
+
+    uri, workdir, start_at = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    versions = [int(v) for v in sys.argv[4:]]
+    settings = parse_settings(small_params())
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    time.sleep(max(0.0, start_at - time.time()))  # both processes start writing at the same instant
-    for _ in range(rounds):
-        set_champion(client, name, version, action="promote", actor=f"proc-{version}")
+
+    def gate(candidate, context, section):
+        time.sleep(0.2)  # long enough for the other process to be mid-promotion
+        return GateResult("smoke", True, {}, {}, "ok")
+
+    time.sleep(max(0.0, start_at - time.time()))  # both processes promote at the same instant
+    for version in versions:
+        context = GateContext(settings=settings, train_features=None, test_features=None, newest_window=None,
+                              source_root=workdir, report_dir=workdir / f"v{version}")
+        promote_version(client, workdir, settings, version=version, actor=f"proc-{versions[0]}",
+                        gates={"smoke": gate}, candidate=ModelUnderTest(bundle=None, version=version),
+                        context=context)
 """)
 
 
 @pytest.mark.slow
-def test_two_concurrent_processes_end_consistent(store, tmp_path):
+def test_two_concurrent_promotions_end_consistent(store, tmp_path):
     import time
 
-    client, (v1, v2, _) = store
+    client, versions = store
+    versions.append(register_version(client, NAME, tmp_path / "w3", b"weights-3", {"quality": "passed"}))
     uri = client.tracking_uri
-    rounds = 4
     env = {**os.environ, "FRAUDGUARD_LOG_LEVEL": "WARNING"}
-    start_at = time.time() + 8.0  # after both interpreters have imported mlflow
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, uri, NAME, str(v), str(rounds), str(start_at)],
+    start_at = time.time() + 10.0  # after both interpreters have imported mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, uri, str(tmp_path / f"proc{i}"), str(start_at),
+                               *map(str, versions[i::2])],
                               cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
-             for v in (v1, v2)]
+             for i in (0, 1)]
     for proc in procs:
-        _, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
     history = champion_history(client, NAME)
-    assert len(history) == 2 * rounds  # no lost entries
-    assert [c.seq for c in history] == list(range(1, 2 * rounds + 1))
+    assert sorted(c.version for c in history) == sorted(versions)  # no lost entries
+    assert [c.seq for c in history] == [1, 2, 3, 4]
     assert int(client.get_model_version_by_alias(NAME, CHAMPION_ALIAS).version) == history[-1].version
     # Each move saw the champion the previous move left: no update based on a stale read.
-    assert [c.previous for c in history[1:]] == [c.version for c in history[:-1]]
+    assert [c.previous for c in history] == [None] + [c.version for c in history[:-1]]
     audit = verify_audit_log(client, NAME)
-    assert audit.ok and audit.entries == 2 * rounds
+    assert audit.ok and audit.entries == 4
