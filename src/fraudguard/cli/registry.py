@@ -132,6 +132,10 @@ def status(root: Path = _ROOT) -> None:
                        f"{change.version}  by {change.actor}")
         if not history:
             typer.echo("  (empty)")
+        elif history[-1].version != champion:
+            # Alias and audit are separate MLflow writes: an interrupted move shows up here.
+            typer.secho(f"warning: champion alias ({champion}) differs from the last recorded move "
+                        f"({history[-1].version})", fg=typer.colors.YELLOW, err=True)
         verification = verify_audit_log(client, name)
         typer.echo(f"audit: {verification.entries} entries, "
                    + ("chain intact" if verification.ok else
