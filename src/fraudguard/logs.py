@@ -10,3 +10,6 @@ def configure_logging(level: str | None = None) -> None:
         level=(level or os.environ.get("FRAUDGUARD_LOG_LEVEL", "INFO")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per HTTP call to the local Prefect API buries the pipeline's own messages.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

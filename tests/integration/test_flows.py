@@ -75,3 +75,28 @@ def test_monitor_without_a_champion_fails_with_a_clear_reason(project):
     state = flow(return_state=True)
     assert state.is_failed()
     assert "no champion" in state.message
+
+
+def test_monitor_reports_drift_of_the_newest_window_to_mlflow(tmp_path, monkeypatch, prefect_api):
+    from mlflow import MlflowClient
+
+    from project_factory import LENIENT_GATES
+    from fraudguard.config import merge_overrides
+
+    # Threshold 0: any drifted feature counts, so the detection path runs on the small world.
+    params = merge_overrides(LENIENT_GATES, {"monitor": {"drift_share_threshold": 0.0, "window_days": 7}})
+    root = make_project(tmp_path / "project", None, params)
+    monkeypatch.setenv("FRAUDGUARD_PROJECT_DIR", str(root))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert _load(root, "train_and_promote", "train_and_promote")(return_state=True).is_completed()
+
+    result = _load(root, "monitor", "monitor")(retrain_on_drift=False)
+    assert result["drifted"] is True and result["retrain_flow_run"] is None
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("fraudguard-monitoring")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    assert runs[0].data.metrics["drift_share"] == pytest.approx(result["drift_share"])
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "drift")][0].endswith(".html")

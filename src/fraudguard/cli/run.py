@@ -57,7 +57,7 @@ def run(
     os.environ["FRAUDGUARD_PROJECT_DIR"] = str(root)
     flow = load_flow(root, "train_and_promote", "train_and_promote")
     state = flow(promote=promote, params_overrides=overrides or None, return_state=True)
-    summary = summarize_registry(root)
+    summary = {"data": summarize_data(root), "registry": summarize_registry(root)}
     typer.echo("")
     typer.echo(f"flow run: {state.name}: {state.message or ''}")
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -71,6 +71,27 @@ def run(
             except Exception as exc:  # show the cause, not a Prefect traceback
                 typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+
+
+def summarize_data(root: Path) -> dict[str, Any]:
+    """Rows, fraud rate and quarantine counts by reason from the validate and featurize reports."""
+    from fraudguard.paths import ProjectPaths
+
+    paths = ProjectPaths.at(root)
+    out: dict[str, Any] = {}
+    if paths.validation_report.is_file():
+        report = json.loads(paths.validation_report.read_text(encoding="utf-8"))
+        out.update(rows_in=report.get("rows_in"), rows_accepted=report.get("rows_accepted"),
+                   fraud_rate=round(float(report.get("fraud_rate", 0.0)), 5),
+                   quarantined_by_reason=report.get("reasons", {}))
+    split = paths.features_dir / "summary.json"
+    if split.is_file():
+        doc = json.loads(split.read_text(encoding="utf-8"))
+        for part in ("train", "test"):
+            if isinstance(doc.get(part), dict):
+                out[f"{part}_rows"] = doc[part].get("rows")
+                out[f"{part}_fraud_rate"] = round(float(doc[part].get("fraud_rate", 0.0)), 5)
+    return out
 
 
 def summarize_registry(root: Path) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""End-to-end cost of `fraudguard run` (cold: fresh project copy, no DVC cache or remote copy of the data,
+new MLflow store, new Prefect home), split into compute and everything else.
+
+    python bench/end_to_end_bench.py [--keep]
+
+How each figure is obtained:
+  total          wall time of the `fraudguard run --root <tmp project>` subprocess (default params.yaml).
+  stage compute  after the run, in the same project, each DVC stage's own work is re-run in a fresh
+                 interpreter that first imports every library the stages use (numpy, pandas, pyarrow, torch,
+                 sklearn, ART, matplotlib, the fraudguard modules), then times only the stage's main();
+                 summed over validate, featurize, train, evaluate. (Same inputs, seeded: same work.)
+  data compute   the simulator regenerating data/raw (what the flow's pull-data task does when no DVC
+                 remote holds the data), timed the same way.
+  gate compute   from reports/gates/v1/gate_summary.json written by the run: the gates run concurrently,
+                 so their wall-clock share is the longest gate's duration (the sum is printed too).
+  non-compute    total - (stage + data + gate compute): interpreter start-ups, imports, Prefect
+                 orchestration, DVC bookkeeping, MLflow tracking and registry, gate context and reports.
+Issue targets: total under 3 min on 2 cores; non-compute under 15% of total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gates_bench import BIN, make_temp_project, run_cmd  # noqa: E402
+
+STAGES = ("validate", "featurize", "train", "evaluate")
+PREIMPORTS = (
+    "numpy", "pandas", "pyarrow", "pyarrow.parquet", "yaml", "pydantic", "pandera", "pandera.pandas", "torch",
+    "sklearn.metrics", "sklearn.linear_model", "art", "art.estimators.classification", "art.attacks.evasion",
+    "matplotlib", "matplotlib.pyplot", "tqdm",
+    "fraudguard.config", "fraudguard.logs", "fraudguard.paths", "fraudguard.data.io", "fraudguard.data.schema",
+    "fraudguard.data.validation", "fraudguard.data.simulator", "fraudguard.data.versioning", "fraudguard.features",
+    "fraudguard.model", "fraudguard.training", "fraudguard.attacks", "fraudguard.threat", "fraudguard.evaluation",
+    "fraudguard.stages.validate", "fraudguard.stages.featurize", "fraudguard.stages.train",
+    "fraudguard.stages.evaluate",
+)
+CALLS = {
+    "simulate": "from fraudguard.config import load_settings\n"
+                "from fraudguard.data.versioning import simulate_raw_data\n"
+                "from fraudguard.paths import ProjectPaths\n"
+                "p = ProjectPaths.at('.')\n"
+                "START()\nsimulate_raw_data(p, load_settings(p.params))\nSTOP()\n",
+    "validate": "import fraudguard.stages.validate as s\nSTART()\ns.main('.')\nSTOP()\n",
+    "featurize": "import fraudguard.stages.featurize as s\nSTART()\ns.main('.')\nSTOP()\n",
+    "train": "import fraudguard.stages.train as s\nSTART()\ns.main('.')\nSTOP()\n",
+    "evaluate": "import fraudguard.stages.evaluate as s\nSTART()\ns.main()\nSTOP()\n",
+}
+TIMER = """
+import importlib, json, logging, time
+for _m in {preimports!r}:
+    try:
+        importlib.import_module(_m)
+    except ImportError:
+        pass
+from fraudguard.logs import configure_logging
+configure_logging()
+_t = []
+def START(): _t.append(time.perf_counter())
+def STOP(): print("COMPUTE_S " + json.dumps(time.perf_counter() - _t[0]))
+"""
+
+
+def stage_compute_seconds(name: str, root: Path, env: dict[str, str]) -> float:
+    """Seconds of the stage's own work, in a fresh interpreter with every library already imported."""
+    code = TIMER.format(preimports=PREIMPORTS) + CALLS[name]
+    proc = run_cmd([sys.executable, "-c", code], root, env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("COMPUTE_S "):
+            return float(line.split()[1])
+    raise SystemExit(f"stage {name}: no COMPUTE_S line in its output:\n{proc.stdout[-2000:]}")
+
+
+def module_wall_seconds(name: str, root: Path, env: dict[str, str]) -> float:
+    """Wall time of `python -m fraudguard.stages.<name>` as DVC runs it (start-up + imports + work)."""
+    start = time.perf_counter()
+    run_cmd([sys.executable, "-m", f"fraudguard.stages.{name}"], root, env)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the temp project (path printed)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    tmp = Path(tempfile.mkdtemp(prefix="fraudguard-e2e-bench-"))
+    try:
+        root, env = make_temp_project(tmp, pull_data=False)
+        start = time.perf_counter()
+        proc = run_cmd([str(BIN / "fraudguard"), "run", "--root", str(root)], root, env, timeout=1800)
+        total = time.perf_counter() - start
+        output = proc.stdout + proc.stderr
+        state = next((line for line in proc.stdout.splitlines() if line.startswith("flow run:")), "flow run: ?")
+        print(f"`fraudguard run --root {root}` (cold, default params): {total:.1f} s; {state}")
+        repro_match = re.findall(r"dvc repro: ran .*?\(([\d.]+) s\)", output)
+        repro_wall = float(repro_match[-1]) if repro_match else None
+
+        summary_path = root / "reports" / "gates" / "v1" / "gate_summary.json"
+        gate_durations = {g["name"]: float(g["duration_s"]) for g in json.loads(summary_path.read_text())["gates"]}
+        gates_wall = max(gate_durations.values())
+        history = json.loads((root / "models" / "training_history.json").read_text())
+        epochs_s = sum(float(h.get("seconds", 0.0)) for h in history)
+
+        # Each stage's own work, re-timed in the same project (same seeded inputs, same outputs).
+        compute = {name: stage_compute_seconds(name, root, env) for name in ("simulate", *STAGES)}
+        module_wall = {name: module_wall_seconds(name, root, env) for name in STAGES}
+        stage_compute = sum(compute[s] for s in STAGES)
+        data_compute = compute["simulate"]
+        all_compute = stage_compute + data_compute + gates_wall
+        non_compute = total - all_compute
+        share = non_compute / total
+        strict_share = (total - stage_compute - gates_wall) / total
+
+        print("\nstage compute (each stage's main() timed inside a fresh interpreter, libraries pre-imported)")
+        print(f"  {'stage':<10}{'compute s':>10}{'python -m wall s':>18}{'start-up+imports s':>20}")
+        for s in STAGES:
+            print(f"  {s:<10}{compute[s]:10.2f}{module_wall[s]:18.2f}{module_wall[s] - compute[s]:20.2f}")
+        print(f"  {'sum':<10}{stage_compute:10.2f}{sum(module_wall.values()):18.2f}"
+              f"{sum(module_wall.values()) - stage_compute:20.2f}")
+        print(f"  cross-check: train epochs' own seconds in the run's training_history.json sum to {epochs_s:.2f} s")
+        if repro_wall is not None:
+            print(f"  the run's dvc-repro task took {repro_wall:.1f} s wall (stages + DVC hashing/caching + start-ups)")
+        print(f"data compute: simulator regenerating data/raw {data_compute:.2f} s (no remote holds it when cold)")
+        print("gate compute (gate_summary.json of the run, concurrent): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in gate_durations.items())
+              + f"; longest = wall share {gates_wall:.2f} s (sum {sum(gate_durations.values()):.2f} s)")
+        print(f"\ntotal            {total:7.1f} s   (target < 180 s on 2 cores: {'met' if total < 180 else 'NOT met'})")
+        print(f"compute          {all_compute:7.1f} s   (stages {stage_compute:.1f} + data {data_compute:.1f} "
+              f"+ gates {gates_wall:.1f})")
+        print(f"non-compute      {non_compute:7.1f} s   = {share:.1%} of total "
+              f"(target < 15%: {'met' if share < 0.15 else 'NOT met'})")
+        print(f"  counting the simulator as overhead too (strict: compute = stages + gates only): "
+              f"{strict_share:.1%}")
+        print(f"cores usable: {len(os.sched_getaffinity(0))}; load avg (1 min) {os.getloadavg()[0]:.2f}")
+        figures = {
+            "total_s": round(total, 2),
+            "compute_s": round(all_compute, 2),
+            "stage_compute_s": round(stage_compute, 2),
+            "data_compute_s": round(data_compute, 2),
+            "gates_compute_wall_s": round(gates_wall, 2),
+            "non_compute_s": round(non_compute, 2),
+            "non_compute_share": round(share, 4),
+            "non_compute_share_strict": round(strict_share, 4),
+            "per_stage_compute_s": {k: round(v, 3) for k, v in compute.items()},
+            "per_stage_module_wall_s": {k: round(v, 3) for k, v in module_wall.items()},
+            "per_gate_s": gate_durations,
+            "dvc_repro_task_wall_s": repro_wall,
+            "train_epochs_sum_s": round(epochs_s, 2),
+            "total_target_met": total < 180,
+            "share_target_met": share < 0.15,
+        }
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("BENCH_JSON " + json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
