@@ -15,12 +15,15 @@ How each figure is obtained:
                  so their wall-clock share is the longest gate's duration (the sum is printed too).
   non-compute    total - (stage + data + gate compute): interpreter start-ups, imports, Prefect
                  orchestration, DVC bookkeeping, MLflow tracking and registry, gate context and reports.
+  timeline       the run's own log timestamps cut it into start-up, Prefect server start, each flow task
+                 and wrap-up, so the non-compute time can be located.
 Issue targets: total under 3 min on 2 cores; non-compute under 15% of total.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -88,6 +91,43 @@ def module_wall_seconds(name: str, root: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ ([\w.]+): (.*)$")
+TASKS = ("validate-params", "pull-data", "dvc-repro", "register-model", "gates-and-promotion")
+
+
+def run_timeline(stderr: str, started: float, ended: float) -> list[tuple[str, float]] | None:
+    """Segments of the run from its log timestamps (logging's local-time asctime, ms resolution):
+    start-up, Prefect's temporary server, each flow task (tasks run one after another), wrap-up.
+    None when the log does not show the expected markers (then only the totals are reported)."""
+    marks: dict[str, float] = {}
+    task_ends: list[float] = []
+    for line in stderr.splitlines():
+        m = LOG_LINE.match(line)
+        if not m:
+            continue
+        when = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        logger, message = m.group(2), m.group(3)
+        if message.startswith("Starting temporary server"):
+            marks.setdefault("server", when)
+        elif message.startswith("Beginning flow run"):
+            marks.setdefault("flow", when)
+        elif logger == "prefect.task_runs" and message.startswith("Finished in state"):
+            task_ends.append(when)
+        elif logger == "prefect.flow_runs" and message.startswith("Finished in state"):
+            marks["flow_end"] = when
+    if not {"server", "flow", "flow_end"} <= marks.keys() or len(task_ends) != len(TASKS):
+        return None
+    points = [("start-up: interpreter, CLI and Prefect imports, flow file", started, marks["server"]),
+              ("Prefect temporary API server start", marks["server"], marks["flow"])]
+    previous = marks["flow"]
+    for name, end in zip(TASKS, task_ends):
+        points.append((f"task {name}", previous, end))
+        previous = end
+    points.append(("flow wrap-up: markdown artifact, final state", previous, marks["flow_end"]))
+    points.append(("registry summary, server stop, exit", marks["flow_end"], ended))
+    return [(label, end - begin) for label, begin, end in points]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temp project (path printed)")
@@ -97,9 +137,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fraudguard-e2e-bench-"))
     try:
         root, env = make_temp_project(tmp, pull_data=False)
-        start = time.perf_counter()
+        start, wall_start = time.perf_counter(), time.time()
         proc = run_cmd([str(BIN / "fraudguard"), "run", "--root", str(root)], root, env, timeout=1800)
         total = time.perf_counter() - start
+        timeline = run_timeline(proc.stderr, wall_start, time.time())
         output = proc.stdout + proc.stderr
         state = next((line for line in proc.stdout.splitlines() if line.startswith("flow run:")), "flow run: ?")
         print(f"`fraudguard run --root {root}` (cold, default params): {total:.1f} s; {state}")
@@ -135,6 +176,13 @@ def main() -> None:
         print("gate compute (gate_summary.json of the run, concurrent): "
               + ", ".join(f"{k} {v:.2f}" for k, v in gate_durations.items())
               + f"; longest = wall share {gates_wall:.2f} s (sum {sum(gate_durations.values()):.2f} s)")
+        if timeline is not None:
+            inside = {"task pull-data": data_compute, "task dvc-repro": stage_compute,
+                      "task gates-and-promotion": gates_wall}
+            print("\ntimeline of the run, from its log timestamps (compute inside each segment as measured above)")
+            for label, seconds in timeline:
+                extra = f"   of which compute {inside[label]:5.1f} s" if label in inside else ""
+                print(f"  {label:<58}{seconds:6.1f} s{extra}")
         print(f"\ntotal            {total:7.1f} s   (target < 180 s on 2 cores: {'met' if total < 180 else 'NOT met'})")
         print(f"compute          {all_compute:7.1f} s   (stages {stage_compute:.1f} + data {data_compute:.1f} "
               f"+ gates {gates_wall:.1f})")
@@ -156,6 +204,7 @@ def main() -> None:
             "per_stage_module_wall_s": {k: round(v, 3) for k, v in module_wall.items()},
             "per_gate_s": gate_durations,
             "dvc_repro_task_wall_s": repro_wall,
+            "timeline_s": {label: round(v, 2) for label, v in timeline} if timeline else None,
             "train_epochs_sum_s": round(epochs_s, 2),
             "total_target_met": total < 180,
             "share_target_met": share < 0.15,

@@ -7,6 +7,7 @@ per-row pandas loop on a small subset (the same subset is also run vectorised, a
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -94,6 +95,10 @@ def main() -> None:
     print(f"speed-up, rows/s vectorised ({n:,} rows) / naive ({m:,} rows): {(n / fast_s) / (m / naive_s):,.0f}x")
     print(f"speed-up on the same {m:,} rows: {naive_s / small_s:,.0f}x")
     assert not features[names].isna().any().any()
+    print("BENCH_JSON " + json.dumps({
+        "rows": n, "rows_per_s": round(n / fast_s, 1), "naive_rows": m, "naive_rows_per_s": round(m / naive_s, 1),
+        "speedup_rows_per_s": round((n / fast_s) / (m / naive_s), 1), "speedup_same_rows": round(naive_s / small_s, 1),
+    }))
 
 
 if __name__ == "__main__":

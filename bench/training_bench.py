@@ -13,6 +13,7 @@ simulated and featurized in memory.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -123,6 +124,7 @@ def main() -> None:
     print(f"logistic regression fit      {lr_seconds:8.3f} s (whole fit)")
     print()
     k = settings.evaluate.card_precision_k
+    scores: dict[str, dict] = {}
     print(f"{'model':<36}{'AP':>8}{f'CP@{k}':>9}{'robust AP':>11}")
     for name, bundle in (
         ("logistic regression", lr_bundle),
@@ -131,6 +133,13 @@ def main() -> None:
     ):
         m = score(bundle, test, settings)
         print(f"{name:<36}{m['ap']:8.3f}{m['cp_at_k']:9.3f}{m['robust_ap']:11.3f}")
+        scores[name] = {key: round(float(value), 4) for key, value in m.items()}
+
+    print("BENCH_JSON " + json.dumps({
+        "seconds_per_clean_epoch": round(clean_s, 4), "seconds_per_augmented_epoch": round(aug_s, 4),
+        "crafting_seconds_per_epoch": round(craft_s, 4), "ratio_augmented_vs_clean": round(aug_s / clean_s, 3),
+        "logistic_fit_s": round(lr_seconds, 4), "scores": scores,
+    }))
 
 
 if __name__ == "__main__":
