@@ -54,13 +54,21 @@ def reproduce(root: Path, params_overrides: dict[str, Any] | None) -> dict[str, 
 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register(root: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
-    from fraudguard.tracking import configure_mlflow, log_training_run
+    from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
     client = configure_mlflow(root, settings)
+    existing = find_identical_version(client, root, settings)
+    if existing is not None:
+        mv = client.get_model_version(settings.registry.model_name, str(existing))
+        run = client.get_run(mv.run_id)
+        get_run_logger().info("same weights, params and data as version %s: reusing it", existing)
+        return {"version": existing, "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
+                "metrics": dict(run.data.metrics), "reused": True,
+                "is_champion": "champion" in (mv.aliases or [])}
     record = log_training_run(root, settings, flow_run_id=flow_run_id)
     experiment_id = client.get_run(record.run_id).info.experiment_id
     return {"version": record.version, "run_id": record.run_id, "experiment_id": experiment_id,
-            "metrics": dict(record.metrics)}
+            "metrics": dict(record.metrics), "reused": False, "is_champion": False}
 
 
 @task(name="gates-and-promotion", cache_policy=NO_CACHE)
@@ -96,6 +104,9 @@ def train_and_promote(
     data_md5 = pull_data(root, settings, data_revision)
     stages = reproduce(root, params_overrides)
     record = register(root, settings, flow_run.get_id())
+    if record["is_champion"]:
+        return Completed(message=f"nothing changed: version {record['version']} (same weights, params and "
+                                 "data) is already the champion")
     outcome = gate_and_promote(root, settings, record["version"], promote)
 
     markdown = promotion_markdown(outcome, record, data_md5, stages)

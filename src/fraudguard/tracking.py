@@ -406,3 +406,31 @@ def load_reference_features(client: "MlflowClient", model_name: str, version: in
                 f"model {model_name!r} version {version}: run {mv.run_id} has no {REFERENCE_ARTIFACT}"
             ) from exc
         return pd.read_parquet(local)
+
+
+def find_identical_version(client: "MlflowClient", root: Path | str, settings: "Settings") -> int | None:
+    """The newest registered version built from exactly these weights, params and data, if any.
+
+    A rerun in which DVC found every stage up to date produces no new model: the flow reuses that
+    version instead of registering a duplicate.
+    """
+    from fraudguard.lineage import data_md5, params_sha256
+    from fraudguard.model import sha256_file
+
+    paths = ProjectPaths.at(root)
+    if not paths.model_weights.is_file():
+        return None
+    wanted = {
+        WEIGHTS_SHA_TAG: sha256_file(paths.model_weights),
+        "lineage.params_sha256": params_sha256(settings),
+        "lineage.data_md5": data_md5(paths.raw_dvc_file),
+    }
+    name = settings.registry.model_name
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception as exc:  # no registered model yet (MlflowException); nothing to reuse
+        logger.debug("no versions of %s to reuse: %s", name, exc)
+        return None
+    matches = [int(mv.version) for mv in versions
+               if all((mv.tags or {}).get(key) == value for key, value in wanted.items())]
+    return max(matches) if matches else None

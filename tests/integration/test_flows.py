@@ -39,15 +39,19 @@ def _load(root: Path, module: str, name: str):
     return getattr(mod, name)
 
 
-def _versions(tmp_path: Path) -> set:
+def _registry_state(tmp_path: Path) -> tuple[set, dict]:
+    """(registered version numbers, alias -> version) of model fraudguard; empty when it does not exist."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        return {(mv.version, tuple(sorted(mv.aliases))) for mv in client.search_model_versions("name='fraudguard'")}
-    except Exception:  # the registry was never created
-        return set()
+        versions = {int(mv.version) for mv in client.search_model_versions("name='fraudguard'")}
+        aliases = {a: int(v) for a, v in client.get_registered_model("fraudguard").aliases.items()}
+    except MlflowException:  # the registered model was never created
+        return set(), {}
+    return versions, aliases
 
 
 def test_unknown_params_override_fails_the_flow_naming_the_key(project, tmp_path):
@@ -55,7 +59,7 @@ def test_unknown_params_override_fails_the_flow_naming_the_key(project, tmp_path
     state = flow(params_overrides={"train": {"epochz": 2}}, return_state=True)
     assert state.is_failed()
     assert "train.epochz" in state.message
-    assert _versions(tmp_path) == set()
+    assert _registry_state(tmp_path) == (set(), {})
 
 
 def test_blocked_promotion_ends_in_a_blocked_state_naming_the_gate_and_keeps_champion(project, tmp_path):
@@ -63,8 +67,8 @@ def test_blocked_promotion_ends_in_a_blocked_state_naming_the_gate_and_keeps_cha
     state = flow(return_state=True)
     assert state.is_failed() and state.name == "Blocked", state.message
     assert "quality" in state.message
-    versions = _versions(tmp_path)
-    assert len(versions) == 1 and all("champion" not in aliases for _, aliases in versions)
+    versions, aliases = _registry_state(tmp_path)
+    assert len(versions) == 1 and "champion" not in aliases
 
 
 def test_monitor_without_a_champion_fails_with_a_clear_reason(project):
@@ -100,3 +104,20 @@ def test_monitor_reports_drift_of_the_newest_window_to_mlflow(tmp_path, monkeypa
     assert len(runs) == 1
     assert runs[0].data.metrics["drift_share"] == pytest.approx(result["drift_share"])
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "drift")][0].endswith(".html")
+
+
+def test_rerun_with_nothing_changed_reuses_the_champion_instead_of_registering_a_duplicate(
+        tmp_path, monkeypatch, prefect_api):
+    from project_factory import LENIENT_GATES
+
+    root = make_project(tmp_path / "project", None, LENIENT_GATES)
+    monkeypatch.setenv("FRAUDGUARD_PROJECT_DIR", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    flow = _load(root, "train_and_promote", "train_and_promote")
+    assert flow(return_state=True).is_completed()
+    before = _registry_state(tmp_path)
+
+    state = flow(return_state=True)
+    assert state.is_completed() and "nothing changed" in state.message
+    assert _registry_state(tmp_path) == before == ({1}, {"champion": 1, "challenger": 1})
