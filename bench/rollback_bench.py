@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess  # nosec B404 -- runs this environment's fraudguard/python with fixed argument lists
 import sys
 import tempfile
 import time

@@ -98,7 +98,7 @@ def test_stage_on_too_short_data_raises_data_error_and_writes_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_dvc_repro_runs_featurize_block_and_then_skips_it(tmp_path):
-    paths = make_checkout(tmp_path)
+    make_checkout(tmp_path)
     shutil.copy(PROJECT_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     for dep in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["featurize"]["deps"]:
         if dep.startswith("src/"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+
+from fraudguard.config import merge_overrides
 
 from project_factory import LENIENT_GATES, make_project, run_checked as _run
 
@@ -56,7 +56,9 @@ def prefect_stack(tmp_path_factory):
         "FRAUDGUARD_ACTOR": "integration-test",
     }
     env.pop("FRAUDGUARD_PROJECT_DIR", None)
-    make_project(root, env, LENIENT_GATES)
+    # Monitor threshold 0: any drifted feature counts, so the drift -> retrain path runs on the small world.
+    make_project(root, env, merge_overrides(LENIENT_GATES, {"monitor": {"drift_share_threshold": 0.0,
+                                                                        "window_days": 7}}))
     logs = base / "logs"
     logs.mkdir()
     server = subprocess.Popen(
@@ -165,3 +167,36 @@ def test_bad_params_fail_the_flow_run_and_leave_the_registry_as_it_was(prefect_s
     assert state["type"] == "FAILED"
     assert "train.epochz" in state["message"]
     assert _registry_state(client) == before
+
+
+def _api(stack, method: str, path: str, body: dict | None = None):
+    _, env, _, _ = stack
+    request = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_monitor_on_drift_triggers_the_train_and_promote_deployment(prefect_stack):
+    _, _, mlflow_uri, logs = prefect_stack
+    client = _client(mlflow_uri)
+    if "champion" not in client.get_registered_model("fraudguard").aliases:
+        _deployment_run(prefect_stack, "train-and-promote/default", {})
+    deployment = _api(prefect_stack, "GET", "/deployments/name/train-and-promote/default")
+    runs_filter = {"deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "START_TIME_DESC"}
+    before = {run["id"] for run in _api(prefect_stack, "POST", "/flow_runs/filter", runs_filter)}
+
+    monitor_id, _ = _deployment_run(prefect_stack, "monitor/daily", {"retrain_on_drift": True})
+    assert _flow_run(prefect_stack, monitor_id)["state"]["type"] == "COMPLETED"
+    triggered = [run for run in _api(prefect_stack, "POST", "/flow_runs/filter", runs_filter)
+                 if run["id"] not in before]
+    assert len(triggered) == 1, "monitor did not trigger exactly one train-and-promote run"
+    deadline = time.time() + 600
+    while (state := _flow_run(prefect_stack, triggered[0]["id"])["state"])["type"] not in (
+            "COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.time() < deadline, "triggered run did not finish:\n" + (logs / "worker.log").read_text()[-4000:]
+        time.sleep(2)
+    assert state["type"] == "COMPLETED", state["message"]
+    experiment = client.get_experiment_by_name("fraudguard-monitoring")
+    assert client.search_runs([experiment.experiment_id])[0].data.metrics["drift_share"] > 0.0
