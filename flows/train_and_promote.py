@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
+from prefect.utilities.annotations import quote
 
 
 def _project_root() -> Path:
@@ -71,16 +72,46 @@ def register(root: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
             "metrics": dict(record.metrics), "reused": False, "is_champion": False}
 
 
-@task(name="gates-and-promotion", cache_policy=NO_CACHE)
-def gate_and_promote(root: Path, settings, version: int, promote: bool):
-    from fraudguard.errors import PromotionBlocked
-    from fraudguard.promotion import promote_version
+@task(name="prepare-gates", cache_policy=NO_CACHE)
+def prepare_gates(root: Path, settings, version: int):
+    """Candidate + champion bundles and the feature frames every gate reads, loaded once."""
+    from fraudguard.paths import ProjectPaths
+    from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, build_gate_context, discover_gates, warm_imports
     from fraudguard.tracking import configure_mlflow
 
     client = configure_mlflow(root, settings)
+    report_dir = ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    candidate, context = build_gate_context(client, root, settings, version, report_dir)
+    gates = discover_gates(settings)
+    # Importing ART/torch from several gate threads at once deadlocks: import them here, first.
+    warm_imports(gates, STANDARD_HEAVY_IMPORTS)
+    return candidate, context, list(gates)
+
+
+@task(name="gate", task_run_name="gate-{name}", cache_policy=NO_CACHE)
+def run_gate(name: str, candidate, context, settings):
+    from fraudguard.promotion import discover_gates, run_gate as run_one
+
+    result, seconds = run_one(name, discover_gates(settings)[name], candidate, context, settings)
+    log = get_run_logger()
+    (log.info if result.passed else log.warning)("%s: %s (%.1f s)", "passed" if result.passed else "FAILED",
+                                                 result.reason, seconds)
+    return result, seconds
+
+
+@task(name="record-and-promote", cache_policy=NO_CACHE)
+def record_and_promote(root: Path, settings, version: int, gate_runs: list, report_dir: Path, promote: bool):
+    from fraudguard.errors import PromotionBlocked
+    from fraudguard.promotion import apply_gate_results
+    from fraudguard.tracking import configure_mlflow
+
+    client = configure_mlflow(root, settings)
+    results = tuple(result for result, _ in gate_runs)
+    durations = {result.name: round(seconds, 3) for result, seconds in gate_runs}
     try:
-        return promote_version(client, root, settings, version=version, promote=promote,
-                               actor=f"prefect:{flow_run.get_id() or 'local'}")
+        return apply_gate_results(client, settings, version, results, durations, report_dir, promote=promote,
+                                  actor=f"prefect:{flow_run.get_id() or 'local'}")
     except PromotionBlocked as blocked:
         return blocked.outcome  # type: ignore[attr-defined]
 
@@ -107,7 +138,11 @@ def train_and_promote(
     if record["is_champion"]:
         return Completed(message=f"nothing changed: version {record['version']} (same weights, params and "
                                  "data) is already the champion")
-    outcome = gate_and_promote(root, settings, record["version"], promote)
+    candidate, context, gate_names = prepare_gates(root, settings, record["version"])
+    # Each gate is its own task, all running at once; quote() keeps Prefect from walking the frames.
+    futures = [run_gate.submit(name, quote(candidate), quote(context), settings) for name in gate_names]
+    gate_runs = [future.result() for future in futures]
+    outcome = record_and_promote(root, settings, record["version"], quote(gate_runs), context.report_dir, promote)
 
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",

@@ -314,7 +314,7 @@ def promote_version(
     """
     name = settings.registry.model_name
     version = int(version) if version is not None else newest_version(client, name)
-    mv = get_version(client, name, version)
+    get_version(client, name, version)  # fails early, naming the version, when it does not exist
     champion_before = get_registered_tags_and_aliases(client, name)[1].get(CHAMPION_ALIAS)
     if promote and champion_before == version:
         raise RegistryError(f"version {version} of {name!r} is already the champion")
@@ -330,6 +330,42 @@ def promote_version(
     warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
 
     results, durations = run_gates(candidate, context, settings, gates)
+    return apply_gate_results(client, settings, version, results, durations, report_dir,
+                              promote=promote, actor=actor, champion_before=champion_before)
+
+
+def run_gate(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateContext,
+             settings: "Settings") -> tuple[GateResult, float]:
+    """One gate with its params section, timed; a gate that raises is a failed result, never a crash."""
+    return _run_one(name, fn, candidate, context, getattr(settings.gates, name, None))
+
+
+def apply_gate_results(
+    client: "MlflowClient",
+    settings: "Settings",
+    version: int,
+    results: tuple[GateResult, ...],
+    durations: Mapping[str, float],
+    report_dir: Path,
+    *,
+    promote: bool = True,
+    actor: str | None = None,
+    champion_before: int | None = None,
+) -> PromotionOutcome:
+    """Record gate verdicts on `version` (tags, description table, reports on its run) and move
+    `champion` if every gate passed; otherwise tag it blocked, audit the block and raise PromotionBlocked.
+
+    Split from promote_version so an orchestrator can run each gate as its own task.
+    """
+    if not results:
+        raise RegistryError("no gate results: refusing to promote without any check")
+    name = settings.registry.model_name
+    version = int(version)
+    mv = get_version(client, name, version)
+    if champion_before is None:
+        champion_before = get_registered_tags_and_aliases(client, name)[1].get(CHAMPION_ALIAS)
+    if promote and champion_before == version:
+        raise RegistryError(f"version {version} of {name!r} is already the champion")
     summary = _write_summary(report_dir, version, results, durations)
     _record_verdicts(client, name, version, results)
     _describe(client, name, version, mv.description, gate_table_markdown(version, results))
