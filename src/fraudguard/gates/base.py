@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,3 +50,14 @@ class GateContext:
     report_dir: Path                   # where gates write their reports
     champion: ModelUnderTest | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finish_gate(name: str, passed: bool, metrics: dict[str, float], thresholds: dict[str, float], reason: str,
+                report_json: Path, report: dict[str, Any], extra_reports: tuple[Path, ...] = ()) -> GateResult:
+    """Write the gate's JSON report, log its verdict, and return its GateResult (report listed first)."""
+    report_json.parent.mkdir(parents=True, exist_ok=True)
+    report_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    logging.getLogger(f"fraudguard.gates.{name}").info(
+        "%s gate %s: %s", name, "passed" if passed else "BLOCKED", reason)
+    return GateResult(name=name, passed=passed, metrics=metrics, thresholds=thresholds, reason=reason,
+                      report_paths=(report_json, *extra_reports))

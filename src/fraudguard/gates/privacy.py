@@ -7,7 +7,6 @@ the other half; an attack AUC near 0.5 means the model leaks little about who wa
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from fraudguard.data.schema import TX_FRAUD
 from fraudguard.errors import DataError
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
 
 if TYPE_CHECKING:
     from fraudguard.config import FeaturizeSettings, PrivacyGateSettings
@@ -114,28 +113,12 @@ def run_privacy_gate(
 
     context.report_dir.mkdir(parents=True, exist_ok=True)
     report = context.report_dir / "privacy.json"
-    report.write_text(
-        json.dumps(
-            {
-                "gate": GATE_NAME,
-                "passed": passed,
-                "reason": reason,
-                "attack": f"art MembershipInferenceBlackBox (input_type=prediction, "
-                          f"attack_model_type={settings.attack_model_type})",
-                "metrics": metrics,
-                "thresholds": thresholds,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    logger.info("privacy gate %s: %s", "passed" if passed else "BLOCKED", reason)
-    return GateResult(
-        name=GATE_NAME,
-        passed=passed,
-        metrics=metrics,
-        thresholds=thresholds,
-        reason=reason,
-        report_paths=(report,),
-    )
+    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report, {
+        "gate": GATE_NAME,
+        "passed": passed,
+        "reason": reason,
+        "attack": f"art MembershipInferenceBlackBox (input_type=prediction, "
+                  f"attack_model_type={settings.attack_model_type})",
+        "metrics": metrics,
+        "thresholds": thresholds,
+    })

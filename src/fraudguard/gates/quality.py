@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
 from fraudguard.data.schema import TX_FRAUD
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
 
 if TYPE_CHECKING:
     from fraudguard.config import QualityGateSettings
@@ -72,29 +71,13 @@ def run_quality_gate(
 
     context.report_dir.mkdir(parents=True, exist_ok=True)
     report = context.report_dir / "quality.json"
-    report.write_text(
-        json.dumps(
-            {
-                "gate": GATE_NAME,
-                "passed": passed,
-                "reason": reason,
-                "candidate": measured,
-                "champion": champion_metrics,
-                "champion_version": context.champion.version if context.champion else None,
-                "thresholds": thresholds,
-                "n_test_rows": len(context.test_features),
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    logger.info("quality gate %s: %s", "passed" if passed else "BLOCKED", reason)
-    return GateResult(
-        name=GATE_NAME,
-        passed=passed,
-        metrics=metrics,
-        thresholds=thresholds,
-        reason=reason,
-        report_paths=(report,),
-    )
+    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report, {
+        "gate": GATE_NAME,
+        "passed": passed,
+        "reason": reason,
+        "candidate": measured,
+        "champion": champion_metrics,
+        "champion_version": context.champion.version if context.champion else None,
+        "thresholds": thresholds,
+        "n_test_rows": len(context.test_features),
+    })

@@ -8,7 +8,6 @@ budget. Robust recall = share of those frauds still flagged after the attack.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from fraudguard.data.schema import TX_FRAUD
 from fraudguard.errors import ConfigError
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -231,30 +230,14 @@ def run_robustness_gate(
             ],
         }
 
-    report_json.write_text(
-        json.dumps(
-            {
-                "gate": GATE_NAME,
-                "passed": passed,
-                "reason": reason,
-                "gated_metric": gated,
-                "thresholds": thresholds,
-                "candidate": table(cand),
-                "champion": table(champ),
-                "champion_version": context.champion.version if context.champion else None,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
     _plot(report_png, cand, champ, settings.min_robust_recall)
-    logger.info("robustness gate %s: %s", "passed" if passed else "BLOCKED", reason)
-    return GateResult(
-        name=GATE_NAME,
-        passed=passed,
-        metrics=metrics,
-        thresholds=thresholds,
-        reason=reason,
-        report_paths=(report_json, report_png),
-    )
+    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report_json, {
+        "gate": GATE_NAME,
+        "passed": passed,
+        "reason": reason,
+        "gated_metric": gated,
+        "thresholds": thresholds,
+        "candidate": table(cand),
+        "champion": table(champ),
+        "champion_version": context.champion.version if context.champion else None,
+    }, (report_png,))
