@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from local_services import free_port, stop_process_group, wait_for_health
 from mlflow import MlflowClient
 
 from fraudguard.gates.drift import run_drift_gate
@@ -26,15 +26,9 @@ from registry_helpers import EXPERIMENT, candidate_for, register_version, simple
 NAME = "fraudguard"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "server"
     home.mkdir()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
@@ -48,24 +42,10 @@ def server(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_for_health(f"{url}/health", proc, home / "server.log", "mlflow server")
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: gunicorn/uvicorn workers too
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, signal.SIGTERM, timeout_s=20)  # gunicorn/uvicorn workers too
         log.close()
 
 

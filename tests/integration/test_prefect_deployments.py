@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from fraudguard.config import merge_overrides
 
+from local_services import free_port, stop_process_group, wait_for_health
 from project_factory import LENIENT_GATES, make_project, run_checked as _run
 
 pytestmark = pytest.mark.slow
@@ -28,17 +28,11 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 UUID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_stack(tmp_path_factory):
     """(project root, env, mlflow uri): a Prefect server + process worker serving the project's deployments."""
     base = tmp_path_factory.mktemp("prefect_stack")
-    port = _free_port()
+    port = free_port()
     root = base / "project"
     mlflow_uri = f"sqlite:///{base / 'mlflow.db'}"
     env = {
@@ -67,17 +61,7 @@ def prefect_stack(tmp_path_factory):
         start_new_session=True)
     worker = None
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise AssertionError("prefect server did not start:\n" + (logs / "server.log").read_text()[-3000:])
-            time.sleep(1)
+        wait_for_health(f"http://127.0.0.1:{port}/api/health", server, logs / "server.log", "prefect server")
         _run([str(BIN / "prefect"), "work-pool", "create", "fraudguard", "--type", "process"], root, env)
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], root, env)
         worker = subprocess.Popen(
@@ -87,15 +71,8 @@ def prefect_stack(tmp_path_factory):
         yield root, env, mlflow_uri, logs
     finally:
         # The worker stops on SIGINT (not SIGTERM); the server on SIGTERM. Both by PID.
-        for proc, sig in ((worker, signal.SIGINT), (server, signal.SIGTERM)):
-            if proc is None or proc.poll() is not None:
-                continue
-            os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(worker, signal.SIGINT)
+        stop_process_group(server, signal.SIGTERM)
 
 
 def _deployment_run(stack, name: str, params: dict, expect_ok: bool = True) -> tuple[str, subprocess.CompletedProcess]:

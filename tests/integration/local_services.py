@@ -1,0 +1,43 @@
+"""Helpers for tests that start real servers on 127.0.0.1 (MLflow, Prefect) and stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s: float = 120) -> None:
+    """Poll `url` until it answers 200; fail with the server's log tail if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:  # not listening yet
+            time.sleep(0.5)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop_process_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+    """Send `sig` to the process's own group (its workers too); SIGKILL if it outlives timeout_s."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
