@@ -92,7 +92,9 @@ def module_wall_seconds(name: str, root: Path, env: dict[str, str]) -> float:
 
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ ([\w.]+): (.*)$")
-TASKS = ("validate-params", "pull-data", "dvc-repro", "register-model", "gates-and-promotion")
+# Tasks in flow order; the gate tasks (one per gate, concurrent) sit between these two groups.
+TASKS_BEFORE_GATES = ("validate-params", "pull-data", "dvc-repro", "register-model", "prepare-gates")
+TASKS_AFTER_GATES = ("record-and-promote",)
 
 
 def run_timeline(stderr: str, started: float, ended: float) -> list[tuple[str, float]] | None:
@@ -115,13 +117,19 @@ def run_timeline(stderr: str, started: float, ended: float) -> list[tuple[str, f
             task_ends.append(when)
         elif logger == "prefect.flow_runs" and message.startswith("Finished in state"):
             marks["flow_end"] = when
-    if not {"server", "flow", "flow_end"} <= marks.keys() or len(task_ends) != len(TASKS):
+    n_gates = len(task_ends) - len(TASKS_BEFORE_GATES) - len(TASKS_AFTER_GATES)
+    if not {"server", "flow", "flow_end"} <= marks.keys() or n_gates < 1:
         return None
+    before = task_ends[:len(TASKS_BEFORE_GATES)]
+    gates_end = max(task_ends[len(before):len(before) + n_gates])
+    segments = [*(f"task {name}" for name in TASKS_BEFORE_GATES), f"{n_gates} gate tasks (concurrent)",
+                *(f"task {name}" for name in TASKS_AFTER_GATES)]
+    ends = [*before, gates_end, *task_ends[len(before) + n_gates:]]
     points = [("start-up: interpreter, CLI and Prefect imports, flow file", started, marks["server"]),
               ("Prefect temporary API server start", marks["server"], marks["flow"])]
     previous = marks["flow"]
-    for name, end in zip(TASKS, task_ends):
-        points.append((f"task {name}", previous, end))
+    for label, end in zip(segments, ends):
+        points.append((label, previous, end))
         previous = end
     points.append(("flow wrap-up: markdown artifact, final state", previous, marks["flow_end"]))
     points.append(("registry summary, server stop, exit", marks["flow_end"], ended))
