@@ -28,14 +28,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gates_bench import BIN, make_temp_project, run_cmd  # noqa: E402
+from bench_project import BIN, make_temp_project, print_bench_json, run_cmd, scratch_dir  # noqa: E402
 
 STAGES = ("validate", "featurize", "train", "evaluate")
 PREIMPORTS = (
@@ -142,8 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    tmp = Path(tempfile.mkdtemp(prefix="fraudguard-e2e-bench-"))
-    try:
+    with scratch_dir("fraudguard-e2e-bench-", args.keep) as tmp:
         root, env = make_temp_project(tmp, pull_data=False)
         start, wall_start = time.perf_counter(), time.time()
         proc = run_cmd([str(BIN / "fraudguard"), "run", "--root", str(root)], root, env, timeout=1800)
@@ -217,12 +214,7 @@ def main() -> None:
             "total_target_met": total < 180,
             "share_target_met": share < 0.15,
         }
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print("BENCH_JSON " + json.dumps(figures))
+    print_bench_json(figures)
 
 
 if __name__ == "__main__":

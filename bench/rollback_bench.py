@@ -4,25 +4,22 @@ pay interpreter start-up), and the same comparison in-process (promotion.rollbac
 
     python bench/rollback_bench.py [--n 5] [--keep]
 
-Works in a throw-away copy of the project (see gates_bench.make_temp_project); the checkout's stores are
+Works in a throw-away copy of the project (see bench_project.make_temp_project); the checkout's stores are
 untouched. Issue target: user-facing command / bare alias-moving script <= 1.2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gates_bench import BIN, make_temp_project, run_cmd, timed  # noqa: E402
+from bench_project import BIN, make_temp_project, print_bench_json, run_cmd, scratch_dir, timed  # noqa: E402
 
 BARE_SCRIPT = ("import sys; from mlflow import MlflowClient; "
                "MlflowClient().set_registered_model_alias(sys.argv[1], 'champion', sys.argv[2])")
@@ -41,8 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    tmp = Path(tempfile.mkdtemp(prefix="fraudguard-rollback-bench-"))
-    try:
+    with scratch_dir("fraudguard-rollback-bench-", args.keep) as tmp:
         root, env = make_temp_project(tmp)
         from fraudguard.config import load_settings
         from fraudguard.gates.base import GateResult
@@ -128,12 +124,7 @@ def main() -> None:
             "cli_all_s": [round(x, 4) for x in cli_s],
             "bare_script_all_s": [round(x, 4) for x in bare_s],
         }
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print("BENCH_JSON " + json.dumps(figures))
+    print_bench_json(figures)
 
 
 if __name__ == "__main__":

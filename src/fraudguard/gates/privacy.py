@@ -111,7 +111,6 @@ def run_privacy_gate(
     reason = f"membership inference attack_auc {auc:.4f} {comparison} max_attack_auc {settings.max_attack_auc:.4f}"
     thresholds = {"max_attack_auc": settings.max_attack_auc}
 
-    context.report_dir.mkdir(parents=True, exist_ok=True)
     report = context.report_dir / "privacy.json"
     return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report, {
         "gate": GATE_NAME,

@@ -69,7 +69,6 @@ def run_quality_gate(
     else:
         reason = "; ".join(failures)
 
-    context.report_dir.mkdir(parents=True, exist_ok=True)
     report = context.report_dir / "quality.json"
     return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report, {
         "gate": GATE_NAME,
