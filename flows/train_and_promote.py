@@ -73,47 +73,50 @@ def register(root: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
 
 
 @task(name="prepare-gates", cache_policy=NO_CACHE)
-def prepare_gates(root: Path, settings, version: int):
-    """Candidate + champion bundles and the feature frames every gate reads, loaded once."""
-    from fraudguard.paths import ProjectPaths
-    from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, build_gate_context, discover_gates, warm_imports
+def prepare_gates(root: Path, settings, version: int, promote: bool):
+    """The promotion API's prepare: recovery, policy of record, candidate and champion loaded once."""
+    from fraudguard.promotion import prepare
     from fraudguard.tracking import configure_mlflow
 
-    client = configure_mlflow(root, settings)
-    report_dir = ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    candidate, context = build_gate_context(client, root, settings, version, report_dir)
-    gates = discover_gates(settings)
-    # Importing ART/torch from several gate threads at once deadlocks: import them here, first.
-    warm_imports(gates, STANDARD_HEAVY_IMPORTS)
-    return candidate, context, list(gates)
+    return prepare(configure_mlflow(root, settings), root, settings, version, promote=promote)
 
 
 @task(name="gate", task_run_name="gate-{name}", cache_policy=NO_CACHE)
-def run_gate(name: str, candidate, context, settings):
-    from fraudguard.promotion import discover_gates, run_gate as run_one
+def run_gate(name: str, gate_run):
+    from fraudguard.promotion import run_gate as run_one
 
-    result, seconds = run_one(name, discover_gates(settings)[name], candidate, context, settings)
+    result, seconds = run_one(gate_run, name)
     log = get_run_logger()
     (log.info if result.passed else log.warning)("%s: %s (%.1f s)", "passed" if result.passed else "FAILED",
                                                  result.reason, seconds)
     return result, seconds
 
 
-@task(name="record-and-promote", cache_policy=NO_CACHE)
-def record_and_promote(root: Path, settings, version: int, gate_runs: list, report_dir: Path, promote: bool):
-    from fraudguard.errors import PromotionBlocked
-    from fraudguard.promotion import apply_gate_results
+def await_approval(root: Path, version: int, timeout_s: int):
+    """Suspend until a reviewer answers the approval form (Prefect UI or `fraudguard approve`)."""
+    from prefect.flow_runs import suspend_flow_run
+
+    from fraudguard.approval import ApprovalInput, approval_key, change_authors, check_approval
+
+    get_run_logger().info("version %s passed every gate and needs a second person's approval: answer the form "
+                          "in the Prefect UI, or run `fraudguard approve %s --as NAME`", version, version)
+    answer = suspend_flow_run(wait_for_input=ApprovalInput, timeout=timeout_s, key=approval_key(version))
+    return check_approval(answer, change_authors(root))
+
+
+@task(name="decide-and-promote", cache_policy=NO_CACHE)
+def decide_and_promote(root: Path, settings, gate_run, gate_runs: list, approval=None):
+    """The promotion API's decide: verdicts recorded, then champion moved only if every gate passed."""
+    from fraudguard.promotion import approval_result, decide
     from fraudguard.tracking import configure_mlflow
 
-    client = configure_mlflow(root, settings)
-    results = tuple(result for result, _ in gate_runs)
+    results = [result for result, _ in gate_runs]
     durations = {result.name: round(seconds, 3) for result, seconds in gate_runs}
-    try:
-        return apply_gate_results(client, settings, version, results, durations, report_dir, promote=promote,
-                                  actor=f"prefect:{flow_run.get_id() or 'local'}")
-    except PromotionBlocked as blocked:
-        return blocked.outcome  # type: ignore[attr-defined]
+    if approval is not None:
+        results.append(approval_result(approval.approved, approval.reason))
+    return decide(configure_mlflow(root, settings), gate_run, results, durations,
+                  actor=f"prefect:{flow_run.get_id() or 'local'}",
+                  approver=approval.approver if approval is not None and approval.approved else "")
 
 
 @flow(name="train-and-promote", log_prints=True)
@@ -135,19 +138,25 @@ def train_and_promote(
     data_md5 = pull_data(root, settings, data_revision)
     stages = reproduce(root, params_overrides)
     record = register(root, settings, flow_run.get_id())
-    if record["is_champion"]:
+    if record["is_champion"] and promote:
         return Completed(message=f"nothing changed: version {record['version']} (same weights, params and "
                                  "data) is already the champion")
-    candidate, context, gate_names = prepare_gates(root, settings, record["version"])
+    gate_run = prepare_gates(root, settings, record["version"], promote)
     # Each gate is its own task, all running at once; quote() keeps Prefect from walking the frames.
-    futures = [run_gate.submit(name, quote(candidate), quote(context), settings) for name in gate_names]
+    futures = [run_gate.submit(name, quote(gate_run)) for name in gate_run.gate_names]
     gate_runs = [future.result() for future in futures]
-    outcome = record_and_promote(root, settings, record["version"], quote(gate_runs), context.report_dir, promote)
+    approval = None
+    if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):
+        approval = await_approval(root, gate_run.version, settings.promotion.approval.timeout_s)
+    outcome = decide_and_promote(root, settings, quote(gate_run), quote(gate_runs), approval)
 
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",
                              description=f"gates for fraudguard version {record['version']}")
-    if outcome.failed_gates:
+    if outcome.blocked and "approval" in outcome.failed_gates:
+        return Failed(name="Rejected", message=(
+            f"promotion of version {outcome.version} not approved ({approval.reason}); champion unchanged"))
+    if outcome.blocked:
         return Failed(name="Blocked", message=(
             f"promotion of version {outcome.version} blocked by gate(s): {', '.join(outcome.failed_gates)}; "
             "champion unchanged"))

@@ -34,3 +34,23 @@ def small_params(extra: dict | None = None) -> dict:
 @pytest.fixture
 def small_settings() -> Settings:
     return parse_settings(small_params(), source="small test params")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def pipeline_signing_key(tmp_path_factory):
+    """One signing key and anchor folder for the whole session, outside every store (as on a real host).
+
+    Set in os.environ so that CLI subprocesses, Prefect servers and workers started by tests use it too.
+    """
+    import os
+
+    keys = tmp_path_factory.mktemp("pipeline-keys")
+    previous = {name: os.environ.get(name) for name in ("FRAUDGUARD_SIGNING_KEY", "FRAUDGUARD_AUDIT_ANCHOR_DIR")}
+    os.environ["FRAUDGUARD_SIGNING_KEY"] = str(keys / "signing-key.pem")
+    os.environ["FRAUDGUARD_AUDIT_ANCHOR_DIR"] = str(keys / "anchors")
+    yield keys / "signing-key.pem"
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

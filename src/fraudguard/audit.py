@@ -1,87 +1,101 @@
-"""Append-only, hash-chained audit log of promotions, blocks and rollbacks, kept in the MLflow registry.
+"""The signed, hash-chained audit log of champion moves and blocks, kept in the MLflow registry.
 
-Each entry is one registered-model tag `audit.NNNNNN` holding canonical JSON; `hash` is the sha256 of the
-entry's canonical JSON without `hash`, and `prev_hash` links it to the entry before. The tag `audit.head`
-("<seq>:<hash>") pins the newest entry so that deleting the last entry is detected too.
+Each entry is one registered-model tag `audit.NNNNNN` holding canonical JSON. `hash` is the sha256 of the
+entry without `hash`/`signature`, `prev_hash` links it to the entry before, and `signature` is the
+pipeline key's Ed25519 signature of `hash` (fraudguard.signing). One entry is one tag write, so no crash
+can leave an entry and a separate head pointer apart; trimming the newest entries is caught by the
+anchor file kept beside the key (fraudguard.registry) and by the champion alias no longer matching.
+
+A champion move is a small transaction of two entries sharing a `txid`: `intent` (written before the
+alias moves) and `commit` or `abort` (after). A `block` is a single `record` entry. This module is pure:
+building, parsing and checking entries; fraudguard.registry reads and writes them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
 import json
-import logging
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from fraudguard.errors import AuditError, RegistryError
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
-logger = logging.getLogger(__name__)
+from fraudguard.errors import AuditError
+from fraudguard.signing import Signer, Verifier, canonical_json, sha256_text
 
 AUDIT_TAG_PREFIX = "audit."
-AUDIT_HEAD_TAG = "audit.head"
 GENESIS_HASH = "0" * 64
-ACTIONS = ("promote", "block", "rollback")
+ACTIONS = ("promote", "rollback", "block", "repair")
+PHASES = ("intent", "commit", "abort", "record")
 # SQL registries store registered-model tag values in a VARCHAR(5000) column (MLflow's validator allows
 # 100k, the schema does not): entries stay well under it.
 MAX_ENTRY_CHARS = 4000
 _MAX_REASON_CHARS = 300
 _KEY_RE = re.compile(r"^audit\.(\d{6,})$")
 
-AuditAction = Literal["promote", "block", "rollback"]
+AuditAction = Literal["promote", "rollback", "block", "repair"]
+AuditPhase = Literal["intent", "commit", "abort", "record"]
 
 
 @dataclass(frozen=True)
 class AuditEvent:
-    """What a caller records; seq, time, actor and the hashes are filled in when it is appended."""
+    """What a caller records; seq, time, hashes and signature are filled in when it is chained."""
 
     action: AuditAction
+    phase: AuditPhase
     from_version: int | None
     to_version: int | None
+    txid: str = ""
     reasons: tuple[str, ...] = ()
     gates: Mapping[str, str] = field(default_factory=dict)
+    attestation: str = ""
     actor: str | None = None
+    approver: str = ""
+    recovered: bool = False
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One chained audit entry, exactly as stored."""
+    """One chained, signed audit entry, exactly as stored."""
 
     seq: int
     time: str
     actor: str
     action: str
+    phase: str
+    txid: str
     from_version: int | None
     to_version: int | None
     reasons: tuple[str, ...]
     gates: Mapping[str, str]
+    attestation: str
+    approver: str
+    recovered: bool
+    key_id: str
     prev_hash: str
     hash: str
+    signature: str
 
     def payload(self) -> dict[str, Any]:
-        """The hashed fields (everything but `hash`), as plain JSON data."""
+        """The hashed fields (everything but `hash` and `signature`), as plain JSON data."""
         return {
-            "seq": self.seq,
-            "time": self.time,
-            "actor": self.actor,
-            "action": self.action,
-            "from_version": self.from_version,
-            "to_version": self.to_version,
-            "reasons": list(self.reasons),
-            "gates": dict(self.gates),
-            "prev_hash": self.prev_hash,
+            "seq": self.seq, "time": self.time, "actor": self.actor, "action": self.action,
+            "phase": self.phase, "txid": self.txid, "from_version": self.from_version,
+            "to_version": self.to_version, "reasons": list(self.reasons), "gates": dict(self.gates),
+            "attestation": self.attestation, "approver": self.approver, "recovered": self.recovered,
+            "key_id": self.key_id, "prev_hash": self.prev_hash,
         }
 
     def to_json(self) -> str:
         """The canonical JSON stored in the tag."""
-        return canonical_json({**self.payload(), "hash": self.hash})
+        return canonical_json({**self.payload(), "hash": self.hash, "signature": self.signature})
+
+    @property
+    def is_move(self) -> bool:
+        return self.action in ("promote", "rollback", "repair")
 
 
 @dataclass(frozen=True)
@@ -99,14 +113,14 @@ class AuditVerification:
             raise AuditError(f"audit log broken at seq {self.bad_seq}: {self.problem}")
 
 
-def canonical_json(data: Any) -> str:
-    """Key-sorted, whitespace-free JSON: one byte string per value, so hashes are reproducible."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def entry_hash(payload: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of an entry's payload (the entry without `hash`)."""
-    return hashlib.sha256(canonical_json(dict(payload)).encode("utf-8")).hexdigest()
+    """sha256 hex of the canonical JSON of an entry's payload."""
+    return sha256_text(canonical_json(dict(payload)))
+
+
+def new_txid() -> str:
+    """A fresh id tying an intent to its commit or abort."""
+    return uuid.uuid4().hex[:16]
 
 
 def current_actor() -> str:
@@ -133,26 +147,29 @@ def _compact_reasons(reasons: Sequence[str], budget: int) -> tuple[str, ...]:
     return tuple(out)
 
 
-def chain_entry(prev: AuditEntry | None, event: AuditEvent, now: str | None = None) -> AuditEntry:
-    """The entry that follows `prev` (or starts the chain) for `event`, hashed and compact."""
+def chain_entry(prev: AuditEntry | None, event: AuditEvent, signer: Signer, now: str | None = None) -> AuditEntry:
+    """The signed entry that follows `prev` (or starts the chain) for `event`, compact enough for a tag."""
     if event.action not in ACTIONS:
         raise AuditError(f"audit action must be one of {ACTIONS}, got {event.action!r}")
-    seq = 1 if prev is None else prev.seq + 1
+    if event.phase not in PHASES:
+        raise AuditError(f"audit phase must be one of {PHASES}, got {event.phase!r}")
     base = dict(
-        seq=seq,
+        seq=1 if prev is None else prev.seq + 1,
         time=now or _utc_now(),
         actor=(event.actor or current_actor())[:100],
-        action=event.action,
-        from_version=event.from_version,
-        to_version=event.to_version,
+        action=event.action, phase=event.phase, txid=event.txid,
+        from_version=event.from_version, to_version=event.to_version,
         gates={str(k): str(v) for k, v in sorted(event.gates.items())},
+        attestation=event.attestation, approver=event.approver[:100], recovered=bool(event.recovered),
+        key_id=signer.key_id,
         prev_hash=GENESIS_HASH if prev is None else prev.hash,
     )
-    budget = MAX_ENTRY_CHARS - 400 - len(canonical_json(base["gates"]))
+    budget = MAX_ENTRY_CHARS - 700 - len(canonical_json(base["gates"]))
     reasons = _compact_reasons(list(event.reasons), budget)
     while True:
         payload = {**base, "reasons": list(reasons)}
-        entry = AuditEntry(hash=entry_hash(payload), reasons=reasons, **base)
+        digest = entry_hash(payload)
+        entry = AuditEntry(hash=digest, signature=signer.sign(digest.encode("ascii")), reasons=reasons, **base)
         if len(entry.to_json()) <= MAX_ENTRY_CHARS or not reasons:
             return entry
         reasons = reasons[:-1]  # drop trailing reasons rather than exceed the tag size
@@ -163,29 +180,25 @@ def parse_entry(text: str) -> AuditEntry:
     try:
         raw = json.loads(text)
         return AuditEntry(
-            seq=int(raw["seq"]),
-            time=str(raw["time"]),
-            actor=str(raw["actor"]),
-            action=str(raw["action"]),
+            seq=int(raw["seq"]), time=str(raw["time"]), actor=str(raw["actor"]),
+            action=str(raw["action"]), phase=str(raw["phase"]), txid=str(raw["txid"]),
             from_version=None if raw["from_version"] is None else int(raw["from_version"]),
             to_version=None if raw["to_version"] is None else int(raw["to_version"]),
             reasons=tuple(str(r) for r in raw["reasons"]),
             gates={str(k): str(v) for k, v in raw["gates"].items()},
-            prev_hash=str(raw["prev_hash"]),
-            hash=str(raw["hash"]),
+            attestation=str(raw["attestation"]), approver=str(raw["approver"]),
+            recovered=bool(raw["recovered"]), key_id=str(raw["key_id"]),
+            prev_hash=str(raw["prev_hash"]), hash=str(raw["hash"]), signature=str(raw["signature"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AuditError(f"malformed audit entry ({exc.__class__.__name__}: {exc})") from exc
 
 
-def verify_chain(
-    entries: Sequence[AuditEntry],
-    key_seqs: Sequence[int] | None = None,
-    head: str | None = None,
-) -> AuditVerification:
-    """Check seq continuity, each entry's hash, each link, and the head pin; name the first seq at fault.
+def verify_chain(entries: Sequence[AuditEntry], verifier: Verifier,
+                 key_seqs: Sequence[int] | None = None) -> AuditVerification:
+    """Check seq continuity, each entry's hash, signature and link; name the first seq at fault.
 
-    `key_seqs` are the seqs of the tags the entries were read from (same order), `head` the `audit.head` value.
+    `key_seqs` are the seqs of the tags the entries were read from (same order).
     """
     prev_hash = GENESIS_HASH
     for position, entry in enumerate(entries, start=1):
@@ -197,28 +210,21 @@ def verify_chain(
             return AuditVerification(False, len(entries), position,
                                      f"tag for seq {position} holds the entry with seq {entry.seq}: reordered")
         if entry_hash(entry.payload()) != entry.hash:
+            return AuditVerification(False, len(entries), position, "content does not match its hash: edited")
+        if entry.key_id != verifier.key_id or not verifier.verify(entry.hash.encode("ascii"), entry.signature):
             return AuditVerification(False, len(entries), position,
-                                     "content does not match its hash: edited")
+                                     f"signature does not verify with the pipeline key {verifier.key_id}: "
+                                     "written or rewritten without the signing key")
         if entry.prev_hash != prev_hash:
             return AuditVerification(False, len(entries), position,
                                      "prev_hash does not match the previous entry's hash: "
                                      "an entry before it was edited, removed or reordered")
         prev_hash = entry.hash
-    if head is not None:
-        expected = f"{len(entries)}:{prev_hash}" if entries else ""
-        if head != expected:
-            head_seq = head.split(":", 1)[0]
-            bad = int(head_seq) if head_seq.isdigit() else len(entries) + 1
-            return AuditVerification(False, len(entries), bad,
-                                     f"audit.head is {head!r} but the chain ends at {expected!r}: "
-                                     "newest entries removed or the head was edited")
-    elif entries:
-        return AuditVerification(False, len(entries), len(entries),
-                                 "audit.head tag is missing: the chain's end cannot be confirmed")
     return AuditVerification(True, len(entries))
 
 
-def _audit_tags(tags: Mapping[str, str]) -> list[tuple[int, str]]:
+def stored_audit_tags(tags: Mapping[str, str]) -> list[tuple[int, str]]:
+    """(seq, json) of every `audit.NNNNNN` tag in already-read registered-model tags, by seq."""
     found = []
     for key, value in tags.items():
         match = _KEY_RE.match(key)
@@ -227,82 +233,28 @@ def _audit_tags(tags: Mapping[str, str]) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def audit_tag_key(seq: int) -> str:
+    return f"{AUDIT_TAG_PREFIX}{seq:06d}"
+
+
 def audit_entries_from_tags(tags: Mapping[str, str]) -> list[AuditEntry]:
     """The audit entries held in already-read registered-model tags, oldest first (unverified)."""
     entries = []
-    for seq, text in _audit_tags(tags):
+    for seq, text in stored_audit_tags(tags):
         try:
             entries.append(parse_entry(text))
         except AuditError as exc:
-            raise AuditError(f"tag audit.{seq:06d}: {exc}") from exc
+            raise AuditError(f"tag {audit_tag_key(seq)}: {exc}") from exc
     return entries
 
 
-def _registered_tags(client: "MlflowClient", model_name: str) -> dict[str, str]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return dict(client.get_registered_model(model_name).tags)
-    except MlflowException as exc:
-        raise RegistryError(f"registered model {model_name!r}: cannot read its tags: {exc.message}") from exc
-
-
-def read_audit_log(client: "MlflowClient", model_name: str) -> list[AuditEntry]:
-    """Every audit entry of the registered model, oldest first; AuditError names an unreadable entry."""
-    entries = []
-    for seq, text in _audit_tags(_registered_tags(client, model_name)):
-        try:
-            entries.append(parse_entry(text))
-        except AuditError as exc:
-            raise AuditError(f"registered model {model_name!r}, tag audit.{seq:06d}: {exc}") from exc
-    return entries
-
-
-def verify_audit_log(client: "MlflowClient", model_name: str) -> AuditVerification:
-    """Check the registered model's whole audit chain; never raises for a broken chain, reports it."""
-    return _verify_tags(_registered_tags(client, model_name))
-
-
-def check_audit_tags(tags: Mapping[str, str]) -> AuditVerification:
+def check_audit_tags(tags: Mapping[str, str], verifier: Verifier) -> AuditVerification:
     """Check the chain held in already-read registered-model tags."""
-    return _verify_tags(tags)
-
-
-def _verify_tags(tags: Mapping[str, str]) -> AuditVerification:
-    stored = _audit_tags(tags)
+    stored = stored_audit_tags(tags)
     entries: list[AuditEntry] = []
     for seq, text in stored:
         try:
             entries.append(parse_entry(text))
         except AuditError as exc:
             return AuditVerification(False, len(stored), seq, f"unreadable: edited ({exc})")
-    return verify_chain(entries, [seq for seq, _ in stored], tags.get(AUDIT_HEAD_TAG, ""))
-
-
-def append_audit_entry(client: "MlflowClient", model_name: str, entry: AuditEvent) -> AuditEntry:
-    """Chain `entry` after the newest stored entry and store it; runs under the registry lock.
-
-    Refuses (AuditError) to extend a chain that no longer verifies, so tampering cannot be papered over.
-    """
-    from fraudguard.registry import registry_lock, registry_writer
-
-    with registry_lock(client):
-        tags = _registered_tags(client, model_name)
-        return append_audit_entry_unlocked(registry_writer(client), model_name, tags, entry)
-
-
-def append_audit_entry_unlocked(client: Any, model_name: str, tags: Mapping[str, str], entry: AuditEvent) -> AuditEntry:
-    """Append given the registered model's current tags; the caller holds the registry lock.
-
-    `client` is anything with MLflow's `set_registered_model_tag(name, key, value)`.
-    """
-    stored = _audit_tags(tags)
-    prev = None
-    if stored:
-        _verify_tags(tags).raise_if_broken()
-        prev = parse_entry(stored[-1][1])
-    new = chain_entry(prev, entry)
-    client.set_registered_model_tag(model_name, f"{AUDIT_TAG_PREFIX}{new.seq:06d}", new.to_json())
-    client.set_registered_model_tag(model_name, AUDIT_HEAD_TAG, f"{new.seq}:{new.hash}")
-    logger.info("audit %06d: %s %s -> %s by %s", new.seq, new.action, new.from_version, new.to_version, new.actor)
-    return new
+    return verify_chain(entries, verifier, [seq for seq, _ in stored])

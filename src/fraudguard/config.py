@@ -191,6 +191,17 @@ class RegistrySettings(_Strict):
     reference_sample_seed: int
 
 
+class ApprovalSettings(_Strict):
+    """Four-eyes approval: a person other than the change's author approves every promotion."""
+
+    required: bool = False
+    timeout_s: int = Field(gt=0)
+
+
+class PromotionSettings(_Strict):
+    approval: ApprovalSettings
+
+
 class MonitorSettings(_Strict):
     window_days: int = Field(gt=0)
     drift_share_threshold: float = Field(ge=0, le=1)
@@ -209,6 +220,7 @@ class Settings(_Strict):
     evaluate: EvaluateSettings
     gates: GatesSettings
     registry: RegistrySettings
+    promotion: PromotionSettings
     monitor: MonitorSettings
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,

@@ -39,3 +39,15 @@ class PromotionBlocked(FraudGuardError):
 
 class AuditError(FraudGuardError):
     """The audit log's hash chain is broken (an entry edited, removed or reordered)."""
+
+
+class SignatureError(FraudGuardError):
+    """Signed evidence is missing, unreadable, or does not verify with the pipeline's public key."""
+
+
+class PolicyError(FraudGuardError):
+    """The gate policy of record (committed params.yaml) cannot be read, or the working tree differs from it."""
+
+
+class StoreUnavailable(RegistryError):
+    """The tracking store stayed locked or unreachable after bounded retries."""

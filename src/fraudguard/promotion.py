@@ -1,9 +1,13 @@
-"""Gated promotion and one-command rollback of registered model versions.
+"""The one promotion API, used by the CLI and the Prefect flow alike, and the one rollback.
 
-`promote_version` runs every gate named in params.yaml `gates` concurrently, records the verdicts on the
-version (tags, a markdown table in its description, report files in its run under `gates/`) and moves
-`champion` only when every gate passed. `rollback` moves `champion` back to a previous good version after
-re-checking its gate verdicts and the sha256 of its weights. Both are audited.
+    run = prepare(client, root, settings, version)      # recover, policy of record, candidate, champion
+    results = [run_gate(run, name) for name in run.gate_names]   # (the flow runs each as its own task)
+    outcome = decide(client, run, results)              # verdicts recorded; blocked flag, or champion moved
+
+`decide` signs a pass attestation (fraudguard.attestation) and moves `champion` through the journaled
+`fraudguard.registry.move_champion`, compare-and-set against the champion the gates compared with. A
+blocked candidate is an outcome (`blocked=True`), not an exception. `rollback` moves back to a previous
+champion only on its signed pass attestation and the files it will serve; tags are display only.
 """
 
 from __future__ import annotations
@@ -14,31 +18,46 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fraudguard.audit import AuditEntry, AuditEvent, append_audit_entry
-from fraudguard.errors import DataError, FraudGuardError, PromotionBlocked, RegistryError
+from fraudguard.attestation import (
+    check_policy_coverage,
+    check_served_copy,
+    download_served_model,
+    load_attestation,
+    promotion_statement,
+    served_digests,
+    sign_and_store,
+)
+from fraudguard.audit import AuditEntry, current_actor
+from fraudguard.errors import DataError, FraudGuardError, PolicyError, RegistryError
+from fraudguard.faults import crash_point
 from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
 from fraudguard.paths import ProjectPaths
+from fraudguard.policy import GatePolicy, committed_policy, policy_from_settings
 from fraudguard.registry import (
     BLOCKED_REASONS_TAG,
-    CHAMPION_ALIAS,
     GATE_TAG_PREFIX,
+    STATUS_BLOCKED,
     STATUS_TAG,
-    check_weights_integrity,
-    gate_verdicts,
-    get_registered_tags_and_aliases,
+    RecoveryOutcome,
+    alias_drift_problem,
     get_version,
-    history_from_tags,
-    move_champion_locked,
+    move_champion,
+    newest_verdict,
     newest_version,
+    previous_champion,
+    read_state,
+    record_block,
+    recover,
+    recover_locked,
     registry_lock,
-    set_champion,
 )
+from fraudguard.signing import Signer, Verifier, load_signer, load_verifier
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,33 +79,68 @@ _MAX_TAG_REASON_CHARS = 2000
 
 
 @dataclass(frozen=True)
+class GateRun:
+    """One prepared promotion: what is gated, against which champion, under which policy."""
+
+    model_name: str
+    version: int
+    champion_before: int | None
+    candidate: ModelUnderTest
+    context: GateContext
+    policy: GatePolicy
+    gates: Mapping[str, GateFn]
+    report_dir: Path
+    promote: bool
+    recovery: tuple[RecoveryOutcome, ...] = ()
+
+    @property
+    def gate_names(self) -> list[str]:
+        return list(self.gates)
+
+
+@dataclass(frozen=True)
 class PromotionOutcome:
     """What a promotion attempt did: the verdicts, and where `champion` was before and after."""
 
     version: int
     promoted: bool
     dry_run: bool
+    blocked: bool
     champion_before: int | None
     champion_after: int | None
     results: tuple[GateResult, ...]
     durations_s: Mapping[str, float] = field(default_factory=dict)
     audit: AuditEntry | None = None
     report_dir: Path | None = None
+    attestation: str = ""
+    policy_source: str = ""
+    approver: str = ""
 
     @property
     def failed_gates(self) -> list[str]:
         return [r.name for r in self.results if not r.passed]
 
+    def summary(self) -> str:
+        """One line: the version and what happened to it."""
+        if self.blocked:
+            reasons = "; ".join(f"{r.name}: {r.reason}" for r in self.results if not r.passed)
+            return (f"version {self.version} BLOCKED by {', '.join(self.failed_gates)}; champion unchanged "
+                    f"({self.champion_before}): {reasons}")
+        if self.dry_run:
+            return f"version {self.version} passed every gate (dry run); champion unchanged ({self.champion_before})"
+        return f"version {self.version} promoted: champion {self.champion_before} -> {self.champion_after}"
+
 
 @dataclass(frozen=True)
 class RollbackOutcome:
-    """A completed rollback: champion moved from `from_version` to `to_version`, and its audit entry."""
+    """A rollback: champion moved from `from_version` to `to_version`, and its audit entry."""
 
-    from_version: int
-    to_version: int
+    from_version: int | None
+    to_version: int | None
     reason: str
     audit: AuditEntry
-    weights_sha256: str
+    weights_sha256: str = ""
+    completed_interrupted: bool = False
 
 
 # --------------------------------------------------------------------------------------- the gates
@@ -142,22 +196,6 @@ def _run_one(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateCont
     return result, time.perf_counter() - start
 
 
-def run_gates(candidate: ModelUnderTest, context: GateContext, settings: "Settings",
-              gates: Mapping[str, GateFn]) -> tuple[tuple[GateResult, ...], dict[str, float]]:
-    """Run every gate concurrently, each with its params section; results in the gates' order, with wall times."""
-    if not gates:
-        raise RegistryError("no gates configured: refusing to promote without any check")
-    with ThreadPoolExecutor(max_workers=len(gates), thread_name_prefix="gate") as pool:
-        futures = {name: pool.submit(_run_one, name, fn, candidate, context, getattr(settings.gates, name, None))
-                   for name, fn in gates.items()}
-        done = {name: future.result() for name, future in futures.items()}
-    results = tuple(done[name][0] for name in gates)
-    durations = {name: round(done[name][1], 3) for name in gates}
-    for result in results:
-        logger.info("gate %s: %s (%s)", result.name, "passed" if result.passed else "FAILED", result.reason)
-    return results, durations
-
-
 # ------------------------------------------------------------------------------------ the context
 
 def _read_features(path: Path) -> "pd.DataFrame":
@@ -185,7 +223,8 @@ def newest_window(features: "pd.DataFrame", window_days: int) -> "pd.DataFrame":
 
 
 def build_gate_context(
-    client: "MlflowClient", root: Path, settings: "Settings", version: int, report_dir: Path
+    client: "MlflowClient", root: Path, settings: "Settings", version: int, report_dir: Path,
+    champion_version: int | None,
 ) -> tuple[ModelUnderTest, GateContext]:
     """The candidate (bundle loaded and sha256-checked) and the GateContext for one promotion.
 
@@ -205,7 +244,6 @@ def build_gate_context(
     train = _read_features(paths.train_features)
     test = _read_features(paths.test_features)
     champion = None
-    champion_version = get_registered_tags_and_aliases(client, name)[1].get(CHAMPION_ALIAS)
     if champion_version is not None and champion_version != version:
         try:
             champion_mv = get_version(client, name, champion_version)
@@ -258,9 +296,10 @@ def _describe(client: "MlflowClient", name: str, version: int, existing: str | N
 
 
 def _write_summary(report_dir: Path, version: int, results: tuple[GateResult, ...],
-                   durations: Mapping[str, float]) -> Path:
+                   durations: Mapping[str, float], policy: GatePolicy) -> Path:
     summary = {
         "version": version,
+        "policy": {"source": policy.source, "sha256": policy.sha256},
         "passed": all(r.passed for r in results),
         "gates": [
             {**{k: v for k, v in asdict(r).items() if k != "report_paths"},
@@ -293,7 +332,179 @@ def _record_verdicts(client: "MlflowClient", name: str, version: int, results: t
                                      "passed" if result.passed else "failed")
 
 
-# --------------------------------------------------------------------------------------- promote
+# ------------------------------------------------------------------------------ the promotion API
+
+def _keys(signer: Signer | None, verifier: Verifier | None) -> tuple[Signer, Verifier]:
+    signer = signer or load_signer()
+    return signer, verifier or signer.verifier()
+
+
+def prepare(
+    client: "MlflowClient",
+    root: Path,
+    settings: "Settings",
+    version: int | None = None,
+    *,
+    promote: bool = True,
+    policy: GatePolicy | None = None,
+    gates: Mapping[str, GateFn] | None = None,
+    candidate: ModelUnderTest | None = None,
+    context: GateContext | None = None,
+    signer: Signer | None = None,
+    verifier: Verifier | None = None,
+) -> GateRun:
+    """Everything the gates need for `version` (default: newest), and the champion they compare against.
+
+    A half-done move left by a crash is finished or reverted first. For a real promotion the policy is the
+    committed params.yaml (PolicyError when the working tree departs from it); a dry run may use the
+    working tree. `gates`, `candidate`, `context` and `policy` replace discovery (tests, custom pipelines).
+    """
+    name = settings.registry.model_name
+    recovery: tuple[RecoveryOutcome, ...] = ()
+    if promote:
+        signer, verifier = _keys(signer, verifier)
+        recovery = tuple(recover(client, name, signer, verifier))
+    if policy is None:
+        policy = committed_policy(root, settings) if promote else policy_from_settings(settings, "working tree")
+    version = int(version) if version is not None else newest_version(client, name)
+    get_version(client, name, version)  # fails early, naming the version, when it does not exist
+    state = read_state(client, name, verifier or load_verifier()) if promote else None
+    if state is not None:
+        drift = alias_drift_problem(state)
+        if drift:
+            raise RegistryError(f"model {name!r}: {drift}; run `fraudguard audit recover` first")
+    from fraudguard.registry import get_champion_version
+
+    champion_before = state.champion if state is not None else get_champion_version(client, name)
+    if promote and champion_before == version:
+        raise RegistryError(f"version {version} of {name!r} is already the champion")
+    report_dir = context.report_dir if context is not None else \
+        ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if candidate is None or context is None:
+        built_candidate, built_context = build_gate_context(client, root, settings, version, report_dir,
+                                                            champion_before)
+        candidate = candidate or built_candidate
+        context = context or built_context
+    discovered = gates is None
+    gates = discover_gates(settings) if gates is None else dict(gates)
+    warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
+    return GateRun(model_name=name, version=version, champion_before=champion_before, candidate=candidate,
+                   context=context, policy=policy, gates=gates, report_dir=report_dir, promote=promote,
+                   recovery=recovery)
+
+
+def run_gate(run: GateRun, name: str) -> tuple[GateResult, float]:
+    """One gate of the run with its params section, timed; a gate that raises is a failed result."""
+    section = getattr(run.context.settings.gates, name, None)
+    return _run_one(name, run.gates[name], run.candidate, run.context, section)
+
+
+def run_gates(run: GateRun) -> tuple[tuple[GateResult, ...], dict[str, float]]:
+    """Every gate of the run concurrently; results in the gates' order, with wall times."""
+    if not run.gates:
+        raise RegistryError("no gates configured: refusing to promote without any check")
+    with ThreadPoolExecutor(max_workers=len(run.gates), thread_name_prefix="gate") as pool:
+        futures = {name: pool.submit(run_gate, run, name) for name in run.gates}
+        done = {name: future.result() for name, future in futures.items()}
+    results = tuple(done[name][0] for name in run.gates)
+    durations = {name: round(done[name][1], 3) for name in run.gates}
+    for result in results:
+        logger.info("gate %s: %s (%s)", result.name, "passed" if result.passed else "FAILED", result.reason)
+    return results, durations
+
+
+def _complete_results(run: GateRun, results: Sequence[GateResult]) -> tuple[GateResult, ...]:
+    """The results in the run's gate order; a configured gate with no result counts as failed."""
+    by_name = {r.name: r for r in results}
+    completed = [by_name.get(name) or GateResult(name=name, passed=False, metrics={}, thresholds={},
+                                                 reason="configured gate produced no result")
+                 for name in run.gate_names]
+    completed += [r for r in results if r.name not in run.gates]
+    return tuple(completed)
+
+
+APPROVAL_GATE = "approval"
+
+
+def approval_result(approved: bool, reason: str) -> GateResult:
+    """The reviewer's answer as a verdict beside the gates' (recorded, attested and audited like them)."""
+    return GateResult(name=APPROVAL_GATE, passed=approved, metrics={}, thresholds={}, reason=reason)
+
+
+def approval_required(policy: GatePolicy) -> bool:
+    return bool(policy.sections.get("promotion", {}).get("approval", {}).get("required", False))
+
+
+def decide(
+    client: "MlflowClient",
+    run: GateRun,
+    results: Sequence[GateResult],
+    durations: Mapping[str, float] | None = None,
+    *,
+    actor: str | None = None,
+    approver: str = "",
+    signer: Signer | None = None,
+    verifier: Verifier | None = None,
+) -> PromotionOutcome:
+    """Record the verdicts on the version; if every gate passed (and this is no dry run), sign a pass
+    attestation and move `champion` compare-and-set against `run.champion_before`.
+
+    Blocked: version tagged blocked, a signed `block` audit record, champion untouched, `blocked=True`.
+    """
+    name, version = run.model_name, run.version
+    actor = actor or current_actor()
+    results = _complete_results(run, results)
+    durations = dict(durations or {})
+    mv = get_version(client, name, version)
+    summary = _write_summary(run.report_dir, version, results, durations, run.policy)
+    _record_verdicts(client, name, version, results)
+    _describe(client, name, version, mv.description, gate_table_markdown(version, results))
+    _log_reports(client, mv.run_id, results, summary)
+    verdicts = {r.name: "passed" if r.passed else "failed" for r in results}
+    base = dict(version=version, champion_before=run.champion_before, results=results, durations_s=durations,
+                report_dir=run.report_dir, policy_source=run.policy.source)
+
+    failed = [r for r in results if not r.passed]
+    if failed:
+        reasons = tuple(f"{r.name}: {r.reason}" for r in failed)
+        client.set_model_version_tag(name, str(version), STATUS_TAG, STATUS_BLOCKED)
+        client.set_model_version_tag(name, str(version), BLOCKED_REASONS_TAG, "; ".join(reasons)[:_MAX_TAG_REASON_CHARS])
+        audit = None
+        if run.promote:
+            signer, verifier = _keys(signer, verifier)
+            audit = record_block(client, name, version, champion=run.champion_before, reasons=reasons,
+                                 gates=verdicts, signer=signer, verifier=verifier, actor=actor)
+        return PromotionOutcome(promoted=False, dry_run=not run.promote, blocked=True,
+                                champion_after=run.champion_before, audit=audit, **base)
+
+    # A pass clears a stale block left by an earlier attempt on the same version (display tags only).
+    tags = mv.tags or {}
+    for key in (BLOCKED_REASONS_TAG,) + ((STATUS_TAG,) if tags.get(STATUS_TAG) == STATUS_BLOCKED else ()):
+        if key in tags:
+            client.delete_model_version_tag(name, str(version), key)
+    if not run.promote:
+        return PromotionOutcome(promoted=False, dry_run=True, blocked=False, champion_after=run.champion_before,
+                                **base)
+    if approval_required(run.policy) and not approver:
+        raise PolicyError(f"version {version} passed every gate, but the policy ({run.policy.source}) requires a "
+                          "second person's approval: run the train-and-promote deployment, which waits for "
+                          f"`fraudguard approve {version} --as NAME`")
+    signer, verifier = _keys(signer, verifier)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fraudguard-attest-") as tmp:
+        digests = served_digests(download_served_model(client, name, version, Path(tmp)))
+    statement = promotion_statement(get_version(client, name, version), digests, results, run.policy,
+                                    actor=actor, approver=approver, champion_before=run.champion_before)
+    attestation = sign_and_store(client, mv, statement, signer)
+    crash_point("attestation")
+    move = move_champion(client, name, version, action="promote", expected_current=run.champion_before,
+                         attestation=attestation, signer=signer, verifier=verifier, actor=actor,
+                         reasons=("all gates passed",), gates=verdicts, approver=approver)
+    return PromotionOutcome(promoted=True, dry_run=False, blocked=False, champion_after=version, audit=move.audit,
+                            attestation=attestation, approver=approver, **base)
+
 
 def promote_version(
     client: "MlflowClient",
@@ -305,119 +516,21 @@ def promote_version(
     gates: Mapping[str, GateFn] | None = None,
     candidate: ModelUnderTest | None = None,
     context: GateContext | None = None,
+    policy: GatePolicy | None = None,
+    approver: str = "",
 ) -> PromotionOutcome:
-    """Run every gate on `version` (default: newest), record the verdicts, and move `champion` if all pass.
-
-    Any failed gate: champion untouched, version tagged blocked, audit "block", PromotionBlocked raised
-    (its `.outcome` holds the verdicts). promote=False is a dry run: gates and tags, no alias move, no audit.
-    `gates`, `candidate` and `context` replace discovery and context building (tests, custom pipelines).
-    """
-    name = settings.registry.model_name
-    version = int(version) if version is not None else newest_version(client, name)
-    get_version(client, name, version)  # fails early, naming the version, when it does not exist
-    champion_before = get_registered_tags_and_aliases(client, name)[1].get(CHAMPION_ALIAS)
-    if promote and champion_before == version:
-        raise RegistryError(f"version {version} of {name!r} is already the champion")
-    report_dir = context.report_dir if context is not None else \
-        ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    if candidate is None or context is None:
-        built_candidate, built_context = build_gate_context(client, root, settings, version, report_dir)
-        candidate = candidate or built_candidate
-        context = context or built_context
-    discovered = gates is None
-    gates = discover_gates(settings) if gates is None else dict(gates)
-    warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
-
-    results, durations = run_gates(candidate, context, settings, gates)
-    return apply_gate_results(client, settings, version, results, durations, report_dir,
-                              promote=promote, actor=actor, champion_before=champion_before)
-
-
-def run_gate(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateContext,
-             settings: "Settings") -> tuple[GateResult, float]:
-    """One gate with its params section, timed; a gate that raises is a failed result, never a crash."""
-    return _run_one(name, fn, candidate, context, getattr(settings.gates, name, None))
-
-
-def apply_gate_results(
-    client: "MlflowClient",
-    settings: "Settings",
-    version: int,
-    results: tuple[GateResult, ...],
-    durations: Mapping[str, float],
-    report_dir: Path,
-    *,
-    promote: bool = True,
-    actor: str | None = None,
-    champion_before: int | None = None,
-) -> PromotionOutcome:
-    """Record gate verdicts on `version` (tags, description table, reports on its run) and move
-    `champion` if every gate passed; otherwise tag it blocked, audit the block and raise PromotionBlocked.
-
-    Split from promote_version so an orchestrator can run each gate as its own task.
-    """
-    if not results:
-        raise RegistryError("no gate results: refusing to promote without any check")
-    name = settings.registry.model_name
-    version = int(version)
-    mv = get_version(client, name, version)
-    if champion_before is None:
-        champion_before = get_registered_tags_and_aliases(client, name)[1].get(CHAMPION_ALIAS)
-    if promote and champion_before == version:
-        raise RegistryError(f"version {version} of {name!r} is already the champion")
-    summary = _write_summary(report_dir, version, results, durations)
-    _record_verdicts(client, name, version, results)
-    _describe(client, name, version, mv.description, gate_table_markdown(version, results))
-    _log_reports(client, mv.run_id, results, summary)
-
-    verdicts = {r.name: "passed" if r.passed else "failed" for r in results}
-    failed = [r for r in results if not r.passed]
-    if failed:
-        reasons = [f"{r.name}: {r.reason}" for r in failed]
-        client.set_model_version_tag(name, str(version), STATUS_TAG, "blocked")
-        client.set_model_version_tag(name, str(version), BLOCKED_REASONS_TAG,
-                                     "; ".join(reasons)[:_MAX_TAG_REASON_CHARS])
-        audit = None
-        if promote:
-            audit = append_audit_entry(client, name, AuditEvent(
-                action="block", from_version=champion_before, to_version=version,
-                reasons=tuple(reasons), gates=verdicts, actor=actor))
-        outcome = PromotionOutcome(version, False, not promote, champion_before, champion_before,
-                                   results, durations, audit, report_dir)
-        blocked = PromotionBlocked(version, [r.name for r in failed], [r.reason for r in failed])
-        blocked.outcome = outcome  # type: ignore[attr-defined]  # the CLI prints the table from it
-        raise blocked
-
-    # A pass clears a stale block left by an earlier attempt on the same version.
-    tags = get_version(client, name, version).tags or {}
-    for key in (BLOCKED_REASONS_TAG,) + ((STATUS_TAG,) if tags.get(STATUS_TAG) == "blocked" else ()):
-        if key in tags:
-            client.delete_model_version_tag(name, str(version), key)
-    if not promote:
-        return PromotionOutcome(version, False, True, champion_before, champion_before, results, durations,
-                                None, report_dir)
-    move = set_champion(client, name, version, action="promote", actor=actor,
-                        reasons=("all gates passed",), gates=verdicts, move_challenger=True)
-    return PromotionOutcome(version, True, False, move.change.previous, version, results, durations,
-                            move.audit, report_dir)
+    """prepare + every gate concurrently + decide: the CLI's `fraudguard promote`."""
+    if promote and settings.promotion.approval.required and not approver:
+        raise PolicyError("params.yaml requires a second person's approval of every promotion "
+                          "(promotion.approval.required): promote through the train-and-promote deployment, "
+                          "which waits for `fraudguard approve VERSION --as NAME`; `--dry-run` runs the gates only")
+    run = prepare(client, root, settings, version, promote=promote, policy=policy, gates=gates,
+                  candidate=candidate, context=context)
+    results, durations = run_gates(run)
+    return decide(client, run, results, durations, actor=actor, approver=approver)
 
 
 # -------------------------------------------------------------------------------------- rollback
-
-def previous_champion(history: list, current: int) -> int | None:
-    """The most recent earlier champion that was not itself rolled back from (and not re-promoted since)."""
-    rolled_back: set[int] = set()
-    for change in history:
-        if change.action == "rollback" and change.previous is not None:
-            rolled_back.add(change.previous)
-        elif change.action == "promote":
-            rolled_back.discard(change.version)
-    for change in reversed(history):
-        if change.version != current and change.version not in rolled_back:
-            return change.version
-    return None
-
 
 def rollback(
     client: "MlflowClient",
@@ -425,38 +538,63 @@ def rollback(
     to_version: int | None = None,
     reason: str | None = None,
     actor: str | None = None,
+    *,
+    required_gates: Sequence[str] | None = None,
+    signer: Signer | None = None,
+    verifier: Verifier | None = None,
 ) -> RollbackOutcome:
-    """Move `champion` back to the previous good champion (or `to_version`), audited.
+    """Move `champion` back to the previous good champion (or `to_version`), journaled and audited.
 
-    The target must have passed every recorded gate and its weights must still match `artifact.sha256`;
-    otherwise RegistryError and nothing changes. No torch/ART/Evidently on this path.
+    The target must have a committed promotion in the audit log that no later block overrides, whose
+    signed pass attestation verifies and covers every gate configured today (`required_gates`, default:
+    params' gates), and the files `models:/<name>/<target>` serves must match it. A rollback interrupted
+    by a crash is completed first and counts as this rollback (a retry never rolls back twice).
     """
     name = settings.registry.model_name
-    # Checks and move under one lock hold: the registry is read once, and cannot change in between.
+    signer, verifier = _keys(signer, verifier)
+    actor = actor or current_actor()
+    required = list(required_gates) if required_gates is not None else list(type(settings.gates).model_fields)
     with registry_lock(client):
-        tags, aliases = get_registered_tags_and_aliases(client, name)
-        current = aliases.get(CHAMPION_ALIAS)
+        state = read_state(client, name, verifier)
+        recovery = recover_locked(client, state, signer, actor)
+        if recovery is not None and recovery.kind == "completed" and recovery.action == "rollback" \
+                and to_version in (None, recovery.to_version):
+            return RollbackOutcome(from_version=recovery.from_version, to_version=recovery.to_version,
+                                   reason="completed the interrupted rollback", audit=recovery.entry,
+                                   completed_interrupted=True)
+        drift = alias_drift_problem(state)
+        if drift:
+            raise RegistryError(f"model {name!r}: {drift}; run `fraudguard audit recover` first")
+        current = state.champion
         if current is None:
             raise RegistryError(f"model {name!r} has no champion to roll back from")
-        target = int(to_version) if to_version is not None else previous_champion(history_from_tags(tags), current)
+        target = int(to_version) if to_version is not None else previous_champion(state.history, current)
         if target is None:
             raise RegistryError(
-                f"model {name!r}: no earlier champion in the history to roll back to from version {current}; "
-                "name one with --to"
+                f"model {name!r}: no earlier good champion in the history to roll back to from version {current}; "
+                "name one with `--to VERSION` (the rollback flow's `to_version` parameter)"
             )
         if target == current:
             raise RegistryError(f"version {target} of {name!r} is already the champion")
+        where = f"refusing to roll back {name!r} to version {target}"
+        verdict = newest_verdict(state.entries, target)
+        if verdict is None:
+            raise RegistryError(f"{where}: it was never promoted through the gates (no committed promotion in "
+                                "the audit log); gate it with `fraudguard promote --version "
+                                f"{target}`")
+        if verdict.action == "block":
+            raise RegistryError(f"{where}: it was blocked at audit entry {verdict.seq} "
+                                f"({'; '.join(verdict.reasons)[:200]}); it returns only through a fresh gate run")
         mv = get_version(client, name, target)
-        verdicts = gate_verdicts(mv)
-        not_passed = sorted(g for g, v in verdicts.items() if v != "passed")
-        if not verdicts or not_passed:
-            what = f"failed gate(s) {', '.join(not_passed)}" if verdicts else "no recorded gate verdicts"
-            raise RegistryError(f"refusing to roll back {name!r} to version {target}: it has {what}")
-        if (mv.tags or {}).get(STATUS_TAG) == "blocked":
-            raise RegistryError(f"refusing to roll back {name!r} to version {target}: it is tagged blocked")
-        digest = check_weights_integrity(client, mv)
+        try:
+            attestation = load_attestation(mv, verdict.attestation, verifier)
+            check_policy_coverage(attestation, required, f"version {target}")
+            digests = check_served_copy(client, mv, attestation)
+        except FraudGuardError as exc:
+            raise RegistryError(f"{where}: {exc}") from exc
         reason = reason or f"rollback from version {current}"
-        move = move_champion_locked(client, name, target, tags, aliases, action="rollback", actor=actor,
-                                    reasons=(reason,), gates=verdicts)
+        move = move_champion(client, name, target, action="rollback", expected_current=current,
+                             attestation=verdict.attestation, signer=signer, verifier=verifier, actor=actor,
+                             reasons=(reason,), gates={g: "passed" for g in attestation.gates})
     return RollbackOutcome(from_version=current, to_version=target, reason=reason, audit=move.audit,
-                           weights_sha256=digest)
+                           weights_sha256=digests.get("model/artifacts/model.pt", ""))

@@ -4,7 +4,8 @@
 columns, real units) and returns a DataFrame with two columns:
   - `fraud_probability`: P(fraud) in [0, 1], identical to `ModelBundle.predict_proba(frame)`;
   - `is_fraud`: True where `fraud_probability >= bundle.threshold` (the operating threshold).
-Preprocessing (standardization) is inside the model; the weights' sha256 is checked on load.
+Preprocessing (standardization) is inside the model. On load, the files are checked against the version's
+signed pass attestation (fraudguard.attestation.verify_loaded_model); a mismatch refuses to load.
 Input schema: the training frame's integer feature columns as `long`, the others as `double`;
 MLflow accepts any lossless conversion (int32 -> long, float32 -> double) and refuses others.
 """
@@ -55,16 +56,18 @@ class FraudGuardPyfunc(mlflow.pyfunc.PythonModel):
 
     def __init__(self) -> None:
         self._bundle: ModelBundle | None = None
+        self.verified_version: int | None = None
 
     def load_context(self, context: Any) -> None:
+        from fraudguard.attestation import verify_loaded_model
         from fraudguard.model import load_bundle
 
         config = context.model_config or {}
-        self._bundle = load_bundle(
-            Path(context.artifacts[WEIGHTS_ARTIFACT]),
-            Path(context.artifacts[PREPROCESS_ARTIFACT]),
-            expected_sha256=config.get("weights_sha256"),
-        )
+        weights = Path(context.artifacts[WEIGHTS_ARTIFACT])
+        # The files actually about to be loaded are checked against the version's signed attestation.
+        self.verified_version = verify_loaded_model(weights.parent.parent)
+        self._bundle = load_bundle(weights, Path(context.artifacts[PREPROCESS_ARTIFACT]),
+                                   expected_sha256=config.get("weights_sha256"))
 
     # MLflow 3 reads these hints: pd.DataFrame keeps the input a frame (no conversion); the schema
     # comes from the logged signature.

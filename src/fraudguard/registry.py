@@ -1,36 +1,47 @@
-"""The MLflow registry side of FraudGuard: the `champion` alias, its history, the registry lock.
+"""The MLflow registry side of FraudGuard: the `champion` alias, its journaled moves, recovery, verification.
 
-MLflow keeps no alias history and has no compare-and-set on aliases, so:
-- the champion history lives in the registry itself: it is the promote/rollback entries of the
-  hash-chained audit log (registered-model tags `audit.NNNNNN`, see fraudguard.audit), so the history is
-  tamper-evident and costs no extra write per move;
-- every read-check-write of `champion` runs under an exclusive file lock derived from the store location,
-  and re-reads the champion under it. `set_champion` / `move_champion_locked` alone move `champion`.
+MLflow keeps no alias history and has no compare-and-set on aliases, and anyone with write access to
+the tracking store can edit tags and aliases. So:
+- every move of `champion` is a transaction in the signed audit log (fraudguard.audit): an `intent`
+  entry, then the alias moves only if the champion is still the one the caller expects (compare-and-set
+  under the registry lock), then a `commit` entry. A crash at any point leaves either a finished move
+  or an intent that `recover` completes (alias already moved) or reverts (alias not moved);
+- the champion history is the committed moves of that log; tags on versions are display only;
+- `verify_registry` checks signatures, continuity, that the alias equals the last committed move's
+  target, that the log was not trimmed (anchor file beside the key), and that every champion had a
+  valid signed pass attestation (fraudguard.attestation).
+`move_champion` alone moves `champion`; `recover` alone repairs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
 from fraudguard.audit import (
     AuditEntry,
     AuditEvent,
-    append_audit_entry_unlocked,
     audit_entries_from_tags,
+    audit_tag_key,
+    chain_entry,
     check_audit_tags,
     current_actor,
+    new_txid,
 )
-from fraudguard.errors import RegistryError
+from fraudguard.errors import AuditError, FraudGuardError, RegistryError
+from fraudguard.faults import crash_point
+from fraudguard.signing import Signer, Verifier, signing_key_path
+from fraudguard.store import resilient
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -39,22 +50,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
-CHALLENGER_ALIAS = "challenger"
 STATUS_TAG = "fraudguard.status"
 BLOCKED_REASONS_TAG = "fraudguard.blocked_reasons"
+APPROVER_TAG = "fraudguard.approver"
 GATE_TAG_PREFIX = "gate."
 SHA256_TAG = "artifact.sha256"
 WEIGHTS_FILE_NAME = "model.pt"
 LOCK_DIR_ENV = "FRAUDGUARD_REGISTRY_LOCK_DIR"
 LOCK_TIMEOUT_ENV = "FRAUDGUARD_REGISTRY_LOCK_TIMEOUT_S"
+ANCHOR_DIR_ENV = "FRAUDGUARD_AUDIT_ANCHOR_DIR"
+# Display statuses (tags, never trusted): what the committed history says each version is now.
+STATUS_CHAMPION = "champion"
+STATUS_RETIRED = "retired"
+STATUS_ROLLED_BACK_FROM = "rolled_back_from"
+STATUS_BLOCKED = "blocked"
 
-ChampionAction = Literal["promote", "rollback"]
-_ANY = object()
+MoveAction = Literal["promote", "rollback"]
 
 
 @dataclass(frozen=True)
 class ChampionChange:
-    """One move of `champion`: to `version` from `previous` (None for the first champion)."""
+    """One committed move of `champion`: to `version` from `previous` (None for the first champion)."""
 
     seq: int
     version: int
@@ -63,14 +79,42 @@ class ChampionChange:
     time: str
     actor: str
     audit_seq: int = 0
+    approver: str = ""
+    reasons: tuple[str, ...] = ()
+    recovered: bool = False
+    attestation: str = ""
 
 
 @dataclass(frozen=True)
 class ChampionMove:
-    """What set_champion did: the history entry and the audit entry it appended."""
+    """What move_champion did: the history entry and its intent and commit audit entries."""
 
     change: ChampionChange
+    intent: AuditEntry
     audit: AuditEntry
+    recovery: "RecoveryOutcome | None" = None
+
+
+@dataclass(frozen=True)
+class RecoveryOutcome:
+    """What recovery found and did: `completed` or `reverted` a half-done move, or `restored` a hand-moved alias."""
+
+    kind: Literal["completed", "reverted", "restored"]
+    action: str
+    from_version: int | None
+    to_version: int | None
+    entry: AuditEntry
+
+    def describe(self) -> str:
+        if self.kind == "restored":
+            return (f"champion alias had been moved outside fraudguard to {self.from_version}; "
+                    f"restored to {self.to_version} (audit entry {self.entry.seq})")
+        return (f"{self.kind} an interrupted {self.action} {self.from_version} -> {self.to_version} "
+                f"(audit entry {self.entry.seq})")
+
+
+class ChampionChanged(RegistryError):
+    """The champion is no longer the one the gates compared against: the move was not made."""
 
 
 # ---------------------------------------------------------------------------------------------- lock
@@ -81,21 +125,24 @@ def lock_path_for(client: "MlflowClient") -> Path:
     A file lock only serialises processes on one host; a remote registry shared by hosts needs
     $FRAUDGUARD_REGISTRY_LOCK_DIR on a shared filesystem.
     """
-    uri = str(getattr(client, "_registry_uri", None) or client.tracking_uri)
+    uri = registry_uri_of(client)
     override = os.environ.get(LOCK_DIR_ENV)
     digest = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:12]
     if override:
         return Path(override) / f"fraudguard-registry-{digest}.lock"
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
-        # sqlite:////abs/path.db -> path "//abs/path.db"; sqlite:///rel.db -> "/rel.db"
-        raw = unquote(uri[len("sqlite:///"):])
-        db = Path(raw)
+        db = Path(unquote(uri[len("sqlite:///"):]))
         return db.parent / f"{db.name}.fraudguard.lock"
     if parsed.scheme in ("", "file"):
         store = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
         return store / ".fraudguard-registry.lock"
     return Path(tempfile.gettempdir()) / f"fraudguard-registry-{digest}.lock"
+
+
+def registry_uri_of(client: Any) -> str:
+    inner = getattr(client, "inner", client)
+    return str(getattr(inner, "_registry_uri", None) or inner.tracking_uri)
 
 
 _thread_state = threading.local()
@@ -146,7 +193,7 @@ def _mlflow_error() -> type[Exception]:
 def get_registered_tags_and_aliases(client: "MlflowClient", model_name: str) -> tuple[dict[str, str], dict[str, int]]:
     """The registered model's tags and aliases (alias -> version), in one registry call."""
     try:
-        model = client.get_registered_model(model_name)
+        model = resilient(client).get_registered_model(model_name)
     except _mlflow_error() as exc:
         raise RegistryError(f"registered model {model_name!r} not found or unreadable: {exc}") from exc
     aliases = {alias: int(version) for alias, version in (model.aliases or {}).items()}
@@ -158,27 +205,39 @@ def get_champion_version(client: "MlflowClient", model_name: str) -> int | None:
     return get_registered_tags_and_aliases(client, model_name)[1].get(CHAMPION_ALIAS)
 
 
-def history_from_tags(tags: Mapping[str, str]) -> list[ChampionChange]:
-    """The champion history held in already-read registered-model tags (promote/rollback audit entries)."""
-    changes = []
-    for entry in audit_entries_from_tags(tags):
-        if entry.action in ("promote", "rollback") and entry.to_version is not None:
+def history_from_entries(entries: list[AuditEntry]) -> list[ChampionChange]:
+    """The committed moves of `champion`, oldest first."""
+    changes: list[ChampionChange] = []
+    for entry in entries:
+        if entry.phase == "commit" and entry.action in ("promote", "rollback") and entry.to_version is not None:
             changes.append(ChampionChange(
                 seq=len(changes) + 1, version=entry.to_version, previous=entry.from_version,
                 action=entry.action, time=entry.time, actor=entry.actor, audit_seq=entry.seq,
+                approver=entry.approver, reasons=entry.reasons, recovered=entry.recovered,
+                attestation=entry.attestation,
             ))
     return changes
 
 
+def history_from_tags(tags: Mapping[str, str]) -> list[ChampionChange]:
+    """The champion history held in already-read registered-model tags."""
+    return history_from_entries(audit_entries_from_tags(tags))
+
+
 def champion_history(client: "MlflowClient", model_name: str) -> list[ChampionChange]:
-    """Every move of `champion`, oldest first, as recorded in the registry."""
+    """Every committed move of `champion`, oldest first, as recorded in the registry."""
     return history_from_tags(get_registered_tags_and_aliases(client, model_name)[0])
+
+
+def read_audit_log(client: "MlflowClient", model_name: str) -> list[AuditEntry]:
+    """Every audit entry of the registered model, oldest first (unverified)."""
+    return audit_entries_from_tags(get_registered_tags_and_aliases(client, model_name)[0])
 
 
 def newest_version(client: "MlflowClient", model_name: str) -> int:
     """The highest version number of the registered model; RegistryError when it has none."""
     try:
-        versions = client.search_model_versions(f"name='{model_name}'")
+        versions = resilient(client).search_model_versions(f"name='{model_name}'")
     except _mlflow_error() as exc:
         raise RegistryError(f"registered model {model_name!r}: cannot list versions: {exc}") from exc
     if not versions:
@@ -189,102 +248,362 @@ def newest_version(client: "MlflowClient", model_name: str) -> int:
 def get_version(client: "MlflowClient", model_name: str, version: int) -> "ModelVersion":
     """The model version, or RegistryError naming it."""
     try:
-        return client.get_model_version(model_name, str(version))
+        return resilient(client).get_model_version(model_name, str(version))
     except _mlflow_error() as exc:
         raise RegistryError(f"model {model_name!r} has no version {version}: {exc}") from exc
 
 
 def gate_verdicts(version: "ModelVersion") -> dict[str, str]:
-    """gate name -> "passed" | "failed", from the version's `gate.<name>` tags."""
+    """gate name -> "passed" | "failed", from the version's `gate.<name>` tags (display only)."""
     return {key[len(GATE_TAG_PREFIX):]: value for key, value in (version.tags or {}).items()
             if key.startswith(GATE_TAG_PREFIX)}
 
 
-# ------------------------------------------------------------------------------------------ writing
-
-def registry_writer(client: "MlflowClient"):
-    """The object to write tags and aliases through: MLflow's registry client when reachable.
+def registry_writer(client: "MlflowClient") -> Any:
+    """The object to write tags and aliases through: MLflow's registry client, with bounded retries.
 
     MlflowClient's setters re-read the registered model on every call (a check that the name is not a
     prompt), which doubles the cost of each write; callers here have just read that model themselves.
     """
-    getter = getattr(client, "_get_registry_client", None)
-    return getter() if callable(getter) else client
+    inner = getattr(client, "inner", client)
+    getter = getattr(inner, "_get_registry_client", None)
+    return resilient(getter() if callable(getter) else inner)
 
 
-def set_champion(
-    client: "MlflowClient",
-    model_name: str,
-    version: int,
-    *,
-    action: ChampionAction,
-    actor: str | None = None,
-    reasons: tuple[str, ...] = (),
-    gates: Mapping[str, str] | None = None,
-    expected_current: object = _ANY,
-    move_challenger: bool = False,
-) -> ChampionMove:
-    """Move `champion` to `version` under the registry lock and append the audit (= history) entry.
+# ------------------------------------------------------------------------------------------- anchor
 
-    The champion is re-read under the lock; with `expected_current` given, a champion changed by someone
-    else meanwhile raises RegistryError and nothing is written.
-    """
-    with registry_lock(client):
-        tags, aliases = get_registered_tags_and_aliases(client, model_name)
-        return move_champion_locked(
-            client, model_name, version, tags, aliases, action=action, actor=actor, reasons=reasons,
-            gates=gates, expected_current=expected_current, move_challenger=move_challenger,
-        )
+def anchor_path(client: "MlflowClient", model_name: str) -> Path:
+    """The file, beside the signing key (outside the registry), pinning the newest audit entry written."""
+    base = os.environ.get(ANCHOR_DIR_ENV)
+    directory = Path(base).expanduser() if base else signing_key_path().parent / "anchors"
+    digest = hashlib.sha256(f"{registry_uri_of(client)}|{model_name}".encode("utf-8")).hexdigest()[:16]
+    return directory / f"audit-{digest}.json"
 
 
-def move_champion_locked(
-    client: "MlflowClient",
-    model_name: str,
-    version: int,
-    tags: Mapping[str, str],
-    aliases: Mapping[str, int],
-    *,
-    action: ChampionAction,
-    actor: str | None = None,
-    reasons: tuple[str, ...] = (),
-    gates: Mapping[str, str] | None = None,
-    expected_current: object = _ANY,
-    move_challenger: bool = False,
-) -> ChampionMove:
-    """set_champion's body, for a caller that holds registry_lock and read `tags`/`aliases` under it."""
-    actor = actor or current_actor()
-    current = aliases.get(CHAMPION_ALIAS)
-    if expected_current is not _ANY and current != expected_current:
-        raise RegistryError(
-            f"champion of {model_name!r} changed to {current} while this operation expected "
-            f"{expected_current}; nothing was changed, retry"
-        )
-    # Check the audit chain before any write, so a tampered log stops the move cleanly.
-    check_audit_tags(tags).raise_if_broken()
-    previous_moves = len(history_from_tags(tags))
+def read_anchor(path: Path) -> tuple[int, str] | None:
+    """(seq, hash) pinned in the anchor file, or None when there is none yet."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return int(data["seq"]), str(data["hash"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"audit anchor {path} is unreadable: {exc}") from exc
+
+
+def write_anchor(path: Path, entry: AuditEntry) -> None:
+    """Pin `entry` as the newest audit entry (atomic replace; never moves the pin backwards)."""
+    current = read_anchor(path)
+    if current is not None and current[0] > entry.seq:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"seq": entry.seq, "hash": entry.hash, "time": entry.time}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def anchor_problem(entries: list[AuditEntry], anchor: tuple[int, str] | None) -> str:
+    """Why the chain does not extend the anchored entry ('' when it does or there is no anchor)."""
+    if anchor is None:
+        return ""
+    seq, digest = anchor
+    if len(entries) < seq:
+        return (f"the log ends at entry {len(entries)} but entry {seq} was written "
+                "(anchor beside the key): newest entries removed")
+    if entries[seq - 1].hash != digest:
+        return f"entry {seq} differs from the one written (anchor beside the key): the log was rewritten"
+    return ""
+
+
+# ---------------------------------------------------------------------------------- journaled writes
+
+@dataclass
+class RegistryState:
+    """The registered model's tags and aliases as read under the lock, kept current by our own writes."""
+
+    model_name: str
+    tags: dict[str, str]
+    aliases: dict[str, int]
+    entries: list[AuditEntry] = field(default_factory=list)
+
+    @property
+    def champion(self) -> int | None:
+        return self.aliases.get(CHAMPION_ALIAS)
+
+    @property
+    def history(self) -> list[ChampionChange]:
+        return history_from_entries(self.entries)
+
+    @property
+    def pending_intent(self) -> AuditEntry | None:
+        """The newest entry when it is an intent with no commit or abort yet (a half-done move)."""
+        return self.entries[-1] if self.entries and self.entries[-1].phase == "intent" else None
+
+    @property
+    def committed_champion(self) -> int | None:
+        history = self.history
+        return history[-1].version if history else None
+
+
+def read_state(client: "MlflowClient", model_name: str, verifier: Verifier) -> RegistryState:
+    """The registry state, with the audit chain checked (AuditError names the entry at fault)."""
+    tags, aliases = get_registered_tags_and_aliases(client, model_name)
+    check_audit_tags(tags, verifier).raise_if_broken()
+    state = RegistryState(model_name, tags, aliases, audit_entries_from_tags(tags))
+    problem = anchor_problem(state.entries, read_anchor(anchor_path(client, model_name)))
+    if problem:
+        raise AuditError(f"audit log of {model_name!r}: {problem}")
+    return state
+
+
+def append_entry(client: "MlflowClient", state: RegistryState, event: AuditEvent, signer: Signer) -> AuditEntry:
+    """Chain, sign and store one entry (one tag write); the caller holds the registry lock."""
+    prev = state.entries[-1] if state.entries else None
+    entry = chain_entry(prev, event, signer)
+    key, text = audit_tag_key(entry.seq), entry.to_json()
+    registry_writer(client).set_registered_model_tag(state.model_name, key, text)
+    state.tags[key] = text
+    state.entries.append(entry)
+    logger.info("audit %06d: %s/%s %s -> %s by %s", entry.seq, entry.action, entry.phase,
+                entry.from_version, entry.to_version, entry.actor)
+    return entry
+
+
+def _set_alias(client: "MlflowClient", state: RegistryState, version: int | None) -> None:
     writer = registry_writer(client)
-    writer.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
-    if move_challenger:
-        writer.set_registered_model_alias(model_name, CHALLENGER_ALIAS, str(version))
-    audit_entry = append_audit_entry_unlocked(
-        writer, model_name, tags,
-        AuditEvent(action=action, from_version=current, to_version=version, reasons=reasons,
-                   gates=dict(gates or {}), actor=actor),
-    )
-    if action == "promote":
-        writer.set_model_version_tag(model_name, str(version), STATUS_TAG, "promoted")
-    elif current is not None and current != version:
-        # A rollback target keeps the status it earned when it was promoted.
-        writer.set_model_version_tag(model_name, str(current), STATUS_TAG, "rolled_back_from")
-    change = ChampionChange(seq=previous_moves + 1, version=version, previous=current, action=action,
-                            time=audit_entry.time, actor=actor, audit_seq=audit_entry.seq)
+    if version is None:
+        writer.delete_registered_model_alias(state.model_name, CHAMPION_ALIAS)
+        state.aliases.pop(CHAMPION_ALIAS, None)
+    else:
+        writer.set_registered_model_alias(state.model_name, CHAMPION_ALIAS, str(version))
+        state.aliases[CHAMPION_ALIAS] = version
+
+
+HISTORY_TITLE = "## Champion history"
+_HISTORY_ROWS = 25
+
+
+def history_markdown(history: list[ChampionChange]) -> str:
+    """The champion history as a markdown table for the registered model's page in the MLflow UI."""
+    lines = [HISTORY_TITLE, "", "Written by fraudguard after every move (display only; "
+             "`fraudguard audit verify` checks the signed record).", "",
+             "| # | time (UTC) | action | from | to | actor | approver | reason |", "|---|---|---|---|---|---|---|---|"]
+    for change in history[-_HISTORY_ROWS:]:
+        reason = " ".join("; ".join(change.reasons).split()).replace("|", "/")[:120]
+        if change.recovered:
+            reason = f"(recovered) {reason}"
+        lines.append(f"| {change.seq} | {change.time[:19]} | {change.action} | {change.previous} | {change.version} "
+                     f"| {change.actor} | {change.approver or '-'} | {reason} |")
+    return "\n".join(lines)
+
+
+def display_statuses(history: list[ChampionChange]) -> dict[int, str]:
+    """version -> status the committed history gives it: champion, rolled_back_from (a rollback left it
+    and no later move made it champion or undid that rollback) or retired."""
+    rolled_back = _rolled_back_versions(history)
+    statuses = {}
+    for change in history:
+        for version in (change.version, change.previous):
+            if version is not None:
+                statuses[version] = STATUS_ROLLED_BACK_FROM if version in rolled_back else STATUS_RETIRED
+    if history:
+        statuses[history[-1].version] = STATUS_CHAMPION
+    return statuses
+
+
+def _refresh_status_tags(client: "MlflowClient", state: RegistryState) -> None:
+    """Display statuses and the history table derived from the committed history (never read as evidence)."""
+    history = state.history
+    if not history:
+        return
+    last = history[-1]
+    writer = registry_writer(client)
+    writer.update_registered_model(state.model_name, description=history_markdown(history)[:4900])
+    statuses = display_statuses(history)
+    for version in {last.version, last.previous} - {None}:
+        writer.set_model_version_tag(state.model_name, str(version), STATUS_TAG, statuses[version])
+    if last.approver:
+        writer.set_model_version_tag(state.model_name, str(last.version), APPROVER_TAG, last.approver)
+
+
+def recover_locked(client: "MlflowClient", state: RegistryState, signer: Signer,
+                   actor: str | None = None) -> RecoveryOutcome | None:
+    """Finish or revert a half-done move found in `state`; the caller holds the lock. None when all is whole.
+
+    The alias already at the intent's target: the move is completed (commit entry). Anywhere else: the
+    alias goes back to where the intent started and the move is reverted (abort entry). Both say
+    `recovered`. A champion moved by hand is not repaired here (see restore_champion_locked).
+    """
+    intent = state.pending_intent
+    if intent is None:
+        return None
+    actor = actor or current_actor()
+    if state.champion == intent.to_version:
+        entry = append_entry(client, state, AuditEvent(
+            action=intent.action, phase="commit", txid=intent.txid, from_version=intent.from_version,
+            to_version=intent.to_version, reasons=("completed after an interrupted move",),
+            gates=intent.gates, attestation=intent.attestation, approver=intent.approver, actor=actor,
+            recovered=True), signer)
+        _refresh_status_tags(client, state)
+        kind: Literal["completed", "reverted"] = "completed"
+    else:
+        if state.champion != intent.from_version:
+            _set_alias(client, state, intent.from_version)
+        entry = append_entry(client, state, AuditEvent(
+            action=intent.action, phase="abort", txid=intent.txid, from_version=intent.from_version,
+            to_version=intent.to_version, reasons=("reverted after an interrupted move",), actor=actor,
+            recovered=True), signer)
+        kind = "reverted"
+    write_anchor(anchor_path(client, state.model_name), entry)
+    outcome = RecoveryOutcome(kind, intent.action, intent.from_version, intent.to_version, entry)
+    logger.warning("registry recovery: %s", outcome.describe())
+    return outcome
+
+
+def restore_champion_locked(client: "MlflowClient", state: RegistryState, signer: Signer,
+                            actor: str | None = None) -> RecoveryOutcome | None:
+    """Put a champion alias moved outside fraudguard back on the last committed move's target, audited."""
+    committed = state.committed_champion
+    if state.pending_intent is not None or state.champion == committed:
+        return None
+    found = state.champion
+    _set_alias(client, state, committed)
+    entry = append_entry(client, state, AuditEvent(
+        action="repair", phase="record", from_version=found, to_version=committed,
+        reasons=(f"champion alias found on {found}, not on the last committed champion {committed}",),
+        actor=actor, recovered=True), signer)
+    write_anchor(anchor_path(client, state.model_name), entry)
+    outcome = RecoveryOutcome("restored", "repair", found, committed, entry)
+    logger.warning("registry recovery: %s", outcome.describe())
+    return outcome
+
+
+def recover(client: "MlflowClient", model_name: str, signer: Signer, verifier: Verifier,
+            actor: str | None = None, restore_alias: bool = False) -> list[RecoveryOutcome]:
+    """Under the lock: finish or revert a half-done move, and (restore_alias) undo a hand-moved alias."""
+    with registry_lock(client):
+        state = read_state(client, model_name, verifier)
+        done = [o for o in (recover_locked(client, state, signer, actor),) if o is not None]
+        if restore_alias:
+            done += [o for o in (restore_champion_locked(client, state, signer, actor),) if o is not None]
+        return done
+
+
+def alias_drift_problem(state: RegistryState) -> str:
+    """Why the alias disagrees with the committed history ('' when it agrees or a move is half-done)."""
+    if state.pending_intent is not None or state.champion == state.committed_champion:
+        return ""
+    return (f"champion alias points at {state.champion} but the last committed move ends at "
+            f"{state.committed_champion}: moved outside fraudguard")
+
+
+def move_champion(
+    client: "MlflowClient",
+    model_name: str,
+    version: int,
+    *,
+    action: MoveAction,
+    expected_current: int | None,
+    attestation: str,
+    signer: Signer,
+    verifier: Verifier,
+    actor: str | None = None,
+    reasons: tuple[str, ...] = (),
+    gates: Mapping[str, str] | None = None,
+    approver: str = "",
+) -> ChampionMove:
+    """Move `champion` to `version` as one journaled transaction: intent, compare-and-set, commit.
+
+    `expected_current` is the champion the caller's checks compared against; when the champion is another
+    one by the time the lock is held, ChampionChanged is raised and nothing is written. `attestation` is
+    the sha256 of the signed pass attestation that justifies the move.
+    """
+    actor = actor or current_actor()
+    with registry_lock(client):
+        state = read_state(client, model_name, verifier)
+        recovery = recover_locked(client, state, signer, actor)
+        drift = alias_drift_problem(state)
+        if drift:
+            raise RegistryError(f"model {model_name!r}: {drift}; run `fraudguard audit recover` to restore "
+                                f"version {state.committed_champion}, then retry")
+        current = state.champion
+        if current != expected_current:
+            raise ChampionChanged(
+                f"champion of {model_name!r} is now {current}, but this {action} was checked against "
+                f"{expected_current}; nothing was changed: re-gate (`fraudguard promote --version {version}`)"
+                if action == "promote" else
+                f"champion of {model_name!r} is now {current}, not {expected_current}; nothing was changed, retry"
+            )
+        if current == version:
+            raise RegistryError(f"version {version} of {model_name!r} is already the champion")
+        event = dict(action=action, txid=new_txid(), from_version=current, to_version=version,
+                     reasons=tuple(reasons), gates=dict(gates or {}), attestation=attestation,
+                     approver=approver, actor=actor)
+        intent = append_entry(client, state, AuditEvent(phase="intent", **event), signer)
+        crash_point("intent")
+        _set_alias(client, state, version)
+        crash_point("alias")
+        commit = append_entry(client, state, AuditEvent(phase="commit", **event), signer)
+        crash_point("commit")
+        write_anchor(anchor_path(client, model_name), commit)
+        _refresh_status_tags(client, state)
+        crash_point("status")
+    change = state.history[-1]
     logger.info("champion of %s: %s -> %s (%s by %s)", model_name, current, version, action, actor)
-    return ChampionMove(change=change, audit=audit_entry)
+    return ChampionMove(change=change, intent=intent, audit=commit, recovery=recovery)
+
+
+def record_block(client: "MlflowClient", model_name: str, version: int, *, champion: int | None,
+                 reasons: tuple[str, ...], gates: Mapping[str, str], signer: Signer, verifier: Verifier,
+                 actor: str | None = None) -> AuditEntry:
+    """Append a signed `block` record for `version` (champion untouched)."""
+    with registry_lock(client):
+        state = read_state(client, model_name, verifier)
+        recover_locked(client, state, signer, actor)
+        entry = append_entry(client, state, AuditEvent(
+            action="block", phase="record", from_version=champion, to_version=version, reasons=reasons,
+            gates=gates, actor=actor), signer)
+        write_anchor(anchor_path(client, model_name), entry)
+        return entry
+
+
+def newest_verdict(entries: list[AuditEntry], version: int) -> AuditEntry | None:
+    """The newest entry that judged `version`: a committed promotion to it, or a block of it."""
+    for entry in reversed(entries):
+        if entry.to_version == version and (
+                (entry.action == "block") or (entry.action == "promote" and entry.phase == "commit")):
+            return entry
+    return None
+
+
+def _rolled_back_versions(history: list[ChampionChange]) -> set[int]:
+    rolled_back: set[int] = set()
+    for change in history:
+        if change.action == "rollback" and change.version in rolled_back:
+            rolled_back.discard(change.version)
+        elif change.action == "rollback" and change.previous is not None:
+            rolled_back.add(change.previous)
+        else:
+            rolled_back.discard(change.version)
+    return rolled_back
+
+
+def previous_champion(history: list[ChampionChange], current: int) -> int | None:
+    """The most recent earlier champion that is not a version some rollback moved away from.
+
+    A rollback marks the version it leaves as bad; a rollback *to* a version marked bad is an undo: it
+    clears that mark and does not mark the version it leaves. A promotion clears its version's mark.
+    """
+    rolled_back = _rolled_back_versions(history)
+    for change in reversed(history):
+        if change.version != current and change.version not in rolled_back:
+            return change.version
+    return None
 
 
 # ---------------------------------------------------------------------------------- integrity check
 
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -292,49 +611,27 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_weights(client: "MlflowClient", mv: "ModelVersion", dst: Path) -> Path:
-    """Download the version's weights file; RegistryError when it cannot be found."""
+def check_weights_integrity(client: "MlflowClient", mv: "ModelVersion") -> str:
+    """Download the run's weights and compare their sha256 with the version's `artifact.sha256` tag."""
     from fraudguard.tracking import WEIGHTS_ARTIFACT, WEIGHTS_PATH_TAG
 
-    tags = mv.tags or {}
-    errors: list[str] = []
-    run_path = tags.get(WEIGHTS_PATH_TAG, WEIGHTS_ARTIFACT)
-    if mv.run_id and run_path:
-        try:
-            return Path(client.download_artifacts(mv.run_id, run_path, str(dst)))
-        except (_mlflow_error(), OSError) as exc:
-            errors.append(f"run {mv.run_id} artifact {run_path}: {exc}")
-    # Fallback: the registered model's own files (MLflow 3 logged model), searched for the weights name.
-    if mv.source:
-        import mlflow.artifacts
-
-        try:
-            root = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=mv.source, dst_path=str(dst / "source"), tracking_uri=client.tracking_uri))
-            matches = sorted(p for p in ([root] if root.is_file() else root.rglob(WEIGHTS_FILE_NAME)))
-            if matches:
-                return matches[0]
-            errors.append(f"no {WEIGHTS_FILE_NAME} under {mv.source}")
-        except (_mlflow_error(), OSError) as exc:
-            errors.append(f"source {mv.source}: {exc}")
-    raise RegistryError(
-        f"model {mv.name!r} version {mv.version}: weights artifact not found ({'; '.join(errors) or 'no source'})"
-    )
-
-
-def check_weights_integrity(client: "MlflowClient", mv: "ModelVersion") -> str:
-    """Download the version's weights and compare their sha256 with its `artifact.sha256` tag.
-
-    Returns the hash; RegistryError naming the version when the tag is missing or the bytes differ.
-    """
     expected = (mv.tags or {}).get(SHA256_TAG)
     if not expected:
         raise RegistryError(f"model {mv.name!r} version {mv.version} has no {SHA256_TAG} tag; cannot trust it")
+    run_path = (mv.tags or {}).get(WEIGHTS_PATH_TAG, WEIGHTS_ARTIFACT)
     with tempfile.TemporaryDirectory(prefix="fraudguard-weights-") as tmp:
-        actual = _sha256_of(_download_weights(client, mv, Path(tmp)))
+        try:
+            local = Path(resilient(client).download_artifacts(mv.run_id, run_path, tmp))
+        except (_mlflow_error(), OSError) as exc:
+            raise RegistryError(f"model {mv.name!r} version {mv.version}: weights not found ({exc})") from exc
+        actual = sha256_file(local)
     if actual.lower() != expected.lower():
         raise RegistryError(
             f"model {mv.name!r} version {mv.version}: weights sha256 {actual} does not match the recorded "
             f"{SHA256_TAG} {expected}; the artifact was altered"
         )
     return actual
+
+
+def describe_error(exc: FraudGuardError) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -107,12 +107,16 @@ def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
     import mlflow
     from mlflow import MlflowClient
 
+    from fraudguard.store import call_with_retries, resilient
+
     uri = resolve_tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = ensure_experiment(client, settings.registry.experiment)
-    mlflow.set_experiment(experiment_id=experiment)
+    # Every call through the returned client is retried while the store is busy or unreachable.
+    client = resilient(MlflowClient(tracking_uri=uri, registry_uri=uri))
+    experiment = call_with_retries(ensure_experiment, client, settings.registry.experiment,
+                                   what=f"opening experiment {settings.registry.experiment!r}")
+    call_with_retries(mlflow.set_experiment, experiment_id=experiment, what="selecting the experiment")
     logger.info("MLflow store %s, experiment %r", uri, settings.registry.experiment)
     return client
 

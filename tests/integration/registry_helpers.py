@@ -35,6 +35,13 @@ def register_version(client: MlflowClient, name: str, workdir: Path, weights: by
     weights_file = workdir / "model.pt"
     weights_file.write_bytes(weights)
     client.log_artifact(run.info.run_id, str(weights_file), "bundle")
+    # The served copy, shaped like the pyfunc model directory fraudguard logs (MLmodel + artifacts/).
+    model_dir = workdir / "model"
+    (model_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    (model_dir / "artifacts" / "model.pt").write_bytes(weights)
+    (model_dir / "artifacts" / "preprocess.json").write_text('{"threshold": 0.5}\n')
+    client.log_artifacts(run.info.run_id, str(model_dir), "model")
     client.set_terminated(run.info.run_id)
     try:
         client.create_registered_model(name)
@@ -48,16 +55,42 @@ def register_version(client: MlflowClient, name: str, workdir: Path, weights: by
         "lineage.data_md5": "d41d8cd98f00b204e9800998ecf8427e",
     }
     tags.update({f"gate.{g}": v for g, v in (gates or {}).items()})
-    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id,
+    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
                                      tags=tags)
     return int(mv.version)
 
 
-def artifact_file(client: MlflowClient, name: str, version: int) -> Path:
-    """The stored weights file of a version on the local artifact root (to tamper with it)."""
+def artifact_file(client: MlflowClient, name: str, version: int, served: bool = False) -> Path:
+    """The stored weights file of a version on the local artifact root (to tamper with it).
+
+    served: the copy `models:/<name>/<version>` serves (model/artifacts/), else the run's bundle/ copy.
+    """
     mv = client.get_model_version(name, str(version))
     run = client.get_run(mv.run_id)
-    return Path(run.info.artifact_uri.removeprefix("file://")) / "bundle" / "model.pt"
+    root = Path(run.info.artifact_uri.removeprefix("file://"))
+    return root / "model" / "artifacts" / "model.pt" if served else root / "bundle" / "model.pt"
+
+
+GATE_NAMES = ("quality", "robustness", "drift", "static_analysis", "privacy")
+
+
+def all_passing_gates(report_dir: Path | None = None) -> dict:
+    """A passing stand-in for every configured gate (for tests about the registry, not the gates)."""
+    return {name: passing_gate(name, report_dir) for name in GATE_NAMES}
+
+
+def promote_with_gates(client: MlflowClient, name: str, version: int, settings: Settings, workdir: Path,
+                       gates: dict, actor: str = "tester", policy=None):
+    """promote_version with stand-in gates, a synthetic context and an explicit policy (no git needed)."""
+    from fraudguard.policy import policy_from_settings
+    from fraudguard.promotion import promote_version
+
+    report_dir = workdir / "reports" / f"v{version}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    return promote_version(client, workdir, settings, version=version, actor=actor, gates=gates,
+                           candidate=candidate_for(client, name, version),
+                           context=simple_context(settings, workdir, report_dir),
+                           policy=policy or policy_from_settings(settings, "test"))
 
 
 def feature_frame(settings: Settings, n: int, seed: int, amount_scale: float = 1.0) -> pd.DataFrame:
@@ -145,3 +178,24 @@ def write_pipeline_outputs(root: Path, seed: int) -> None:
     paths.evaluation.write_text(json.dumps({"average_precision": 0.5}))
     (paths.plots_dir / "pr_curve.json").write_text(json.dumps([{"recall": 0.0, "precision": 1.0}]))
     paths.validation_report.write_text(json.dumps({"n_rows": 600, "n_quarantined": 0}))
+
+
+def commit_params(root: Path) -> None:
+    """Make the project a git checkout with params.yaml committed: the policy of record promotion reads."""
+    import subprocess
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    if not (root / ".git").exists():
+        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "params", "--allow-empty"], cwd=root, check=True)
+
+
+def served_weights_file(client: MlflowClient, name: str, version: int) -> Path:
+    """The weights file `models:/<name>/<version>` serves, inside the store (to tamper with it)."""
+    import mlflow.artifacts
+
+    uri = client.get_model_version_download_uri(name, str(version))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=client.tracking_uri,
+                                                       registry_uri=client.tracking_uri))
+    return local / "artifacts" / "model.pt"

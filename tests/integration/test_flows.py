@@ -120,4 +120,4 @@ def test_rerun_with_nothing_changed_reuses_the_champion_instead_of_registering_a
 
     state = flow(return_state=True)
     assert state.is_completed() and "nothing changed" in state.message
-    assert _registry_state(tmp_path) == before == ({1}, {"champion": 1, "challenger": 1})
+    assert _registry_state(tmp_path) == before == ({1}, {"champion": 1})

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from fraudguard.gates.drift import run_drift_gate
 from fraudguard.gates.static_analysis import run_static_analysis_gate
+from fraudguard.policy import policy_from_settings
 from fraudguard.promotion import promote_version
 
 from registry_helpers import EXPERIMENT, candidate_for, register_version, simple_context
@@ -71,7 +72,8 @@ def test_reviewer_sees_gate_table_lineage_and_reports(server, tmp_path, small_se
     context = simple_context(small_settings, _clean_source(tmp_path / "repo"), report_dir)
     outcome = promote_version(client, tmp_path, small_settings, version=version, actor="reviewer-test",
                               gates={"static_analysis": run_static_analysis_gate, "drift": run_drift_gate},
-                              candidate=candidate_for(client, NAME, version), context=context)
+                              candidate=candidate_for(client, NAME, version), context=context,
+                              policy=policy_from_settings(small_settings, "test"))
     assert outcome.promoted, [r.reason for r in outcome.results]
 
     mv = _get(server, "/api/2.0/mlflow/model-versions/get", name=NAME, version=str(version))["model_version"]

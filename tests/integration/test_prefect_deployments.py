@@ -108,7 +108,7 @@ def _registry_state(client) -> tuple[set, dict]:
 
 
 def test_train_and_promote_then_rollback_through_deployments(prefect_stack):
-    from fraudguard.audit import read_audit_log
+    from fraudguard.registry import read_audit_log
 
     _, _, mlflow_uri, _ = prefect_stack
     first_id, _ = _deployment_run(prefect_stack, "train-and-promote/default", {})
@@ -177,3 +177,70 @@ def test_monitor_on_drift_triggers_the_train_and_promote_deployment(prefect_stac
     assert state["type"] == "COMPLETED", state["message"]
     experiment = client.get_experiment_by_name("fraudguard-monitoring")
     assert client.search_runs([experiment.experiment_id])[0].data.metrics["drift_share"] > 0.0
+
+
+def _start_run(stack, name: str, params: dict) -> str:
+    root, env, _, _ = stack
+    proc = _run([str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params)], root, env)
+    match = UUID.search(proc.stdout + proc.stderr)
+    assert match, proc.stdout + proc.stderr
+    return match.group(1)
+
+
+def _wait_for_state(stack, flow_run_id: str, types: tuple[str, ...], timeout: float = 600) -> dict:
+    _, _, _, logs = stack
+    deadline = time.time() + timeout
+    while (state := _flow_run(stack, flow_run_id)["state"])["type"] not in types:
+        assert state["type"] not in ("FAILED", "CRASHED", "CANCELLED") or state["type"] in types, \
+            f"{state}\n" + (logs / "worker.log").read_text()[-4000:]
+        assert time.time() < deadline, f"flow run stuck in {state}:\n" + (logs / "worker.log").read_text()[-4000:]
+        time.sleep(2)
+    return state
+
+
+def test_four_eyes_approval_waits_for_a_second_person_then_promotes_or_leaves_champion(prefect_stack):
+    """Runs last in the module: it commits `promotion.approval.required: true` into the project's policy."""
+    import yaml
+
+    from fraudguard.registry import read_audit_log
+
+    root, env, mlflow_uri, _ = prefect_stack
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["promotion"]["approval"]["required"] = True
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "require approval"], root, env)
+    client = _client(mlflow_uri)
+    champion_before = client.get_model_version_by_alias("fraudguard", "champion").version
+
+    # 1. A run waits after its gates; the change's author cannot approve; a reviewer approves through the
+    #    API the UI's form uses (resume with run_input); the run promotes with the approver on record.
+    waiting_id = _start_run(prefect_stack, "train-and-promote/default", {"params_overrides": {"train": {"seed": 21}}})
+    state = _wait_for_state(prefect_stack, waiting_id, ("PAUSED",))
+    assert state["name"] == "Suspended" and state["state_details"]["pause_key"].startswith("approve-v")
+    version = int(state["state_details"]["pause_key"].removeprefix("approve-v"))
+    assert client.get_model_version_by_alias("fraudguard", "champion").version == champion_before
+    self_approval = subprocess.run([str(BIN / "fraudguard"), "approve", str(version), "--as", "t", "--root", str(root)],
+                                   cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert self_approval.returncode == 1 and "author" in self_approval.stderr
+    _api(prefect_stack, "POST", f"/flow_runs/{waiting_id}/resume",
+         {"run_input": {"approver": "reviewer-jane", "approve": True, "comment": "looks right"}})
+    assert _wait_for_state(prefect_stack, waiting_id, ("COMPLETED", "FAILED"))["type"] == "COMPLETED"
+    champion = client.get_model_version_by_alias("fraudguard", "champion")
+    assert int(champion.version) == version and champion.tags["fraudguard.approver"] == "reviewer-jane"
+    last = read_audit_log(client, "fraudguard")[-1]
+    assert (last.phase, last.to_version, last.approver) == ("commit", version, "reviewer-jane")
+
+    # 2. A rejection from the shell leaves the champion as it was, recorded as a block.
+    rejected_id = _start_run(prefect_stack, "train-and-promote/default", {"params_overrides": {"train": {"seed": 22}}})
+    state = _wait_for_state(prefect_stack, rejected_id, ("PAUSED",))
+    rejected_version = int(state["state_details"]["pause_key"].removeprefix("approve-v"))
+    answer = subprocess.run([str(BIN / "fraudguard"), "approve", str(rejected_version), "--as", "reviewer-jane",
+                             "--reject", "--comment", "recall too low on night traffic", "--root", str(root)],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    final = _wait_for_state(prefect_stack, rejected_id, ("COMPLETED", "FAILED"))
+    assert final["type"] == "FAILED" and final["name"] == "Rejected"
+    assert int(client.get_model_version_by_alias("fraudguard", "champion").version) == version
+    last = read_audit_log(client, "fraudguard")[-1]
+    assert (last.action, last.to_version) == ("block", rejected_version)
+    assert "recall too low on night traffic" in " ".join(last.reasons)

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
-from fraudguard.audit import read_audit_log, verify_audit_log
-from fraudguard.errors import PromotionBlocked, RegistryError
+from fraudguard.errors import RegistryError
 from fraudguard.gates.base import GateResult
-from fraudguard.promotion import discover_gates, previous_champion, promote_version, rollback
-from fraudguard.registry import ChampionChange, champion_history, get_champion_version
+from fraudguard.promotion import discover_gates, promote_version, rollback
+from fraudguard.registry import (
+    ChampionChange,
+    champion_history,
+    get_champion_version,
+    previous_champion,
+    read_audit_log,
+)
+from fraudguard.signing import load_verifier
+from fraudguard.verification import verify_registry
 
 from registry_helpers import (
+    all_passing_gates,
     artifact_file,
     candidate_for,
     failing_gate,
     make_client,
     passing_gate,
+    promote_with_gates,
     register_version,
     simple_context,
 )
@@ -35,15 +43,28 @@ def world(tmp_path, small_settings):
 
 def _promote(world, version, gates, promote=True):
     client, _, settings, tmp_path = world
-    report_dir = tmp_path / "reports" / f"v{version}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    return promote_version(client, tmp_path, settings, version=version, promote=promote, actor="tester",
-                           gates=gates, candidate=candidate_for(client, NAME, version),
-                           context=simple_context(settings, tmp_path, report_dir))
+    if not promote:
+        from fraudguard.policy import policy_from_settings
+
+        report_dir = tmp_path / "reports" / f"v{version}"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        return promote_version(client, tmp_path, settings, version=version, promote=False, actor="tester",
+                               gates=gates, candidate=candidate_for(client, NAME, version),
+                               context=simple_context(settings, tmp_path, report_dir),
+                               policy=policy_from_settings(settings, "test"))
+    return promote_with_gates(client, NAME, version, settings, tmp_path, gates)
+
+
+OK_GATE_NAMES = ["quality", "privacy"]
 
 
 def _ok_gates(report_dir=None):
     return {"quality": passing_gate("quality", report_dir), "privacy": passing_gate("privacy")}
+
+
+def _rollback(world, **kwargs):
+    client, _, settings, _ = world
+    return rollback(client, settings, required_gates=OK_GATE_NAMES, **kwargs)
 
 
 def _snapshot(client, version):
@@ -52,15 +73,18 @@ def _snapshot(client, version):
             champion_history(client, NAME))
 
 
-def test_all_gates_passing_moves_champion_and_challenger_and_audits(world):
+def test_all_gates_passing_moves_champion_with_a_signed_attestation(world):
     client, (v1, _, _), _, tmp_path = world
     outcome = _promote(world, v1, _ok_gates())
-    assert outcome.promoted and outcome.champion_after == v1
+    assert outcome.promoted and not outcome.blocked and outcome.champion_after == v1
     aliases = client.get_registered_model(NAME).aliases
-    assert {k: int(v) for k, v in aliases.items()} == {"champion": v1, "challenger": v1}
+    assert {k: int(v) for k, v in aliases.items()} == {"champion": v1}
     entry = read_audit_log(client, NAME)[-1]
-    assert (entry.action, entry.to_version, entry.actor) == ("promote", v1, "tester")
+    assert (entry.action, entry.phase, entry.to_version, entry.actor) == ("promote", "commit", v1, "tester")
     assert entry.gates == {"quality": "passed", "privacy": "passed"}
+    report = verify_registry(client, NAME, load_verifier())
+    assert report.ok, report.problems
+    assert report.champion_attestation.gates["quality"]["thresholds"] == {"min_score": 0.5}
 
 
 def test_verdicts_are_recorded_as_tags_table_and_run_artifacts(world):
@@ -80,16 +104,16 @@ def test_failing_gate_leaves_champion_exactly_as_it_was(world):
     client, (v1, v2, _), _, _ = world
     _promote(world, v1, _ok_gates())
     before = _snapshot(client, v1)
-    with pytest.raises(PromotionBlocked, match="robustness") as blocked:
-        _promote(world, v2, {**_ok_gates(), "robustness": failing_gate("robustness")})
+    outcome = _promote(world, v2, {**_ok_gates(), "robustness": failing_gate("robustness")})
+    assert outcome.blocked and not outcome.promoted and "robustness" in outcome.summary()
     assert _snapshot(client, v1) == before
-    assert blocked.value.failed_gates == ["robustness"]
+    assert outcome.failed_gates == ["robustness"]
     tags = client.get_model_version(NAME, str(v2)).tags
     assert tags["fraudguard.status"] == "blocked" and "robustness" in tags["fraudguard.blocked_reasons"]
     assert tags["gate.robustness"] == "failed"
     last = read_audit_log(client, NAME)[-1]
     assert (last.action, last.from_version, last.to_version) == ("block", v1, v2)
-    assert int(client.get_registered_model(NAME).aliases["challenger"]) == v1
+    assert set(client.get_registered_model(NAME).aliases) == {"champion"}
 
 
 def test_gate_that_raises_counts_as_failed_with_the_error_as_reason(world):
@@ -98,10 +122,9 @@ def test_gate_that_raises_counts_as_failed_with_the_error_as_reason(world):
     def exploding(candidate, context, settings) -> GateResult:
         raise ValueError("feature matrix has NaN in column TX_AMOUNT")
 
-    with pytest.raises(PromotionBlocked) as blocked:
-        _promote(world, v1, {**_ok_gates(), "exploding": exploding})
-    assert blocked.value.failed_gates == ["exploding"]
-    assert "NaN in column TX_AMOUNT" in blocked.value.reasons[0]
+    outcome = _promote(world, v1, {**_ok_gates(), "exploding": exploding})
+    assert outcome.blocked and outcome.failed_gates == ["exploding"]
+    assert "NaN in column TX_AMOUNT" in outcome.results[-1].reason
     assert get_champion_version(client, NAME) is None
 
 
@@ -132,9 +155,12 @@ def test_promote_defaults_to_the_newest_version(world):
     client, (_, _, v3), settings, tmp_path = world
     report_dir = tmp_path / "reports" / "newest"
     report_dir.mkdir(parents=True)
+    from fraudguard.policy import policy_from_settings
+
     outcome = promote_version(client, tmp_path, settings, gates=_ok_gates(),
                               candidate=candidate_for(client, NAME, v3),
-                              context=simple_context(settings, tmp_path, report_dir))
+                              context=simple_context(settings, tmp_path, report_dir),
+                              policy=policy_from_settings(settings, "test"))
     assert outcome.version == v3 and get_champion_version(client, NAME) == v3
 
 
@@ -142,43 +168,44 @@ def test_rollback_restores_the_previous_champion_and_is_audited(world):
     client, (v1, v2, _), settings, _ = world
     _promote(world, v1, _ok_gates())
     _promote(world, v2, _ok_gates())
-    outcome = rollback(client, settings, reason="v2 flags every night transaction", actor="oncall")
+    outcome = _rollback(world, reason="v2 flags every night transaction", actor="oncall")
     assert (outcome.from_version, outcome.to_version) == (v2, v1)
     assert get_champion_version(client, NAME) == v1
     assert client.get_model_version(NAME, str(v2)).tags["fraudguard.status"] == "rolled_back_from"
+    assert client.get_model_version(NAME, str(v1)).tags["fraudguard.status"] == "champion"
     last = read_audit_log(client, NAME)[-1]
-    assert (last.action, last.from_version, last.to_version, last.actor) == ("rollback", v2, v1, "oncall")
+    assert (last.action, last.phase, last.from_version, last.to_version, last.actor) == \
+        ("rollback", "commit", v2, v1, "oncall")
     assert last.reasons == ("v2 flags every night transaction",)
     assert champion_history(client, NAME)[-1].action == "rollback"
-    assert verify_audit_log(client, NAME).ok
+    assert verify_registry(client, NAME, load_verifier()).ok
 
 
-def test_rollback_to_altered_weights_is_refused_and_changes_nothing(world):
+def test_rollback_to_altered_served_weights_is_refused_and_changes_nothing(world):
     client, (v1, v2, _), settings, _ = world
     _promote(world, v1, _ok_gates())
     _promote(world, v2, _ok_gates())
-    artifact_file(client, NAME, v1).write_bytes(b"weights swapped by an attacker")
+    artifact_file(client, NAME, v1, served=True).write_bytes(b"weights swapped by an attacker")
     before = (_snapshot(client, v2), read_audit_log(client, NAME))
-    with pytest.raises(RegistryError, match=f"version {v1}.*sha256"):
-        rollback(client, settings)
+    with pytest.raises(RegistryError, match=f"version {v1}.*model.pt.*differ from the signed attestation"):
+        _rollback(world)
     assert (_snapshot(client, v2), read_audit_log(client, NAME)) == before
 
 
 def test_rollback_to_a_version_that_failed_a_gate_is_refused(world):
     client, (v1, v2, v3), settings, _ = world
     _promote(world, v1, _ok_gates())
-    with pytest.raises(PromotionBlocked):
-        _promote(world, v2, {"quality": failing_gate("quality")})
-    with pytest.raises(RegistryError, match="failed gate"):
-        rollback(client, settings, to_version=v2)
+    assert _promote(world, v2, {"quality": failing_gate("quality")}).blocked
+    with pytest.raises(RegistryError, match="blocked at audit entry"):
+        _rollback(world, to_version=v2)
     assert get_champion_version(client, NAME) == v1
 
 
 def test_rollback_without_history_names_the_way_out(world):
     client, (v1, _, _), settings, _ = world
     _promote(world, v1, _ok_gates())
-    with pytest.raises(RegistryError, match="--to"):
-        rollback(client, settings)
+    with pytest.raises(RegistryError, match="--to.*to_version"):
+        _rollback(world)
 
 
 def test_previous_champion_skips_versions_rolled_back_from():
@@ -189,6 +216,16 @@ def test_previous_champion_skips_versions_rolled_back_from():
                change(4, 2, 3, "rollback")]
     assert previous_champion(history, current=2) == 1
     assert previous_champion(history + [change(5, 3, 2, "promote")], current=3) == 2
+
+
+def test_rollback_back_to_a_version_undoes_the_earlier_rollback():
+    """Case 11: away from v3, back to v3; a plain rollback then finds v1 again."""
+    def change(seq, version, previous, action):
+        return ChampionChange(seq, version, previous, action, "t", "a")
+
+    history = [change(1, 1, None, "promote"), change(2, 3, 1, "promote"), change(3, 1, 3, "rollback"),
+               change(4, 3, 1, "rollback")]
+    assert previous_champion(history, current=3) == 1
 
 
 def test_gates_are_discovered_from_params_sections(small_settings):
@@ -206,7 +243,7 @@ def tracked_project(tmp_path, monkeypatch):
 
     from fraudguard.config import load_settings
     from fraudguard.tracking import configure_mlflow, log_training_run
-    from registry_helpers import write_pipeline_outputs
+    from registry_helpers import commit_params, write_pipeline_outputs
 
     torch.set_num_threads(1)
     root = tmp_path / "project"
@@ -218,6 +255,7 @@ def tracked_project(tmp_path, monkeypatch):
         settings = load_settings(root / "params.yaml")
         client = configure_mlflow(root, settings)
         versions.append(log_training_run(root, settings).version)
+    commit_params(root)
     return client, root, settings, versions
 
 
@@ -270,26 +308,28 @@ def test_cli_rollback_status_and_audit_verify(tracked_project):
     assert result.exit_code == 0, result.output
     assert f"champion: {v2} -> {v1}" in result.output and get_champion_version(client, NAME) == v1
     status = runner.invoke(_cli(), ["status", "--root", str(root)])
-    assert status.exit_code == 0 and f"champion: {v1}" in status.output
+    assert status.exit_code == 0, status.output
+    assert f"champion: {v1}" in status.output
     assert "rollback" in status.output and "lineage.git_commit" in status.output
-    assert "chain intact" in status.output
+    assert "record verified" in status.output
     verify = runner.invoke(_cli(), ["audit", "verify", "--root", str(root)])
-    assert verify.exit_code == 0 and "3 entries" in verify.output
+    assert verify.exit_code == 0 and "6 entries" in verify.output
 
 
 @pytest.mark.slow
 def test_cli_rollback_to_tampered_weights_exits_1_and_names_the_version(tracked_project):
     from typer.testing import CliRunner
 
+    from registry_helpers import served_weights_file
+
     client, root, settings, (v1, v2) = tracked_project
     for version in (v1, v2):
         _promote_tracked(client, root, settings, version)
-    run = client.get_run(client.get_model_version(NAME, str(v1)).run_id)
-    weights = Path(run.info.artifact_uri.removeprefix("file://")) / "bundle" / "model.pt"
+    weights = served_weights_file(client, NAME, v1)
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
     result = CliRunner().invoke(_cli(), ["rollback", "--root", str(root)])
     assert result.exit_code == 1
-    assert f"version {v1}" in result.output and "sha256" in result.output
+    assert f"version {v1}" in result.output and "differ from the signed attestation" in result.output
     assert get_champion_version(client, NAME) == v2
 
 
@@ -308,8 +348,7 @@ def test_cli_promote_with_every_configured_gate_blocks_a_random_model(tracked_pr
 
 
 def _promote_tracked(client, root, settings, version):
-    return promote_version(client, root, settings, version=version,
-                           gates={"quality": passing_gate("quality")})
+    return promote_version(client, root, settings, version=version, gates=all_passing_gates())
 
 
 def test_each_gate_receives_its_own_params_section(world):
@@ -339,4 +378,4 @@ def test_cli_audit_verify_exits_1_naming_the_edited_entry(tracked_project):
     entry["reasons"] = ["nothing to see here"]
     client.set_registered_model_tag(NAME, "audit.000001", json.dumps(entry))
     result = CliRunner().invoke(_cli(), ["audit", "verify", "--root", str(root)])
-    assert result.exit_code == 1 and "seq 1" in result.output
+    assert result.exit_code == 1 and "audit entry 1" in result.output

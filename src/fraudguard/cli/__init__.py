@@ -23,5 +23,27 @@ app.add_typer(model_commands.app, name="model", help="MLflow runs, registered ve
 app.add_typer(ci_commands.app, name="ci", help="What the pull-request workflow runs.")
 
 
+def _is_operational(exc: BaseException) -> bool:
+    """A store, network or file-system failure: the user gets its cause in one line, not a traceback."""
+    from fraudguard.store import is_transient
+
+    names = {cls.__module__.split(".")[0] + "." + cls.__name__ for cls in type(exc).__mro__}
+    return is_transient(exc) or isinstance(exc, OSError) or any(
+        name.startswith(("sqlalchemy.", "requests.", "urllib3.")) or name == "mlflow.MlflowException"
+        for name in names)
+
+
 def main() -> None:
-    app()
+    """Run the CLI; an operational error (busy store, unreachable server, disk) ends in one line, exit 1."""
+    from fraudguard.errors import FraudGuardError
+
+    try:
+        app()
+    except (FraudGuardError, Exception) as exc:  # classified: anything else keeps its traceback
+        if not isinstance(exc, FraudGuardError) and not _is_operational(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        typer.secho(f"error: {type(exc).__name__}: {first}", fg=typer.colors.RED, err=True)
+        typer.secho("  the tracking store or a file it needs is unavailable; nothing half-done is left "
+                    "unrecorded (`fraudguard status` checks): retry when it is back", err=True)
+        raise SystemExit(1) from None

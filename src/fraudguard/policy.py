@@ -1,0 +1,90 @@
+"""The gate policy of record: thresholds, attack budget and gate set from the committed params.yaml.
+
+An uncommitted edit of params.yaml must not be able to re-gate a blocked version into champion, so a
+promotion reads the policy sections from `git show HEAD:params.yaml` and refuses when the working tree
+(or a run's overrides) says otherwise, naming the keys. A dry run may use the working tree; it moves
+nothing and says which policy it used.
+"""
+
+from __future__ import annotations
+
+import subprocess  # nosec B404 - git with fixed arguments, no shell
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from fraudguard.errors import ConfigError, PolicyError
+from fraudguard.signing import canonical_json, sha256_text
+
+if TYPE_CHECKING:
+    from fraudguard.config import Settings
+
+# The sections a verdict depends on: thresholds and gate set, the attacker's budget, the metric k, and
+# whether a second person must approve.
+POLICY_SECTIONS = ("gates", "threat_model", "evaluate", "promotion")
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The policy sections a promotion is judged by, where they came from, and their hash."""
+
+    sections: dict[str, Any]
+    source: str
+
+    @property
+    def sha256(self) -> str:
+        return sha256_text(canonical_json(self.sections))
+
+    @property
+    def gate_names(self) -> list[str]:
+        return list(self.sections.get("gates", {}))
+
+
+def policy_sections(settings: "Settings") -> dict[str, Any]:
+    """The policy sections of already-validated settings, as plain data."""
+    data = settings.as_params_dict()
+    return {name: data[name] for name in POLICY_SECTIONS}
+
+
+def policy_from_settings(settings: "Settings", source: str) -> GatePolicy:
+    """The policy the settings hold, labelled with where they came from (dry runs, tests)."""
+    return GatePolicy(policy_sections(settings), source)
+
+
+def _differences(committed: Any, effective: Any, prefix: str = "") -> list[str]:
+    if isinstance(committed, dict) and isinstance(effective, dict):
+        out: list[str] = []
+        for key in sorted(set(committed) | set(effective)):
+            out += _differences(committed.get(key), effective.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if committed == effective else [f"{prefix} ({committed!r} committed, {effective!r} here)"]
+
+
+def committed_policy(root: Path, effective: "Settings", params_file: str = "params.yaml") -> GatePolicy:
+    """The policy at HEAD; PolicyError when git cannot show it or `effective` departs from it."""
+    from fraudguard.config import parse_settings
+
+    root = Path(root).resolve()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,  # nosec B603 B607 - git, fixed argv, no shell
+                                check=True, timeout=30).stdout.strip()
+        text = subprocess.run(["git", "show", f"HEAD:{params_file}"], cwd=root, capture_output=True,  # nosec B603 B607 - git, fixed argv, no shell
+                              text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PolicyError(f"{root}: cannot read the committed {params_file} (the policy of record): {exc}; "
+                          "promotion needs a git checkout with params.yaml committed") from exc
+    try:
+        committed = parse_settings(yaml.safe_load(text), source=f"{params_file} at {commit[:12]}")
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise PolicyError(f"committed {params_file} at {commit[:12]} is not valid: {exc}") from exc
+    policy = GatePolicy(policy_sections(committed), f"git:{commit}:{params_file}")
+    differences = _differences(policy.sections, policy_sections(effective))
+    if differences:
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise PolicyError(
+            f"gate policy differs from the committed {params_file} at {commit[:12]}: {shown}. Thresholds and "
+            "gates come from the committed params (the policy of record); commit the change to adopt it"
+        )
+    return policy

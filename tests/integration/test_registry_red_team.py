@@ -1,0 +1,441 @@
+"""The red team's registry findings (issue 9's table), each a regression test through the real CLI.
+
+Every case runs `fraudguard` in a subprocess against a real sqlite MLflow store. Crashes use the
+test-only fault hook $FRAUDGUARD_CRASH_AFTER, which SIGKILLs the process right after the named registry
+write. Set-up promotions that are not under test run in-process with stand-in gates named after every
+configured gate (fast); the promotions under test run the real gates under a lenient committed policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from fraudguard.audit import AuditEvent, chain_entry
+from fraudguard.config import Settings, load_settings
+from fraudguard.policy import committed_policy
+from fraudguard.promotion import decide, prepare, run_gates
+from fraudguard.registry import CHAMPION_ALIAS, get_champion_version, read_audit_log
+from fraudguard.signing import load_signer, load_verifier
+from fraudguard.verification import verify_registry
+
+from registry_helpers import (
+    all_passing_gates,
+    candidate_for,
+    commit_params,
+    failing_gate,
+    simple_context,
+    write_pipeline_outputs,
+)
+
+pytestmark = pytest.mark.slow
+
+NAME = "fraudguard"
+FRAUDGUARD = str(Path(sys.executable).parent / "fraudguard")
+# Gates pass on random-weight models: these tests are about the registry, not the gates' judgement.
+LENIENT_POLICY = {
+    "gates": {
+        "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
+                    "non_inferiority_tolerance": 1.0},
+        "robustness": {"epsilons": [1.0], "min_robust_recall": 0.0, "non_inferiority_tolerance": 1.0,
+                       "hopskipjump_samples": 0, "max_attack_rows": 50},
+        "drift": {"drift_share_threshold": 1.0},
+        "static_analysis": {"paths": ["gatecheck"]},
+        "privacy": {"max_attack_auc": 1.0, "sample_size": 100},
+    },
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    from fraudguard.config import merge_overrides
+
+    return merge_overrides(base, extra)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Three versions registered by the real tracking code, snapshotted once; each test restores it in place
+    (same absolute paths, so the store's artifact URIs stay valid)."""
+    import torch
+
+    from fraudguard.tracking import configure_mlflow, log_training_run
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("redteam")
+    work, snapshot = base / "work", base / "snapshot"
+    root, store = work / "project", work / "store"
+    store.mkdir(parents=True)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        versions = []
+        for seed in (0, 1, 2):
+            write_pipeline_outputs(root, seed)
+            params = _merge(yaml.safe_load((root / "params.yaml").read_text()), LENIENT_POLICY)
+            (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            settings = load_settings(root / "params.yaml")
+            configure_mlflow(root, settings)  # sets MLflow's process-wide URI, which an earlier test may have set
+            versions.append(log_training_run(root, settings, flow_run_id=None).version)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    (root / "gatecheck").mkdir()
+    (root / "gatecheck" / "ok.py").write_text("def add(a: int, b: int) -> int:\n    return a + b\n")
+    commit_params(root)
+    shutil.copytree(work, snapshot)
+    return work, snapshot, uri, versions
+
+
+def _restore(snapshot: Path, work: Path) -> None:
+    """Put the work folder back as snapshotted. The database is restored in place with sqlite's backup API:
+    this process's MLflow keeps pooled connections to that file, which a replaced file would strand."""
+    import sqlite3
+
+    for entry in snapshot.iterdir():
+        target = work / entry.name
+        if entry.name == "store":
+            for item in entry.iterdir():
+                if item.name == "mlflow.db":
+                    continue
+                shutil.rmtree(work / "store" / item.name, ignore_errors=True)
+                if item.is_dir():
+                    shutil.copytree(item, work / "store" / item.name)
+                else:
+                    shutil.copy2(item, work / "store" / item.name)
+            with sqlite3.connect(entry / "mlflow.db") as source, sqlite3.connect(target / "mlflow.db") as dest:
+                source.backup(dest)
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(entry, target)
+
+
+@dataclass
+class Project:
+    root: Path
+    client: MlflowClient
+    settings: Settings
+    versions: list[int]
+    env: dict[str, str]
+
+    def fg(self, *args: str, crash_after: str | None = None, env: dict[str, str] | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the real CLI on this project."""
+        full_env = {**self.env, **(env or {})}
+        if crash_after:
+            full_env["FRAUDGUARD_CRASH_AFTER"] = crash_after
+        return subprocess.run([FRAUDGUARD, *args, "--root", str(self.root)], cwd=self.root, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def promote_setup(self, version: int, gates=None) -> None:
+        """A promotion that is set-up, not under test: stand-in gates, the committed policy."""
+        report_dir = self.root / "reports" / "setup" / f"v{version}"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        run = prepare(self.client, self.root, self.settings, version, policy=committed_policy(self.root, self.settings),
+                      gates=gates or all_passing_gates(), candidate=candidate_for(self.client, NAME, version),
+                      context=simple_context(self.settings, self.root, report_dir))
+        results, durations = run_gates(run)
+        decide(self.client, run, results, durations, actor="setup")
+
+    @property
+    def champion(self) -> int | None:
+        return get_champion_version(self.client, NAME)
+
+    def audit(self):
+        return read_audit_log(self.client, NAME)
+
+    def verify(self):
+        return verify_registry(self.client, NAME, load_verifier())
+
+
+@pytest.fixture
+def project(template, tmp_path, monkeypatch):
+    work, snapshot, uri, versions = template
+    _restore(snapshot, work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FRAUDGUARD_AUDIT_ANCHOR_DIR", str(tmp_path / "anchors"))
+    monkeypatch.setenv("FRAUDGUARD_LOG_LEVEL", "WARNING")
+    root = work / "project"
+    env = {**os.environ, "FRAUDGUARD_ACTOR": "red-team"}
+    return Project(root, MlflowClient(tracking_uri=uri, registry_uri=uri), load_settings(root / "params.yaml"),
+                   versions, env)
+
+
+def _killed(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == -signal.SIGKILL
+
+
+# ---------------------------------------------------------------------------------- cases 1 and 2
+
+@pytest.mark.parametrize("crash_after, champion_after, recovery", [
+    ("intent", 1, "reverted"),    # intent written, alias not moved
+    ("alias", 2, "completed"),    # case 1: alias moved, no commit entry yet
+    ("commit", 2, None),          # case 2: entry written, nothing after it (no separate head to lose)
+])
+def test_kill_9_during_promote_leaves_a_record_the_next_command_makes_whole(project, crash_after, champion_after,
+                                                                            recovery):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    killed = project.fg("promote", "--version", str(v2), crash_after=crash_after)
+    assert _killed(killed), killed.stderr[-2000:]
+
+    verify = project.fg("audit", "verify")
+    if recovery is None:
+        assert verify.returncode == 0, verify.stderr  # case 2: no false tampering alarm
+    else:
+        assert verify.returncode == 1 and "half-done" in verify.stderr and "audit recover" in verify.stderr
+
+    status = project.fg("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    if recovery:
+        assert f"recovered: {recovery} an interrupted promote {v1} -> {v2}" in status.stdout
+        last = project.audit()[-1]
+        assert (last.phase, last.recovered) == ("commit" if recovery == "completed" else "abort", True)
+    assert project.champion == [None, v1, v2][champion_after]
+    report = project.verify()
+    assert report.ok, report.problems
+    if crash_after == "commit":  # case 2: later commands are not refused
+        rollback = project.fg("rollback", "--to", str(v1))
+        assert rollback.returncode == 0, rollback.stderr[-2000:]
+        assert project.champion == v1 and project.verify().ok
+
+
+# ------------------------------------------------------------------------------------------ case 3
+
+def test_kill_9_of_rollback_then_the_same_command_never_returns_to_the_bad_version(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    assert _killed(project.fg("rollback", "--reason", "v2 is bad", crash_after="alias"))
+    assert project.champion == v1
+
+    retry = project.fg("rollback", "--reason", "v2 is bad")
+    assert retry.returncode == 0, retry.stderr
+    assert "completed an interrupted rollback" in retry.stdout and project.champion == v1
+    again = project.fg("rollback")
+    assert again.returncode == 1 and "no earlier good champion" in again.stderr and project.champion == v1
+    assert [(c.action, c.previous, c.version) for c in project.verify().history] == [
+        ("promote", None, v1), ("promote", v1, v2), ("rollback", v2, v1)]
+
+
+# ------------------------------------------------------------------------------------------ case 4
+
+def _lock_store(db: Path, seconds: float) -> subprocess.Popen:
+    """Another writer holding sqlite's exclusive lock for `seconds`."""
+    code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(float(sys.argv[2])); c.execute('ROLLBACK')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_store_locked_by_another_writer_is_waited_out(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    db = Path(project.env["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    locker = _lock_store(db, 8)
+    promote = project.fg("promote", "--version", str(v2))
+    locker.wait(timeout=60)
+    assert promote.returncode == 0, promote.stderr[-3000:]
+    assert project.champion == v2 and project.verify().ok
+
+
+def test_a_store_locked_past_the_retry_budget_fails_in_one_line_and_loses_nothing(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    db = Path(project.env["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    locker = _lock_store(db, 20)
+    promote = project.fg("promote", "--version", str(v2), env={"FRAUDGUARD_STORE_RETRY_S": "1"})
+    locker.wait(timeout=60)
+    assert promote.returncode == 1
+    assert "Traceback" not in promote.stderr and "database is locked" in promote.stderr
+    assert project.fg("status").returncode == 0  # recovers anything half-done; the record verifies
+    assert project.champion in (v1, v2) and project.verify().ok
+
+
+# ------------------------------------------------------------------------------------------ case 5
+
+def test_promotion_gated_against_a_champion_that_a_rollback_replaced_is_not_applied(project):
+    v1, v2, v3 = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    report_dir = project.root / "reports" / "race"
+    report_dir.mkdir(parents=True)
+    run = prepare(project.client, project.root, project.settings, v3, gates=all_passing_gates(),
+                  candidate=candidate_for(project.client, NAME, v3),
+                  context=simple_context(project.settings, project.root, report_dir))
+    assert run.champion_before == v2
+    results, durations = run_gates(run)
+    rollback = project.fg("rollback", "--reason", "v2 misbehaves")  # lands while the gates ran
+    assert rollback.returncode == 0 and project.champion == v1
+    with pytest.raises(Exception, match=f"checked against {v2}.*re-gate"):
+        decide(project.client, run, results, durations, actor="racer")
+    assert project.champion == v1
+    history = project.verify().history
+    assert [(c.previous, c.version) for c in history][-1] == (v2, v1)
+
+
+# ------------------------------------------------------------------------------------------ case 6
+
+def test_edited_tags_cannot_turn_a_blocked_or_ungated_version_into_champion(project):
+    v1, v2, v3 = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2, gates={**all_passing_gates(), "quality": failing_gate("quality")})
+    assert project.champion == v1
+    for version in (v2, v3):  # the insider deletes the block and marks every gate passed
+        project.client.delete_model_version_tag(NAME, str(version), "fraudguard.status") \
+            if "fraudguard.status" in project.client.get_model_version(NAME, str(version)).tags else None
+        for gate in all_passing_gates():
+            project.client.set_model_version_tag(NAME, str(version), f"gate.{gate}", "passed")
+    blocked = project.fg("rollback", "--to", str(v2))
+    assert blocked.returncode == 1 and "blocked at audit entry" in blocked.stderr
+    ungated = project.fg("rollback", "--to", str(v3))
+    assert ungated.returncode == 1 and "never promoted" in ungated.stderr
+    assert project.champion == v1 and project.verify().ok
+
+
+# ------------------------------------------------------------------------------------------ case 7
+
+def test_uncommitted_threshold_edit_cannot_regate_a_blocked_version(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    params_file = project.root / "params.yaml"
+    lenient = params_file.read_text()
+    strict = _merge(yaml.safe_load(lenient), {"gates": {"quality": {"min_average_precision": 0.99}}})
+    params_file.write_text(yaml.safe_dump(strict, sort_keys=False))
+    commit_params(project.root)  # the policy of record is now strict
+    blocked = project.fg("promote", "--version", str(v2))
+    assert blocked.returncode == 1 and "BLOCKED by quality" in blocked.stderr
+
+    params_file.write_text(lenient)  # relaxed in the working tree only
+    again = project.fg("promote", "--version", str(v2))
+    assert again.returncode == 1
+    assert "gates.quality.min_average_precision" in again.stderr and "commit" in again.stderr
+    assert project.champion == v1 and project.verify().ok
+
+
+# ------------------------------------------------------------------------------------------ case 8
+
+def test_audit_chain_rewritten_with_db_access_but_without_the_key_is_detected(project, tmp_path):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    insider = load_signer(tmp_path / "insider-key.pem")
+    prev = None
+    for entry in project.audit():  # consistent rewrite: valid hashes and links, the insider's signature
+        event = AuditEvent(entry.action, entry.phase, entry.from_version, entry.to_version, txid=entry.txid,
+                           reasons=("routine",), gates=entry.gates, attestation=entry.attestation,
+                           actor="mallory")
+        prev = chain_entry(prev, event, insider, now=entry.time)
+        project.client.set_registered_model_tag(NAME, f"audit.{prev.seq:06d}", prev.to_json())
+    verify = project.fg("audit", "verify")
+    assert verify.returncode == 1 and "audit entry 1" in verify.stderr and "signature" in verify.stderr
+    assert project.fg("status").returncode == 1
+    refused = project.fg("rollback")
+    assert refused.returncode == 1 and "signature" in refused.stderr and project.champion == v2
+
+
+# ------------------------------------------------------------------------------------------ case 9
+
+def _served_dir(project: Project, version: int) -> Path:
+    import mlflow.artifacts
+
+    uri = project.client.get_model_version_download_uri(NAME, str(version))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=project.client.tracking_uri,
+                                                 registry_uri=project.client.tracking_uri))
+
+
+def _load_champion(project: Project) -> subprocess.CompletedProcess:
+    code = ("import mlflow, sys; m = mlflow.pyfunc.load_model('models:/fraudguard@champion'); "
+            "print('loaded version', m.unwrap_python_model().verified_version)")
+    return subprocess.run([sys.executable, "-c", code], cwd=project.root, env=project.env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_served_weights_swapped_with_their_hash_tag_refuse_to_load(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    loaded = _load_champion(project)
+    assert loaded.returncode == 0 and f"loaded version {v2}" in loaded.stdout, loaded.stderr[-2000:]
+    v1_weights = _served_dir(project, v1) / "artifacts" / "model.pt"
+    shutil.copy2(v1_weights, _served_dir(project, v2) / "artifacts" / "model.pt")  # v1 served as v2...
+    v1_sha = project.client.get_model_version(NAME, str(v1)).tags["artifact.sha256"]
+    project.client.set_model_version_tag(NAME, str(v2), "artifact.sha256", v1_sha)  # ...with its hash recorded
+    refused = _load_champion(project)
+    assert refused.returncode != 0 and "differ from the signed attestation" in refused.stderr
+    verify = project.fg("audit", "verify")
+    assert verify.returncode == 1 and f"champion {v2}" in verify.stderr and "model.pt" in verify.stderr
+
+
+def test_served_threshold_edit_refuses_to_load(project):
+    v1, _, _ = project.versions
+    project.promote_setup(v1)
+    preprocess = _served_dir(project, v1) / "artifacts" / "preprocess.json"
+    meta = json.loads(preprocess.read_text())
+    meta["threshold"] = 2.0  # nothing would ever be flagged
+    preprocess.write_text(json.dumps(meta))
+    refused = _load_champion(project)
+    assert refused.returncode != 0 and "preprocess.json" in refused.stderr
+    assert project.fg("status").returncode == 1
+
+
+# ----------------------------------------------------------------------------------------- case 10
+
+def test_champion_moved_by_hand_to_a_blocked_version_is_detected_refused_and_restorable(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2, gates={**all_passing_gates(), "privacy": failing_gate("privacy")})
+    project.client.set_registered_model_alias(NAME, CHAMPION_ALIAS, str(v2))  # the UI's alias editor
+    status = project.fg("status")
+    assert status.returncode == 1 and "moved outside fraudguard" in status.stdout
+    verify = project.fg("audit", "verify")
+    assert verify.returncode == 1 and "moved outside fraudguard" in verify.stderr
+    loaded = _load_champion(project)
+    assert loaded.returncode != 0 and "no valid signed attestation" in loaded.stderr
+    promote = project.fg("rollback")
+    assert promote.returncode == 1 and "audit recover" in promote.stderr
+
+    recovered = project.fg("audit", "recover")
+    assert recovered.returncode == 0 and f"restored to {v1}" in recovered.stdout
+    assert project.champion == v1 and project.fg("status").returncode == 0
+
+
+# ----------------------------------------------------------------------------------------- case 11
+
+def test_status_tags_and_plain_rollback_stay_true_after_rolling_back_and_forth(project):
+    v1, _, v3 = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v3)
+    assert project.fg("rollback").returncode == 0 and project.champion == v1
+    back = project.fg("rollback", "--to", str(v3), "--reason", "v3 was fine after all")
+    assert back.returncode == 0 and project.champion == v3
+
+    def status_of(version):
+        return project.client.get_model_version(NAME, str(version)).tags.get("fraudguard.status")
+
+    assert status_of(v3) == "champion" and status_of(v1) == "retired"
+    assert set(project.client.get_registered_model(NAME).aliases) == {CHAMPION_ALIAS}
+    plain = project.fg("rollback")
+    assert plain.returncode == 0 and project.champion == v1, plain.stderr
+    status = project.fg("status")
+    assert status.returncode == 0 and "v3 was fine after all" in status.stdout and "red-team" in status.stdout
+    assert "## Champion history" in project.client.get_registered_model(NAME).description
+
+
+def test_cli_never_shows_a_traceback_when_the_store_is_unreachable(project):
+    out = project.fg("status", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "FRAUDGUARD_STORE_RETRY_S": "1"},
+                     timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and out.stderr.count("\n") <= 3, out.stderr
