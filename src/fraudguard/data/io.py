@@ -150,10 +150,14 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {clip_text(exc)}") from exc
+    check_column_names(names, str(path))
+    try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {clip_text(exc)}") from exc
-    check_column_names(table.column_names, str(path))
     return table.to_pandas()
 
 
