@@ -4,6 +4,7 @@ and the validate stage's files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -449,3 +450,18 @@ def test_rows_in_equals_accepted_plus_quarantined_with_every_new_reason(settings
     report = validate_transactions(frame, settings, now=NOW).report
     assert report["rows_in"] == len(frame) == report["rows_accepted"] + report["rows_quarantined"]
     assert report["rows_quarantined"] == 4
+
+
+def test_stage_report_says_velocity_is_off_without_a_location_table(small_settings, tmp_path):
+    paths = project(tmp_path, history(12))
+    run_validation(paths, small_settings)
+    assert json.loads(paths.validation_report.read_text())["velocity_check"].startswith("off")
+
+
+def test_stage_runs_velocity_with_the_configured_location_table(small_settings, tmp_path):
+    paths = project(tmp_path, history(12))
+    LOCATIONS_FAR.assign(**{schema.TERMINAL_ID: [1, 2]}).to_csv(tmp_path / "terminals.csv", index=False)
+    settings = small_settings.model_copy(update={"validate_": small_settings.validate_.model_copy(
+        update={"terminal_locations": Path("terminals.csv")})})
+    run_validation(paths, settings)
+    assert json.loads(paths.validation_report.read_text())["velocity_check"] == "on"

@@ -400,6 +400,14 @@ def load_terminal_locations(path: Path | str) -> pd.DataFrame:
     return table[list(TERMINAL_LOCATION_COLUMNS)]
 
 
+def configured_terminal_locations(settings: ValidateSettings, root: Path) -> pd.DataFrame | None:
+    """validate.terminal_locations' table (a relative path is taken from `root`), or None if unset."""
+    if settings.terminal_locations is None:
+        return None
+    path = settings.terminal_locations
+    return load_terminal_locations(path if path.is_absolute() else root / path)
+
+
 def _terminal_distance_units(terminal: pd.Series, prev_terminal: pd.Series,
                              locations: pd.DataFrame) -> pd.Series:
     loc = locations.set_index(schema.TERMINAL_ID)[["x_terminal_id", "y_terminal_id"]]

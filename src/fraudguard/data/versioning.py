@@ -190,13 +190,19 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
     data is staged and versioned with `dvc add` beside data/raw, and swapped in (data/raw and data.dvc)
     only once that succeeded; on any failure data/raw, data.dvc and the DVC cache are as they were.
     """
-    from fraudguard.data.validation import QuarantineShareExceeded, validate_transactions
+    from fraudguard.data.validation import (
+        QuarantineShareExceeded,
+        configured_terminal_locations,
+        validate_transactions,
+    )
 
     path = Path(path)
     frame = read_transactions(path, follow_symlinks=follow_symlinks)
+    locations = configured_terminal_locations(settings.validate_, paths.root)
     refused: QuarantineShareExceeded | None = None
     try:
-        result = validate_transactions(frame, settings.validate_, source=str(path))
+        result = validate_transactions(frame, settings.validate_, source=str(path),
+                                       terminal_locations=locations)
     except QuarantineShareExceeded as exc:
         refused, result = exc, exc.result
     _write_import_report(paths, result, passed=refused is None)
