@@ -43,8 +43,22 @@ class ValidateSettings(_Strict):
     max_robust_z: float = Field(gt=0)
     min_customer_history: int = Field(ge=2)
     max_quarantine_share: float = Field(ge=0, le=1)
+    # Velocity runs only with a terminal-location table; without one the rule is off (and says so).
     terminal_locations: Path | None = None
-    assumed_terminal_distance_units: float = Field(ge=0)
+    # Plausible time window: earlier than min_timestamp, or later than now + future_tolerance_hours,
+    # is timestamp_out_of_range.
+    min_timestamp: dt.datetime
+    future_tolerance_hours: float = Field(ge=0)
+    # An import that would replace data/raw with fewer than (1 - this share) of its rows needs --force.
+    max_import_row_loss_share: float = Field(ge=0, le=1)
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _naive_min_timestamp(cls, value: dt.datetime) -> dt.datetime:
+        # Transaction times are naive local times; an aware bound would compare against another clock.
+        if value.tzinfo is not None:
+            raise ValueError(f"min_timestamp must have no time zone, got {value.isoformat()}")
+        return value
 
 
 class FeaturizeSettings(_Strict):

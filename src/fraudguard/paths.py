@@ -53,6 +53,16 @@ class ProjectPaths:
         return self.root / "reports"
 
     @property
+    def import_quarantine(self) -> Path:
+        """The last `fraudguard data import`'s quarantined rows (written even when it was refused)."""
+        return self.reports_dir / "import" / "quarantine.parquet"
+
+    @property
+    def import_report(self) -> Path:
+        """The last import's validation report (reasons with counts, flagged rows, verdict)."""
+        return self.reports_dir / "import" / "validation.json"
+
+    @property
     def validation_report(self) -> Path:
         return self.reports_dir / "validation.json"
 

@@ -3,6 +3,7 @@ through a local-directory remote, regeneration on a fresh clone, the md5-mismatc
 
 from __future__ import annotations
 
+import json
 import subprocess  # nosec B404
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from conftest import small_params
 from fraudguard.cli import app
 from fraudguard.config import load_settings
 from fraudguard.data import schema
-from fraudguard.data.io import file_md5
+from fraudguard.data.io import file_md5, read_transactions, write_transactions
+from fraudguard.data.validation import QuarantineShareExceeded
 from fraudguard.data.versioning import (
     DEFAULT_REMOTE_NAME,
     directory_md5,
@@ -118,16 +120,112 @@ def test_pull_refuses_regenerated_data_that_differs_from_data_dvc(origin, tmp_pa
     assert not fresh.raw_dir.exists()
 
 
+def current_rows(paths: ProjectPaths) -> pd.DataFrame:
+    return pd.read_parquet(paths.raw_dir / "transactions.parquet")
+
+
+def snapshot(paths: ProjectPaths) -> tuple:
+    """data/raw's md5, data.dvc's bytes and the DVC cache's file list: what an import may change."""
+    cache = paths.root / ".dvc" / "cache"
+    return (directory_md5(paths.raw_dir), paths.raw_dvc_file.read_bytes(),
+            sorted(str(p.relative_to(cache)) for p in cache.rglob("*")))
+
+
 def test_import_validates_then_versions_the_file(origin, tmp_path):
     before = tracked_md5(origin)
     upload = tmp_path / "upload.csv"
-    frame = pd.read_parquet(origin.raw_dir / "transactions.parquet").head(100)
+    frame = current_rows(origin)
+    frame.loc[0, schema.TX_AMOUNT] = 1.23
     frame.to_csv(upload, index=False)
     outcome = import_data(upload, origin, load_settings(origin.params))
-    assert outcome.rows == 100
-    assert len(pd.read_parquet(outcome.raw_file)) == 100
+    assert outcome.rows == len(frame)
+    assert len(pd.read_parquet(outcome.raw_file)) == len(frame)
     assert outcome.md5 == tracked_md5(origin) != before
     assert "Data and pipelines are up to date" in run_dvc(["status", "data.dvc"], origin.root).stdout
+    assert not list(origin.raw_dir.parent.glob(".import-staging-*"))
+
+
+def test_import_removing_more_than_half_the_rows_needs_force(origin, tmp_path):
+    before = snapshot(origin)
+    upload = tmp_path / "upload.parquet"
+    current_rows(origin).head(10).to_parquet(upload)
+    with pytest.raises(DataError, match=r"upload.parquet: 10 rows would replace the \d+ rows.*--force"):
+        import_data(upload, origin, load_settings(origin.params))
+    assert snapshot(origin) == before
+    assert import_data(upload, origin, load_settings(origin.params), force=True).rows == 10
+    assert tracked_md5(origin) == directory_md5(origin.raw_dir) != before[0]
+
+
+def test_failed_dvc_add_leaves_raw_data_dvc_and_cache_as_they_were(origin, tmp_path):
+    """dvc add stores the new directory object, then fails to store the data file (a file blocks its
+    folder in the cache): the import must undo the half-done cache write and keep the old version."""
+    upload = tmp_path / "upload.parquet"
+    frame = current_rows(origin)
+    frame.loc[0, schema.TX_AMOUNT] = 4.56
+    frame.to_parquet(upload)
+    predicted = tmp_path / "predicted" / "raw"
+    write_transactions(read_transactions(upload), predicted / "transactions.parquet")
+    dir_md5, data_md5 = directory_md5(predicted), file_md5(predicted / "transactions.parquet")
+    assert dir_md5[:2] != data_md5[:2]
+    cache = origin.root / ".dvc" / "cache" / "files" / "md5"
+    blocker = cache / data_md5[:2]
+    assert not blocker.exists()
+    blocker.write_text("not a directory")
+    before = snapshot(origin)
+    with pytest.raises(DataVersionError, match="dvc add"):
+        import_data(upload, origin, load_settings(origin.params))
+    assert snapshot(origin) == before
+    assert not (cache / dir_md5[:2] / dir_md5[2:]).exists()
+    assert not list(origin.raw_dir.parent.glob(".import-staging-*"))
+
+
+def test_import_with_a_broken_dvc_config_changes_nothing(origin, tmp_path):
+    upload = tmp_path / "upload.parquet"
+    current_rows(origin).assign(TX_AMOUNT=lambda f: f[schema.TX_AMOUNT] + 1).to_parquet(upload)
+    (origin.root / ".dvc" / "config.local").write_text("[core\nthis is not ini\n")
+    before = snapshot(origin)
+    with pytest.raises(DataVersionError):
+        import_data(upload, origin, load_settings(origin.params))
+    assert snapshot(origin) == before
+
+
+def test_refused_import_writes_its_quarantine_report_and_says_where(origin, tmp_path):
+    before = snapshot(origin)
+    upload = tmp_path / "upload.csv"
+    frame = current_rows(origin)
+    frame.loc[: len(frame) // 5, schema.TX_AMOUNT] = -1.0
+    frame.to_csv(upload, index=False)
+    with pytest.raises(QuarantineShareExceeded, match=r"quarantined rows in .*reports/import/quarantine.parquet"):
+        import_data(upload, origin, load_settings(origin.params))
+    assert snapshot(origin) == before
+    quarantined = pd.read_parquet(origin.import_quarantine)
+    assert len(quarantined) == len(frame) // 5 + 1
+    assert set(quarantined["reason"]) == {"negative_amount"}
+    assert json.loads(origin.import_report.read_text())["passed"] is False
+
+
+def test_cli_import_prints_reasons_with_counts_and_where_the_report_is(origin, tmp_path):
+    upload = tmp_path / "upload.csv"
+    frame = current_rows(origin).astype(str)
+    frame.loc[[1, 2], schema.TX_AMOUNT] = "-1"
+    frame.loc[3, schema.TX_DATETIME] = "2024-04-01 08:00:00+02:00"
+    frame.to_csv(upload, index=False)
+    result = CliRunner().invoke(app, ["data", "import", str(upload), "--root", str(origin.root)])
+    assert result.exit_code == 0, result.output
+    assert "quarantine reasons: negative_amount 2, timezone_offset 1" in result.stdout
+    assert "velocity check: off" in result.stdout
+    assert "reports/import/quarantine.parquet" in result.stdout
+
+
+def test_cli_import_refuses_a_symlink_unless_told_to_follow_it(origin, tmp_path):
+    upload = tmp_path / "upload.parquet"
+    current_rows(origin).to_parquet(upload)
+    (tmp_path / "link.parquet").symlink_to(upload)
+    args = ["data", "import", str(tmp_path / "link.parquet"), "--root", str(origin.root)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1
+    assert "is a symbolic link" in refused.stderr
+    assert CliRunner().invoke(app, [*args, "--follow-symlinks"]).exit_code == 0
 
 
 def test_import_of_a_file_missing_a_column_leaves_data_untouched(origin, tmp_path):

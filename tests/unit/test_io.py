@@ -84,3 +84,70 @@ def test_missing_required_column_error_names_file_and_column(frame, tmp_path):
 def test_optional_scenario_column_may_be_absent(frame, tmp_path):
     frame.drop(columns=[schema.TX_FRAUD_SCENARIO]).to_csv(tmp_path / "tx.csv", index=False)
     assert schema.TX_FRAUD_SCENARIO not in read_transactions(tmp_path / "tx.csv").columns
+
+
+def test_symlink_is_refused_unless_followed(frame, tmp_path):
+    frame.to_csv(tmp_path / "real.csv", index=False)
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    with pytest.raises(DataError, match="link.csv: is a symbolic link.*--follow-symlinks"):
+        read_transactions(tmp_path / "link.csv", follow_symlinks=False)
+    assert len(read_transactions(tmp_path / "link.csv", follow_symlinks=True)) == len(frame)
+
+
+def test_symlink_to_another_file_does_not_echo_its_content(tmp_path):
+    (tmp_path / "secret.txt").write_text("root:x:0:0:root:/root:/bin/bash\nsecond line\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(DataError) as info:
+        read_transactions(tmp_path / "link.csv", follow_symlinks=True)
+    assert "root:x" not in str(info.value)
+
+
+@pytest.mark.parametrize("second", ["TX_AMOUNT", " TX_AMOUNT", "tx_amount"])
+def test_csv_with_a_repeated_column_is_refused_naming_it(frame, tmp_path, second):
+    text = frame.to_csv(index=False).splitlines()
+    rows = [text[0] + f",{second}"] + [line + ",1.00" for line in text[1:]]
+    (tmp_path / "tx.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"tx.csv: duplicate column name\(s\) '{second}'"):
+        read_transactions(tmp_path / "tx.csv")
+
+
+def test_parquet_with_a_repeated_column_is_refused_naming_it(frame, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.append_column(schema.TX_AMOUNT, table.column(schema.TX_AMOUNT))
+    pq.write_table(table, tmp_path / "tx.parquet")
+    with pytest.raises(DataError, match=r"tx.parquet: duplicate column name\(s\) 'TX_AMOUNT'"):
+        read_transactions(tmp_path / "tx.parquet")
+
+
+def test_huge_single_line_file_gives_a_short_message_without_its_content(tmp_path):
+    (tmp_path / "line.csv").write_text("A" * 300_000 + ",B" * 1000)
+    with pytest.raises(DataError, match="line.csv: first line longer than") as info:
+        read_transactions(tmp_path / "line.csv")
+    assert len(str(info.value)) < 500
+    assert "AAAA" not in str(info.value)
+
+
+def test_missing_column_message_does_not_list_the_file_header(tmp_path):
+    header = ",".join(f"secret_{i}" for i in range(500))
+    (tmp_path / "tx.csv").write_text(header + "\n" + ",".join("1" * 500) + "\n")
+    with pytest.raises(DataError, match=r"tx.csv: missing required column\(s\) TRANSACTION_ID.*500 column") as info:
+        read_transactions(tmp_path / "tx.csv")
+    assert "secret_" not in str(info.value)
+
+
+def test_csv_ids_are_read_as_their_exact_text(frame, tmp_path):
+    raw = frame.astype(str)
+    raw.loc[0, schema.TRANSACTION_ID] = "9007199254740993"
+    raw.to_csv(tmp_path / "tx.csv", index=False)
+    assert read_transactions(tmp_path / "tx.csv").loc[0, schema.TRANSACTION_ID] == "9007199254740993"
+
+
+def test_long_column_names_in_a_message_are_clipped():
+    from fraudguard.data.io import check_column_names
+
+    with pytest.raises(DataError) as info:
+        check_column_names(["x" * 10_000, "x" * 10_000], "f.csv")
+    assert len(str(info.value)) < 300

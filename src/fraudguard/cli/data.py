@@ -16,9 +16,29 @@ app = typer.Typer(no_args_is_help=True)
 ROOT_OPTION = typer.Option(Path("."), "--root", help="Project checkout (holds params.yaml and data.dvc).")
 
 
+# Messages are built short; this is the last guard against one carrying a file's content.
+MAX_MESSAGE_CHARS = 2000
+
+
 def _fail(exc: FraudGuardError) -> None:
-    typer.echo(f"error: {exc}", err=True)
+    message = str(exc)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}... [{len(message) - MAX_MESSAGE_CHARS} more characters]"
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=1)
+
+
+def _echo_reasons(report: dict, err: bool = False) -> None:
+    """The quarantine reasons with their counts, and the fraud rows flagged instead of quarantined."""
+    reasons = report.get("reasons") or {}
+    if reasons:
+        typer.echo("quarantine reasons: " + ", ".join(f"{code} {n}" for code, n in reasons.items()), err=err)
+    flagged = report.get("flagged") or {}
+    if flagged:
+        typer.echo("fraud-labelled rows flagged, not quarantined: "
+                   + ", ".join(f"{code} {n}" for code, n in flagged.items()), err=err)
+    if "velocity_check" in report:
+        typer.echo(f"velocity check: {report['velocity_check']}", err=err)
 
 
 @app.command()
@@ -43,9 +63,16 @@ def simulate(root: Path = ROOT_OPTION) -> None:
 
 @app.command("import")
 def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the raw schema."),
-            root: Path = ROOT_OPTION) -> None:
-    """Validate a transactions file, make it data/raw/transactions.parquet and version it with DVC."""
+            root: Path = ROOT_OPTION,
+            force: bool = typer.Option(False, "--force",
+                                       help="Allow a file that removes more than "
+                                            "validate.max_import_row_loss_share of data/raw's rows."),
+            follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
+                                                 help="Read PATH even if it is a symbolic link.")) -> None:
+    """Validate a transactions file, make it data/raw/transactions.parquet and version it with DVC.
+    The quarantined rows and report go to reports/import/, also when the import is refused."""
     from fraudguard.config import load_settings
+    from fraudguard.data.validation import QuarantineShareExceeded
     from fraudguard.data.versioning import import_data
     from fraudguard.logs import configure_logging
     from fraudguard.paths import ProjectPaths
@@ -53,12 +80,18 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        outcome = import_data(path, paths, load_settings(paths.params))
+        outcome = import_data(path, paths, load_settings(paths.params), force=force,
+                              follow_symlinks=follow_symlinks)
+    except QuarantineShareExceeded as exc:
+        _echo_reasons(exc.result.report, err=True)
+        _fail(exc)
     except FraudGuardError as exc:
         _fail(exc)
     report = outcome.validation_report
     typer.echo(f"imported {path}: {outcome.rows} rows ({report['rows_quarantined']} will be quarantined), "
                f"data/raw is now {outcome.md5}")
+    _echo_reasons(report)
+    typer.echo(f"quarantined rows: {outcome.quarantine_file}; report: {outcome.report_file}")
     typer.echo("run `git add data.dvc && git commit` to record this version, `fraudguard data push` to share it")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -25,13 +27,25 @@ _PARQUET_OPTIONS = dict(
     write_statistics=True,
     row_group_size=1_000_000,
 )
+# A header line longer than this is not a transactions file (a 50 MB single-line file is refused
+# before pandas parses it).
+MAX_HEADER_BYTES = 64 * 1024
+# Error messages name at most this many columns, each cut to this many characters: a message never
+# carries more of a file's content than the offending column names.
+MAX_NAMES_IN_MESSAGE = 8
+MAX_NAME_CHARS = 64
+MAX_DETAIL_CHARS = 200
 
 
-def read_transactions(path: Path | str) -> pd.DataFrame:
+def read_transactions(path: Path | str, follow_symlinks: bool = True) -> pd.DataFrame:
     """The file's rows as read: Parquet with its stored dtypes, CSV as strings (bad values stay for
-    validation to quarantine). Raises DataError naming the file if it cannot be read at all or lacks
-    a required column."""
+    validation to quarantine). Raises DataError naming the file if it cannot be read at all, is a
+    symbolic link and `follow_symlinks` is false, has duplicate column names or lacks a required
+    column. Messages never quote the file beyond the offending column names (clipped)."""
     path = Path(path)
+    if path.is_symlink() and not follow_symlinks:
+        raise DataError(f"{path}: is a symbolic link; refusing to follow it (pass --follow-symlinks "
+                        f"to read the file it points to)")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -45,10 +59,41 @@ def read_transactions(path: Path | str) -> pd.DataFrame:
     if missing:
         raise DataError(
             f"{path}: missing required column(s) {', '.join(missing)} "
-            f"(found: {', '.join(map(str, frame.columns)) or 'none'})"
+            f"({len(frame.columns)} column(s) found)"
         )
     logger.info("read %d rows from %s", len(frame), path)
     return frame
+
+
+def clip_text(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` cut to `limit` characters (with a marker saying how much was cut)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def name_list(names: Iterable[object]) -> str:
+    """Column names for an error message: at most MAX_NAMES_IN_MESSAGE, each clipped."""
+    names = [str(n) for n in names]
+    shown = [repr(clip_text(n, MAX_NAME_CHARS)) for n in names[:MAX_NAMES_IN_MESSAGE]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def check_column_names(names: Iterable[object], source: str) -> None:
+    """Raise DataError naming `source` and the names if two columns share a name (compared
+    stripped and case-folded: ` TX_AMOUNT` beside `TX_AMOUNT` is as ambiguous as a repeat)."""
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    for name in map(str, names):
+        key = name.strip().casefold()
+        if key in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.setdefault(key, name)
+    if duplicates:
+        raise DataError(f"{source}: duplicate column name(s) {name_list(duplicates)}: "
+                        f"which one holds the data is ambiguous")
 
 
 def write_transactions(df: pd.DataFrame, path: Path | str) -> None:
@@ -105,17 +150,42 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {clip_text(exc)}") from exc
+    check_column_names(names, str(path))
+    try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+        raise DataError(f"{path}: not a readable Parquet file: {clip_text(exc)}") from exc
     return table.to_pandas()
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _csv_header(path: Path) -> list[str]:
+    """The header row's names, read from at most MAX_HEADER_BYTES of the first line."""
+    with open(path, "rb") as fh:
+        line = fh.readline(MAX_HEADER_BYTES + 1)
+    if len(line) > MAX_HEADER_BYTES:
+        raise DataError(f"{path}: first line longer than {MAX_HEADER_BYTES} bytes: not a CSV header "
+                        f"of transaction columns")
     try:
-        # Strings everywhere: a value that does not parse must reach validation, not become NaN here.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 CSV file (binary content at byte {exc.start})") from exc
+    try:
+        return next(csv.reader([text.rstrip("\r\n")]), [])
+    except csv.Error as exc:
+        raise DataError(f"{path}: unreadable CSV header: {clip_text(exc)}") from exc
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # pandas renames a repeated column (TX_AMOUNT.1), so duplicates are checked on the raw header.
+    check_column_names(_csv_header(path), str(path))
+    try:
+        # Strings everywhere: a value that does not parse must reach validation, not become NaN here
+        # (and ids stay exact: no trip through float64).
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 CSV file (binary content at byte {exc.start})") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable CSV file: {exc}") from exc
+        raise DataError(f"{path}: not a readable CSV file: {clip_text(exc)}") from exc

@@ -1,9 +1,13 @@
 """Validation and quarantine of raw transactions.
 
-Two pandera schemas do the per-row work: the parse schema coerces each column to its type (rows that
-do not parse fail there), the value schema checks ranges, labels and key uniqueness on typed rows.
-Dataset-level checks (conflicting labels, impossible velocity, per-customer amount outliers) then
-run on the rows that passed both. Every failing row is quarantined with stable reason codes.
+Parsing is vectorised and row by row in its outcome: each column is converted with explicit rules
+(ISO-8601 timestamps without a zone, exact int64 ids from their text, numbers), and a value that does
+not convert quarantines its row with a reason code, never the file and never after a per-row
+fallback. A pandera schema then checks ranges, labels, the plausible time window and key uniqueness
+on the typed rows. Dataset-level checks (conflicting labels, impossible velocity, per-customer amount
+outliers) run on the rows that passed. The last two only say a row looks unusual: a fraud-labelled
+row is flagged in the report for them, never quarantined. Every quarantined row carries stable
+reason codes, and rows in = accepted + quarantined always.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pandas as pd
 
 from fraudguard.config import ValidateSettings
 from fraudguard.data import schema
+from fraudguard.data.io import check_column_names, clip_text, name_list
 from fraudguard.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -26,8 +31,11 @@ logger = logging.getLogger(__name__)
 # Stable reason codes, written into the quarantine file's `reason` column and the report.
 MISSING_VALUE = "missing_value"
 UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
+TIMEZONE_OFFSET = "timezone_offset"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 UNPARSEABLE_AMOUNT = "unparseable_amount"
 UNPARSEABLE_ID = "unparseable_id"
+ID_OUT_OF_RANGE = "id_out_of_range"
 UNPARSEABLE_LABEL = "unparseable_label"
 NON_INTEGER_ID = "non_integer_id"
 NEGATIVE_ID = "negative_id"
@@ -42,10 +50,19 @@ IMPOSSIBLE_VELOCITY = "impossible_velocity"
 AMOUNT_OUTLIER = "amount_outlier"
 
 REASON_CODES = (
-    MISSING_VALUE, UNPARSEABLE_TIMESTAMP, UNPARSEABLE_AMOUNT, UNPARSEABLE_ID, UNPARSEABLE_LABEL,
-    NON_INTEGER_ID, NEGATIVE_ID, NON_FINITE_AMOUNT, NEGATIVE_AMOUNT, AMOUNT_ABOVE_MAX, INVALID_LABEL,
-    INVALID_SCENARIO, DUPLICATE_TRANSACTION_ID, CONFLICTING_LABEL, IMPOSSIBLE_VELOCITY, AMOUNT_OUTLIER,
+    MISSING_VALUE, UNPARSEABLE_TIMESTAMP, TIMEZONE_OFFSET, TIMESTAMP_OUT_OF_RANGE, UNPARSEABLE_AMOUNT,
+    UNPARSEABLE_ID, ID_OUT_OF_RANGE, UNPARSEABLE_LABEL, NON_INTEGER_ID, NEGATIVE_ID, NON_FINITE_AMOUNT,
+    NEGATIVE_AMOUNT, AMOUNT_ABOVE_MAX, INVALID_LABEL, INVALID_SCENARIO, DUPLICATE_TRANSACTION_ID,
+    CONFLICTING_LABEL, IMPOSSIBLE_VELOCITY, AMOUNT_OUTLIER,
 )
+# Checks that only say a row looks unusual: a fraud-labelled row failing them is flagged, not
+# quarantined (frauds do look unusual; dropping them would lose the pattern the model must learn).
+UNUSUAL_CODES = (IMPOSSIBLE_VELOCITY, AMOUNT_OUTLIER)
+# Columns the quarantine file adds to the input's: an input column with one of these names is refused.
+QUARANTINE_COLUMNS = (schema.QUARANTINE_REASON,)
+VELOCITY_OFF = "off: no terminal-location table (set validate.terminal_locations to enable it)"
+# Flagged rows listed by TRANSACTION_ID in the report, per code, at most this many.
+MAX_FLAGGED_IDS = 100
 
 ID_COLUMNS = (schema.TRANSACTION_ID, schema.CUSTOMER_ID, schema.TERMINAL_ID)
 LABEL_COLUMNS = (schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO)
@@ -59,16 +76,20 @@ RAW_DTYPES = {
     schema.TX_FRAUD: "int64",
     schema.TX_FRAUD_SCENARIO: "int64",
 }
-_UNPARSEABLE = {
-    schema.TX_DATETIME: UNPARSEABLE_TIMESTAMP,
-    schema.TX_AMOUNT: UNPARSEABLE_AMOUNT,
-    schema.TRANSACTION_ID: UNPARSEABLE_ID,
-    schema.CUSTOMER_ID: UNPARSEABLE_ID,
-    schema.TERMINAL_ID: UNPARSEABLE_ID,
-    schema.TX_FRAUD: UNPARSEABLE_LABEL,
-    schema.TX_FRAUD_SCENARIO: UNPARSEABLE_LABEL,
-}
 TERMINAL_LOCATION_COLUMNS = (schema.TERMINAL_ID, "x_terminal_id", "y_terminal_id")
+
+_INT64_MAX_DIGITS = str(np.iinfo(np.int64).max)          # 9223372036854775807
+_INT64_MIN_DIGITS = str(np.iinfo(np.int64).min)[1:]      # 9223372036854775808
+# Integers above this are not all exact as float64: an id this large stored as a float may be rounded.
+_FLOAT_EXACT_LIMIT = 2 ** 53
+# An ISO-like date and time followed by a zone designator: Z, +02, +0200, +02:00, or a zone name.
+_ZONED_TIMESTAMP = (
+    r"^\d{4}-?\d{2}-?\d{2}[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?\s*"
+    r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\(?[A-Za-z][A-Za-z_/+-]{0,40}\)?)$"
+)
+# ...except a 12-hour clock's AM/PM, which is a format error (unparseable), not a zone.
+_AM_PM = r"\d\s*[AaPp]\.?[Mm]\.?$"
+_INTEGER_TEXT = r"[+-]?\d+(?:\.0*)?"
 
 
 @dataclass(frozen=True)
@@ -98,35 +119,51 @@ def validate_transactions(
     settings: ValidateSettings,
     source: str = "<frame>",
     terminal_locations: pd.DataFrame | None = None,
+    now: pd.Timestamp | None = None,
 ) -> ValidationResult:
     """Split `df` into accepted and quarantined rows (rows_in == accepted + quarantined).
 
-    Raises DataError (naming `source`) if a required column is missing or there are no rows, and
-    QuarantineShareExceeded (a DataError carrying the result) if the quarantined share is above
-    settings.max_quarantine_share.
+    `now` (default: the local clock) bounds the plausible time window from above. Raises DataError
+    (naming `source`) if a required column is missing, a column name is repeated or reserved for
+    the quarantine file, or there are no rows, and QuarantineShareExceeded (a DataError carrying the
+    result) if the quarantined share is above settings.max_quarantine_share.
     """
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{source}: missing required column(s) {', '.join(missing)}")
+    check_column_names(df.columns, source)
+    reserved = [c for c in df.columns if c in QUARANTINE_COLUMNS]
+    if reserved:
+        raise DataError(f"{source}: input column(s) {name_list(reserved)} collide with the quarantine "
+                        f"file's own column(s); rename or drop them")
     if df.empty:
         raise DataError(f"{source}: no rows")
     columns = [c for c in schema.RAW_COLUMNS if c in df.columns]
     original = df.reset_index(drop=True)
-    work = original[columns]
     reasons: dict[int, list[str]] = {}
 
-    typed = _coerce_rows(work, reasons, source)
+    typed = parse_columns(original[columns], reasons)
+    parsed_ok = typed.loc[typed.index.difference(pd.Index(sorted(reasons), dtype="int64"))]
 
-    _, value_failures = _run_schema(_value_schema(settings, typed.columns), typed, source)
+    now = pd.Timestamp.now() if now is None else pd.Timestamp(now)
+    window = (pd.Timestamp(settings.min_timestamp),
+              now + pd.Timedelta(hours=settings.future_tolerance_hours))
+    _, value_failures = _run_schema(_value_schema(settings, parsed_ok.columns, window), parsed_ok, source)
     _add_reasons(reasons, value_failures)
-    clean = typed.loc[typed.index.difference(pd.Index(list(value_failures)))]
+    clean = parsed_ok.loc[parsed_ok.index.difference(pd.Index(list(value_failures), dtype="int64"))]
 
+    is_fraud = (clean[schema.TX_FRAUD] == 1).to_numpy()
+    flagged: dict[str, list[int]] = {}
     for code, mask in (
         (CONFLICTING_LABEL, conflicting_label_mask(clean)),
         (IMPOSSIBLE_VELOCITY, impossible_velocity_mask(clean, settings, terminal_locations)),
         (AMOUNT_OUTLIER, amount_outlier_mask(clean, settings)),
     ):
-        for idx in clean.index[mask.to_numpy()]:
+        hit = mask.to_numpy()
+        if code in UNUSUAL_CODES:
+            flagged[code] = clean.index[hit & is_fraud].tolist()
+            hit = hit & ~is_fraud
+        for idx in clean.index[hit]:
             reasons.setdefault(int(idx), []).append(code)
 
     bad = pd.Index(sorted(reasons), dtype="int64")
@@ -140,10 +177,17 @@ def validate_transactions(
             f"{source}: row invariant broken: {rows_in} in != {len(accepted)} accepted + "
             f"{len(quarantined)} quarantined"
         )
+    report = _report(original, accepted, quarantined, reasons, source)
+    report["velocity_check"] = "on" if terminal_locations is not None else VELOCITY_OFF
+    report["flagged"] = {code: len(rows) for code, rows in flagged.items() if rows}
+    report["flagged_transaction_ids"] = {
+        code: [int(typed.at[i, schema.TRANSACTION_ID]) for i in rows[:MAX_FLAGGED_IDS]]
+        for code, rows in flagged.items() if rows
+    }
     result = ValidationResult(
         accepted=accepted.reset_index(drop=True),
         quarantined=quarantined.reset_index(drop=True),
-        report=_report(original, accepted, quarantined, reasons, source),
+        report=report,
     )
     share = result.quarantine_share
     if share > settings.max_quarantine_share:
@@ -158,6 +202,142 @@ def validate_transactions(
     return result
 
 
+def parse_columns(frame: pd.DataFrame, reasons: dict[int, list[str]]) -> pd.DataFrame:
+    """Every raw column converted to its type, vectorised (a bad value costs what a good one does);
+    the rows whose value does not convert get their reason codes in `reasons` (keyed by index
+    label) and hold a placeholder in the returned frame."""
+    parsers = {
+        schema.TX_DATETIME: parse_timestamps,
+        schema.TRANSACTION_ID: parse_ids,
+        schema.CUSTOMER_ID: parse_ids,
+        schema.TERMINAL_ID: parse_ids,
+        schema.TX_AMOUNT: lambda s: _parse_numbers(s, UNPARSEABLE_AMOUNT),
+        schema.TX_FRAUD: lambda s: _parse_numbers(s, UNPARSEABLE_LABEL),
+        schema.TX_FRAUD_SCENARIO: lambda s: _parse_numbers(s, UNPARSEABLE_LABEL),
+    }
+    typed = {}
+    for column in frame.columns:
+        values, failures = parsers[column](frame[column])
+        typed[column] = values
+        for code, mask in failures:
+            for idx in frame.index[np.asarray(mask, dtype=bool)]:
+                reasons.setdefault(int(idx), []).append(code)
+    return pd.DataFrame(typed, index=frame.index)
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
+    """datetime64[ns] values (NaT where a row fails) and the failing rows per reason: missing, a zone
+    designator or offset (timezone_offset: never converted, the times are naive local times), not an
+    ISO-8601 date-time, or outside what datetime64[ns] can hold (timestamp_out_of_range)."""
+    null = values.isna().to_numpy()
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return (pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]"),
+                [(MISSING_VALUE, null), (TIMEZONE_OFFSET, ~null)])
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        typed, too_far = _datetimes_to_ns(values)
+        return typed, [(MISSING_VALUE, null), (TIMESTAMP_OUT_OF_RANGE, too_far)]
+    text = values.astype("string[pyarrow]").str.strip()
+    nullish = null | text.str.lower().isin(["nan", "nat", ""]).fillna(False).to_numpy(dtype=bool)
+    zoned = (text.str.contains(_ZONED_TIMESTAMP, regex=True) & ~text.str.contains(_AM_PM, regex=True)
+             ).fillna(False).to_numpy(dtype=bool)
+    candidates = text.where(~(nullish | zoned)).astype(object)
+    parsed = pd.to_datetime(candidates, format="ISO8601", errors="coerce")
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # a zone form the pattern missed: never converted
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    typed, too_far = _datetimes_to_ns(parsed)
+    failed = typed.isna().to_numpy() & ~nullish & ~zoned
+    # A well-formed date whose year datetime64[ns] cannot hold (before 1678, after 2261) is out of
+    # range, not unparseable.
+    if failed.any():
+        year = pd.to_numeric(text[failed].str.extract(r"^(\d{4})-\d{2}-\d{2}", expand=False).astype(object),
+                             errors="coerce").to_numpy(dtype="float64")
+        with np.errstate(invalid="ignore"):
+            too_far = too_far.copy()
+            too_far[np.flatnonzero(failed)] |= (year < 1678) | (year > 2261)
+    unparseable = failed & ~too_far
+    return typed, [(MISSING_VALUE, nullish), (TIMEZONE_OFFSET, zoned),
+                   (UNPARSEABLE_TIMESTAMP, unparseable), (TIMESTAMP_OUT_OF_RANGE, too_far)]
+
+
+def parse_ids(values: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
+    """Exact int64 ids (0 where a row fails) and the failing rows per reason. Text is converted
+    digit by digit, never through float64: 9007199254740993 stays itself and 99999999999999999999
+    is id_out_of_range, not rounded or wrapped. A float column's values at or above 2**53 are
+    id_out_of_range (they may already be rounded)."""
+    index = values.index
+    null = values.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(0, index=index, dtype="int64"), [(MISSING_VALUE, null), (UNPARSEABLE_ID, ~null)]
+    if pd.api.types.is_integer_dtype(values.dtype):
+        as_object = values.astype(object).where(~null, 0)
+        too_big = np.array([int(v) > np.iinfo(np.int64).max for v in as_object], dtype=bool) \
+            if values.dtype.kind == "u" else np.zeros(len(values), dtype=bool)
+        typed = pd.Series(np.where(too_big | null, 0, as_object).astype(np.int64), index=index)
+        return typed, [(MISSING_VALUE, null), (ID_OUT_OF_RANGE, too_big)]
+    if pd.api.types.is_float_dtype(values.dtype):
+        return _float_ids(values.astype("float64"), null)
+
+    text = values.astype("string[pyarrow]").str.strip()
+    nullish = null | text.str.lower().isin(["nan", ""]).fillna(False).to_numpy(dtype=bool)
+    is_integer = text.str.fullmatch(_INTEGER_TEXT).fillna(False).to_numpy(dtype=bool)
+    negative = is_integer & text.str.startswith("-").fillna(False).to_numpy(dtype=bool)
+    digits = text.where(is_integer, "0").str.replace(r"^[+-]?0*", "", regex=True) \
+        .str.replace(r"\.0*$", "", regex=True)
+    digits = digits.where(digits.str.len() > 0, "0")
+    length = digits.str.len().to_numpy(dtype=np.int64)
+    limit = np.where(negative, _INT64_MIN_DIGITS, _INT64_MAX_DIGITS)
+    too_big = is_integer & ((length > 19) | ((length == 19) & (digits.to_numpy(dtype=object) > limit)))
+    exact = is_integer & ~too_big
+    # The magnitude of -2**63 does not fit int64 itself: it is converted as signed text.
+    signed = ("-" + digits).where(pd.Series(negative, index=index), digits).where(
+        pd.Series(exact, index=index), "0")
+    typed = pd.Series(signed.astype("int64[pyarrow]").to_numpy(dtype=np.int64), index=index)
+
+    # Other spellings (1e3, 12.5, inf, abc): numeric ones are judged as floats.
+    other = ~is_integer & ~nullish
+    as_float = pd.to_numeric(text.where(other).astype(object), errors="coerce").astype("float64")
+    unparseable = other & as_float.isna().to_numpy()
+    float_typed, float_failures = _float_ids(as_float, ~other | unparseable)
+    typed = typed.where(~other, float_typed)
+    failures = [(MISSING_VALUE, nullish), (ID_OUT_OF_RANGE, too_big), (UNPARSEABLE_ID, unparseable)]
+    return typed, failures + [(code, mask & other) for code, mask in float_failures if code != MISSING_VALUE]
+
+
+def _float_ids(values: pd.Series, null: np.ndarray) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
+    array = values.to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(array) & (array == np.floor(array))
+        too_big = integral & (np.abs(array) >= _FLOAT_EXACT_LIMIT)
+    non_integer = ~null & ~integral
+    ok = integral & ~too_big & ~null
+    typed = pd.Series(np.where(ok, array, 0.0).astype(np.int64), index=values.index)
+    return typed, [(MISSING_VALUE, null), (NON_INTEGER_ID, non_integer), (ID_OUT_OF_RANGE, too_big & ~null)]
+
+
+def _parse_numbers(values: pd.Series, unparseable_code: str) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
+    """float64 values (NaN where missing or unparseable) and the failing rows per reason."""
+    null = values.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        typed = values.astype("float64")
+        return typed, [(MISSING_VALUE, typed.isna().to_numpy())]
+    text = values.astype("string[pyarrow]").str.strip()
+    nullish = null | text.str.lower().isin(["nan", "+nan", "-nan", ""]).fillna(False).to_numpy(dtype=bool)
+    typed = pd.to_numeric(text.where(~pd.Series(nullish, index=values.index)).astype(object),
+                          errors="coerce").astype("float64")
+    unparseable = typed.isna().to_numpy() & ~nullish
+    return typed, [(MISSING_VALUE, nullish), (unparseable_code, unparseable)]
+
+
+def _datetimes_to_ns(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """`values` as datetime64[ns]; those beyond its range (years before 1677 or after 2262) become
+    NaT and are returned as a mask."""
+    if str(values.dtype) == "datetime64[ns]":
+        return values, np.zeros(len(values), dtype=bool)
+    lo, hi = pd.Timestamp.min, pd.Timestamp.max
+    too_far = ((values < lo) | (values > hi)).fillna(False).to_numpy(dtype=bool)
+    return values.where(~too_far).astype("datetime64[ns]"), too_far
+
+
 def conflicting_label_mask(df: pd.DataFrame) -> pd.Series:
     """Rows whose transaction (time, customer, terminal, amount) appears again with another TX_FRAUD."""
     if df.empty:
@@ -170,24 +350,16 @@ def conflicting_label_mask(df: pd.DataFrame) -> pd.Series:
 def impossible_velocity_mask(df: pd.DataFrame, settings: ValidateSettings,
                              terminal_locations: pd.DataFrame | None = None) -> pd.Series:
     """The later of two consecutive transactions of a customer at different terminals when the card
-    would have moved faster than max_speed_km_per_hour.
-
-    Distance: from `terminal_locations` (grid units) when given; otherwise every pair of different
-    terminals is taken as `assumed_terminal_distance_units` apart, so the rule becomes "different
-    terminals less than distance / max_speed apart in time".
-    """
-    if df.empty:
+    would have moved faster than max_speed_km_per_hour, distances from `terminal_locations` (grid
+    units). Without a table the rule is off (all False): a guessed distance flags genuine rows."""
+    if df.empty or terminal_locations is None:
         return pd.Series(False, index=df.index)
     ordered = df.sort_values([schema.CUSTOMER_ID, schema.TX_DATETIME, schema.TRANSACTION_ID], kind="stable")
     same_customer = ordered[schema.CUSTOMER_ID].eq(ordered[schema.CUSTOMER_ID].shift())
     prev_terminal = ordered[schema.TERMINAL_ID].shift()
     moved = same_customer & ordered[schema.TERMINAL_ID].ne(prev_terminal)
     seconds = ordered[schema.TX_DATETIME].diff().dt.total_seconds()
-
-    if terminal_locations is not None:
-        units = _terminal_distance_units(ordered[schema.TERMINAL_ID], prev_terminal, terminal_locations)
-    else:
-        units = pd.Series(settings.assumed_terminal_distance_units, index=ordered.index)
+    units = _terminal_distance_units(ordered[schema.TERMINAL_ID], prev_terminal, terminal_locations)
     km = units * settings.grid_km_per_unit
     # Speed = km / hours; written as a product so a zero time gap needs no division.
     too_fast = km * 3600.0 > settings.max_speed_km_per_hour * seconds
@@ -220,11 +392,20 @@ def load_terminal_locations(path: Path | str) -> pd.DataFrame:
     try:
         table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read terminal-location table: {exc}") from exc
+        raise DataError(f"{path}: cannot read terminal-location table: {clip_text(exc)}") from exc
     missing = [c for c in TERMINAL_LOCATION_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{path}: terminal-location table lacks column(s) {', '.join(missing)}")
+    check_column_names(table.columns, str(path))
     return table[list(TERMINAL_LOCATION_COLUMNS)]
+
+
+def configured_terminal_locations(settings: ValidateSettings, root: Path) -> pd.DataFrame | None:
+    """validate.terminal_locations' table (a relative path is taken from `root`), or None if unset."""
+    if settings.terminal_locations is None:
+        return None
+    path = settings.terminal_locations
+    return load_terminal_locations(path if path.is_absolute() else root / path)
 
 
 def _terminal_distance_units(terminal: pd.Series, prev_terminal: pd.Series,
@@ -237,40 +418,23 @@ def _terminal_distance_units(terminal: pd.Series, prev_terminal: pd.Series,
     return pd.Series(np.nan_to_num(dist, nan=0.0), index=terminal.index)
 
 
-def _parse_schema(frame: pd.DataFrame):
-    """Coerce each column to its type; nulls and unparseable values fail here."""
+def _value_schema(settings: ValidateSettings, columns, window: tuple[pd.Timestamp, pd.Timestamp]):
+    """Range, label, time-window and key checks on typed columns; each check is named by its reason
+    code. `window` is the plausible (earliest, latest) transaction time."""
     import pandera.pandas as pa
 
-    columns = {}
-    for col in frame.columns:
-        if col == schema.TX_DATETIME:
-            dtype = "datetime64[ns]"
-        elif col == schema.TX_AMOUNT:
-            dtype = "float64"
-        elif pd.api.types.is_integer_dtype(frame[col]):
-            dtype = "int64"
-        else:
-            # Parsed as float first so "3.0" is an id and "3.5" fails a named check, not coercion.
-            dtype = "float64"
-        columns[col] = pa.Column(dtype, coerce=True, nullable=False)
-    return pa.DataFrameSchema(columns, strict=True)
-
-
-def _value_schema(settings: ValidateSettings, columns):
-    """Range, label and key checks on typed columns; each check is named by its reason code."""
-    import pandera.pandas as pa
-
-    def integral(s: pd.Series) -> pd.Series:
-        return np.isfinite(s) & (s == np.floor(s))
+    earliest, latest = window
 
     def id_checks() -> list:
-        return [pa.Check(integral, name=NON_INTEGER_ID), pa.Check(lambda s: s >= 0, name=NEGATIVE_ID)]
+        return [pa.Check(lambda s: s >= 0, name=NEGATIVE_ID)]
 
     checks = {
         schema.TRANSACTION_ID: pa.Column(checks=id_checks(), nullable=False, unique=True),
         schema.CUSTOMER_ID: pa.Column(checks=id_checks(), nullable=False),
         schema.TERMINAL_ID: pa.Column(checks=id_checks(), nullable=False),
-        schema.TX_DATETIME: pa.Column(nullable=False),
+        schema.TX_DATETIME: pa.Column(checks=[
+            pa.Check(lambda s: (s >= earliest) & (s <= latest), name=TIMESTAMP_OUT_OF_RANGE),
+        ], nullable=False),
         schema.TX_AMOUNT: pa.Column(checks=[
             pa.Check(lambda s: np.isfinite(s), name=NON_FINITE_AMOUNT),
             pa.Check(lambda s: s >= 0, name=NEGATIVE_AMOUNT),
@@ -282,23 +446,6 @@ def _value_schema(settings: ValidateSettings, columns):
             checks=[pa.Check(lambda s: s.isin([0, 1, 2, 3]), name=INVALID_SCENARIO)], nullable=False),
     }
     return pa.DataFrameSchema({c: checks[c] for c in columns}, strict=True)
-
-
-def _coerce_rows(work: pd.DataFrame, reasons: dict[int, list[str]], source: str) -> pd.DataFrame:
-    """The rows that parse, coerced to their types; failing rows get their reasons recorded.
-
-    Repeated because pandera skips a column's null check when part of the column failed coercion,
-    so a value that parses to null ("nan") only shows up once the unparseable rows are gone.
-    """
-    parse_schema = _parse_schema(work)
-    rows = work
-    for _ in range(4):
-        typed, failures = _run_schema(parse_schema, rows, source)
-        if not failures:
-            return typed
-        _add_reasons(reasons, failures)
-        rows = rows.loc[rows.index.difference(pd.Index(list(failures)))]
-    raise DataError(f"{source}: rows still fail to parse after repeated quarantine passes")
 
 
 def _run_schema(schema_obj, frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[int, list[str]]]:
@@ -321,31 +468,23 @@ def _run_schema(schema_obj, frame: pd.DataFrame, source: str) -> tuple[pd.DataFr
             failures.setdefault(int(index), []).append(code)
     if not failures:
         # Only column-level failures: no row to quarantine, so the batch itself is unusable.
+        # The failing value is not quoted: messages carry no file content beyond column names.
         first = cases.iloc[0]
-        raise DataError(f"{source}: column {first['column']} fails {first['check']} as a whole "
-                        f"({first['failure_case']})")
+        raise DataError(f"{source}: column {name_list([first['column']])} fails "
+                        f"{clip_text(first['check'], 80)} as a whole")
     return frame, failures
 
 
 def _reason_code(column: str, check: str, value: Any) -> str | None:
     if check in REASON_CODES:
         return check
-    if check == "not_nullable" or (check.startswith("coerce_dtype") and _is_null(value)):
+    if check == "not_nullable":
         return MISSING_VALUE
-    if check.startswith("coerce_dtype"):
-        return _UNPARSEABLE.get(column, MISSING_VALUE)
     if check == "field_uniqueness":
         return DUPLICATE_TRANSACTION_ID
     if check.startswith("dtype("):
         return None  # restates a coercion failure already recorded for that row
     raise AssertionError(f"unmapped pandera check {check!r} on column {column!r}")
-
-
-def _is_null(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _add_reasons(reasons: dict[int, list[str]], new: dict[int, list[str]]) -> None:

@@ -14,7 +14,7 @@ from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.data.validation import (
     QuarantineShareExceeded,
     ValidationResult,
-    load_terminal_locations,
+    configured_terminal_locations,
     validate_transactions,
 )
 from fraudguard.errors import DataError, FraudGuardError
@@ -40,10 +40,7 @@ def run_validation(paths: ProjectPaths, settings: Settings) -> ValidationResult:
     frames = [read_transactions(f) for f in files]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     source = ", ".join(str(f.relative_to(paths.root)) for f in files)
-    locations = None
-    if settings.validate_.terminal_locations is not None:
-        loc_path = settings.validate_.terminal_locations
-        locations = load_terminal_locations(loc_path if loc_path.is_absolute() else paths.root / loc_path)
+    locations = configured_terminal_locations(settings.validate_, paths.root)
 
     refused: QuarantineShareExceeded | None = None
     try:
