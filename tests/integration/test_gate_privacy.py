@@ -61,7 +61,7 @@ def test_privacy_gate_passes_an_ordinarily_trained_model_with_an_auc_in_0_1(worl
 
 
 def test_privacy_gate_blocks_a_model_that_memorised_its_training_rows(world, tmp_path):
-    settings, train, *_ = world
+    _, train, *_ = world
     # Members and non-members come from one pool (training rows: same period, same distribution); 30% of
     # the pool's labels are flipped, which a model can only fit by memorising those rows.
     rng = np.random.default_rng(0)
