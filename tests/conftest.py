@@ -14,9 +14,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # A small world: a few thousand transactions, trains in seconds.
 SMALL_OVERRIDES = {
     # Compromise shares raised so the small world holds a few hundred frauds (~4%) to learn from.
-    "simulate": {"n_customers": 100, "n_terminals": 200, "n_days": 60,
+    # 80 days = 37-day feature warm-up + 22 training days + 7-day gap + 14 test days.
+    "simulate": {"n_customers": 100, "n_terminals": 200, "n_days": 80,
                  "terminal_compromise_share_per_day": 0.002, "customer_compromise_share_per_day": 0.006},
-    "featurize": {"train_days": 35, "delay_gap_days": 7, "test_days": 14},
+    "featurize": {"split": {"train_days": 22, "delay_gap_days": 7, "test_days": 14}},
     "train": {"epochs": 4, "batch_size": 256, "torch_threads": 1},
     "gates": {"privacy": {"sample_size": 500}},
 }

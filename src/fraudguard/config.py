@@ -61,13 +61,66 @@ class ValidateSettings(_Strict):
         return value
 
 
+class SplitSettings(_Strict):
+    """Where train and test lie in time: explicit calendar days, or periods counted back from the newest day.
+
+    Periods (the default): test = the last `test_days` days of the data (the newest transaction's day
+    included), before it a dropped gap of `delay_gap_days`, before that `train_days` of training
+    (null: every day from the end of the feature warm-up). Dates: `train_start`..`train_end` and
+    `test_start`..`test_end`, all four given, first and last days included; the days between the two
+    periods are the gap. Periods and dates do not mix.
+    """
+
+    train_days: int | None = Field(default=None, gt=0)
+    delay_gap_days: int | None = Field(default=None, ge=0)
+    test_days: int | None = Field(default=None, gt=0)
+    train_start: dt.date | None = None
+    train_end: dt.date | None = None
+    test_start: dt.date | None = None
+    test_end: dt.date | None = None
+
+    @property
+    def uses_dates(self) -> bool:
+        return self.train_start is not None
+
+    @model_validator(mode="after")
+    def _dates_or_periods(self) -> "SplitSettings":
+        dates = {"train_start": self.train_start, "train_end": self.train_end,
+                 "test_start": self.test_start, "test_end": self.test_end}
+        periods = {"train_days": self.train_days, "delay_gap_days": self.delay_gap_days,
+                   "test_days": self.test_days}
+        given_dates = [k for k, v in dates.items() if v is not None]
+        given_periods = [k for k, v in periods.items() if v is not None]
+        if given_dates:
+            if given_periods:
+                raise ValueError(
+                    f"give either dates or periods, not both: dates {given_dates} and periods {given_periods} "
+                    "are set (set the periods to null to split by dates)")
+            missing = [k for k, v in dates.items() if v is None]
+            if missing:
+                raise ValueError(f"a split by dates needs all of train_start, train_end, test_start, test_end; "
+                                 f"missing {missing}")
+            if not self.train_start <= self.train_end < self.test_start <= self.test_end:
+                raise ValueError(
+                    "dates must satisfy train_start <= train_end < test_start <= test_end, got "
+                    f"train {self.train_start}..{self.train_end}, test {self.test_start}..{self.test_end}")
+            return self
+        missing = [k for k in ("delay_gap_days", "test_days") if periods[k] is None]
+        if missing:
+            raise ValueError(f"a split by periods needs delay_gap_days and test_days (train_days may be null: "
+                             f"every day after the feature warm-up); missing {missing}")
+        return self
+
+
 class FeaturizeSettings(_Strict):
     windows_days: list[int] = Field(min_length=1)
     label_delay_days: int = Field(ge=0)
     night_end_hour: int = Field(ge=0, le=23)
-    train_days: int = Field(gt=0)
-    delay_gap_days: int = Field(ge=0)
-    test_days: int = Field(gt=0)
+    split: SplitSettings
+    # Which test transactions are dropped as cards already known compromised (README, "The split"):
+    # handbook = frauds of the training period, plus later frauds once their label has matured;
+    # strict = the same, counting frauds from the first day of the data instead of the training start.
+    test_filter: Literal["handbook", "strict"]
 
     @field_validator("windows_days")
     @classmethod
@@ -76,6 +129,12 @@ class FeaturizeSettings(_Strict):
         if any(w <= 0 for w in windows) or len(set(windows)) != len(windows):
             raise ValueError(f"windows must be distinct positive day counts, got {windows}")
         return windows
+
+    @property
+    def warmup_days(self) -> int:
+        """Days from the first transaction until every window feature is complete: the longest window
+        plus the label delay (terminal windows end label_delay_days before the transaction)."""
+        return max(self.windows_days) + self.label_delay_days
 
 
 class ModelSettings(_Strict):

@@ -196,64 +196,143 @@ def compute_features(transactions: pd.DataFrame, settings: FeaturizeSettings) ->
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """Day boundaries of the split: train [start, train_end), gap [train_end, test_start), test [test_start, test_end)."""
+    """Day boundaries of the split (midnights; every `*_end` is exclusive).
 
-    start: pd.Timestamp
+    warm-up [data_start, warmup_end) · ... · train [train_start, train_end) · gap [train_end, test_start)
+    · test [test_start, test_end) · ... · data_end (midnight after the newest transaction's day).
+    """
+
+    data_start: pd.Timestamp
+    warmup_end: pd.Timestamp
+    train_start: pd.Timestamp
     train_end: pd.Timestamp
     test_start: pd.Timestamp
     test_end: pd.Timestamp
+    data_end: pd.Timestamp
+
+    def describe(self) -> str:
+        """The periods as inclusive calendar days, for messages."""
+        return (f"train {_days(self.train_start, self.train_end)}, gap {_days(self.train_end, self.test_start)}, "
+                f"test {_days(self.test_start, self.test_end)} (data {_days(self.data_start, self.data_end)}, "
+                f"feature warm-up {_days(self.data_start, self.warmup_end)})")
+
+
+_DAY = pd.Timedelta(days=1)
+
+
+def _days(start: pd.Timestamp, end_exclusive: pd.Timestamp) -> str:
+    if end_exclusive <= start:
+        return f"none ({start.date()})"
+    return f"{start.date()}..{(end_exclusive - _DAY).date()}"
+
+
+def _midnight(date, like: pd.Timestamp) -> pd.Timestamp:
+    """Midnight of a calendar date, in the time zone of `like` (the data's)."""
+    stamp = pd.Timestamp(date)
+    return stamp.tz_localize(like.tz) if like.tz is not None else stamp
 
 
 def plan_split(features: pd.DataFrame, settings: FeaturizeSettings) -> SplitPlan:
-    """The split's day boundaries, starting at midnight of the first transaction's day.
+    """The split's day boundaries: explicit dates, or periods counted back from the newest transaction's day.
 
-    Raises DataError when the data covers fewer calendar days than train + gap + test.
+    Training never starts inside the feature warm-up (featurize.warmup_days from the first day of the
+    data), where window features are incomplete. Raises DataError naming the dates when it would, or
+    when the periods do not fit in the data.
     """
     if TX_DATETIME not in features.columns:
         raise DataError(f"features lack column {TX_DATETIME}")
     if features.empty:
         raise DataError("cannot split an empty feature table: 0 days of data")
-    first = features[TX_DATETIME].min().normalize()
-    last = features[TX_DATETIME].max().normalize()
-    available = (last - first).days + 1
-    needed = settings.train_days + settings.delay_gap_days + settings.test_days
-    if available < needed:
+    split = settings.split
+    data_start = features[TX_DATETIME].min().normalize()
+    data_end = features[TX_DATETIME].max().normalize() + _DAY
+    warmup_end = data_start + settings.warmup_days * _DAY
+    warmup = (f"the {settings.warmup_days}-day feature warm-up (longest window {max(settings.windows_days)} d "
+              f"+ label delay {settings.label_delay_days} d) covers {_days(data_start, warmup_end)}")
+    if split.uses_dates:
+        train_start, test_start = _midnight(split.train_start, data_start), _midnight(split.test_start, data_start)
+        train_end = _midnight(split.train_end, data_start) + _DAY
+        test_end = _midnight(split.test_end, data_start) + _DAY
+        plan = SplitPlan(data_start, warmup_end, train_start, train_end, test_start, test_end, data_end)
+        if train_start < warmup_end:
+            raise DataError(f"featurize.split.train_start {train_start.date()} is inside the feature warm-up: "
+                            f"{warmup}; start training on {warmup_end.date()} or later")
+        return plan
+    test_end = data_end
+    test_start = test_end - split.test_days * _DAY
+    train_end = test_start - split.delay_gap_days * _DAY
+    train_start = warmup_end if split.train_days is None else train_end - split.train_days * _DAY
+    plan = SplitPlan(data_start, warmup_end, train_start, train_end, test_start, test_end, data_end)
+    available = (train_end - warmup_end).days
+    if train_start < warmup_end or train_end <= train_start:
+        asked = "every day after the warm-up" if split.train_days is None else \
+            f"featurize.split.train_days={split.train_days}"
         raise DataError(
-            f"data covers {available} day(s) ({first.date()} to {last.date()}) but the split needs {needed} "
-            f"(featurize.train_days={settings.train_days} + delay_gap_days={settings.delay_gap_days} "
-            f"+ test_days={settings.test_days})"
+            f"the data ({_days(data_start, data_end)}, {(data_end - data_start).days} days) is too short for the "
+            f"split: {warmup}, then {asked}, delay_gap_days={split.delay_gap_days} and test_days={split.test_days} "
+            f"counted back from {(data_end - _DAY).date()}; training would span {_days(train_start, train_end)}. "
+            + (f"At most {available} training day(s) fit." if available > 0 else
+               f"No training day fits: it needs {settings.warmup_days + split.delay_gap_days + split.test_days + 1} "
+               "days of data or more.")
         )
-    day = pd.Timedelta(days=1)
-    train_end = first + settings.train_days * day
-    test_start = train_end + settings.delay_gap_days * day
-    return SplitPlan(first, train_end, test_start, test_start + settings.test_days * day)
+    return plan
 
 
-def split_train_test(features: pd.DataFrame, settings: FeaturizeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Time-ordered split: train days, a dropped gap, then test days, without known-compromised cards in test.
+def _in(stamps: pd.Series, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    return (stamps >= start) & (stamps < end)
 
-    As in the handbook, a test transaction is dropped when its customer had a fraud whose label was
-    known by the start of the test transaction's day: a fraud on day f is known from day
-    f + label_delay_days + 1 on. This removes every card with a fraud in train (when the gap is at
-    least the label delay), and cards whose fraud became known during the gap or test period.
+
+def known_compromised(features: pd.DataFrame, test: pd.DataFrame, plan: SplitPlan,
+                      settings: FeaturizeSettings) -> np.ndarray:
+    """Mask of the test rows whose card is known compromised on the row's day (the handbook's rule).
+
+    A card is known compromised on test day t when it had a fraud in the training period, or a later
+    fraud on day f whose label has matured by t (f + label_delay_days < t), counted day by day as in the
+    handbook's get_train_test_set. `test_filter: handbook` counts frauds from the training start on;
+    `strict` counts them from the first day of the data (every earlier fraud is known too).
     """
-    plan = plan_split(features, settings)
+    since = plan.train_start if settings.test_filter == "handbook" else plan.data_start
     stamps = features[TX_DATETIME]
-    train = features[(stamps >= plan.start) & (stamps < plan.train_end)]
-    test = features[(stamps >= plan.test_start) & (stamps < plan.test_end)]
+    frauds = (features[TX_FRAUD].to_numpy() == 1) & (stamps >= since).to_numpy()
+    day_of = (stamps[frauds].dt.normalize() - plan.data_start).dt.days
+    first_fraud_day = day_of.groupby(features.loc[frauds, CUSTOMER_ID].to_numpy()).min()
+    first = test[CUSTOMER_ID].map(first_fraud_day).to_numpy(dtype=np.float64)  # NaN: no counted fraud
+    test_day = (test[TX_DATETIME].dt.normalize() - plan.data_start).dt.days.to_numpy()
+    train_end_day = (plan.train_end - plan.data_start).days
+    with np.errstate(invalid="ignore"):
+        return (first < train_end_day) | (first + settings.label_delay_days < test_day)
 
-    day_of = (stamps.dt.normalize() - plan.start).dt.days
-    frauds = features[TX_FRAUD].to_numpy() == 1
-    first_fraud_day = day_of[frauds].groupby(features.loc[frauds, CUSTOMER_ID]).min()
-    known_from = first_fraud_day + settings.label_delay_days + 1
-    test_known_from = test[CUSTOMER_ID].map(known_from)
-    compromised = (day_of.loc[test.index] >= test_known_from).to_numpy()
+
+def split_train_test(features: pd.DataFrame, settings: FeaturizeSettings,
+                     plan: SplitPlan | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calendar split: training days (after the feature warm-up), a dropped gap, then test days without the
+    transactions of cards known compromised by then (featurize.test_filter, see known_compromised).
+
+    Raises DataError naming the dates when the training or the (filtered) test set is empty.
+    """
+    plan = plan or plan_split(features, settings)
+    stamps = features[TX_DATETIME]
+    train = features[_in(stamps, plan.train_start, plan.train_end)]
+    test = features[_in(stamps, plan.test_start, plan.test_end)]
+    for name, part in (("training", train), ("test", test)):
+        if part.empty:
+            raise DataError(f"the {name} period holds no transaction: {plan.describe()}")
+    compromised = known_compromised(features, test, plan, settings)
     if compromised.any():
         logger.info(
-            "dropped %d test transaction(s) of %d card(s) already known compromised",
-            int(compromised.sum()), test.loc[compromised, CUSTOMER_ID].nunique(),
+            "dropped %d test transaction(s) of %d card(s) already known compromised (test_filter=%s)",
+            int(compromised.sum()), test.loc[compromised, CUSTOMER_ID].nunique(), settings.test_filter,
         )
+    if compromised.all():
+        raise DataError(f"every test transaction belongs to a card known compromised "
+                        f"(test_filter={settings.test_filter}): {plan.describe()}")
     return train.reset_index(drop=True), test[~compromised].reset_index(drop=True)
+
+
+def recent_traffic(features: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
+    """Every transaction after the training period, unfiltered: the traffic the drift gate and the monitor
+    compare with the training rows (their newest window of it)."""
+    return features[features[TX_DATETIME] >= plan.train_end].reset_index(drop=True)
 
 
 def newest_window(features: pd.DataFrame, days: int) -> pd.DataFrame:
@@ -267,33 +346,48 @@ def newest_window(features: pd.DataFrame, days: int) -> pd.DataFrame:
 
 
 def summarize_split(train: pd.DataFrame, test: pd.DataFrame, features: pd.DataFrame,
-                    settings: FeaturizeSettings) -> dict:
-    """JSON-ready figures of a split: rows, frauds, fraud rate and date range per part."""
-    plan = plan_split(features, settings)
+                    settings: FeaturizeSettings, plan: SplitPlan | None = None) -> dict:
+    """JSON-ready figures of a split: the dates of each period (first_day/last_day inclusive), rows, frauds,
+    fraud rate, and the rows left out (warm-up, gap, known-compromised test cards)."""
+    plan = plan or plan_split(features, settings)
+
+    def dates(start: pd.Timestamp, end: pd.Timestamp) -> dict:
+        return {"first_day": start.date().isoformat(), "last_day": (end - _DAY).date().isoformat(),
+                "days": (end - start).days,
+                "period_start": start.isoformat(), "period_end_exclusive": end.isoformat()}
 
     def part(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> dict:
         frauds = int(frame[TX_FRAUD].sum())
         return {
+            **dates(start, end),
             "rows": int(len(frame)),
             "frauds": frauds,
             "fraud_rate": frauds / len(frame) if len(frame) else 0.0,
             "customers": int(frame[CUSTOMER_ID].nunique()),
-            "period_start": start.isoformat(),
-            "period_end_exclusive": end.isoformat(),
             "first_tx": frame[TX_DATETIME].min().isoformat() if len(frame) else None,
             "last_tx": frame[TX_DATETIME].max().isoformat() if len(frame) else None,
         }
 
     stamps = features[TX_DATETIME]
-    in_test_period = int(((stamps >= plan.test_start) & (stamps < plan.test_end)).sum())
-    in_gap = int(((stamps >= plan.train_end) & (stamps < plan.test_start)).sum())
+    in_test_period = int(_in(stamps, plan.test_start, plan.test_end).sum())
+    split = settings.split
     return {
         "input_rows": int(len(features)),
-        "train": part(train, plan.start, plan.train_end),
-        "gap": {"rows_dropped": in_gap, "period_start": plan.train_end.isoformat(),
-                "period_end_exclusive": plan.test_start.isoformat()},
+        "split_by": "dates" if split.uses_dates else "periods counted back from the newest day",
+        "data": {**dates(plan.data_start, plan.data_end), "rows": int(len(features))},
+        "warmup": {**dates(plan.data_start, plan.warmup_end),
+                   "rows": int(_in(stamps, plan.data_start, plan.warmup_end).sum())},
+        "train": part(train, plan.train_start, plan.train_end),
+        "gap": {**dates(plan.train_end, plan.test_start),
+                "rows_dropped": int(_in(stamps, plan.train_end, plan.test_start).sum())},
         "test": {**part(test, plan.test_start, plan.test_end),
+                 "rows_in_period": in_test_period,
                  "rows_dropped_known_compromised": in_test_period - int(len(test))},
+        "recent": {"rows": int((stamps >= plan.train_end).sum()),
+                   "first_day": plan.train_end.date().isoformat(),
+                   "last_day": (plan.data_end - _DAY).date().isoformat()},
+        "test_filter": settings.test_filter,
         "features": feature_names(settings),
         "label_delay_days": settings.label_delay_days,
+        "warmup_days": settings.warmup_days,
     }

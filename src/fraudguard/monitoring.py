@@ -1,4 +1,4 @@
-"""Scheduled drift monitoring: the newest data window against the champion's training reference."""
+"""Scheduled drift monitoring: the newest window of all traffic against the champion's training reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fraudguard.errors import RegistryError
+from fraudguard.errors import DataError, RegistryError
 from fraudguard.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ class DriftCheck:
 
 def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings",
                          report_dir: Path | None = None) -> DriftCheck:
-    """Compare the newest `monitor.window_days` of featurized data with the champion's training
-    reference (found through its MLflow lineage); log the report and numbers to an MLflow run."""
+    """Compare the newest `monitor.window_days` of all featurized traffic after training (unfiltered) with the
+    champion's training reference (found through its MLflow lineage); log the report and numbers to an MLflow run."""
     import mlflow
     import pandas as pd
 
@@ -57,9 +57,11 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     if champion is None:
         raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
     paths = ProjectPaths.at(root)
-    current_all = pd.concat([pd.read_parquet(paths.train_features), pd.read_parquet(paths.test_features)],
-                            ignore_index=True)
-    current = newest_window(current_all, settings.monitor.window_days)
+    # All traffic after training, unfiltered (featurize's recent.parquet): the evaluation test set lacks
+    # known-compromised cards, and the training split's first days hold the feature warm-up.
+    if not paths.recent_features.is_file():
+        raise DataError(f"{paths.recent_features}: recent traffic not found; run `dvc repro featurize` first")
+    current = newest_window(pd.read_parquet(paths.recent_features), settings.monitor.window_days)
     reference = load_reference_features(client, name, champion)
     report_dir = report_dir or paths.reports_dir / "monitor"
     threshold = settings.monitor.drift_share_threshold

@@ -49,6 +49,11 @@ class ProjectPaths:
         return self.features_dir / "test.parquet"
 
     @property
+    def recent_features(self) -> Path:
+        """Every featurized transaction after the training period, unfiltered (the drift target)."""
+        return self.features_dir / "recent.parquet"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
 

@@ -257,9 +257,17 @@ def build_gate_context(
                 f"current champion (version {champion_version}) cannot be loaded for comparison: {exc}; "
                 f"repair it with `fraudguard rollback --to <good version>` first"
             ) from exc
+    # Drift target: the newest window of ALL traffic after training (featurize's recent.parquet), never the
+    # evaluation test set, whose known-compromised cards are removed. Older feature dirs lack the file.
+    if paths.recent_features.exists():
+        recent = _read_features(paths.recent_features)
+    else:
+        logger.warning("%s not found (features from an older featurize): the drift gate compares with the "
+                       "filtered test set; rerun `dvc repro featurize`", paths.recent_features)
+        recent = test
     context = GateContext(
         settings=settings, train_features=train, test_features=test,
-        newest_window=newest_window(test, settings.gates.drift.window_days),
+        newest_window=newest_window(recent, settings.gates.drift.window_days),
         source_root=Path(root).resolve(), report_dir=report_dir, champion=champion,
     )
     return candidate, context

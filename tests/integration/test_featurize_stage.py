@@ -44,13 +44,15 @@ def stage_run(tmp_path_factory):
     return paths, summary
 
 
-def test_stage_writes_train_test_and_summary(stage_run):
+def test_stage_writes_train_test_recent_and_summary(stage_run):
     paths, summary = stage_run
     train, test = pd.read_parquet(paths.train_features), pd.read_parquet(paths.test_features)
+    recent = pd.read_parquet(paths.recent_features)
     written = json.loads((paths.features_dir / stage.SUMMARY_FILE).read_text())
     assert written == summary
     assert summary["train"]["rows"] == len(train) > 0
     assert summary["test"]["rows"] == len(test) > 0
+    assert summary["recent"]["rows"] == len(recent) > len(test)
     assert summary["train"]["fraud_rate"] == pytest.approx(train["TX_FRAUD"].mean())
     assert summary["test"]["fraud_rate"] == pytest.approx(test["TX_FRAUD"].mean())
 
@@ -58,7 +60,7 @@ def test_stage_writes_train_test_and_summary(stage_run):
 def test_stage_outputs_hold_every_model_feature_without_nan(stage_run):
     paths, _ = stage_run
     features = parse_settings(small_params()).model.features
-    for path in (paths.train_features, paths.test_features):
+    for path in (paths.train_features, paths.test_features, paths.recent_features):
         frame = pd.read_parquet(path)
         assert not frame[features].isna().any().any(), path
 
@@ -70,6 +72,37 @@ def test_stage_split_is_time_ordered_with_gap(stage_run):
     assert gap == pd.Timedelta(days=7)
     assert train["TX_DATETIME"].max() < pd.Timestamp(summary["train"]["period_end_exclusive"])
     assert test["TX_DATETIME"].min() >= pd.Timestamp(summary["test"]["period_start"])
+
+
+def test_stage_trains_after_the_warm_up_up_to_the_newest_day(stage_run):
+    # Small world: 2024-04-01..2024-06-19 (80 days) = 37 warm-up + 22 train + 7 gap + 14 test.
+    paths, summary = stage_run
+    train = pd.read_parquet(paths.train_features)
+    assert (summary["warmup"]["first_day"], summary["warmup"]["last_day"]) == ("2024-04-01", "2024-05-07")
+    assert (summary["train"]["first_day"], summary["train"]["last_day"]) == ("2024-05-08", "2024-05-29")
+    assert (summary["test"]["first_day"], summary["test"]["last_day"]) == ("2024-06-06", "2024-06-19")
+    assert train["TX_DATETIME"].min() >= pd.Timestamp("2024-05-08")
+    assert summary["test_filter"] == "handbook"
+
+
+def test_recent_traffic_is_every_row_after_training_unfiltered(stage_run):
+    paths, summary = stage_run
+    recent, test = pd.read_parquet(paths.recent_features), pd.read_parquet(paths.test_features)
+    assert recent["TX_DATETIME"].min() >= pd.Timestamp(summary["train"]["period_end_exclusive"])
+    assert set(test["TRANSACTION_ID"]) < set(recent["TRANSACTION_ID"])
+    assert summary["recent"]["rows"] == summary["gap"]["rows_dropped"] + summary["test"]["rows_in_period"]
+
+
+def test_stage_splits_by_explicit_dates(tmp_path):
+    dates = {"train_days": None, "delay_gap_days": None, "test_days": None, "train_start": "2024-05-10",
+             "train_end": "2024-05-31", "test_start": "2024-06-08", "test_end": "2024-06-14"}
+    paths = make_checkout(tmp_path, {"featurize": {"split": dates}})
+    summary = stage.main(paths.root)
+    assert (summary["train"]["first_day"], summary["train"]["last_day"]) == ("2024-05-10", "2024-05-31")
+    assert (summary["test"]["first_day"], summary["test"]["last_day"]) == ("2024-06-08", "2024-06-14")
+    assert summary["split_by"] == "dates"
+    test = pd.read_parquet(paths.test_features)
+    assert test["TX_DATETIME"].max() < pd.Timestamp("2024-06-15")
 
 
 def test_stage_test_split_has_no_card_defrauded_in_train(stage_run):
@@ -85,13 +118,13 @@ def test_stage_is_deterministic(stage_run, tmp_path):
     paths, _ = stage_run
     again = make_checkout(tmp_path)
     stage.main(again.root)
-    for name in (stage.TRAIN_FILE, stage.TEST_FILE, stage.SUMMARY_FILE):
+    for name in (stage.TRAIN_FILE, stage.TEST_FILE, stage.RECENT_FILE, stage.SUMMARY_FILE):
         assert md5(again.features_dir / name) == md5(paths.features_dir / name), name
 
 
 def test_stage_on_too_short_data_raises_data_error_and_writes_nothing(tmp_path):
-    paths = make_checkout(tmp_path, {"featurize": {"train_days": 100}})
-    with pytest.raises(DataError, match="needs 121"):
+    paths = make_checkout(tmp_path, {"featurize": {"split": {"train_days": 100}}})
+    with pytest.raises(DataError, match=r"too short for the split.*At most 22 training day"):
         stage.main(paths.root)
     assert not paths.features_dir.exists()
 

@@ -12,17 +12,18 @@ import torch
 from conftest import small_params
 from fraudguard.config import parse_settings
 from fraudguard.data.simulator import simulate_transactions
-from fraudguard.features import compute_features, split_train_test
+from fraudguard.features import compute_features, newest_window, plan_split, recent_traffic, split_train_test
 from fraudguard.gates.base import GateContext, ModelUnderTest
-from fraudguard.gates.privacy import run_privacy_gate, warmed_up_members
+from fraudguard.gates.privacy import run_privacy_gate
 from fraudguard.training import train_model
 
 pytestmark = pytest.mark.slow
 
-# A training split longer than the feature warm-up (30-day windows + 7-day label delay).
+# 80 days: the 37-day feature warm-up (30-day windows + 7-day label delay), then 22 training days
+# (every day after the warm-up), a 7-day gap and 14 test days.
 WORLD = {
     "simulate": {"n_customers": 300, "n_terminals": 600, "n_days": 80},
-    "featurize": {"train_days": 50, "delay_gap_days": 7, "test_days": 14},
+    "featurize": {"split": {"train_days": None, "delay_gap_days": 7, "test_days": 14}},
     "gates": {"privacy": {"sample_size": 500}},
 }
 # Built to memorise: wide, no dropout or weight decay, many epochs on a few hundred rows.
@@ -36,20 +37,23 @@ OVERFIT = {
 def world():
     torch.set_num_threads(1)
     settings = parse_settings(small_params(WORLD), source="privacy gate test params")
-    raw = simulate_transactions(settings.simulate)
-    train, test = split_train_test(compute_features(raw, settings.featurize), settings.featurize)
-    return settings, train, test
+    features = compute_features(simulate_transactions(settings.simulate), settings.featurize)
+    plan = plan_split(features, settings.featurize)
+    train, test = split_train_test(features, settings.featurize, plan)
+    newest = newest_window(recent_traffic(features, plan), settings.gates.drift.window_days)
+    return settings, train, test, newest, plan
 
 
-def _context(settings, train, test, tmp_path):
-    return GateContext(settings=settings, train_features=train, test_features=test, newest_window=test,
+def _context(settings, train, test, tmp_path, newest=None):
+    return GateContext(settings=settings, train_features=train, test_features=test,
+                       newest_window=test if newest is None else newest,
                        source_root=tmp_path, report_dir=tmp_path / "reports")
 
 
 def test_privacy_gate_passes_an_ordinarily_trained_model_with_an_auc_in_0_1(world, tmp_path):
-    settings, train, test = world
+    settings, train, test, newest, _ = world
     bundle = train_model(train, settings, adversarial=False, progress=False).bundle
-    result = run_privacy_gate(ModelUnderTest(bundle), _context(settings, train, test, tmp_path),
+    result = run_privacy_gate(ModelUnderTest(bundle), _context(settings, train, test, tmp_path, newest),
                               settings.gates.privacy)
     assert 0.0 <= result.metrics["attack_auc"] <= 1.0
     assert result.passed, result.reason
@@ -57,12 +61,11 @@ def test_privacy_gate_passes_an_ordinarily_trained_model_with_an_auc_in_0_1(worl
 
 
 def test_privacy_gate_blocks_a_model_that_memorised_its_training_rows(world, tmp_path):
-    settings, train, _ = world
-    # Members and non-members come from one pool (warmed-up rows: same period, same distribution); 30% of
+    _, train, *_ = world
+    # Members and non-members come from one pool (training rows: same period, same distribution); 30% of
     # the pool's labels are flipped, which a model can only fit by memorising those rows.
     rng = np.random.default_rng(0)
-    warm = warmed_up_members(train, settings.featurize)
-    pool = warm.iloc[rng.choice(len(warm), 800, replace=False)].copy()
+    pool = train.iloc[rng.choice(len(train), 800, replace=False)].copy()
     noisy = rng.random(len(pool)) < 0.3
     pool.loc[pool.index[noisy], "TX_FRAUD"] = 1 - pool.loc[pool.index[noisy], "TX_FRAUD"]
     members, non_members = pool.iloc[:400].sort_values("TX_DATETIME"), pool.iloc[400:]
@@ -76,9 +79,12 @@ def test_privacy_gate_blocks_a_model_that_memorised_its_training_rows(world, tmp
     assert "> max_attack_auc 0.5000" in result.reason
 
 
-def test_warmed_up_members_drops_rows_inside_the_feature_warm_up(world):
-    settings, train, _ = world
-    members = warmed_up_members(train, settings.featurize)
-    first_allowed = pd.to_datetime(train["TX_DATETIME"]).min() + pd.Timedelta(days=37)
-    assert 0 < len(members) < len(train)
-    assert pd.to_datetime(members["TX_DATETIME"]).min() >= first_allowed
+def test_members_are_training_rows_after_the_warm_up_and_non_members_the_newest_window(world, tmp_path):
+    settings, train, test, newest, plan = world
+    assert pd.to_datetime(train["TX_DATETIME"]).min() >= plan.data_start + pd.Timedelta(days=37)
+    assert pd.to_datetime(newest["TX_DATETIME"]).min() >= plan.train_end
+    bundle = train_model(train, settings, adversarial=False, progress=False).bundle
+    result = run_privacy_gate(ModelUnderTest(bundle), _context(settings, train, test, tmp_path, newest),
+                              settings.gates.privacy)
+    assert result.metrics["n_members_available"] == len(train)
+    assert result.metrics["n_non_members_available"] == len(newest) != len(test)

@@ -12,14 +12,17 @@ from fraudguard.errors import DataError
 from fraudguard.features import (
     compute_features,
     feature_names,
+    known_compromised,
     newest_window,
     plan_split,
+    recent_traffic,
     split_train_test,
+    summarize_split,
 )
 
 SETTINGS = FeaturizeSettings(
     windows_days=[1, 7, 30], label_delay_days=7, night_end_hour=6,
-    train_days=10, delay_gap_days=3, test_days=5,
+    split={"train_days": 10, "delay_gap_days": 3, "test_days": 5}, test_filter="handbook",
 )
 
 # 2024-04-01 is a Monday. Hand-computed expectations are in the tests below.
@@ -199,35 +202,86 @@ def test_missing_amount_raises_data_error_naming_transaction():
 
 
 # --- split -------------------------------------------------------------------------------------------
+# SPLIT: 1-day window + 3-day label delay = 4-day warm-up. On daily_frame's 20 days (2024-04-01..20, day
+# indices 0..19), counted back from the newest day: test days 15..19, gap 12..14, train 4..11, warm-up 0..3.
+
+CUSTOMERS = ("good", "warm", "train", "gap", "late")
+FRAUD_DAYS = {"warm": [2], "train": [6], "gap": [13], "late": [17]}
+START = pd.Timestamp("2024-04-01")
+
 
 def daily_frame(n_days: int = 20, fraud_days: dict[str, list[int]] | None = None) -> pd.DataFrame:
-    """One noon transaction a day for each of customers good, early (fraud day 2) and late (fraud day 11)."""
-    fraud_days = fraud_days if fraud_days is not None else {"early": [2], "late": [11]}
+    """One noon transaction a day per customer; each but `good` has a fraud on the day its name says."""
+    fraud_days = fraud_days if fraud_days is not None else FRAUD_DAYS
     rows = []
     for day in range(n_days):
-        for customer in ("good", "early", "late"):
+        for customer in CUSTOMERS:
             rows.append({
                 "TRANSACTION_ID": len(rows),
-                "TX_DATETIME": pd.Timestamp("2024-04-01 12:00") + pd.Timedelta(days=day),
+                "TX_DATETIME": START + pd.Timedelta(hours=12) + pd.Timedelta(days=day),
                 "CUSTOMER_ID": customer, "TERMINAL_ID": "T1", "TX_AMOUNT": 10.0,
                 "TX_FRAUD": int(day in fraud_days.get(customer, [])),
             })
     return pd.DataFrame(rows)
 
 
-SPLIT = FeaturizeSettings(windows_days=[1], label_delay_days=3, night_end_hour=6,
-                          train_days=10, delay_gap_days=3, test_days=5)
+def split_settings(test_filter: str = "handbook", **split) -> FeaturizeSettings:
+    split = split or {"train_days": 8, "delay_gap_days": 3, "test_days": 5}
+    return FeaturizeSettings(windows_days=[1], label_delay_days=3, night_end_hour=6, split=split,
+                             test_filter=test_filter)
 
 
-def test_split_boundaries_and_gap_are_dropped():
+SPLIT = split_settings()
+DATES = {"train_start": "2024-04-06", "train_end": "2024-04-10", "test_start": "2024-04-14",
+         "test_end": "2024-04-15"}
+
+
+def days_of(frame: pd.DataFrame, customer: str | None = None) -> list[int]:
+    if customer is not None:
+        frame = frame[frame["CUSTOMER_ID"] == customer]
+    return sorted(set((frame["TX_DATETIME"].dt.normalize() - START).dt.days))
+
+
+def test_split_counts_periods_back_from_the_newest_day():
     train, test = split_train_test(daily_frame(), SPLIT)
-    start = pd.Timestamp("2024-04-01")
-    assert train["TX_DATETIME"].min() >= start
-    assert train["TX_DATETIME"].max() < start + pd.Timedelta(days=10)
-    assert test["TX_DATETIME"].min() >= start + pd.Timedelta(days=13)
-    assert test["TX_DATETIME"].max() < start + pd.Timedelta(days=18)
-    assert len(train) == 30  # 10 days x 3 customers
-    assert sorted(test["TX_DATETIME"].dt.day.unique()) == [14, 15, 16, 17, 18]
+    assert days_of(train) == list(range(4, 12))
+    assert days_of(test) == list(range(15, 20))
+    assert len(train) == 8 * len(CUSTOMERS)
+
+
+def test_split_without_train_days_trains_on_every_day_after_the_warm_up():
+    train, _ = split_train_test(daily_frame(), split_settings(train_days=None, delay_gap_days=3, test_days=5))
+    assert days_of(train) == list(range(4, 12))
+    train, _ = split_train_test(daily_frame(n_days=30), split_settings(train_days=None, delay_gap_days=3,
+                                                                        test_days=5))
+    assert days_of(train) == list(range(4, 22))
+
+
+def test_split_reaching_into_the_feature_warm_up_is_refused_naming_the_dates():
+    with pytest.raises(DataError, match=r"4-day feature warm-up.*2024-04-01\.\.2024-04-04.*At most 8 training day"):
+        split_train_test(daily_frame(), split_settings(train_days=9, delay_gap_days=3, test_days=5))
+
+
+def test_split_on_too_short_data_says_how_many_days_it_needs():
+    with pytest.raises(DataError, match=r"No training day fits: it needs 13 days"):
+        split_train_test(daily_frame(n_days=12), SPLIT)
+
+
+def test_split_by_explicit_dates_includes_first_and_last_days():
+    train, test = split_train_test(daily_frame(), split_settings(**DATES))
+    assert days_of(train) == [5, 6, 7, 8, 9]
+    assert days_of(test) == [13, 14]
+
+
+def test_split_dates_inside_the_warm_up_are_refused_naming_the_first_allowed_day():
+    with pytest.raises(DataError, match=r"train_start 2024-04-03 is inside the feature warm-up.*2024-04-05 or later"):
+        split_train_test(daily_frame(), split_settings(**{**DATES, "train_start": "2024-04-03"}))
+
+
+def test_split_with_an_empty_test_period_is_an_error_naming_the_dates():
+    dates = {**DATES, "test_start": "2024-05-01", "test_end": "2024-05-03"}
+    with pytest.raises(DataError, match=r"test period holds no transaction.*test 2024-05-01\.\.2024-05-03"):
+        split_train_test(daily_frame(), split_settings(**dates))
 
 
 def test_split_has_no_overlap():
@@ -236,40 +290,111 @@ def test_split_has_no_overlap():
     assert train["TX_DATETIME"].max() < test["TX_DATETIME"].min()
 
 
-def test_split_removes_cards_compromised_in_train_from_test():
+@pytest.mark.parametrize("split, problem", [
+    ({"train_days": 8, "delay_gap_days": 3, "test_days": 5, "train_start": "2024-04-06"}, "either dates or periods"),
+    ({"train_start": "2024-04-06", "train_end": "2024-04-10"}, "needs all of"),
+    ({**DATES, "test_start": "2024-04-09"}, "train_start <= train_end < test_start <= test_end"),
+    ({"train_days": 8}, "needs delay_gap_days and test_days"),
+    ({"train_days": 0, "delay_gap_days": 3, "test_days": 5}, "greater than 0"),
+])
+def test_split_settings_are_validated_with_clear_errors(split, problem):
+    with pytest.raises(ValidationError, match=problem):
+        split_settings(**split)
+
+
+def test_test_filter_must_be_named():
+    with pytest.raises(ValidationError, match="handbook"):
+        split_settings(test_filter="lenient")
+
+
+def test_handbook_filter_drops_training_frauds_and_matured_later_ones_only():
     _, test = split_train_test(daily_frame(), SPLIT)
-    assert "early" not in set(test["CUSTOMER_ID"])
-    assert (test["CUSTOMER_ID"] == "good").sum() == 5
+    assert days_of(test, "good") == list(range(15, 20))
+    assert days_of(test, "warm") == list(range(15, 20))   # its fraud predates the training period
+    assert days_of(test, "train") == []                   # fraud of the training period: known at once
+    assert days_of(test, "gap") == [15, 16]               # day-13 fraud, label known from day 17
+    assert days_of(test, "late") == [15, 16, 17, 18, 19]  # day-17 fraud, label not matured by day 19
 
 
-def test_split_removes_card_once_its_later_fraud_label_is_known():
-    # "late" defrauded on day 11 (gap): with a 3-day label delay it is known from day 15 on.
-    _, test = split_train_test(daily_frame(), SPLIT)
-    late_days = sorted((test.loc[test["CUSTOMER_ID"] == "late", "TX_DATETIME"]
-                        - pd.Timestamp("2024-04-01")).dt.days)
-    assert late_days == [13, 14]
+def test_strict_filter_also_drops_cards_defrauded_before_the_training_period():
+    _, test = split_train_test(daily_frame(), split_settings(test_filter="strict"))
+    assert days_of(test, "warm") == []
+    assert days_of(test, "train") == []
+    assert days_of(test, "gap") == [15, 16]
+    assert days_of(test, "good") == list(range(15, 20))
 
 
-def test_split_keeps_all_test_rows_without_frauds():
-    _, test = split_train_test(daily_frame(fraud_days={}), SPLIT)
-    assert len(test) == 15
+def handbook_test_set(frame: pd.DataFrame, start_training: pd.Timestamp, delta_train: int, delta_delay: int,
+                      delta_test: int) -> pd.DataFrame:
+    """The Fraud-Detection-Handbook's get_train_test_set test part (ch. 5.2), transcribed."""
+    frame = frame.assign(TX_TIME_DAYS=(frame["TX_DATETIME"].dt.normalize() - START).dt.days)
+    train = frame[(frame.TX_DATETIME >= start_training)
+                  & (frame.TX_DATETIME < start_training + pd.Timedelta(days=delta_train))]
+    known = set(train[train.TX_FRAUD == 1].CUSTOMER_ID)
+    first_day = train.TX_TIME_DAYS.min()
+    parts = []
+    for day in range(delta_test):
+        test_day = frame[frame.TX_TIME_DAYS == first_day + delta_train + delta_delay + day]
+        delay_day = frame[frame.TX_TIME_DAYS == first_day + delta_train + day - 1]
+        known |= set(delay_day[delay_day.TX_FRAUD == 1].CUSTOMER_ID)
+        parts.append(test_day[~test_day.CUSTOMER_ID.isin(known)])
+    return pd.concat(parts)
 
 
-def test_split_on_too_short_data_names_days_available_and_needed():
-    with pytest.raises(DataError, match=r"covers 12 day\(s\).*needs 18"):
-        split_train_test(daily_frame(n_days=12), SPLIT)
+def test_handbook_filter_matches_the_handbooks_own_loop_on_random_data():
+    rng = np.random.default_rng(5)
+    n = 3000
+    frame = pd.DataFrame({
+        "TRANSACTION_ID": np.arange(n),
+        "TX_DATETIME": START + pd.to_timedelta(np.sort(rng.uniform(0, 40, n)), unit="D"),
+        "CUSTOMER_ID": rng.integers(0, 60, n), "TERMINAL_ID": rng.integers(0, 10, n),
+        "TX_AMOUNT": rng.uniform(1, 100, n), "TX_FRAUD": (rng.random(n) < 0.02).astype(int),
+    })
+    settings = FeaturizeSettings(windows_days=[1, 7], label_delay_days=7, night_end_hour=6, test_filter="handbook",
+                                 split={"train_days": 8, "delay_gap_days": 7, "test_days": 11})
+    _, test = split_train_test(frame, settings)
+    expected = handbook_test_set(frame, START + pd.Timedelta(days=14), 8, 7, 11)
+    assert len(expected) < len(frame[frame.TX_DATETIME >= START + pd.Timedelta(days=29)])  # it did drop rows
+    assert sorted(test["TRANSACTION_ID"]) == sorted(expected["TRANSACTION_ID"])
 
 
-def test_plan_split_starts_at_midnight_of_first_day():
+def test_known_compromised_is_a_mask_over_the_test_rows():
+    frame = daily_frame()
+    plan = plan_split(frame, SPLIT)
+    test = frame[frame["TX_DATETIME"] >= plan.test_start]
+    mask = known_compromised(frame, test, plan, SPLIT)
+    assert mask.shape == (len(test),) and mask.sum() == 5 + 3
+
+
+def test_recent_traffic_is_every_row_after_the_training_period_unfiltered():
+    frame = daily_frame()
+    recent = recent_traffic(frame, plan_split(frame, SPLIT))
+    assert days_of(recent) == list(range(12, 20))
+    assert len(recent) == 8 * len(CUSTOMERS)
+
+
+def test_split_summary_names_the_dates_of_every_period():
+    frame = daily_frame()
+    train, test = split_train_test(frame, SPLIT)
+    summary = summarize_split(train, test, frame, SPLIT)
+    assert (summary["warmup"]["first_day"], summary["warmup"]["last_day"]) == ("2024-04-01", "2024-04-04")
+    assert (summary["train"]["first_day"], summary["train"]["last_day"]) == ("2024-04-05", "2024-04-12")
+    assert (summary["gap"]["first_day"], summary["gap"]["last_day"]) == ("2024-04-13", "2024-04-15")
+    assert (summary["test"]["first_day"], summary["test"]["last_day"]) == ("2024-04-16", "2024-04-20")
+    assert summary["test"]["rows_dropped_known_compromised"] == 8
+    assert summary["test_filter"] == "handbook" and summary["warmup_days"] == 4
+
+
+def test_plan_split_uses_midnights_of_the_data():
     plan = plan_split(daily_frame(), SPLIT)
-    assert plan.start == pd.Timestamp("2024-04-01")
-    assert plan.test_end == pd.Timestamp("2024-04-19")
+    assert plan.data_start == START and plan.warmup_end == START + pd.Timedelta(days=4)
+    assert plan.test_end == plan.data_end == pd.Timestamp("2024-04-21")
 
 
 def test_newest_window_takes_last_calendar_days():
     window = newest_window(daily_frame(), days=4)
     assert sorted(window["TX_DATETIME"].dt.day.unique()) == [17, 18, 19, 20]
-    assert len(window) == 12
+    assert len(window) == 4 * len(CUSTOMERS)
 
 
 def test_newest_window_rejects_non_positive_days():

@@ -15,11 +15,12 @@ from fraudguard.gates.quality import run_quality_gate
 from fraudguard.training import train_model
 from conftest import small_params
 
-# 300 cards (~110 test frauds) rather than conftest's 100: the good model clears the floors by ~0.1.
+# 300 cards (~157 test frauds) rather than conftest's 100: the good model clears the floors by ~0.1
+# (CP@10 0.19 vs 0.03 for the flipped-label model, measured).
 WORLD = {
     "simulate": {"n_customers": 300, "n_terminals": 600},
     "evaluate": {"card_precision_k": 10},
-    "gates": {"quality": {"min_average_precision": 0.2, "min_card_precision_at_k": 0.02,
+    "gates": {"quality": {"min_average_precision": 0.2, "min_card_precision_at_k": 0.05,
                           "min_recall_at_fpr": 0.2, "non_inferiority_tolerance": 0.02}},
 }
 

@@ -1,8 +1,8 @@
 """Privacy gate: can an attacker tell the model's training transactions from unseen ones?
 
 ART's black-box membership inference attack (MembershipInferenceBlackBox) is trained on the model's
-outputs for half of a sample of members (training split) and non-members (test split), then scored on
-the other half; an attack AUC near 0.5 means the model leaks little about who was in its training data.
+outputs for half of a sample of members (training split, after the feature warm-up) and non-members
+(the newest window of unfiltered traffic after training), then scored on the other half; an attack AUC near 0.5 means the model leaks little about who was in its training data.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fraudguard.errors import DataError
 from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
 
 if TYPE_CHECKING:
-    from fraudguard.config import FeaturizeSettings, PrivacyGateSettings
+    from fraudguard.config import PrivacyGateSettings
     from fraudguard.model import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -75,36 +75,18 @@ def membership_attack_auc(
     }
 
 
-def warmed_up_members(train_features: "pd.DataFrame", featurize: "FeaturizeSettings") -> "pd.DataFrame":
-    """Training rows whose window features are complete: later than max(window) + label delay after the start.
-
-    Rows in the warm-up have systematically smaller window counts and risks than any test row, so an attack
-    would tell them from non-members by their date, not by what the model memorised (measured: attack AUC
-    0.62-0.66 on an ordinary model with them, 0.50-0.53 without). Falls back to every row, with a warning,
-    when the training split is shorter than the warm-up.
-    """
-    from fraudguard.data.schema import TX_DATETIME
-
-    times = pd.to_datetime(train_features[TX_DATETIME])
-    warmup = pd.Timedelta(days=max(featurize.windows_days) + featurize.label_delay_days)
-    eligible = train_features[(times >= times.min() + warmup).to_numpy()]
-    if len(eligible) < 4:
-        logger.warning(
-            "privacy gate: the training split (%s to %s) is shorter than the %s feature warm-up; "
-            "using every training row as a member, which overstates the attack AUC",
-            times.min(), times.max(), warmup,
-        )
-        return train_features
-    return eligible
-
-
 def run_privacy_gate(
     candidate: ModelUnderTest, context: GateContext, settings: "PrivacyGateSettings"
 ) -> GateResult:
-    """Block when the membership inference attack's AUC exceeds max_attack_auc."""
-    members = warmed_up_members(context.train_features, context.settings.featurize)
-    metrics = membership_attack_auc(candidate.bundle, members, context.test_features, settings)
-    metrics["warmup_rows_excluded"] = float(len(context.train_features) - len(members))
+    """Block when the membership inference attack's AUC exceeds max_attack_auc.
+
+    Members: the training split, which starts after the feature warm-up (featurize never trains inside
+    it). Non-members: the newest window of all traffic after training, unfiltered (context.newest_window),
+    so both sides hold every kind of card; the evaluation test set lacks known-compromised cards.
+    """
+    members, non_members = context.train_features, context.newest_window
+    metrics = membership_attack_auc(candidate.bundle, members, non_members, settings)
+    metrics.update(n_members_available=float(len(members)), n_non_members_available=float(len(non_members)))
     auc = metrics["attack_auc"]
     passed = auc <= settings.max_attack_auc
     comparison = "<=" if passed else ">"
