@@ -89,7 +89,23 @@ def run_gate(name: str, gate_run):
     log = get_run_logger()
     (log.info if result.passed else log.warning)("%s: %s (%.1f s)", "passed" if result.passed else "FAILED",
                                                  result.reason, seconds)
+    if not result.passed:
+        # A failed gate shows as a failed task in the UI; the verdict still travels as the state's data.
+        return Failed(name="Gate failed", message=f"{name}: {result.reason}", data=(result, seconds))
     return result, seconds
+
+
+def gate_verdict(future):
+    """(GateResult, seconds) of a gate task, passed or failed (a failed gate task carries its verdict)."""
+    future.wait()
+    state = future.state
+    verdict = state.result(raise_on_failure=False)
+    if isinstance(verdict, BaseException):  # the task itself crashed: that gate counts as failed
+        from fraudguard.gates.base import GateResult
+
+        return GateResult(name=state.name, passed=False, metrics={}, thresholds={},
+                          reason=f"gate task crashed: {type(verdict).__name__}: {verdict}"), 0.0
+    return verdict
 
 
 def await_approval(root: Path, version: int, timeout_s: int):
@@ -139,12 +155,13 @@ def train_and_promote(
     stages = reproduce(root, params_overrides)
     record = register(root, settings, flow_run.get_id())
     if record["is_champion"] and promote:
-        return Completed(message=f"nothing changed: version {record['version']} (same weights, params and "
-                                 "data) is already the champion")
+        return _finish(Completed, f"Unchanged v{record['version']}",
+                       f"nothing changed: version {record['version']} (same weights, params and data) is "
+                       "already the champion")
     gate_run = prepare_gates(root, settings, record["version"], promote)
     # Each gate is its own task, all running at once; quote() keeps Prefect from walking the frames.
     futures = [run_gate.submit(name, quote(gate_run)) for name in gate_run.gate_names]
-    gate_runs = [future.result() for future in futures]
+    gate_runs = [gate_verdict(future) for future in futures]
     approval = None
     if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):
         approval = await_approval(root, gate_run.version, settings.promotion.approval.timeout_s)
@@ -153,17 +170,27 @@ def train_and_promote(
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",
                              description=f"gates for fraudguard version {record['version']}")
+    version = outcome.version
     if outcome.blocked and "approval" in outcome.failed_gates:
-        return Failed(name="Rejected", message=(
-            f"promotion of version {outcome.version} not approved ({approval.reason}); champion unchanged"))
+        return _finish(Failed, f"Rejected v{version}",
+                       f"promotion of version {version} not approved ({approval.reason}); champion unchanged "
+                       f"({outcome.champion_before})")
     if outcome.blocked:
-        return Failed(name="Blocked", message=(
-            f"promotion of version {outcome.version} blocked by gate(s): {', '.join(outcome.failed_gates)}; "
-            "champion unchanged"))
+        return _finish(Failed, f"Blocked v{version}",
+                       f"promotion of version {version} blocked by gate(s): {', '.join(outcome.failed_gates)}; "
+                       f"champion unchanged ({outcome.champion_before})")
     if not promote:
-        return Completed(message=f"dry run: version {outcome.version} passed every gate; champion unchanged")
-    return Completed(message=f"version {outcome.version} is the new champion "
-                             f"(was {outcome.champion_before})")
+        return _finish(Completed, f"Gates passed v{version}",
+                       f"dry run: version {version} passed every gate; champion unchanged ({outcome.champion_before})")
+    return _finish(Completed, f"Promoted v{version}",
+                   f"version {version} is the new champion (was {outcome.champion_before})")
+
+
+def _finish(state_cls, name: str, message: str):
+    """The run's final state, named after its outcome and version: `prefect deployment run --watch` prints
+    only the state's name. One log line says the same; a blocked run is an outcome, not a traceback."""
+    get_run_logger().info("%s: %s", name, message)
+    return state_cls(name=name, message=message)
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def test_four_eyes_approval_waits_for_a_second_person_then_promotes_or_leaves_ch
                             cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr
     final = _wait_for_state(prefect_stack, rejected_id, ("COMPLETED", "FAILED"))
-    assert final["type"] == "FAILED" and final["name"] == "Rejected"
+    assert final["type"] == "FAILED" and final["name"] == f"Rejected v{rejected_version}"
     assert int(client.get_model_version_by_alias("fraudguard", "champion").version) == version
     last = read_audit_log(client, "fraudguard")[-1]
     assert (last.action, last.to_version) == ("block", rejected_version)
