@@ -1,6 +1,8 @@
 """The `fraudguard` command. Sub-command modules import heavy libraries inside their functions,
 so `fraudguard --help` stays fast."""
 
+import os
+
 import typer
 
 from fraudguard.cli import ci as ci_commands
@@ -15,6 +17,31 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fraudguard {version('fraudguard')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO) to stderr."),
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit."),
+) -> None:
+    """Train, secure, gate and ship the card-fraud model."""
+    # Quiet by default: a command prints its answer; -v (or $FRAUDGUARD_LOG_LEVEL) adds the log lines.
+    if verbose:
+        os.environ["FRAUDGUARD_LOG_LEVEL"] = "INFO"
+    else:
+        os.environ.setdefault("FRAUDGUARD_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 app.command("run")(run_command.run)
 app.command("register")(model_commands.register)
 registry_commands.register(app)  # promote, rollback, status, audit verify
