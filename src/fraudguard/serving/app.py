@@ -29,7 +29,7 @@ from fraudguard.serving.champion import ChampionFollower, ServedModel
 from fraudguard.serving.predictions import PredictionLog
 from fraudguard.serving.schema import field_name, request_models
 from fraudguard.serving.security import ApiClient, GatewayGuard
-from fraudguard.serving.state import FeatureStore, RawTransaction
+from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -127,20 +127,17 @@ class Gateway:
         served = self.follower.current
         if served is None:
             raise _Refused(503, "no verified champion to serve yet", "model")
-        ids = [tx.transaction_id for tx in transactions]
-        repeated = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
-        known = self.store.existing_ids(ids)
-        if repeated or known:
-            raise _Refused(409, f"TRANSACTION_ID already scored or repeated: {sorted(repeated | known)[:10]}",
-                           "TRANSACTION_ID")
         rows = []
         db = self.store._db
         db.execute("BEGIN")
         try:
             for tx in transactions:
                 rows.append(self.store.features(tx))
-                self.store.add(tx)
+                self.store.add(tx)  # DuplicateTransaction for an id already scored (or repeated in the batch)
             db.execute("COMMIT")
+        except DuplicateTransaction as exc:
+            db.execute("ROLLBACK")
+            raise _Refused(409, str(exc), "TRANSACTION_ID") from None
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -1,6 +1,6 @@
 """The prediction log: every decision appended as one JSON line by a background writer thread.
 
-The request path only puts a dict on a bounded queue (never blocks); when the queue is full the record is
+The request path only appends a dict to a bounded deque (never blocks); when it is full the record is
 dropped and counted (the gateway's /metrics shows it). The writer flushes after each burst it drains, and
 on close. Lines: time, request_id, client, model_version, transaction (raw fields), features, score,
 decision, threshold, latency_ms.
@@ -10,76 +10,68 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from pathlib import Path
 
 import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-_STOP = object()
-
 
 class PredictionLog:
-    """A JSONL file appended by one daemon thread; put() never blocks."""
+    """A JSONL file appended by one daemon thread; put() never blocks (a deque append, no thread wake-up)."""
 
-    def __init__(self, path: Path, max_queue: int, on_drop=None):
+    def __init__(self, path: Path, max_queue: int, on_drop=None, interval_s: float = 0.05):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._pending: deque = deque()
+        self._max = max_queue
+        self._interval_s = interval_s
         self._on_drop = on_drop or (lambda: None)
         self.dropped = 0
+        self.put_count = 0
         self.written = 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     def put(self, record: dict) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if len(self._pending) >= self._max:
             self.dropped += 1
             self._on_drop()
+            return
+        self.put_count += 1
+        self._pending.append(record)
+
+    def _drain(self, handle) -> None:
+        wrote = False
+        while self._pending:
+            record = self._pending.popleft()
+            try:
+                handle.write(json.dumps(record, allow_nan=False, default=str) + "\n")
+            except (TypeError, ValueError) as exc:
+                logger.error("prediction log: record not written (%s)", exc)
+            self.written += 1
+            wrote = True
+        if wrote:
+            handle.flush()
 
     def _run(self) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
-            while True:
-                item = self._queue.get()
-                batch = [item]
-                while True:  # drain what is waiting, then flush once
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stop = False
-                for record in batch:
-                    if record is _STOP:
-                        stop = True
-                        continue
-                    try:
-                        handle.write(json.dumps(record, allow_nan=False, default=str) + "\n")
-                        self.written += 1
-                    except (TypeError, ValueError) as exc:
-                        logger.error("prediction log: record not written (%s)", exc)
-                handle.flush()
-                for _ in batch:
-                    self._queue.task_done()
-                if stop:
-                    return
+            while not self._stop.wait(self._interval_s):
+                self._drain(handle)
+            self._drain(handle)
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every record put so far is written (for tests and shutdown)."""
-        done = threading.Event()
-
-        def waiter():
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=waiter, daemon=True).start()
-        done.wait(timeout_s)
+        target, deadline = self.put_count, time.monotonic() + timeout_s
+        while self.written < target and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._stop.set()
         self._thread.join(timeout=10)
 
 
