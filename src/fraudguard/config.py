@@ -281,6 +281,8 @@ class MonitorSettings(_Strict):
     experiment: str = Field(min_length=1)
     retrain_on_drift: bool
     retrain_deployment: str = Field(pattern=r"^[^/]+/[^/]+$")
+    # Live traffic (the gateway's prediction log): a terminal with more decisions than this in one hour is a burst.
+    burst_tx_per_hour: int = Field(default=20, gt=0)
 
 
 class ServeSettings(_Strict):

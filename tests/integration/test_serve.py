@@ -329,14 +329,15 @@ def test_restart_keeps_the_state(served):
 class Traffic:
     """Threads scoring continuously; records every status and model version."""
 
-    def __init__(self, url: str, threads: int = 3):
-        self.url, self.stop_event, self.results, self.lock = url, threading.Event(), [], threading.Lock()
+    def __init__(self, url: str, when: str, threads: int = 3):
+        self.url, self.when, self.stop_event, self.results, self.lock = url, when, threading.Event(), [], threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, i: int) -> None:
         with httpx.Client(base_url=self.url, headers=_headers(), timeout=30) as http:
             while not self.stop_event.is_set():
-                response = http.post("/score", json=_tx(customer=10**9 + 100 + i, terminal=10**9 + 100))
+                response = http.post("/score", json=_tx(customer=10**9 + 100 + i, terminal=10**9 + 100,
+                                                      when=self.when))
                 with self.lock:
                     self.results.append((response.status_code, response.json().get("model_version")))
 
@@ -362,7 +363,7 @@ class Traffic:
 
 def test_hot_switch_on_promote_and_rollback_drops_no_request(served):
     v1, v2, _ = served.versions
-    with Traffic(served.url) as traffic:
+    with Traffic(served.url, (served.cutoff + pd.Timedelta(hours=36)).isoformat()) as traffic:
         traffic.wait_for_version(v1)
         served.promote(v2)
         traffic.wait_for_version(v2)
@@ -399,3 +400,23 @@ def test_a_tampered_champion_is_refused_and_the_previous_keeps_serving(served):
     assert response.status_code == 200 and response.json()["model_version"] == v1
     metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
     assert "fraudguard_model_switch_failing 1.0" in metrics
+
+
+# ------------------------------------------------------------------------------------------------ monitor
+
+def test_monitor_reads_the_live_log(served, tmp_path, monkeypatch):
+    from fraudguard.monitoring import check_live_traffic
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(served.uri)
+    log = served.gateway._path(served.serve_settings.serve.prediction_log)
+    served.gateway.log.flush()
+    check = check_live_traffic(served.client, log, served.serve_settings, tmp_path)
+    assert check.n_decisions > 500 and 0.0 <= check.flag_rate <= 1.0 and 0.0 <= check.drift_share <= 1.0
+    assert check.report_path.is_file()
+    # the hot-switch traffic hit one terminal hundreds of times within an hour
+    assert any(b["terminal_id"] == 10**9 + 100 and b["count"] > 20 for b in check.bursts), check.bursts[:3]
+    run = served.client.get_run(check.run_id)
+    assert run.data.metrics["live_decisions"] == check.n_decisions and "live_flag_rate" in run.data.metrics
