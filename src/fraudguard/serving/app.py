@@ -128,19 +128,13 @@ class Gateway:
         if served is None:
             raise _Refused(503, "no verified champion to serve yet", "model")
         rows = []
-        db = self.store._db
-        db.execute("BEGIN")
         try:
-            for tx in transactions:
-                rows.append(self.store.features(tx))
-                self.store.add(tx)  # DuplicateTransaction for an id already scored (or repeated in the batch)
-            db.execute("COMMIT")
+            with self.store.transaction():
+                for tx in transactions:
+                    rows.append(self.store.features(tx))
+                    self.store.add(tx)  # DuplicateTransaction for an id already scored (or repeated in the batch)
         except DuplicateTransaction as exc:
-            db.execute("ROLLBACK")
             raise _Refused(409, str(exc), "TRANSACTION_ID") from None
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         bundle = served.bundle
         values = np.array([[tx.amount if name == TX_AMOUNT else row[name] for name in bundle.features]
                            for tx, row in zip(transactions, rows)], dtype=np.float64)
@@ -272,14 +266,9 @@ def create_app(gateway: Gateway) -> Any:
                 accepted.append(label)
         if problems:
             return JSONResponse({"error": "invalid request", "fields": problems[:50]}, status_code=422)
-        store._db.execute("BEGIN")
-        try:
+        with store.transaction():
             for label in accepted:
                 store.record_label(label.TRANSACTION_ID, label.TX_FRAUD, label.LABEL_DATETIME)
-            store._db.execute("COMMIT")
-        except BaseException:
-            store._db.execute("ROLLBACK")
-            raise
         return {"recorded": len(accepted), "unknown_transaction_ids": unknown[:100],
                 "unknown": len(unknown)}
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,16 +95,19 @@ class FeatureStore:
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One SQLite transaction: everything inside is committed together or rolled back."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM tx").fetchone()[0])
-
-    def existing_ids(self, ids: list[int]) -> set[int]:
-        found: set[int] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(f"SELECT id FROM tx WHERE id IN ({marks})", chunk))  # nosec B608 - placeholders only
-        return found
 
     def features(self, tx: RawTransaction) -> dict[str, float]:
         """The transaction's derived features from the history before it (the store is not changed)."""
@@ -159,13 +164,8 @@ class FeatureStore:
                    frame[TX_AMOUNT].to_numpy(np.float64).tolist(), frame[TX_FRAUD].to_numpy(np.int64).tolist(),
                    (t + delay).tolist())
         before = self.count()
-        self._db.execute("BEGIN")
-        try:
+        with self.transaction():
             self._db.executemany("INSERT OR IGNORE INTO tx VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         added = self.count() - before
         logger.info("state %s: bootstrapped %d transaction(s) (%d in the store)", self.path, added, before + added)
         return added
