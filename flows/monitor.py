@@ -39,6 +39,20 @@ def check_drift(root: Path, settings):
     return check_champion_drift(configure_mlflow(root, settings), root, settings)
 
 
+@task(name="check-live-traffic", cache_policy=NO_CACHE)
+def check_live(root: Path, settings):
+    """The gateway's prediction log, when this host has one (serve.prediction_log)."""
+    from fraudguard.monitoring import check_live_traffic
+    from fraudguard.tracking import configure_mlflow
+
+    log = settings.serve.prediction_log
+    log = log if log.is_absolute() else root / log
+    if not log.is_file():
+        get_run_logger().info("no prediction log at %s: live traffic not checked", log)
+        return None
+    return check_live_traffic(configure_mlflow(root, settings), log, settings, root / "reports" / "monitor")
+
+
 @flow(name="monitor", log_prints=True)
 def monitor(retrain_on_drift: bool | None = None):
     """Check champion drift on the newest window; retrain through the train-and-promote deployment on drift.
@@ -52,6 +66,7 @@ def monitor(retrain_on_drift: bool | None = None):
     pull_data(root, settings)
     featurize(root)
     check = check_drift(root, settings)
+    live = check_live(root, settings)
     retrain = settings.monitor.retrain_on_drift if retrain_on_drift is None else retrain_on_drift
     triggered = None
     if check.drifted and retrain:
@@ -67,9 +82,16 @@ def monitor(retrain_on_drift: bool | None = None):
             "| MLflow run | retrain run |\n|---|---|---|---|---|---|---|\n"
             f"| v{check.champion_version} | {check.drift_share:.0%} | {check.threshold:.0%} | "
             f"{', '.join(check.drifted_columns) or '-'} | {', '.join(check.drifted_controlled) or '-'} | "
-            f"{check.run_id} | {triggered or '-'} |\n"),
+            f"{check.run_id} | {triggered or '-'} |\n"
+            + ("" if live is None else
+               "\n## Live traffic (gateway prediction log)\n\n| decisions | flag rate | drift share | drifted features "
+               "| terminal bursts | MLflow run |\n|---|---|---|---|---|---|\n"
+               f"| {live.n_decisions} | {live.flag_rate:.2%} | {live.drift_share:.0%} | "
+               f"{', '.join(live.drifted_columns) or '-'} | {len(live.bursts)} | {live.run_id} |\n")),
     )
-    return {"drifted": check.drifted, "drift_share": check.drift_share, "retrain_flow_run": triggered}
+    return {"drifted": check.drifted, "drift_share": check.drift_share, "retrain_flow_run": triggered,
+            "live": None if live is None else {"decisions": live.n_decisions, "flag_rate": live.flag_rate,
+                                               "drift_share": live.drift_share, "bursts": len(live.bursts)}}
 
 
 if __name__ == "__main__":

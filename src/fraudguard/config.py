@@ -281,6 +281,30 @@ class MonitorSettings(_Strict):
     experiment: str = Field(min_length=1)
     retrain_on_drift: bool
     retrain_deployment: str = Field(pattern=r"^[^/]+/[^/]+$")
+    # Live traffic (the gateway's prediction log): a terminal with more decisions than this in one hour is a burst.
+    burst_tx_per_hour: int = Field(default=20, gt=0)
+
+
+class ServeSettings(_Strict):
+    """The scoring gateway (`fraudguard serve`, docs/serving.md). Paths are relative to the project root.
+
+    API keys are never here: they come from the file named by $FRAUDGUARD_API_KEYS_FILE or from
+    $FRAUDGUARD_API_KEYS ("client:key,client:key").
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    state_path: Path = Path("state/serve/features.sqlite")
+    prediction_log: Path = Path("state/serve/predictions.jsonl")
+    model_cache_dir: Path = Path("state/serve/models")
+    # Bootstrap the state store from this transactions file when the store is empty at start (null: never).
+    bootstrap_from: Path | None = Path("data/validated/transactions.parquet")
+    reload_interval_s: float = Field(default=10.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_batch_size: int = Field(default=1000, gt=0)
+    rate_limit_per_s: float = Field(default=500.0, gt=0)
+    rate_limit_burst: int = Field(default=1000, gt=0)
+    prediction_log_queue: int = Field(default=100_000, gt=0)
 
 
 class Settings(_Strict):
@@ -295,6 +319,7 @@ class Settings(_Strict):
     registry: RegistrySettings
     promotion: PromotionSettings
     monitor: MonitorSettings
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

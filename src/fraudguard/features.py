@@ -11,6 +11,11 @@ Window semantics (t = the transaction's time, w = window, d = label delay, in da
 * terminal windows ``(t - d - w, t - d]``: only transactions whose label is known at time t (a label
   arrives d days after its transaction). The current transaction's own label is never used, even
   when d = 0.
+
+Offline (compute_features, a whole table) and online (transaction_features, one transaction from the
+gateway's state store, fraudguard.serving.state) share the definitions below: the window bounds
+(customer_window_offsets, terminal_window_offsets), the calendar flags, and the final arithmetic and
+dtypes (window_mean, window_risk). The parity test replays a test period through the gateway.
 """
 
 from __future__ import annotations
@@ -65,6 +70,68 @@ def feature_names(settings: FeaturizeSettings) -> list[str]:
     for w in settings.windows_days:
         names += [terminal_nb_tx(w), terminal_risk(w)]
     return names
+
+
+def customer_window_offsets(settings: FeaturizeSettings) -> list[int]:
+    """Per window w, the offset o in ns such that the customer window of a transaction at t is (t - o, t]."""
+    return [int(w) * int(_DAY_NS) for w in settings.windows_days]
+
+
+def terminal_window_offsets(settings: FeaturizeSettings) -> tuple[int, list[int]]:
+    """(end offset, start offsets): the terminal window w of a transaction at t is (t - start_w, t - end]."""
+    delay = int(settings.label_delay_days) * int(_DAY_NS)
+    return delay, [delay + int(w) * int(_DAY_NS) for w in settings.windows_days]
+
+
+def calendar_flags(weekday, hour, settings: FeaturizeSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(TX_DURING_WEEKEND, TX_DURING_NIGHT) as int32 from weekday (Monday 0) and hour, scalars or arrays."""
+    weekday, hour = np.asarray(weekday), np.asarray(hour)
+    return (weekday >= 5).astype(np.int32), (hour <= settings.night_end_hour).astype(np.int32)
+
+
+def window_mean(sums, counts) -> np.ndarray:
+    """A customer window's average amount (float64 sums over counts > 0), as float32."""
+    return (np.asarray(sums, dtype=np.float64) / np.asarray(counts)).astype(np.float32)
+
+
+def window_risk(frauds, counts) -> np.ndarray:
+    """A terminal window's fraud share, 0 for an empty window, as float32."""
+    frauds, counts = np.asarray(frauds, dtype=np.float64), np.asarray(counts)
+    out = np.divide(frauds, counts, out=np.zeros(frauds.shape, dtype=np.float64), where=counts > 0)
+    return out.astype(np.float32)
+
+
+def transaction_features(time_ns: int, weekday: int, hour: int, amount: float,
+                         customer_times: np.ndarray, customer_amounts: np.ndarray,
+                         terminal_times: np.ndarray, terminal_known_frauds: np.ndarray,
+                         settings: FeaturizeSettings) -> dict[str, float]:
+    """The derived features of one transaction at `time_ns`, as compute_features defines them.
+
+    customer_*: the card's earlier transactions (the current one excluded) with times in
+    (t - longest window, t], ascending; terminal_*: the terminal's transactions with times in
+    (t - d - longest window, t - d], ascending, and 1 where a fraud label is known at t, else 0.
+    """
+    weekend, night = calendar_flags(weekday, hour, settings)
+    out: dict[str, float] = {TX_DURING_WEEKEND: int(weekend), TX_DURING_NIGHT: int(night)}
+    customer_times = np.asarray(customer_times, dtype=np.int64)
+    amounts_cs = _cumsum0(np.asarray(customer_amounts, dtype=np.float64))
+    n = len(customer_times)
+    for w, offset in zip(settings.windows_days, customer_window_offsets(settings)):
+        start = int(np.searchsorted(customer_times, time_ns - offset, side="right"))
+        count = n - start + 1
+        total = (amounts_cs[n] - amounts_cs[start]) + float(amount)
+        out[customer_nb_tx(w)] = count
+        out[customer_avg_amount(w)] = float(window_mean(total, count))
+    terminal_times = np.asarray(terminal_times, dtype=np.int64)
+    frauds_cs = _cumsum0(np.asarray(terminal_known_frauds, dtype=np.float64))
+    end_offset, start_offsets = terminal_window_offsets(settings)
+    stop = int(np.searchsorted(terminal_times, time_ns - end_offset, side="right"))
+    for w, offset in zip(settings.windows_days, start_offsets):
+        start = min(int(np.searchsorted(terminal_times, time_ns - offset, side="right")), stop)
+        count = stop - start
+        out[terminal_nb_tx(w)] = count
+        out[terminal_risk(w)] = float(window_risk(frauds_cs[stop] - frauds_cs[start], count))
+    return out
 
 
 def _check_transactions(transactions: pd.DataFrame) -> None:
@@ -151,10 +218,8 @@ def compute_features(transactions: pd.DataFrame, settings: FeaturizeSettings) ->
     n = len(frame)
     times = _time_ns(frame[TX_DATETIME])
     stamps = frame[TX_DATETIME]
-    derived: dict[str, np.ndarray] = {
-        TX_DURING_WEEKEND: (stamps.dt.weekday >= 5).to_numpy().astype(np.int32),
-        TX_DURING_NIGHT: (stamps.dt.hour <= settings.night_end_hour).to_numpy().astype(np.int32),
-    }
+    weekend, night = calendar_flags(stamps.dt.weekday.to_numpy(), stamps.dt.hour.to_numpy(), settings)
+    derived: dict[str, np.ndarray] = {TX_DURING_WEEKEND: weekend, TX_DURING_NIGHT: night}
     windows = list(settings.windows_days)
     row = np.arange(n, dtype=np.int64)
 
@@ -162,27 +227,26 @@ def compute_features(transactions: pd.DataFrame, settings: FeaturizeSettings) ->
     cust = _EntityIndex.build(frame[CUSTOMER_ID], times)
     amounts = frame[TX_AMOUNT].to_numpy(dtype=np.float64)[cust.order]
     amount_cs = _cumsum0(amounts)
-    starts = cust.bounds([np.int64(w) * _DAY_NS for w in windows])
+    starts = cust.bounds([np.int64(o) for o in customer_window_offsets(settings)])
     for w, start in zip(windows, starts):
         end = row + 1
         count = end - start
-        avg = (amount_cs[end] - amount_cs[start]) / count
         derived[customer_nb_tx(w)] = _scatter(cust.order, count, np.int32)
-        derived[customer_avg_amount(w)] = _scatter(cust.order, avg, np.float32)
+        derived[customer_avg_amount(w)] = _scatter(
+            cust.order, window_mean(amount_cs[end] - amount_cs[start], count), np.float32)
 
     # Terminal windows (t - d - w, t - d]: labels known at t only; never the current row's own label.
-    delay = np.int64(settings.label_delay_days) * _DAY_NS
+    end_offset, start_offsets = terminal_window_offsets(settings)
     term = _EntityIndex.build(frame[TERMINAL_ID], times)
     fraud_cs = _cumsum0(frame[TX_FRAUD].to_numpy(dtype=np.float64)[term.order])
-    bounds = term.bounds([delay] + [delay + np.int64(w) * _DAY_NS for w in windows])
+    bounds = term.bounds([np.int64(o) for o in [end_offset, *start_offsets]])
     stop = np.minimum(bounds[0], row)
     for w, start in zip(windows, bounds[1:]):
         start = np.minimum(start, stop)
         count = stop - start
-        frauds = fraud_cs[stop] - fraud_cs[start]
-        risk = np.divide(frauds, count, out=np.zeros(n, dtype=np.float64), where=count > 0)
         derived[terminal_nb_tx(w)] = _scatter(term.order, count, np.int32)
-        derived[terminal_risk(w)] = _scatter(term.order, risk, np.float32)
+        derived[terminal_risk(w)] = _scatter(
+            term.order, window_risk(fraud_cs[stop] - fraud_cs[start], count), np.float32)
 
     names = feature_names(settings)
     stale = [c for c in names if c in frame.columns]

@@ -13,6 +13,8 @@ from fraudguard.paths import ProjectPaths
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    import pandas as pd
+
     from fraudguard.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,4 +84,87 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     logger.info("champion v%s: %.0f%% of features drifted over the last %s days (threshold %.0f%%)%s",
                 champion, 100 * check.drift_share, settings.monitor.window_days, 100 * threshold,
                 f"; attacker-controlled: {', '.join(controlled)}" if controlled else "")
+    return check
+
+
+@dataclass(frozen=True)
+class LiveCheck:
+    """The gateway's live traffic over the newest window: drift against the champion's training reference,
+    the flag rate, and volume bursts per terminal."""
+
+    champion_version: int
+    n_decisions: int
+    flag_rate: float
+    drift_share: float
+    threshold: float
+    drifted_columns: tuple[str, ...]
+    drifted_controlled: tuple[str, ...]
+    bursts: tuple[dict, ...]
+    report_path: Path
+    run_id: str
+
+    @property
+    def drifted(self) -> bool:
+        return self.drift_share > self.threshold
+
+
+def terminal_bursts(decisions: "pd.DataFrame", max_per_hour: int) -> list[dict]:
+    """(terminal, hour, count) for every terminal with more than `max_per_hour` decisions in one clock hour,
+    largest first."""
+    if decisions.empty:
+        return []
+    hours = decisions["TX_DATETIME"].dt.floor("h")
+    counts = decisions.groupby([decisions["TERMINAL_ID"], hours]).size()
+    over = counts[counts > max_per_hour].sort_values(ascending=False)
+    return [{"terminal_id": int(terminal), "hour": hour.isoformat(), "count": int(count)}
+            for (terminal, hour), count in over.items()]
+
+
+def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settings",
+                       report_dir: Path) -> LiveCheck:
+    """Read the prediction log's newest `monitor.window_days` (by transaction time); compare its features with
+    the champion's training reference, compute the flag rate and the terminal bursts; log all to MLflow."""
+    import json
+
+    import mlflow
+
+    from fraudguard.features import newest_window
+    from fraudguard.gates.drift import compare_features
+    from fraudguard.registry import get_champion_version
+    from fraudguard.serving.predictions import read_prediction_log
+    from fraudguard.tracking import ensure_experiment, load_reference_features
+
+    name = settings.registry.model_name
+    champion = get_champion_version(client, name)
+    if champion is None:
+        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
+    if not Path(log_path).is_file():
+        raise DataError(f"{log_path}: no prediction log (start `fraudguard serve` first)")
+    decisions = read_prediction_log(log_path)
+    if decisions.empty:
+        raise DataError(f"{log_path}: the prediction log holds no decision yet")
+    current = newest_window(decisions, settings.monitor.window_days)
+    reference = load_reference_features(client, name, champion)
+    threshold = settings.monitor.drift_share_threshold
+    comparison = compare_features(reference, current, list(settings.model.features), threshold,
+                                  report_dir / f"live_drift_champion_v{champion}.html", "live traffic")
+    controlled = tuple(sorted(set(settings.threat_model.controlled_features) & set(comparison.drifted_columns)))
+    flag_rate = float(current["decision"].astype(bool).mean())
+    bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
+    bursts_file = report_dir / "live_bursts.json"
+    bursts_file.write_text(json.dumps(bursts[:1000], indent=1))
+    experiment_id = ensure_experiment(client, settings.monitor.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"live-v{champion}") as run:
+        mlflow.set_tags({"fraudguard.kind": "live-monitor", "fraudguard.champion_version": str(champion)})
+        mlflow.log_metrics({"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
+                            "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
+                            "live_drifted_controlled": float(len(controlled))})
+        mlflow.log_params({"window_days": settings.monitor.window_days, "threshold": threshold,
+                           "burst_tx_per_hour": settings.monitor.burst_tx_per_hour})
+        mlflow.log_artifact(str(comparison.report_path), artifact_path="live")
+        mlflow.log_artifact(str(bursts_file), artifact_path="live")
+    check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
+                      comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id)
+    logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
+                "%d terminal burst(s)", champion, len(current), 100 * flag_rate, 100 * check.drift_share, len(bursts))
     return check

@@ -10,6 +10,7 @@ from fraudguard.cli import data as data_commands
 from fraudguard.cli import model as model_commands
 from fraudguard.cli import registry as registry_commands
 from fraudguard.cli import run as run_command
+from fraudguard.cli import serve as serve_commands
 
 app = typer.Typer(
     name="fraudguard",
@@ -45,6 +46,8 @@ def _options(
 app.command("run")(run_command.run)
 app.command("register")(model_commands.register)
 registry_commands.register(app)  # promote, rollback, status, audit verify
+app.command("serve")(serve_commands.serve)
+app.command("serve-bootstrap")(serve_commands.serve_bootstrap)
 app.add_typer(data_commands.app, name="data", help="DVC-versioned transaction data.")
 app.add_typer(model_commands.app, name="model", help="MLflow runs, registered versions and their lineage.")
 app.add_typer(ci_commands.app, name="ci", help="What the pull-request workflow runs.")

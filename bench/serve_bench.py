@@ -1,0 +1,216 @@
+"""Latency and throughput of the scoring gateway's POST /score (raw transaction in: validation, online
+features from the SQLite state, verified champion, prediction log), side by side with the in-process
+baseline of the same champion's bundle.predict_proba on precomputed features.
+
+    python bench/serve_bench.py [--rate 200] [--seconds 10] [--keep]
+
+Set-up (scratch dir): the default-size simulated world (params.yaml simulate), a random-weight champion
+registered with the real tracking code and promoted with stand-in gates (the test helpers), the gateway
+started with the real CLI (`fraudguard serve`) in its own process, its state bootstrapped from all but the
+newest 4 days; the load replays those 4 days in time order.
+  open loop   requests sent at --rate per second (asyncio + aiohttp, at most 64 in flight) for --seconds;
+              latency from send to response; p50/p99 and the achieved rate.
+  closed loop 16 concurrent clients as fast as responses come, 5 s: throughput.
+  baseline    bundle.predict_proba on one precomputed feature row (a 1-row DataFrame), 2000 calls.
+The load generator shares the machine's cores with the server: figures are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess  # nosec B404 - starts this project's own CLI with a fixed argument list
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from bench_project import BIN, ROOT, print_bench_json, scratch_dir
+
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+KEY = "bench-key-0123456789abcdef"
+REPLAY_DAYS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _setup(tmp: Path) -> tuple[Path, dict[str, str], pd.DataFrame, object]:
+    from mlflow import MlflowClient
+
+    from fraudguard.config import load_settings
+    from fraudguard.data.simulator import simulate_transactions
+    from fraudguard.model import load_bundle
+    from fraudguard.policy import committed_policy
+    from fraudguard.promotion import decide, prepare, run_gates
+    from fraudguard.tracking import configure_mlflow, log_training_run
+    from registry_helpers import all_passing_gates, candidate_for, commit_params, simple_context, \
+        write_pipeline_outputs
+
+    root = tmp / "project"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "FRAUDGUARD_SIGNING_KEY": str(tmp / "keys" / "signing-key.pem"),
+           "FRAUDGUARD_AUDIT_ANCHOR_DIR": str(tmp / "keys" / "anchors"), "FRAUDGUARD_API_KEYS": f"bench:{KEY}",
+           "FRAUDGUARD_LOG_LEVEL": "WARNING", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "FRAUDGUARD_SIGNING_KEY",
+                                           "FRAUDGUARD_AUDIT_ANCHOR_DIR")})
+    write_pipeline_outputs(root, 0)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["serve"] = {"rate_limit_per_s": 100000, "rate_limit_burst": 100000, "reload_interval_s": 5}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    settings = load_settings(root / "params.yaml")
+    client = configure_mlflow(root, settings)
+    version = log_training_run(root, settings).version
+    commit_params(root)
+    report_dir = root / "reports" / "bench"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    run = prepare(MlflowClient(), root, settings, version, policy=committed_policy(root, settings),
+                  gates=all_passing_gates(), candidate=candidate_for(client, "fraudguard", version),
+                  context=simple_context(settings, root, report_dir))
+    decide(MlflowClient(), run, *run_gates(run), actor="bench")
+    world = simulate_transactions(load_settings(ROOT / "params.yaml").simulate)
+    cutoff = world["TX_DATETIME"].max().normalize() - pd.Timedelta(days=REPLAY_DAYS - 1)
+    history = root / "data" / "validated" / "transactions.parquet"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    world[world["TX_DATETIME"] < cutoff].to_parquet(history)
+    bundle = load_bundle(root / "models" / "model.pt", root / "models" / "preprocess.json")
+    return root, env, world[world["TX_DATETIME"] >= cutoff].reset_index(drop=True), bundle
+
+
+def _bodies(replay: pd.DataFrame) -> list[dict]:
+    return [{"TRANSACTION_ID": int(r.TRANSACTION_ID), "TX_DATETIME": r.TX_DATETIME.isoformat(),
+             "CUSTOMER_ID": int(r.CUSTOMER_ID), "TERMINAL_ID": int(r.TERMINAL_ID), "TX_AMOUNT": float(r.TX_AMOUNT)}
+            for r in replay.itertuples()]
+
+
+async def _open_loop(url: str, bodies: list[dict], rate: float) -> tuple[list[float], int, float]:
+    import aiohttp
+
+    latencies, errors, in_flight = [], 0, asyncio.Semaphore(64)
+    async with aiohttp.ClientSession(base_url=url, headers={"X-API-Key": KEY},
+                                     connector=aiohttp.TCPConnector(limit=64)) as http:
+        async def one(body):
+            nonlocal errors
+            async with in_flight:
+                start = time.perf_counter()
+                async with http.post("/score", json=body) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - start)
+                errors += response.status != 200
+
+        start, tasks = time.perf_counter(), []
+        for i, body in enumerate(bodies):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body)))
+        await asyncio.gather(*tasks)
+        return latencies, errors, len(bodies) / (time.perf_counter() - start)
+
+
+async def _closed_loop(url: str, bodies: list[dict], seconds: float, clients: int = 16) -> tuple[int, float, int]:
+    import aiohttp
+
+    queue, done, errors = iter(bodies), 0, 0
+    async with aiohttp.ClientSession(base_url=url, headers={"X-API-Key": KEY}) as http:
+        deadline = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal done, errors
+            for body in queue:
+                if time.perf_counter() > deadline:
+                    return
+                async with http.post("/score", json=body) as response:
+                    await response.read()
+                done += 1
+                errors += response.status != 200
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return done, done / (time.perf_counter() - start), errors
+
+
+def _baseline(bundle, replay: pd.DataFrame, settings_root: Path, n: int = 2000) -> list[float]:
+    from fraudguard.config import load_settings
+    from fraudguard.features import compute_features
+
+    features = compute_features(replay.assign(TX_FRAUD=0), load_settings(settings_root / "params.yaml").featurize)
+    rows = [features.iloc[[i % len(features)]] for i in range(n)]
+    times = []
+    for row in rows:
+        start = time.perf_counter()
+        bundle.predict_proba(row)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    with scratch_dir("fraudguard-serve-bench-", args.keep) as tmp:
+        root, env, replay, bundle = _setup(tmp)
+        port = _free_port()
+        server = subprocess.Popen([str(BIN / "fraudguard"), "serve", "--root", str(root), "--port", str(port)],  # nosec B603
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"gateway did not start:\n{server.stderr.read()[-3000:]}")
+                time.sleep(0.2)
+            bodies = _bodies(replay)
+            n_open = int(args.rate * args.seconds)
+            asyncio.run(_open_loop(url, bodies[:100], args.rate))  # warm-up
+            latencies, errors, achieved = asyncio.run(_open_loop(url, bodies[100:100 + n_open], args.rate))
+            done, throughput, closed_errors = asyncio.run(_closed_loop(url, bodies[100 + n_open:], 5.0))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        base = _baseline(bundle, replay, root)
+    figures = {
+        "gateway_p50_ms": round(_pct(latencies, 50), 3), "gateway_p99_ms": round(_pct(latencies, 99), 3),
+        "gateway_offered_rps": args.rate, "gateway_achieved_rps": round(achieved, 1),
+        "gateway_errors": errors + closed_errors, "gateway_max_rps_16_clients": round(throughput, 1),
+        "baseline_predict_proba_p50_ms": round(_pct(base, 50), 3),
+        "baseline_predict_proba_p99_ms": round(_pct(base, 99), 3),
+    }
+    figures["p50_ratio_gateway_vs_baseline"] = round(figures["gateway_p50_ms"] / figures["baseline_predict_proba_p50_ms"], 1)
+    figures["p99_ratio_gateway_vs_baseline"] = round(figures["gateway_p99_ms"] / figures["baseline_predict_proba_p99_ms"], 1)
+    print(f"POST /score at {args.rate:g} req/s for {args.seconds:g} s ({n_open} requests, {errors} errors): "
+          f"p50 {figures['gateway_p50_ms']} ms, p99 {figures['gateway_p99_ms']} ms, achieved {achieved:.0f} req/s")
+    print(f"closed loop, 16 clients: {throughput:.0f} req/s ({done} requests, {closed_errors} errors)")
+    print(f"in-process bundle.predict_proba, 1 precomputed row: p50 {figures['baseline_predict_proba_p50_ms']} ms, "
+          f"p99 {figures['baseline_predict_proba_p99_ms']} ms")
+    print(f"ratio gateway/baseline: p50 x{figures['p50_ratio_gateway_vs_baseline']}, "
+          f"p99 x{figures['p99_ratio_gateway_vs_baseline']}")
+    print_bench_json(figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""The FastAPI application of the scoring gateway (docs/serving.md).
+
+POST /score, /score/batch and /feedback need an API key (X-API-Key); GET /health and /metrics do not
+(probes and Prometheus scrape them). Handlers are `async` and never await between reading the state
+store and writing to it, so transactions are featurized and recorded one at a time, in arrival order,
+without locks; the model in use is read once per request (a hot switch replaces one reference).
+"""
+
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fraudguard.config import Settings
+from fraudguard.data.schema import TX_AMOUNT
+from fraudguard.features import feature_names
+from fraudguard.serving.champion import ChampionFollower, ServedModel
+from fraudguard.serving.predictions import PredictionLog
+from fraudguard.serving.schema import field_name, request_models
+from fraudguard.serving.security import ApiClient, GatewayGuard
+from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from fraudguard.signing import Verifier
+
+logger = logging.getLogger(__name__)
+
+PROTECTED = ("/score", "/feedback")
+_ENDPOINTS = {"/score", "/score/batch", "/feedback", "/health", "/metrics"}
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GatewayMetrics:
+    """Prometheus metrics of one gateway (its own registry, so several can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fraudguard_requests", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.latency = Histogram("fraudguard_request_latency_seconds", "Request latency", ["endpoint"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.decisions = Counter("fraudguard_decisions", "Scored transactions", ["decision", "model_version"],
+                                 registry=r)
+        self.model_version = Gauge("fraudguard_model_version", "Version of the champion being served", registry=r)
+        self.model_switches = Counter("fraudguard_model_switches", "Hot switches to a new champion", registry=r)
+        self.switch_failures = Gauge("fraudguard_model_switch_failing",
+                                     "1 while the newest champion cannot be verified or loaded", registry=r)
+        self.log_dropped = Counter("fraudguard_prediction_log_dropped", "Decisions not logged (queue full)",
+                                   registry=r)
+        self.state_rows = Gauge("fraudguard_state_transactions", "Transactions in the state store", registry=r)
+
+
+@dataclass
+class ScoredTransaction:
+    tx: RawTransaction
+    features: dict[str, float]
+
+
+class Gateway:
+    """The gateway's parts: state store, champion follower, prediction log and metrics."""
+
+    def __init__(self, settings: Settings, root: Path, client: "MlflowClient", verifier: "Verifier",
+                 api_clients: list[ApiClient]):
+        self.settings, self.root = settings, Path(root)
+        serve = settings.serve
+        self.metrics = GatewayMetrics()
+        self.api_clients = api_clients
+        self.models = request_models(settings.validate_, serve)
+        self.feature_names = set(feature_names(settings.featurize)) | {TX_AMOUNT}
+        self.follower = ChampionFollower(client, settings.registry.model_name, verifier,
+                                         self._path(serve.model_cache_dir), self.feature_names,
+                                         serve.reload_interval_s, on_change=self._on_switch)
+        self.store: FeatureStore | None = None
+        self.log: PredictionLog | None = None
+
+    def _path(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.root / path
+
+    def _on_switch(self, old: ServedModel | None, new: ServedModel) -> None:
+        self.metrics.model_version.set(new.version)
+        if old is not None:
+            self.metrics.model_switches.inc()
+
+    def start(self) -> None:
+        serve = self.settings.serve
+        self.store = FeatureStore(self._path(serve.state_path), self.settings.featurize)
+        if self.store.count() == 0 and serve.bootstrap_from is not None:
+            source = self._path(serve.bootstrap_from)
+            if source.is_file():
+                from fraudguard.data.io import read_transactions
+
+                self.store.bootstrap(read_transactions(source))
+            else:
+                logger.warning("state store is empty and %s does not exist: features start from no history",
+                               source)
+        self.metrics.state_rows.set(self.store.count())
+        self.log = PredictionLog(self._path(serve.prediction_log), serve.prediction_log_queue,
+                                 on_drop=self.metrics.log_dropped.inc)
+        self.follower.check()
+        self.follower.start()
+
+    def stop(self) -> None:
+        self.follower.stop()
+        if self.log is not None:
+            self.log.close()
+        if self.store is not None:
+            self.store.close()
+
+    # ------------------------------------------------------------------------------------------ scoring
+
+    def score(self, transactions: list[RawTransaction], client: str, request_id: str,
+              started: float) -> tuple[ServedModel, list[dict[str, Any]]]:
+        """Featurize, record and score the transactions in order; raises _Refused for a 409 or 503."""
+        served = self.follower.current
+        if served is None:
+            raise _Refused(503, "no verified champion to serve yet", "model")
+        rows = []
+        try:
+            with self.store.transaction():
+                for tx in transactions:
+                    rows.append(self.store.features(tx))
+                    self.store.add(tx)  # DuplicateTransaction for an id already scored (or repeated in the batch)
+        except DuplicateTransaction as exc:
+            raise _Refused(409, str(exc), "TRANSACTION_ID") from None
+        bundle = served.bundle
+        values = np.array([[tx.amount if name == TX_AMOUNT else row[name] for name in bundle.features]
+                           for tx, row in zip(transactions, rows)], dtype=np.float64)
+        std = bundle.standardizer
+        scores = bundle.predict_proba_standardized(((values - std.mean) / std.std).astype(np.float32))
+        if not np.all(np.isfinite(scores)):
+            raise _Refused(500, "the model returned a non-finite score; nothing was decided", "model")
+        latency_ms = (time.perf_counter() - started) * 1000
+        results = []
+        version = str(served.version)
+        for tx, row, score in zip(transactions, rows, scores):
+            flagged = bool(score >= bundle.threshold)
+            results.append({"TRANSACTION_ID": tx.transaction_id, "fraud_probability": float(score),
+                            "is_fraud": flagged})
+            self.metrics.decisions.labels("fraud" if flagged else "legit", version).inc()
+            self.log.put({
+                "time": time.time(), "request_id": request_id, "client": client, "model_version": served.version,
+                "transaction": {"TRANSACTION_ID": tx.transaction_id, "TX_DATETIME": tx.time.isoformat(),
+                                "CUSTOMER_ID": tx.customer_id, "TERMINAL_ID": tx.terminal_id,
+                                "TX_AMOUNT": tx.amount},
+                "features": row, "score": float(score), "decision": flagged, "threshold": bundle.threshold,
+                "latency_ms": round(latency_ms, 3)})
+        self.metrics.state_rows.inc(len(transactions))
+        return served, results
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        served, status = self.follower.current, self.follower.status
+        body = {
+            "status": "unavailable" if served is None else ("degraded" if status.last_error else "ok"),
+            "model_version": served.version if served else None,
+            "attestation": served.attestation[:16] if served else None,
+            "verified": served is not None,
+            "loaded_at": served.loaded_at if served else None,
+            "threshold": served.bundle.threshold if served else None,
+            "last_check": status.last_check,
+            "last_switch_error": status.last_error,
+            "last_switch_error_at": status.last_error_at,
+            "refused_version": status.failed_target[0] if status.failed_target else None,
+            "switches": status.switches,
+            "state_transactions": self.store.count() if self.store else None,
+            "prediction_log_dropped": self.log.dropped if self.log else 0,
+        }
+        self.metrics.switch_failures.set(1 if status.last_error else 0)
+        return (200 if served is not None else 503), body
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, field: str):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def _raw(tx) -> RawTransaction:
+    return RawTransaction(tx.TRANSACTION_ID, tx.TX_DATETIME, tx.CUSTOMER_ID, tx.TERMINAL_ID, tx.TX_AMOUNT)
+
+
+def create_app(gateway: Gateway) -> Any:
+    """The ASGI application: FastAPI routes inside the API-key/rate/size guard and a metrics recorder."""
+    models = gateway.models
+    Transaction, Batch, Feedback = models.transaction, models.batch, models.feedback
+    metrics = gateway.metrics
+
+    @asynccontextmanager
+    async def lifespan(app):
+        gateway.start()
+        try:
+            yield
+        finally:
+            gateway.stop()
+
+    app = FastAPI(title="FraudGuard scoring gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        fields = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            name = "body" if err.get("type") == "json_invalid" else field_name(loc)
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            fields.append({"field": name, "message": message[:300]})
+        return JSONResponse({"error": "invalid request", "fields": fields[:50]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(_Refused)
+    async def refused(request: Request, exc: _Refused):
+        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"error": "internal error; see the gateway's log"}, status_code=500)
+
+    def client_of(request: Request) -> str:
+        return str(request.scope.get("state", {}).get("client", ""))
+
+    @app.post("/score")
+    async def score(transaction: Transaction, request: Request):
+        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        served, results = gateway.score([_raw(transaction)], client_of(request), request_id, started)
+        return {"request_id": request_id, "model_version": served.version,
+                "threshold": served.bundle.threshold, **results[0]}
+
+    @app.post("/score/batch")
+    async def score_batch(batch: Batch, request: Request):
+        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        served, results = gateway.score([_raw(t) for t in batch.transactions], client_of(request), request_id,
+                                        started)
+        return {"request_id": request_id, "model_version": served.version, "threshold": served.bundle.threshold,
+                "results": results}
+
+    @app.post("/feedback")
+    async def feedback(body: Feedback):
+        from fraudguard.serving.state import time_ns
+
+        store = gateway.store
+        unknown, problems, accepted = [], [], []
+        for i, label in enumerate(body.labels):
+            tx_time = store.transaction_time(label.TRANSACTION_ID)
+            if tx_time is None:
+                unknown.append(label.TRANSACTION_ID)
+            elif time_ns(label.LABEL_DATETIME) < tx_time:
+                problems.append({"field": f"labels[{i}].LABEL_DATETIME",
+                                 "message": "is before the transaction's TX_DATETIME"})
+            else:
+                accepted.append(label)
+        if problems:
+            return JSONResponse({"error": "invalid request", "fields": problems[:50]}, status_code=422)
+        with store.transaction():
+            for label in accepted:
+                store.record_label(label.TRANSACTION_ID, label.TX_FRAUD, label.LABEL_DATETIME)
+        return {"recorded": len(accepted), "unknown_transaction_ids": unknown[:100],
+                "unknown": len(unknown)}
+
+    @app.get("/health")
+    async def health():
+        status, body = gateway.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics")
+    async def prometheus():
+        gateway.health()  # refreshes the switch-failure gauge
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Rejections by the guard (401, 413, 429) are counted by the recorder, which wraps it.
+    guarded = GatewayGuard(app, gateway.api_clients, gateway.settings.serve.max_body_bytes, PROTECTED)
+
+    async def recorder(scope, receive, send):
+        if scope["type"] != "http":
+            await guarded(scope, receive, send)
+            return
+        started = time.perf_counter()
+        endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+        status_code = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status_code[0] = message["status"]
+            await send(message)
+
+        try:
+            await guarded(scope, receive, send_status)
+        finally:
+            metrics.requests.labels(endpoint, str(status_code[0])).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    recorder.gateway = gateway  # type: ignore[attr-defined]
+    return recorder
+

@@ -1,0 +1,191 @@
+"""Only a verified champion serves: resolve `@champion`, verify it against its signed attestation, load it
+from the verified local files, and follow promote and rollback without dropping a request.
+
+Resolution reads the registry state with the audit chain's signatures checked (registry.read_state): the
+alias must equal the last committed move's target (a hand-moved alias or a half-done move is refused), the
+version's newest verdict must not be a block, and the committed move names the attestation digest. The
+attestation is opened with the public key (attestation.load_attestation); the served model directory is
+downloaded to a private folder and its digests checked (served_digests / check_digests); only then is the
+bundle loaded with model.load_bundle (weights_only; no pyfunc code from the store runs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from fraudguard.attestation import (
+    PREPROCESS_SUBJECT,
+    WEIGHTS_SUBJECT,
+    check_digests,
+    download_served_model,
+    load_attestation,
+    served_digests,
+)
+from fraudguard.errors import FraudGuardError, ModelError, RegistryError
+from fraudguard.model import ModelBundle, load_bundle, sha256_file
+from fraudguard.registry import get_version, newest_verdict, read_state
+from fraudguard.signing import Verifier
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded, verified champion: what one request scores with (read once per request)."""
+
+    bundle: ModelBundle
+    version: int
+    attestation: str
+    loaded_at: str
+    model_dir: Path
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.version, self.attestation)
+
+
+def resolve_champion(client: "MlflowClient", model_name: str, verifier: Verifier) -> tuple[int, str]:
+    """(version, attestation sha256) of the committed champion; RegistryError when it cannot be trusted."""
+    state = read_state(client, model_name, verifier)  # AuditError on a broken chain or a trimmed log
+    if state.pending_intent is not None:
+        intent = state.pending_intent
+        raise RegistryError(f"model {model_name!r}: a {intent.action} {intent.from_version} -> {intent.to_version} "
+                            "is half-done; serving stays on the current model until it is committed")
+    history = state.history
+    if not history:
+        raise RegistryError(f"model {model_name!r} has no committed champion yet")
+    committed = history[-1]
+    if state.champion != committed.version:
+        raise RegistryError(f"model {model_name!r}: alias champion points at {state.champion} but the last "
+                            f"committed move ends at {committed.version} (moved outside fraudguard)")
+    verdict = newest_verdict(state.entries, committed.version)
+    if verdict is not None and verdict.action == "block":
+        raise RegistryError(f"model {model_name!r} version {committed.version} was blocked after its promotion")
+    digest = committed.attestation or (verdict.attestation if verdict is not None else "")
+    if not digest:
+        raise RegistryError(f"model {model_name!r} version {committed.version}: its move records no attestation")
+    return committed.version, digest
+
+
+def load_verified(client: "MlflowClient", model_name: str, version: int, digest: str, verifier: Verifier,
+                  cache_dir: Path, feature_names: set[str]) -> ServedModel:
+    """Download, verify and load version `version` whose attestation has sha256 `digest`."""
+    mv = get_version(client, model_name, version)
+    attestation = load_attestation(mv, digest, verifier)  # SignatureError when missing, altered or forged
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = Path(tempfile.mkdtemp(prefix=f"v{version}-{digest[:12]}-", dir=cache_dir))
+    try:
+        model_dir = download_served_model(client, model_name, version, target)
+        where = f"model {model_name!r} version {version}"
+        check_digests(attestation, served_digests(model_dir), where)
+        subjects = attestation.subjects
+        if WEIGHTS_SUBJECT not in subjects or PREPROCESS_SUBJECT not in subjects:
+            raise ModelError(f"{where}: attestation {digest[:16]} does not cover the weights and preprocess.json")
+        weights, preprocess = model_dir / "artifacts" / "model.pt", model_dir / "artifacts" / "preprocess.json"
+        bundle = load_bundle(weights, preprocess, expected_sha256=subjects[WEIGHTS_SUBJECT])
+        if sha256_file(preprocess) != subjects[PREPROCESS_SUBJECT]:
+            raise ModelError(f"{where}: preprocess.json changed while it was loaded")
+        missing = sorted(set(bundle.features) - feature_names)
+        if missing:
+            raise ModelError(f"{where}: uses feature(s) the gateway does not compute: {missing}")
+        # Warm-up: the first real request must not pay for lazy initialisation.
+        bundle.predict_proba_standardized(np.zeros((1, len(bundle.features)), dtype=np.float32))
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    logger.info("%s version %s verified against attestation %s and loaded", model_name, version, digest[:16])
+    return ServedModel(bundle, version, digest, now, target)
+
+
+@dataclass
+class SwitchStatus:
+    """What /health reports about following the champion."""
+
+    last_check: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    failed_target: tuple[int, str] | None = None
+    switches: int = 0
+
+
+class ChampionFollower:
+    """Holds the served model and swaps it atomically when `champion` moves to a verified version.
+
+    A failed resolution, verification or load keeps the current model and is reported (status, log).
+    `lock` is held for the whole of each check (tests hold it to make a check wait).
+    """
+
+    def __init__(self, client: "MlflowClient", model_name: str, verifier: Verifier, cache_dir: Path,
+                 feature_names: set[str], interval_s: float,
+                 on_change: Callable[[ServedModel | None, ServedModel], None] | None = None):
+        self.client, self.model_name, self.verifier = client, model_name, verifier
+        self.cache_dir, self.feature_names, self.interval_s = Path(cache_dir), feature_names, interval_s
+        self.on_change = on_change or (lambda old, new: None)
+        self.current: ServedModel | None = None
+        self.status = SwitchStatus()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Resolve the champion; switch to it if it changed and verifies. True when a switch happened."""
+        with self.lock:
+            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            self.status.last_check = now
+            try:
+                target = resolve_champion(self.client, self.model_name, self.verifier)
+                if self.current is not None and self.current.key == target:
+                    self.status.failed_target = None
+                    self.status.last_error = None
+                    return False
+                served = load_verified(self.client, self.model_name, target[0], target[1], self.verifier,
+                                       self.cache_dir, self.feature_names)
+            except FraudGuardError as exc:
+                self._failed(now, str(exc), locals().get("target"))
+                return False
+            except Exception as exc:  # MLflow, OS and torch errors of a broken store: keep serving, report
+                self._failed(now, f"{type(exc).__name__}: {str(exc)[:300]}", locals().get("target"))
+                return False
+            old, self.current = self.current, served  # one reference assignment: requests see old or new
+            self.status.switches += 1
+            self.status.failed_target = None
+            self.status.last_error = None
+            logger.info("serving %s version %s (was %s)", self.model_name, served.version,
+                        old.version if old else None)
+            self.on_change(old, served)
+            if old is not None:
+                shutil.rmtree(old.model_dir, ignore_errors=True)
+            return True
+
+    def _failed(self, now: str, message: str, target) -> None:
+        serving = f"; still serving version {self.current.version}" if self.current else "; nothing to serve"
+        if self.status.last_error != message:
+            logger.error("champion switch refused: %s%s", message, serving)
+        self.status.last_error, self.status.last_error_at = message, now
+        self.status.failed_target = target
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.wait(self.interval_s):
+                self.check()
+
+        self._thread = threading.Thread(target=loop, name="champion-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,0 +1,422 @@
+"""The scoring gateway, served for real by uvicorn on 127.0.0.1 against a real sqlite MLflow store whose
+champion was promoted through the promotion API (stand-in gates, committed policy).
+
+Order matters within the module (one gateway, one store, as in production): parity first, then hostile
+input, auth and rate limits, restart, the hot switch, and the tampered champion last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from fraudguard.config import Settings, load_settings, merge_overrides, parse_settings
+from fraudguard.features import compute_features, feature_names
+from fraudguard.policy import committed_policy
+from fraudguard.promotion import decide, prepare, rollback, run_gates
+from fraudguard.registry import get_champion_version
+from fraudguard.serving.predictions import read_prediction_log
+from fraudguard.serving.runner import ThreadedServer, build_app
+from fraudguard.serving.security import load_api_clients
+
+from registry_helpers import all_passing_gates, candidate_for, commit_params, served_weights_file, simple_context, \
+    write_pipeline_outputs
+
+pytestmark = pytest.mark.slow
+
+NAME = "fraudguard"
+KEY = "bank-key-0123456789abcdef"
+SLOW_KEY = "slow-key-0123456789abcdef"
+REPLAY_DAYS = 7
+_ids = itertools.count(10**12)
+
+
+@dataclass
+class Served:
+    root: Path
+    client: MlflowClient
+    settings: Settings          # the project's (committed) settings: promotion and rollback
+    serve_settings: Settings    # the gateway's
+    uri: str
+    versions: list[int]
+    data: pd.DataFrame          # the simulated world
+    cutoff: pd.Timestamp        # history before it was bootstrapped; the replay starts there
+    server: ThreadedServer | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def gateway(self):
+        return self.server.app.gateway
+
+    def start(self) -> None:
+        clients = load_api_clients(self.serve_settings.serve, env={
+            "FRAUDGUARD_API_KEYS_FILE": str(self.root.parent / "keys.yaml")})
+        self.server = ThreadedServer(build_app(self.root, self.serve_settings, self.uri, clients)).start()
+
+    def promote(self, version: int) -> None:
+        report_dir = self.root / "reports" / "setup" / f"v{version}-{time.monotonic_ns()}"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        run = prepare(self.client, self.root, self.settings, version,
+                      policy=committed_policy(self.root, self.settings), gates=all_passing_gates(),
+                      candidate=candidate_for(self.client, NAME, version),
+                      context=simple_context(self.settings, self.root, report_dir))
+        results, durations = run_gates(run)
+        assert decide(self.client, run, results, durations, actor="test").promoted
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import torch
+
+    from fraudguard.data.simulator import simulate_transactions
+    from fraudguard.tracking import configure_mlflow, log_training_run
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("serve")
+    root, store = base / "project", base / "store"
+    store.mkdir(parents=True)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        versions = []
+        for seed in (0, 1, 2):
+            write_pipeline_outputs(root, seed)
+            settings = load_settings(root / "params.yaml")
+            configure_mlflow(root, settings)
+            versions.append(log_training_run(root, settings, flow_run_id=None).version)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    commit_params(root)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    data = simulate_transactions(settings.simulate)
+    cutoff = data["TX_DATETIME"].max().normalize() - pd.Timedelta(days=REPLAY_DAYS - 1)
+    history = root / "data" / "validated" / "transactions.parquet"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    data[data["TX_DATETIME"] < cutoff].to_parquet(history)  # bootstrapped on start (serve.bootstrap_from)
+    (base / "keys.yaml").write_text(
+        f"bank: {KEY}\nslow: {{key: {SLOW_KEY}, rate_limit_per_s: 0.5, rate_limit_burst: 3}}\n")
+    serve_settings = parse_settings(merge_overrides(
+        json.loads(json.dumps(settings.as_params_dict())),
+        {"serve": {"reload_interval_s": 0.3, "state_path": str(base / "state" / "features.sqlite"),
+                   "prediction_log": str(base / "state" / "predictions.jsonl"),
+                   "model_cache_dir": str(base / "state" / "models"), "max_body_bytes": 65536,
+                   "max_batch_size": 200}}))
+    project = Served(root, client, settings, serve_settings, uri, versions, data, cutoff)
+    project.promote(versions[0])
+    project.start()
+    yield project
+    if project.server is not None:
+        project.server.stop()
+
+
+def _headers(key: str = KEY) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def _tx(customer: int = 10**9, terminal: int = 10**9, amount: float = 42.5, when: str = "2024-06-01T12:00:00",
+        **extra) -> dict:
+    return {"TRANSACTION_ID": next(_ids), "TX_DATETIME": when, "CUSTOMER_ID": customer,
+            "TERMINAL_ID": terminal, "TX_AMOUNT": amount, **extra}
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    return [{"TRANSACTION_ID": int(r.TRANSACTION_ID), "TX_DATETIME": r.TX_DATETIME.isoformat(),
+             "CUSTOMER_ID": int(r.CUSTOMER_ID), "TERMINAL_ID": int(r.TERMINAL_ID), "TX_AMOUNT": float(r.TX_AMOUNT)}
+            for r in rows.itertuples()]
+
+
+# ------------------------------------------------------------------------------------------------- parity
+
+def test_replayed_test_period_gets_the_offline_features_and_scores(served):
+    settings = served.serve_settings
+    offline = compute_features(served.data, settings.featurize)
+    replay = offline[offline["TX_DATETIME"] >= served.cutoff].reset_index(drop=True)
+    delay = pd.Timedelta(days=settings.featurize.label_delay_days)
+    with httpx.Client(base_url=served.url, headers=_headers(), timeout=30) as http:
+        for start in range(0, len(replay), 200):
+            chunk = replay.iloc[start:start + 200]
+            response = http.post("/score/batch", json={"transactions": _records(chunk)})
+            assert response.status_code == 200, response.text
+            frauds = chunk[chunk["TX_FRAUD"] == 1]
+            if len(frauds):  # chargebacks arrive with their dates; they count only after the label delay
+                labels = [{"TRANSACTION_ID": int(r.TRANSACTION_ID), "TX_FRAUD": True,
+                           "LABEL_DATETIME": (r.TX_DATETIME + delay).isoformat()} for r in frauds.itertuples()]
+                fb = http.post("/feedback", json={"labels": labels})
+                assert fb.status_code == 200 and fb.json()["recorded"] == len(labels), fb.text
+    gateway = served.gateway
+    gateway.log.flush()
+    logged = read_prediction_log(gateway._path(settings.serve.prediction_log)).set_index("TRANSACTION_ID")
+    online = logged.loc[replay["TRANSACTION_ID"]]
+    assert len(online) == len(replay) > 500
+    for name in feature_names(settings.featurize):
+        expected = replay[name].to_numpy(dtype=np.float64)
+        got = online[name].to_numpy(dtype=np.float64)
+        worst = np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)))
+        assert worst <= 1e-6, f"{name}: online differs from offline by {worst:.3g}"
+    assert (replay["TERMINAL_ID_RISK_7DAY_WINDOW"] > 0).any()  # the delayed labels did enter terminal risk
+    bundle = gateway.follower.current.bundle
+    assert set(online["model_version"]) == {gateway.follower.current.version}
+    offline_scores = bundle.predict_proba(replay)
+    assert np.max(np.abs(online["score"].to_numpy() - offline_scores)) <= 1e-6
+    assert (online["decision"].to_numpy() == (offline_scores >= bundle.threshold)).all()
+
+
+# ------------------------------------------------------------------------------------------ hostile input
+
+BIG = 2**63
+HOSTILE = [  # (name, body transform or raw body, expected field)
+    ("amount_negative", {"TX_AMOUNT": -500.0}, "TX_AMOUNT"),
+    ("amount_zero", {"TX_AMOUNT": 0.0}, "TX_AMOUNT"),
+    ("amount_1e308", {"TX_AMOUNT": 1e308}, "TX_AMOUNT"),
+    ("amount_above_max", {"TX_AMOUNT": 20000.01}, "TX_AMOUNT"),
+    ("amount_nan", "NaN", "TX_AMOUNT"),
+    ("amount_infinity", "Infinity", "TX_AMOUNT"),
+    ("amount_overflowing_literal", "1e999", "TX_AMOUNT"),
+    ("amount_huge_integer", "1" + "0" * 400, "TX_AMOUNT"),
+    ("amount_string", {"TX_AMOUNT": "12.5"}, "TX_AMOUNT"),
+    ("amount_null", {"TX_AMOUNT": None}, "TX_AMOUNT"),
+    ("amount_bool", {"TX_AMOUNT": True}, "TX_AMOUNT"),
+    ("amount_object", {"TX_AMOUNT": {"$gt": 0}}, "TX_AMOUNT"),
+    ("customer_fraction", {"CUSTOMER_ID": 2.9}, "CUSTOMER_ID"),
+    ("customer_2_63", {"CUSTOMER_ID": BIG}, "CUSTOMER_ID"),
+    ("customer_negative", {"CUSTOMER_ID": -1}, "CUSTOMER_ID"),
+    ("customer_string", {"CUSTOMER_ID": "abc"}, "CUSTOMER_ID"),
+    ("terminal_float_1e30", {"TERMINAL_ID": 1e30}, "TERMINAL_ID"),
+    ("terminal_list", {"TERMINAL_ID": [1, 2]}, "TERMINAL_ID"),
+    ("transaction_id_missing", {"TRANSACTION_ID": ...}, "TRANSACTION_ID"),
+    ("transaction_id_bool", {"TRANSACTION_ID": False}, "TRANSACTION_ID"),
+    ("extra_field", {"TX_FRAUD": 0}, "TX_FRAUD"),
+    ("datetime_garbage", {"TX_DATETIME": "yesterday at noon"}, "TX_DATETIME"),
+    ("datetime_1850", {"TX_DATETIME": "1850-01-01T00:00:00"}, "TX_DATETIME"),
+    ("datetime_far_future", {"TX_DATETIME": "2999-01-01T00:00:00"}, "TX_DATETIME"),
+    ("datetime_with_zone", {"TX_DATETIME": "2024-06-01T12:00:00+02:00"}, "TX_DATETIME"),
+    ("datetime_epoch_number", {"TX_DATETIME": 1717243200}, "TX_DATETIME"),
+    ("datetime_very_long", {"TX_DATETIME": "2024-06-01T12:00:00" + " " * 5000}, "TX_DATETIME"),
+    ("body_not_json", b"{not json", "body"),
+    ("body_a_list", b"[1, 2, 3]", "body"),
+]
+
+
+def _hostile_body(change) -> bytes:
+    if isinstance(change, bytes):
+        return change
+    tx = _tx()
+    if isinstance(change, str):  # a raw JSON literal for the amount
+        return json.dumps({**tx, "TX_AMOUNT": 0}).replace('"TX_AMOUNT": 0', f'"TX_AMOUNT": {change}').encode()
+    for key, value in change.items():
+        if value is ...:
+            tx.pop(key)
+        else:
+            tx[key] = value
+    return json.dumps(tx).encode()
+
+
+@pytest.mark.parametrize("name, change, field", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_transaction_is_a_422_naming_the_field(served, name, change, field):
+    response = httpx.post(f"{served.url}/score", content=_hostile_body(change),
+                          headers={**_headers(), "content-type": "application/json"}, timeout=10)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert field in [f["field"] for f in body["fields"]], body
+    assert "Traceback" not in response.text and "NaN" not in response.text
+
+
+@pytest.mark.parametrize("name, batch, field", [
+    ("batch_empty", {"transactions": []}, "transactions"),
+    ("batch_one_bad_amount", {"transactions": [_tx(), _tx(amount=-1.0)]}, "transactions[1].TX_AMOUNT"),
+    ("batch_too_many", {"transactions": [_tx()] * 201}, "transactions"),
+    ("batch_wrong_key", {"txs": [_tx()]}, "txs"),
+])
+def test_hostile_batch_is_a_422_naming_the_field(served, name, batch, field):
+    response = httpx.post(f"{served.url}/score/batch", json=batch, headers=_headers(), timeout=10)
+    assert response.status_code == 422, response.text
+    assert field in [f["field"] for f in response.json()["fields"]]
+
+
+def test_oversized_body_is_a_413_before_parsing(served):
+    response = httpx.post(f"{served.url}/score", content=b'{"pad": "' + b"x" * 70_000 + b'"}',
+                          headers={**_headers(), "content-type": "application/json"}, timeout=10)
+    assert response.status_code == 413 and response.json()["field"] == "body"
+
+    def chunks():  # no Content-Length: cut off while streaming
+        for _ in range(20):
+            yield b"x" * 8192
+
+    streamed = httpx.post(f"{served.url}/score", content=chunks(), headers=_headers(), timeout=10)
+    assert streamed.status_code == 413
+
+
+def test_feedback_dated_before_its_transaction_is_a_422(served):
+    tx = _tx(customer=10**9 + 7)
+    assert httpx.post(f"{served.url}/score", json=tx, headers=_headers(), timeout=10).status_code == 200
+    response = httpx.post(f"{served.url}/feedback", headers=_headers(), timeout=10, json={"labels": [
+        {"TRANSACTION_ID": tx["TRANSACTION_ID"], "TX_FRAUD": True, "LABEL_DATETIME": "2024-05-01T00:00:00"}]})
+    assert response.status_code == 422 and response.json()["fields"][0]["field"] == "labels[0].LABEL_DATETIME"
+
+
+def test_a_repeated_transaction_id_is_a_409(served):
+    tx = _tx(customer=10**9 + 8)
+    assert httpx.post(f"{served.url}/score", json=tx, headers=_headers(), timeout=10).status_code == 200
+    again = httpx.post(f"{served.url}/score", json=tx, headers=_headers(), timeout=10)
+    assert again.status_code == 409 and again.json()["field"] == "TRANSACTION_ID"
+
+
+# ------------------------------------------------------------------------------------------ keys and rates
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong-key-0123456789abcdef"}, {"X-API-Key": ""},
+                                     {"X-API-Key": KEY[:-1]}])
+def test_missing_or_wrong_api_key_is_a_401(served, headers):
+    for path, body in (("/score", _tx()), ("/score/batch", {"transactions": [_tx()]}), ("/feedback", {})):
+        response = httpx.post(f"{served.url}{path}", json=body, headers=headers, timeout=10)
+        assert response.status_code == 401, (path, response.text)
+
+
+def test_a_client_over_its_rate_is_a_429(served):
+    codes = [httpx.post(f"{served.url}/score", json=_tx(customer=10**9 + 9), headers=_headers(SLOW_KEY),
+                        timeout=10).status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and 429 in codes[3:], codes
+    # another client is not slowed by it
+    assert httpx.post(f"{served.url}/score", json=_tx(), headers=_headers(), timeout=10).status_code == 200
+
+
+def test_health_and_metrics_report_the_served_champion(served):
+    health = httpx.get(f"{served.url}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["verified"] and health["model_version"] == served.versions[0]
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+    assert f"fraudguard_model_version {float(served.versions[0])}" in metrics
+    assert 'fraudguard_requests_total{endpoint="/score",status="422"}' in metrics
+    assert "fraudguard_request_latency_seconds_bucket" in metrics and "fraudguard_decisions_total" in metrics
+
+
+# ------------------------------------------------------------------------------------------------ restart
+
+def test_restart_keeps_the_state(served):
+    customer = 10**9 + 11
+    first = _tx(customer=customer, amount=10.0, when="2024-06-02T10:00:00")
+    assert httpx.post(f"{served.url}/score", json=first, headers=_headers(), timeout=10).status_code == 200
+    rows_before = httpx.get(f"{served.url}/health", timeout=10).json()["state_transactions"]
+    served.server.stop()
+    served.start()
+    assert httpx.get(f"{served.url}/health", timeout=10).json()["state_transactions"] == rows_before
+    second = _tx(customer=customer, amount=30.0, when="2024-06-02T11:00:00")
+    assert httpx.post(f"{served.url}/score", json=second, headers=_headers(), timeout=10).status_code == 200
+    served.gateway.log.flush()
+    logged = read_prediction_log(served.gateway._path(served.serve_settings.serve.prediction_log))
+    row = logged.set_index("TRANSACTION_ID").loc[second["TRANSACTION_ID"]]
+    assert row["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2 and row["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 20.0
+
+
+# --------------------------------------------------------------------------------------------- hot switch
+
+class Traffic:
+    """Threads scoring continuously; records every status and model version."""
+
+    def __init__(self, url: str, when: str, threads: int = 3):
+        self.url, self.when, self.stop_event, self.results, self.lock = url, when, threading.Event(), [], threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self.url, headers=_headers(), timeout=30) as http:
+            while not self.stop_event.is_set():
+                response = http.post("/score", json=_tx(customer=10**9 + 100 + i, terminal=10**9 + 100,
+                                                      when=self.when))
+                with self.lock:
+                    self.results.append((response.status_code, response.json().get("model_version")))
+
+    def __enter__(self) -> "Traffic":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def wait_for_version(self, version: int, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.results and self.results[-1][1] == version:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"still serving {self.results[-1:]} after {timeout_s} s, not version {version}")
+
+
+def test_hot_switch_on_promote_and_rollback_drops_no_request(served):
+    v1, v2, _ = served.versions
+    with Traffic(served.url, (served.cutoff + pd.Timedelta(hours=36)).isoformat()) as traffic:
+        traffic.wait_for_version(v1)
+        served.promote(v2)
+        traffic.wait_for_version(v2)
+        rollback(served.client, served.settings, reason="test rollback", actor="test")
+        traffic.wait_for_version(v1)
+        time.sleep(0.3)
+    codes = {code for code, _ in traffic.results}
+    assert codes == {200}, codes
+    versions = [v for _, v in traffic.results]
+    assert versions[0] == v1 and v2 in versions and versions[-1] == v1 and len(versions) > 30
+    health = httpx.get(f"{served.url}/health", timeout=10).json()
+    assert health["model_version"] == v1 and health["switches"] >= 2 and health["last_switch_error"] is None
+
+
+# ------------------------------------------------------------------------------------------------ tamper
+
+def test_a_tampered_champion_is_refused_and_the_previous_keeps_serving(served):
+    v1, _, v3 = served.versions
+    follower = served.gateway.follower
+    with follower.lock:  # no check runs until the champion is promoted *and* its served files altered
+        served.promote(v3)
+        weights = served_weights_file(served.client, NAME, v3)
+        weights.write_bytes(weights.read_bytes() + b"\0")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{served.url}/health", timeout=10).json()
+        if health["last_switch_error"]:
+            break
+        time.sleep(0.1)
+    assert get_champion_version(served.client, NAME) == v3
+    assert health["status"] == "degraded" and health["model_version"] == v1 and health["refused_version"] == v3
+    assert "differ from the signed attestation" in health["last_switch_error"]
+    response = httpx.post(f"{served.url}/score", json=_tx(), headers=_headers(), timeout=10)
+    assert response.status_code == 200 and response.json()["model_version"] == v1
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+    assert "fraudguard_model_switch_failing 1.0" in metrics
+
+
+# ------------------------------------------------------------------------------------------------ monitor
+
+def test_monitor_reads_the_live_log(served, tmp_path, monkeypatch):
+    from fraudguard.monitoring import check_live_traffic
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(served.uri)
+    log = served.gateway._path(served.serve_settings.serve.prediction_log)
+    served.gateway.log.flush()
+    check = check_live_traffic(served.client, log, served.serve_settings, tmp_path)
+    assert check.n_decisions > 500 and 0.0 <= check.flag_rate <= 1.0 and 0.0 <= check.drift_share <= 1.0
+    assert check.report_path.is_file()
+    # the hot-switch traffic hit one terminal hundreds of times within an hour
+    assert any(b["terminal_id"] == 10**9 + 100 and b["count"] > 20 for b in check.bursts), check.bursts[:3]
+    run = served.client.get_run(check.run_id)
+    assert run.data.metrics["live_decisions"] == check.n_decisions and "live_flag_rate" in run.data.metrics
