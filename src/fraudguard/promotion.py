@@ -326,12 +326,37 @@ def _log_reports(client: "MlflowClient", run_id: str | None, results: tuple[Gate
         logger.warning("candidate version has no run: gate reports stay local under %s", summary.parent)
         return
     client.log_artifact(run_id, str(summary), "gates")
+    _log_gate_metrics(client, run_id, results)
     for result in results:
         for path in result.report_paths:
             if Path(path).is_file():
                 client.log_artifact(run_id, str(path), f"gates/{result.name}")
             else:
                 logger.warning("gate %s listed report %s, which does not exist", result.name, path)
+
+
+def _log_gate_metrics(client: "MlflowClient", run_id: str, results: tuple[GateResult, ...]) -> None:
+    """Every gate's numbers as run metrics `gate.<name>.<metric>` (and `gate.<name>.passed` 0/1), so MLflow's
+    compare view shows robust recall per attack and epsilon, attack AUC and drift share across versions."""
+    import math
+    import time as _time
+
+    from mlflow.entities import Metric
+
+    now = int(_time.time() * 1000)
+    metrics = []
+    for result in results:
+        metrics.append(Metric(f"gate.{result.name}.passed", float(result.passed), now, 0))
+        for key, value in result.metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                safe = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in str(key))[:200]
+                metrics.append(Metric(f"gate.{result.name}.{safe}", number, now, 0))
+    for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[start:start + 900])
 
 
 def _record_verdicts(client: "MlflowClient", name: str, version: int, results: tuple[GateResult, ...]) -> None:

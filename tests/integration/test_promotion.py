@@ -98,6 +98,8 @@ def test_verdicts_are_recorded_as_tags_table_and_run_artifacts(world):
     logged = {a.path for a in client.list_artifacts(mv.run_id, "gates/quality")}
     assert "gates/quality/quality_report.json" in logged
     assert "gates/gate_summary.json" in {a.path for a in client.list_artifacts(mv.run_id, "gates")}
+    run_metrics = client.get_run(mv.run_id).data.metrics  # the compare view shows gate figures per version
+    assert run_metrics["gate.quality.score"] == 1.0 and run_metrics["gate.privacy.passed"] == 1.0
 
 
 def test_failing_gate_leaves_champion_exactly_as_it_was(world):
