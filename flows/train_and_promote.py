@@ -54,9 +54,12 @@ def reproduce(root: Path, params_overrides: dict[str, Any] | None) -> dict[str, 
 
 
 @task(name="register-model", cache_policy=NO_CACHE)
-def register(root: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
+def register(root: Path, settings, flow_run_id: str | None, params_overrides: dict[str, Any] | None) -> dict[str, Any]:
+    from fraudguard.pipeline import params_overridden, require_current_outputs
     from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
+    with params_overridden(root / "params.yaml", params_overrides):
+        require_current_outputs(root)  # the weights are what these code, data and (effective) params produce
     client = configure_mlflow(root, settings)
     existing = find_identical_version(client, root, settings)
     if existing is not None:
@@ -153,7 +156,7 @@ def train_and_promote(
     settings = validate_params(root, params_overrides)
     data_md5 = pull_data(root, settings, data_revision)
     stages = reproduce(root, params_overrides)
-    record = register(root, settings, flow_run.get_id())
+    record = register(root, settings, flow_run.get_id(), params_overrides)
     if record["is_champion"] and promote:
         return _finish(Completed, f"Unchanged v{record['version']}",
                        f"nothing changed: version {record['version']} (same weights, params and data) is "

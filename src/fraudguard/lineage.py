@@ -101,8 +101,30 @@ def git_state(root: Path) -> tuple[str, str]:
     if head is None:
         return UNKNOWN, UNKNOWN
     status = _run_git(root, "status", "--porcelain")
-    dirty = UNKNOWN if status is None else str(bool(status.strip())).lower()
-    return head.strip(), dirty
+    if status is None:
+        return head.strip(), UNKNOWN
+    outputs = pipeline_output_paths(root)
+    changed = [line[3:].strip().strip('"') for line in status.splitlines() if line.strip()]
+    # Files `dvc repro` itself writes (dvc.lock, stage outs, metrics, plots) do not make the code dirty.
+    edits = [path for path in changed
+             if not any(path == out or path.startswith(out.rstrip("/") + "/") for out in outputs)]
+    return head.strip(), str(bool(edits)).lower()
+
+
+def pipeline_output_paths(root: Path) -> set[str]:
+    """dvc.lock and every out, metric and plot path dvc.yaml declares (relative to root)."""
+    import yaml
+
+    paths = {"dvc.lock"}
+    try:
+        stages = (yaml.safe_load((Path(root) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return paths
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for item in stage.get(kind, []) or []:
+                paths.update([item] if isinstance(item, str) else list(item) if isinstance(item, dict) else [])
+    return paths
 
 
 def data_md5(dvc_file: Path) -> str:

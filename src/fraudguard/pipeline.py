@@ -124,3 +124,52 @@ __all__ = [
     "tool_path",
     "validate_overrides",
 ]
+
+
+def stale_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES) -> dict[str, list[str]]:
+    """stage -> what changed since its outputs were made (`dvc status`): changed params, deps or outs.
+
+    Empty when every stage's outputs match dvc.lock: the models/ files are what the code, data and
+    params.yaml of this checkout produce.
+    """
+    import json
+
+    cmd = [tool_path("dvc"), "status", "--json", *stages]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)  # nosec B603 - fixed argv from our own code, no shell
+    if proc.returncode != 0:
+        raise DataVersionError(f"dvc status failed in {root} (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    try:
+        status = json.loads(proc.stdout or "{}")
+    except ValueError as exc:
+        raise DataVersionError(f"dvc status printed no JSON in {root}: {proc.stdout[-300:]}") from exc
+    stale: dict[str, list[str]] = {}
+    for key, changes in status.items():
+        name = key.split(":")[-1]
+        what: list[str] = []
+        for change in changes if isinstance(changes, list) else [changes]:
+            if isinstance(change, dict):
+                for kind, detail in change.items():
+                    what.append(f"{kind} {_describe_change(detail)}")
+            else:
+                what.append(str(change))
+        stale[name] = what
+    return stale
+
+
+def _describe_change(detail: Any) -> str:
+    """`{"params.yaml": {"train": "modified"}}` -> `params.yaml (train modified)`."""
+    if isinstance(detail, dict):
+        return ", ".join(f"{path} ({_describe_change(inner)})" if isinstance(inner, dict) else f"{path} {inner}"
+                         for path, inner in detail.items())
+    return str(detail)
+
+
+def require_current_outputs(root: Path) -> None:
+    """DataVersionError naming each stale stage when models/ does not match this checkout's inputs."""
+    stale = stale_stages(root)
+    if stale:
+        detail = "; ".join(f"{stage}: {', '.join(changes) or 'changed'}" for stage, changes in stale.items())
+        raise DataVersionError(
+            f"stage outputs are stale against the code, data or params.yaml ({detail}); run `dvc repro` "
+            "first, so that the registered model is what these inputs produce"
+        )

@@ -312,7 +312,6 @@ def _log_files(paths: ProjectPaths, settings: "Settings", weights: Path, preproc
     for optional, artifact_dir in (
         (paths.evaluation, "metrics"),
         (paths.validation_report, "reports"),
-        (paths.params, "config"),
         (paths.dvc_lock, "config"),
         (paths.plots_dir / "pr_curve.png", "plots"),
         (paths.plots_dir / "pr_curve.json", "plots"),
@@ -321,6 +320,8 @@ def _log_files(paths: ProjectPaths, settings: "Settings", weights: Path, preproc
             mlflow.log_artifact(str(optional), artifact_dir)
         else:
             logger.warning("%s absent; not logged to run %s", optional, run_id)
+    # The effective configuration (a run's overrides included), not the params.yaml on disk.
+    mlflow.log_dict(settings.as_params_dict(), "config/params.yaml")
     mlflow.log_dict({"features": list(settings.model.features)}, "config/features.json")
     mlflow.log_dict(settings.threat_model.model_dump(mode="json"), "config/threat_model.json")
     mlflow.log_artifact(str(plot_loss_curve(history, tmp / "loss_curve.png")), "plots")

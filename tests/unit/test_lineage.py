@@ -137,3 +137,19 @@ def test_missing_weights_raise_model_error_naming_the_file(tmp_path, small_setti
     _project(tmp_path)
     with pytest.raises(ModelError, match="absent.pt"):
         collect_lineage(tmp_path, small_settings, tmp_path / "models" / "absent.pt")
+
+
+@needs_git
+def test_files_dvc_repro_writes_do_not_make_the_checkout_dirty(tmp_path, small_settings):
+    weights = _project(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: x\n    outs: [models/model.pt]\n"
+                                       "    metrics:\n      - models/metrics.json:\n          cache: false\n")
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "metrics.json").write_text("{}")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    _init_repo(tmp_path)
+    (tmp_path / "models" / "metrics.json").write_text('{"ap": 0.5}')  # rewritten by the flow's dvc repro
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert collect_lineage(tmp_path, small_settings, weights)["lineage.git_dirty"] == "false"
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a code/pipeline edit still counts
+    assert collect_lineage(tmp_path, small_settings, weights)["lineage.git_dirty"] == "true"

@@ -43,12 +43,14 @@ def register(
     from fraudguard.config import load_settings
     from fraudguard.errors import FraudGuardError
     from fraudguard.logs import configure_logging
+    from fraudguard.pipeline import require_current_outputs
     from fraudguard.tracking import configure_mlflow, log_training_run, resolve_tracking_uri
 
     configure_logging()
     root = root.resolve()
     try:
         settings = load_settings(params or root / "params.yaml")
+        require_current_outputs(root)
         configure_mlflow(root, settings)
         record = log_training_run(root, settings, flow_run_id=flow_run_id)
     except FraudGuardError as exc:
