@@ -165,7 +165,13 @@ def _describe_change(detail: Any) -> str:
 
 
 def require_current_outputs(root: Path) -> None:
-    """DataVersionError naming each stale stage when models/ does not match this checkout's inputs."""
+    """DataVersionError naming each stale stage when models/ does not match this checkout's inputs.
+
+    A checkout without DVC (no .dvc/ or dvc.yaml) cannot say; that is logged, and lineage records no lock.
+    """
+    if not (Path(root) / ".dvc").is_dir() or not (Path(root) / "dvc.yaml").is_file():
+        log.warning("%s is not a DVC pipeline checkout: cannot check that models/ is current", root)
+        return
     stale = stale_stages(root)
     if stale:
         detail = "; ".join(f"{stage}: {', '.join(changes) or 'changed'}" for stage, changes in stale.items())
