@@ -348,7 +348,7 @@ def start_mlflow(base: Path, port: int, pg_port: int, mlflow_db_password: str, a
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
     log = base / "logs" / "mlflow.log"
-    proc = _spawn([_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "2",
+    proc = _spawn([_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
                    "--backend-store-uri", _pg_url("mlflow", mlflow_db_password, pg_port, "mlflow", "psycopg"),
                    "--artifacts-destination", str(artifacts), "--serve-artifacts", "--app-name", "basic-auth"],
                   log, env, base / "mlflow")
@@ -375,6 +375,21 @@ def set_up_identities(url: str, admin_password: str, pipeline_password: str, rev
                                     "resource_id": MODEL_NAME, "permission": permission})
         if status != 200:
             raise StackError(f"granting {permission} on {MODEL_NAME} to {user}: HTTP {status} {body}")
+
+
+def rotate_admin_password(state: StackState) -> None:
+    """A new MLflow admin password (after the first start, and whenever an admin leaves): set on the server
+    through the update-password API with the current one, then written to secrets/ and admin.credentials."""
+    base = Path(state.base)
+    current = _secret(base, "mlflow-admin")
+    new = secrets.token_urlsafe(24)
+    status, body = _mlflow_api(state.mlflow_url, "/api/2.0/mlflow/users/update-password", ADMIN_USER, current,
+                               {"username": ADMIN_USER, "password": new, "current_password": current},
+                               method="PATCH")
+    if status != 200:
+        raise StackError(f"rotating the MLflow admin password: HTTP {status} {body}")
+    _write_private(base / "secrets" / "mlflow-admin", new)
+    write_credentials_file(state.credentials_file("admin"), ADMIN_USER, new)
 
 
 # ------------------------------------------------------------------------------------------ prefect
@@ -545,7 +560,7 @@ def write_pipeline_env(state: StackState) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fraudguard.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "rotate-admin"))
     parser.add_argument("--dir", default=os.environ.get("FRAUDGUARD_STACK_DIR", ".stack"))
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("FRAUDGUARD_STACK_PG_PORT", 0)))
     parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("FRAUDGUARD_STACK_MLFLOW_PORT", 0)))
@@ -562,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stopped = stack_down(base)
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        elif args.command == "rotate-admin":
+            state = StackState.load(base.resolve())
+            rotate_admin_password(state)
+            print(f"MLflow admin password rotated; new one in {state.credentials_file('admin')}")
         else:
             print(describe(StackState.load(base.resolve())))
     except (StackError, OSError, subprocess.SubprocessError) as exc:

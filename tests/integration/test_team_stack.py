@@ -289,3 +289,16 @@ def test_rollback_deployment_clones_the_code_from_the_git_remote_on_a_worker(sta
     assert (last.action, last.phase, last.from_version) == ("rollback", "commit", champion)
     assert last.actor == f"prefect:{flow_run_id}"
     assert "rollback from a cloned checkout" in " ".join(last.reasons)
+
+
+def test_admin_password_rotation_replaces_the_first_start_password(stack):
+    from fraudguard.stack import ADMIN_USER, _mlflow_api, rotate_admin_password
+
+    state, _ = stack
+    old = _credentials(state.credentials_file("admin"))[1]
+    rotate_admin_password(state)
+    new = _credentials(state.credentials_file("admin"))[1]
+    assert new != old
+    path = f"/api/2.0/mlflow/users/get?username={ADMIN_USER}"
+    assert _mlflow_api(state.mlflow_url, path, ADMIN_USER, old, method="GET")[0] == 401
+    assert _mlflow_api(state.mlflow_url, path, ADMIN_USER, new, method="GET")[0] == 200
