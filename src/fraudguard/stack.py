@@ -339,7 +339,10 @@ def start_mlflow(base: Path, port: int, pg_port: int, mlflow_db_password: str, a
         "default_permission = READ\n"
         f"database_uri = {_pg_url('mlflow', mlflow_db_password, pg_port, 'mlflow_auth', 'psycopg')}\n"
         f"admin_username = {ADMIN_USER}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"))
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Without it every request pays a PBKDF2 check (~0.1-0.3 s on a busy host); a password change
+        # through the API invalidates the entry at once (one server worker here).
+        "auth_cache_ttl_seconds = 60\n"))
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(conf),
            # Read only when the auth store has no admin yet (first start); rotate it afterwards (docs/team.md).
@@ -370,9 +373,13 @@ def set_up_identities(url: str, admin_password: str, pipeline_password: str, rev
     # MANAGE, not EDIT: MLflow checks "delete" for removing an alias, which recovery needs to revert an
     # interrupted first promotion. The reviewer reads only; so does anyone else (default_permission READ).
     for user, permission in ((PIPELINE_USER, "MANAGE"), (REVIEWER_USER, "READ")):
+        grant = {"username": user, "resource_type": "registered_model", "resource_id": MODEL_NAME}
         status, body = _mlflow_api(url, "/api/3.0/mlflow/users/permissions/grant", ADMIN_USER, admin_password,
-                                   {"username": user, "resource_type": "registered_model",
-                                    "resource_id": MODEL_NAME, "permission": permission})
+                                   {**grant, "permission": permission})
+        if status == 400 and body.get("error_code") == "RESOURCE_ALREADY_EXISTS":  # a restart: grant afresh
+            _mlflow_api(url, "/api/3.0/mlflow/users/permissions/revoke", ADMIN_USER, admin_password, grant)
+            status, body = _mlflow_api(url, "/api/3.0/mlflow/users/permissions/grant", ADMIN_USER,
+                                       admin_password, {**grant, "permission": permission})
         if status != 200:
             raise StackError(f"granting {permission} on {MODEL_NAME} to {user}: HTTP {status} {body}")
 
