@@ -283,6 +283,14 @@ class MonitorSettings(_Strict):
     retrain_deployment: str = Field(pattern=r"^[^/]+/[^/]+$")
 
 
+class ComputeSettings(_Strict):
+    """Where train-and-promote runs its gates: in-process threads (default), or a Dask cluster through
+    prefect-dask's DaskTaskRunner (a scheduler's address, or a LocalCluster of `dask_local_workers`)."""
+
+    dask_address: str | None = None
+    dask_local_workers: int = Field(default=0, ge=0)
+
+
 class Settings(_Strict):
     simulate: SimulateSettings
     validate_: ValidateSettings = Field(alias="validate")
@@ -295,6 +303,7 @@ class Settings(_Strict):
     registry: RegistrySettings
     promotion: PromotionSettings
     monitor: MonitorSettings
+    compute: ComputeSettings = ComputeSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

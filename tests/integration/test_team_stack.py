@@ -59,6 +59,7 @@ def stack(tmp_path_factory):
         for name in ("FRAUDGUARD_SIGNING_KEY", "FRAUDGUARD_AUDIT_ANCHOR_DIR", "PREFECT_HOME"):
             env.pop(name)
         env["PREFECT_HOME"] = str(host / "prefect-home")
+        (host / "prefect-home").mkdir(parents=True)
         os.environ.update(env)
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
@@ -302,3 +303,44 @@ def test_admin_password_rotation_replaces_the_first_start_password(stack):
     path = f"/api/2.0/mlflow/users/get?username={ADMIN_USER}"
     assert _mlflow_api(state.mlflow_url, path, ADMIN_USER, old, method="GET")[0] == 401
     assert _mlflow_api(state.mlflow_url, path, ADMIN_USER, new, method="GET")[0] == 200
+
+
+def test_gates_on_a_dask_local_cluster_match_the_in_process_run(stack, small_settings, tmp_path):
+    """train-and-promote's gate step on prefect-dask's DaskTaskRunner (LocalCluster, 2 worker processes)."""
+    import importlib.util
+
+    from prefect import flow
+
+    from fraudguard.config import ComputeSettings
+    from fraudguard.gates.base import GateResult, ModelUnderTest
+    from fraudguard.gates.drift import run_drift_gate
+    from fraudguard.policy import policy_from_settings
+    from fraudguard.promotion import GateRun, run_gate
+    from registry_helpers import simple_context
+
+    spec = importlib.util.spec_from_file_location("train_and_promote_flow", PROJECT_ROOT / "flows" / "train_and_promote.py")
+    flow_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flow_module)
+
+    def where(candidate, context, settings):  # pickled by value to the Dask workers
+        import os as worker_os
+        return GateResult("where", True, {"pid": float(worker_os.getpid())}, {}, "ran")
+
+    report_dir = tmp_path / "reports"
+    report_dir.mkdir()
+    gate_run = GateRun(model_name=NAME, version=1, champion_before=None,
+                       candidate=ModelUnderTest(bundle=None, version=1, run_id="run"),
+                       context=simple_context(small_settings, tmp_path, report_dir),
+                       policy=policy_from_settings(small_settings, "test"),
+                       gates={"drift": run_drift_gate, "where": where}, report_dir=report_dir, promote=False)
+
+    @flow(name="gates-on-dask")
+    def gates_on_dask(local_workers: int):
+        return flow_module.run_gate_tasks(gate_run, ComputeSettings(dask_local_workers=local_workers))
+
+    assert flow_module.dask_task_runner(ComputeSettings()) is None  # the default stays in-process
+    on_dask = {result.name: result for result, _ in gates_on_dask(2)}
+    in_process, _ = run_gate(gate_run, "drift")
+    assert (on_dask["drift"].passed, on_dask["drift"].metrics) == (in_process.passed, in_process.metrics)
+    assert on_dask["drift"].reason == in_process.reason
+    assert int(on_dask["where"].metrics["pid"]) != os.getpid()  # it ran in a Dask worker process
