@@ -19,7 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 -- starts the stack's own services (fixed argv, no shell)
 import sys
 import time
 import urllib.error
@@ -140,7 +140,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
+            with urllib.request.urlopen(url, timeout=3) as resp:  # nosec B310 - http://127.0.0.1 URL built here
                 if resp.status == 200:
                     return
         except (OSError, urllib.error.URLError):
@@ -318,7 +318,7 @@ def _mlflow_api(url: str, path: str, user: str, password: str, body: dict | None
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # nosec B310 - the stack's own http URL
             text = resp.read()
             return resp.status, json.loads(text) if text else {}
     except urllib.error.HTTPError as exc:
@@ -453,7 +453,7 @@ def _wait_workers_online(state: StackState, names: list[str], timeout_s: float =
         try:
             request = urllib.request.Request(f"{state.prefect_api_url}/work_pools/{POOL}/workers/filter",
                                              data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=5) as resp:  # nosec B310 - the stack's own http URL
                 online = {w["name"] for w in json.loads(resp.read()) if w.get("status") == "ONLINE"}
             if wanted <= online:
                 return
