@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # pip on this machine prints a warning per package for the mirror's missing index folders.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean stack stack-down deploy-team
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,23 @@ test: install
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run_all.py
+
+# --- Team stack on this machine (docs/team.md): PostgreSQL, MLflow (basic-auth), Prefect, two workers -----
+# Started on 127.0.0.1, stopped by PID; secrets in $(STACK_DIR)/secrets (never in git).
+STACK_DIR ?= .stack
+GIT_REMOTE ?= $(abspath .)
+
+stack: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m fraudguard.stack up --dir $(STACK_DIR)
+
+stack-down:
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m fraudguard.stack down --dir $(STACK_DIR)
+
+# The flows as deployments whose workers clone $(GIT_REMOTE) (prefect.team.yaml); needs a running stack.
+deploy-team: install
+	set -a; . $(STACK_DIR)/secrets/pipeline.env; set +a; \
+	FRAUDGUARD_GIT_REMOTE="$(GIT_REMOTE)" PATH="$(abspath $(BIN)):$$PATH" \
+	  $(BIN)/prefect --no-prompt deploy --all --prefect-file prefect.team.yaml
 
 clean:
 	rm -rf $(VENV) data/validated data/quarantine data/features models reports

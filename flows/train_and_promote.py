@@ -111,6 +111,35 @@ def gate_verdict(future):
     return verdict
 
 
+def dask_task_runner(compute):
+    """prefect-dask's DaskTaskRunner for `compute` (params.yaml), or None to run on the flow's own runner."""
+    if not (compute.dask_address or compute.dask_local_workers):
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if compute.dask_address:
+        return DaskTaskRunner(address=compute.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": compute.dask_local_workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def run_gate_tasks(gate_run, compute) -> list:
+    """Every gate as its own task, all at once: on the flow's threads, or on Dask when `compute` says so.
+
+    quote() keeps Prefect from walking the frames; on Dask the prepared run is pickled to the workers, which
+    report each gate as a task run of this flow run.
+    """
+    runner = dask_task_runner(compute)
+    if runner is None:
+        futures = [run_gate.submit(name, quote(gate_run)) for name in gate_run.gate_names]
+        return [gate_verdict(future) for future in futures]
+    with runner:
+        # Parameters given to a task runner directly are not unquoted: pass the run itself.
+        futures = [runner.submit(run_gate, parameters={"name": name, "gate_run": gate_run})
+                   for name in gate_run.gate_names]
+        return [gate_verdict(future) for future in futures]
+
+
 def await_approval(root: Path, version: int, timeout_s: int):
     """Suspend until a reviewer answers the approval form (Prefect UI or `fraudguard approve`)."""
     from prefect.flow_runs import suspend_flow_run
@@ -162,9 +191,7 @@ def train_and_promote(
                        f"nothing changed: version {record['version']} (same weights, params and data) is "
                        "already the champion")
     gate_run = prepare_gates(root, settings, record["version"], promote)
-    # Each gate is its own task, all running at once; quote() keeps Prefect from walking the frames.
-    futures = [run_gate.submit(name, quote(gate_run)) for name in gate_run.gate_names]
-    gate_runs = [gate_verdict(future) for future in futures]
+    gate_runs = run_gate_tasks(gate_run, settings.compute)
     approval = None
     if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):
         approval = await_approval(root, gate_run.version, settings.promotion.approval.timeout_s)

@@ -307,6 +307,14 @@ class ServeSettings(_Strict):
     prediction_log_queue: int = Field(default=100_000, gt=0)
 
 
+class ComputeSettings(_Strict):
+    """Where train-and-promote runs its gates: in-process threads (default), or a Dask cluster through
+    prefect-dask's DaskTaskRunner (a scheduler's address, or a LocalCluster of `dask_local_workers`)."""
+
+    dask_address: str | None = None
+    dask_local_workers: int = Field(default=0, ge=0)
+
+
 class Settings(_Strict):
     simulate: SimulateSettings
     validate_: ValidateSettings = Field(alias="validate")
@@ -320,6 +328,7 @@ class Settings(_Strict):
     promotion: PromotionSettings
     monitor: MonitorSettings
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    compute: ComputeSettings = ComputeSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

@@ -119,11 +119,34 @@ class ChampionChanged(RegistryError):
 
 # ---------------------------------------------------------------------------------------------- lock
 
+LOCK_BACKEND_ENV = "FRAUDGUARD_REGISTRY_LOCK"
+LOCK_URL_ENV = "FRAUDGUARD_REGISTRY_LOCK_URL"
+LOCK_BACKENDS = ("file", "postgres")
+
+
+@dataclass(frozen=True)
+class LockBackend:
+    """Where the registry lock lives: a lock file (one host) or a PostgreSQL advisory lock (every host).
+
+    `target` is the lock file path or the PostgreSQL connection URL; `key` the advisory lock key.
+    """
+
+    kind: Literal["file", "postgres"]
+    target: str
+    key: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return f"lock file {self.target}"
+        parsed = urlparse(self.target)
+        return f"PostgreSQL advisory lock {self.key} on {parsed.hostname}:{parsed.port or 5432}{parsed.path}"
+
+
 def lock_path_for(client: "MlflowClient") -> Path:
     """The lock file guarding this client's registry: next to a sqlite/file store, else $LOCK_DIR or tmp.
 
-    A file lock only serialises processes on one host; a remote registry shared by hosts needs
-    $FRAUDGUARD_REGISTRY_LOCK_DIR on a shared filesystem.
+    A file lock only serialises processes on one host; a remote registry shared by hosts needs the
+    PostgreSQL backend (lock_backend_for) or $FRAUDGUARD_REGISTRY_LOCK_DIR on a shared filesystem.
     """
     uri = registry_uri_of(client)
     override = os.environ.get(LOCK_DIR_ENV)
@@ -140,6 +163,50 @@ def lock_path_for(client: "MlflowClient") -> Path:
     return Path(tempfile.gettempdir()) / f"fraudguard-registry-{digest}.lock"
 
 
+def advisory_lock_key(registry_uri: str) -> int:
+    """A signed 64-bit advisory lock key for a registry: sha256 of its URI without credentials.
+
+    Every host must name the registry by the same URI (scheme, host, port, path), as it does anyway
+    to share the audit anchor; the key never depends on who connects.
+    """
+    parsed = urlparse(registry_uri.strip())
+    host = (parsed.hostname or "").lower()
+    port = f":{parsed.port}" if parsed.port else ""
+    scheme = parsed.scheme.split("+")[0].lower()
+    canonical = f"{scheme}://{host}{port}{parsed.path.rstrip('/')}" if parsed.netloc else registry_uri.strip()
+    return int.from_bytes(hashlib.sha256(canonical.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def _psycopg_url(url: str) -> str:
+    """postgresql+psycopg://... (SQLAlchemy style) -> postgresql://... (libpq style)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}" if sep else url
+
+
+def lock_backend_for(client: "MlflowClient") -> LockBackend:
+    """The lock backend for this client's registry, chosen explicitly or from the configuration.
+
+    $FRAUDGUARD_REGISTRY_LOCK = `file` | `postgres` chooses; unset, it is `postgres` when
+    $FRAUDGUARD_REGISTRY_LOCK_URL is set or the registry itself is a PostgreSQL store, else `file`.
+    The PostgreSQL lock uses $FRAUDGUARD_REGISTRY_LOCK_URL (a role that needs no table rights), else
+    the registry's own database URI.
+    """
+    uri = registry_uri_of(client)
+    choice = os.environ.get(LOCK_BACKEND_ENV, "").strip().lower()
+    url = os.environ.get(LOCK_URL_ENV, "").strip()
+    is_pg_store = urlparse(uri).scheme.split("+")[0] in ("postgresql", "postgres")
+    if choice and choice not in LOCK_BACKENDS:
+        raise RegistryError(f"${LOCK_BACKEND_ENV}={choice!r}: expected one of {', '.join(LOCK_BACKENDS)}")
+    if not choice:
+        choice = "postgres" if (url or is_pg_store) else "file"
+    if choice == "file":
+        return LockBackend("file", str(lock_path_for(client)))
+    if not url and not is_pg_store:
+        raise RegistryError(f"${LOCK_BACKEND_ENV}=postgres but ${LOCK_URL_ENV} is not set and the registry "
+                            f"{urlparse(uri).scheme}://{urlparse(uri).hostname} is not a PostgreSQL store")
+    return LockBackend("postgres", _psycopg_url(url or uri), advisory_lock_key(uri))
+
+
 def registry_uri_of(client: Any) -> str:
     inner = getattr(client, "inner", client)
     return str(getattr(inner, "_registry_uri", None) or inner.tracking_uri)
@@ -149,22 +216,39 @@ _thread_state = threading.local()
 
 
 @contextlib.contextmanager
-def registry_lock(client: "MlflowClient", timeout_s: float | None = None) -> Iterator[Path]:
-    """Hold the exclusive registry lock (re-entrant within a thread); RegistryError after the timeout."""
-    from filelock import FileLock, Timeout
+def registry_lock(client: "MlflowClient", timeout_s: float | None = None) -> Iterator[Path | str]:
+    """Hold the exclusive registry lock (re-entrant within a thread); RegistryError after the timeout.
 
-    path = lock_path_for(client)
+    The backend is lock_backend_for(client): a file lock (yields its path) or a PostgreSQL advisory
+    lock that every host sharing the registry sees (yields its description).
+    """
+    backend = lock_backend_for(client)
     held: dict[str, int] = getattr(_thread_state, "held", None) or {}
     _thread_state.held = held
-    key = str(path)
+    key = f"{backend.kind}:{backend.target}#{backend.key}"
+    token: Path | str = Path(backend.target) if backend.kind == "file" else backend.describe()
     if held.get(key):
         held[key] += 1
         try:
-            yield path
+            yield token
         finally:
             held[key] -= 1
         return
     timeout = timeout_s if timeout_s is not None else float(os.environ.get(LOCK_TIMEOUT_ENV, "120"))
+    acquire = _file_lock if backend.kind == "file" else _advisory_lock
+    with acquire(backend, timeout):
+        held[key] = 1
+        try:
+            yield token
+        finally:
+            held[key] = 0
+
+
+@contextlib.contextmanager
+def _file_lock(backend: LockBackend, timeout: float) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    path = Path(backend.target)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), thread_local=False)
     try:
@@ -174,12 +258,42 @@ def registry_lock(client: "MlflowClient", timeout_s: float | None = None) -> Ite
             f"registry lock {path} still held by another process after {timeout:.0f}s; "
             "another promotion or rollback is running"
         ) from exc
-    held[key] = 1
     try:
-        yield path
+        yield
     finally:
-        held[key] = 0
         lock.release()
+
+
+@contextlib.contextmanager
+def _advisory_lock(backend: LockBackend, timeout: float) -> Iterator[None]:
+    """pg_advisory_lock on its own connection: held by the session, so a killed holder releases it."""
+    import psycopg
+
+    where = backend.describe()
+    try:
+        conn = psycopg.connect(backend.target, autocommit=True, connect_timeout=10,
+                               application_name="fraudguard-registry-lock",
+                               keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+    except psycopg.Error as exc:
+        raise RegistryError(f"registry lock: cannot connect for the {where}: "
+                            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from exc
+    try:
+        try:
+            conn.execute(f"SET statement_timeout = {max(1, int(timeout * 1000))}")
+            conn.execute("SELECT pg_advisory_lock(%s)", (backend.key,))
+            conn.execute("SET statement_timeout = 0")
+        except psycopg.errors.QueryCanceled as exc:
+            raise RegistryError(f"registry {where} still held by another process after {timeout:.0f}s; "
+                                "another promotion or rollback is running") from exc
+        except psycopg.Error as exc:
+            raise RegistryError(f"registry lock: {where}: {str(exc).strip()[:200]}") from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (backend.key,))
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -110,6 +110,7 @@ def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
     from fraudguard.store import call_with_retries, resilient
 
     uri = resolve_tracking_uri(root)
+    apply_mlflow_credentials()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     # Every call through the returned client is retried while the store is busy or unreachable.
@@ -119,6 +120,36 @@ def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
     call_with_retries(mlflow.set_experiment, experiment_id=experiment, what="selecting the experiment")
     logger.info("MLflow store %s, experiment %r", uri, settings.registry.experiment)
     return client
+
+
+CREDENTIALS_ENV = "FRAUDGUARD_MLFLOW_CREDENTIALS"
+
+
+def apply_mlflow_credentials() -> str | None:
+    """Log in to an MLflow server with basic-auth: the identity in $FRAUDGUARD_MLFLOW_CREDENTIALS.
+
+    That file has the format of MLflow's own `~/.mlflow/credentials` ([mlflow] mlflow_tracking_username /
+    mlflow_tracking_password); its values go to MLFLOW_TRACKING_USERNAME/PASSWORD unless those are already
+    set. Without it MLflow reads the environment or `~/.mlflow/credentials` itself. For entry points only.
+    Returns the username taken from the file (None when none was).
+    """
+    import configparser
+
+    path = os.environ.get(CREDENTIALS_ENV, "").strip()
+    if not path or os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return None
+    parser = configparser.ConfigParser()
+    try:
+        with open(Path(path).expanduser(), encoding="utf-8") as handle:
+            parser.read_file(handle)
+        section = parser["mlflow"]
+        user, password = section["mlflow_tracking_username"], section["mlflow_tracking_password"]
+    except (OSError, KeyError, configparser.Error) as exc:
+        raise RegistryError(f"${CREDENTIALS_ENV}={path}: cannot read MLflow credentials "
+                            f"([mlflow] mlflow_tracking_username/password): {exc}") from exc
+    os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return user
 
 
 def ensure_experiment(client: "MlflowClient", name: str) -> str:

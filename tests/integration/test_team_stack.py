@@ -1,0 +1,346 @@
+"""The team stack for real: PostgreSQL, an MLflow server with basic-auth and served artifacts, a Prefect
+server on PostgreSQL and two process workers, started by fraudguard.stack (what `make stack` runs) on
+127.0.0.1 and stopped by PID at the end of the module, even on failure.
+
+PostgreSQL's binaries are installed by the stack (apt-get, as root) when missing; if that is impossible the
+fixture fails loudly: nothing here is skipped.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT, small_params
+from project_factory import run_checked
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+NAME = "fraudguard"
+EXPERIMENT = "fraudguard-test"
+UUID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+
+
+def _credentials(path: Path) -> tuple[str, str]:
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    return parser["mlflow"]["mlflow_tracking_username"], parser["mlflow"]["mlflow_tracking_password"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """(state, pipeline env): the whole stack up; the test process acts as a pipeline host."""
+    from fraudguard.stack import stack_down, stack_up, worker_env
+
+    base = tmp_path_factory.mktemp("team_stack")
+    state = None
+    saved = dict(os.environ)
+    try:
+        # The workers sign with the session's pipeline key (conftest), as this process does.
+        state = stack_up(base / "stack", workers=2,
+                         worker_env_extra={"FRAUDGUARD_SIGNING_KEY": os.environ["FRAUDGUARD_SIGNING_KEY"]})
+        host = base / "host"
+        env = worker_env(state, host)
+        # This process is a pipeline host too; the signing key and anchors stay the session's (conftest).
+        for name in ("FRAUDGUARD_SIGNING_KEY", "FRAUDGUARD_AUDIT_ANCHOR_DIR", "PREFECT_HOME"):
+            env.pop(name)
+        env["PREFECT_HOME"] = str(host / "prefect-home")
+        (host / "prefect-home").mkdir(parents=True)
+        os.environ.update(env)
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        from fraudguard.tracking import apply_mlflow_credentials
+
+        assert apply_mlflow_credentials() == "fraudguard-pipeline"
+        yield state, env
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        stack_down(base / "stack")
+        if state is not None and state.pg_data.startswith("/tmp/fraudguard-pg-"):
+            shutil.rmtree(state.pg_data, ignore_errors=True)
+
+
+def _client(state):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=state.mlflow_url, registry_uri=state.mlflow_url)
+
+
+@pytest.fixture(scope="module")
+def versions(stack):
+    """Five registered versions, logged by the pipeline identity through the server's artifact proxy."""
+    from registry_helpers import register_version
+
+    state, _ = stack
+    client = _client(state)
+    client.create_experiment(EXPERIMENT)
+    work = Path(state.base).parent / "versions"
+    return [register_version(client, NAME, work / f"w{i}", f"team-weights-{i}".encode()) for i in range(5)]
+
+
+def _rest(state, who: str, method: str, path: str, body: dict | None = None) -> int:
+    from fraudguard.stack import _mlflow_api
+
+    user, password = _credentials(state.credentials_file(who))
+    return _mlflow_api(state.mlflow_url, path, user, password, body, method=method)[0]
+
+
+def test_stack_runs_every_service_and_two_workers_online(stack):
+    state, env = stack
+    assert set(state.pids) == {"postgres", "mlflow", "prefect", "worker-a", "worker-b"}
+    request = urllib.request.Request(f"{state.prefect_api_url}/work_pools/fraudguard/workers/filter", data=b"{}",
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        online = {w["name"] for w in json.loads(resp.read()) if w["status"] == "ONLINE"}
+    assert {"worker-a", "worker-b"} <= online
+    for who in ("pipeline", "reviewer", "admin"):
+        assert state.credentials_file(who).stat().st_mode & 0o077 == 0
+    assert not str(state.credentials_file("pipeline")).startswith(str(PROJECT_ROOT))
+
+
+def test_reviewer_gets_403_moving_champion_or_editing_gate_and_audit_tags(stack, versions):
+    state, _ = stack
+    v = str(versions[0])
+    forbidden = [
+        ("POST", "/api/2.0/mlflow/registered-models/alias", {"name": NAME, "alias": "champion", "version": v}),
+        ("DELETE", "/api/2.0/mlflow/registered-models/alias", {"name": NAME, "alias": "champion"}),
+        ("POST", "/api/2.0/mlflow/registered-models/set-tag", {"name": NAME, "key": "audit.000001", "value": "{}"}),
+        ("DELETE", "/api/2.0/mlflow/registered-models/delete-tag", {"name": NAME, "key": "audit.000001"}),
+        ("POST", "/api/2.0/mlflow/model-versions/set-tag", {"name": NAME, "version": v, "key": "gate.quality",
+                                                            "value": "passed"}),
+        ("DELETE", "/api/2.0/mlflow/model-versions/delete-tag", {"name": NAME, "version": v, "key": "gate.quality"}),
+        ("PATCH", "/api/2.0/mlflow/registered-models/update", {"name": NAME, "description": "hand edit"}),
+    ]
+    for method, path, body in forbidden:
+        assert _rest(state, "reviewer", method, path, body) == 403, (method, path)
+    assert _rest(state, "reviewer", "GET", f"/api/2.0/mlflow/registered-models/get?name={NAME}") == 200
+    # The same call with the pipeline's identity is allowed (a harmless display tag).
+    assert _rest(state, "pipeline", "POST", "/api/2.0/mlflow/model-versions/set-tag",
+                 {"name": NAME, "version": v, "key": "fraudguard.note", "value": "x"}) == 200
+
+
+def test_pipeline_promotes_and_rolls_back_through_the_server_under_the_advisory_lock(stack, versions, small_settings,
+                                                                                    tmp_path):
+    from fraudguard.promotion import rollback
+    from fraudguard.registry import lock_backend_for, read_audit_log
+    from fraudguard.signing import load_signer
+    from fraudguard.verification import verify_registry
+    from registry_helpers import all_passing_gates, promote_with_gates
+
+    state, _ = stack
+    client = _client(state)
+    assert lock_backend_for(client).kind == "postgres"
+    v1, v2 = versions[0], versions[1]
+    promote_with_gates(client, NAME, v1, small_settings, tmp_path, all_passing_gates(), actor="pipeline")
+    promote_with_gates(client, NAME, v2, small_settings, tmp_path, all_passing_gates(), actor="pipeline")
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == v2
+    outcome = rollback(client, small_settings, reason="team stack rollback", actor="pipeline")
+    assert (outcome.from_version, outcome.to_version) == (v2, v1)
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == v1
+    last = read_audit_log(client, NAME)[-1]
+    assert (last.action, last.phase, last.to_version) == ("rollback", "commit", v1)
+    report = verify_registry(client, NAME, load_signer().verifier())
+    assert report.ok, report.problems
+
+
+def test_advisory_lock_is_exclusive_across_connections_and_reentrant(stack):
+    from fraudguard.errors import RegistryError
+    from fraudguard.registry import registry_lock
+
+    state, _ = stack
+    client = _client(state)
+    outcome: dict[str, object] = {}
+
+    def other_host():
+        try:
+            with registry_lock(client, timeout_s=1.5):
+                outcome["got"] = True
+        except RegistryError as exc:
+            outcome["error"] = str(exc)
+
+    with registry_lock(client) as held:
+        assert "advisory lock" in str(held)
+        with registry_lock(client):  # re-entrant within the thread: no second connection, no deadlock
+            thread = threading.Thread(target=other_host)
+            thread.start()
+            thread.join(30)
+    assert "still held" in str(outcome.get("error")), outcome
+    with registry_lock(client, timeout_s=5):  # released on exit
+        pass
+
+
+_WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mlflow import MlflowClient
+    sys.path.insert(0, "tests")
+    sys.path.insert(0, "tests/integration")
+    from conftest import small_params
+    from fraudguard.config import parse_settings
+    from fraudguard.errors import RegistryError
+    from fraudguard.tracking import apply_mlflow_credentials
+    from registry_helpers import all_passing_gates, promote_with_gates
+
+    uri, workdir, start_at = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    versions = [int(v) for v in sys.argv[4:]]
+    apply_mlflow_credentials()
+    settings = parse_settings(small_params())
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    time.sleep(max(0.0, start_at - time.time()))  # both hosts promote at the same instant
+    for version in versions:
+        while True:
+            try:
+                promote_with_gates(client, "fraudguard", version, settings, workdir, all_passing_gates(),
+                                   actor=f"host-{versions[0]}")
+                break
+            except RegistryError as exc:  # the other host moved the champion after our gates: re-gate
+                assert "re-gate" in str(exc), exc
+""")
+
+
+def test_two_hosts_promoting_at_once_end_consistent_with_a_valid_audit_chain(stack, versions, tmp_path):
+    from fraudguard.registry import champion_history
+    from fraudguard.signing import load_signer
+    from fraudguard.verification import verify_registry
+
+    state, env = stack
+    client = _client(state)
+    before = len(champion_history(client, NAME))
+    champion = int(client.get_model_version_by_alias(NAME, "champion").version)
+    candidates = versions[2:]  # never champion before
+    start_at = time.time() + 12.0  # after both interpreters have imported mlflow
+    procs = []
+    for i in (0, 1):
+        # Each "host" has its own anchor folder; the signing key is the pipeline's (shared).
+        host_env = {**os.environ, "FRAUDGUARD_AUDIT_ANCHOR_DIR": str(tmp_path / f"host{i}" / "anchors"),
+                    "FRAUDGUARD_LOG_LEVEL": "WARNING"}
+        host_env.pop("MLFLOW_TRACKING_USERNAME", None)
+        host_env.pop("MLFLOW_TRACKING_PASSWORD", None)
+        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, state.mlflow_url, str(tmp_path / f"host{i}"),
+                                       str(start_at), *map(str, candidates[i::2])],
+                                      cwd=PROJECT_ROOT, env=host_env, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-4000:]
+    history = champion_history(client, NAME)[before:]
+    assert sorted(c.version for c in history) == sorted(candidates)  # no lost moves
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == history[-1].version
+    # Each move started from the champion the previous move left: no update from a stale read.
+    assert [c.previous for c in history] == [champion] + [c.version for c in history[:-1]]
+    report = verify_registry(client, NAME, load_signer().verifier())
+    assert report.ok, report.problems
+
+
+def _code_remote(base: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """A small project pushed to a bare repository (the team's git remote), and a checkout of it."""
+    checkout = base / "checkout"
+    checkout.mkdir(parents=True)
+    for name in ("prefect.yaml", "prefect.team.yaml"):
+        shutil.copy2(PROJECT_ROOT / name, checkout / name)
+    shutil.copytree(PROJECT_ROOT / "flows", checkout / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run_checked(["git", "init", "-q", "-b", "main"], checkout, env)
+    run_checked([*git, "add", "-A"], checkout, env)
+    run_checked([*git, "commit", "-qm", "team project"], checkout, env)
+    bare = base / "remote.git"
+    run_checked(["git", "clone", "-q", "--bare", str(checkout), str(bare)], base, env)
+    return checkout, bare
+
+
+def test_rollback_deployment_clones_the_code_from_the_git_remote_on_a_worker(stack, versions, tmp_path):
+    from fraudguard.registry import read_audit_log
+
+    state, env = stack
+    client = _client(state)
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    checkout, bare = _code_remote(tmp_path, full_env)
+    full_env["FRAUDGUARD_GIT_REMOTE"] = bare.as_uri()
+    full_env.pop("FRAUDGUARD_PROJECT_DIR", None)
+    run_checked([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.team.yaml"],
+                checkout, full_env)
+    deployment = json.loads(urllib.request.urlopen(
+        f"{state.prefect_api_url}/deployments/name/rollback/team", timeout=10).read())
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == bare.as_uri()
+    champion = int(client.get_model_version_by_alias(NAME, "champion").version)
+    proc = subprocess.run([str(BIN / "prefect"), "deployment", "run", "rollback/team", "--watch",
+                           "--watch-interval", "2", "--watch-timeout", "300",
+                           "--params", json.dumps({"reason": "rollback from a cloned checkout"})],
+                          cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=360)
+    out = proc.stdout + proc.stderr
+    logs = "".join((Path(state.base) / "logs" / f"worker-{n}.log").read_text()[-3000:] for n in ("a", "b"))
+    assert proc.returncode == 0, out[-3000:] + "\n--- workers:\n" + logs
+    flow_run_id = UUID.search(out).group(1)
+    last = read_audit_log(client, NAME)[-1]
+    assert (last.action, last.phase, last.from_version) == ("rollback", "commit", champion)
+    assert last.actor == f"prefect:{flow_run_id}"
+    assert "rollback from a cloned checkout" in " ".join(last.reasons)
+
+
+def test_admin_password_rotation_replaces_the_first_start_password(stack):
+    from fraudguard.stack import ADMIN_USER, _mlflow_api, rotate_admin_password
+
+    state, _ = stack
+    old = _credentials(state.credentials_file("admin"))[1]
+    rotate_admin_password(state)
+    new = _credentials(state.credentials_file("admin"))[1]
+    assert new != old
+    path = f"/api/2.0/mlflow/users/get?username={ADMIN_USER}"
+    assert _mlflow_api(state.mlflow_url, path, ADMIN_USER, old, method="GET")[0] == 401
+    assert _mlflow_api(state.mlflow_url, path, ADMIN_USER, new, method="GET")[0] == 200
+
+
+def test_gates_on_a_dask_local_cluster_match_the_in_process_run(stack, small_settings, tmp_path):
+    """train-and-promote's gate step on prefect-dask's DaskTaskRunner (LocalCluster, 2 worker processes)."""
+    import importlib.util
+
+    from prefect import flow
+
+    from fraudguard.config import ComputeSettings
+    from fraudguard.gates.base import GateResult, ModelUnderTest
+    from fraudguard.gates.drift import run_drift_gate
+    from fraudguard.policy import policy_from_settings
+    from fraudguard.promotion import GateRun, run_gate
+    from registry_helpers import simple_context
+
+    spec = importlib.util.spec_from_file_location("train_and_promote_flow", PROJECT_ROOT / "flows" / "train_and_promote.py")
+    flow_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flow_module)
+
+    def where(candidate, context, settings):  # pickled by value to the Dask workers
+        import os as worker_os
+        return GateResult("where", True, {"pid": float(worker_os.getpid())}, {}, "ran")
+
+    report_dir = tmp_path / "reports"
+    report_dir.mkdir()
+    gate_run = GateRun(model_name=NAME, version=1, champion_before=None,
+                       candidate=ModelUnderTest(bundle=None, version=1, run_id="run"),
+                       context=simple_context(small_settings, tmp_path, report_dir),
+                       policy=policy_from_settings(small_settings, "test"),
+                       gates={"drift": run_drift_gate, "where": where}, report_dir=report_dir, promote=False)
+
+    @flow(name="gates-on-dask")
+    def gates_on_dask(local_workers: int):
+        return flow_module.run_gate_tasks(gate_run, ComputeSettings(dask_local_workers=local_workers))
+
+    assert flow_module.dask_task_runner(ComputeSettings()) is None  # the default stays in-process
+    on_dask = {result.name: result for result, _ in gates_on_dask(2)}
+    in_process, _ = run_gate(gate_run, "drift")
+    assert (on_dask["drift"].passed, on_dask["drift"].metrics) == (in_process.passed, in_process.metrics)
+    assert on_dask["drift"].reason == in_process.reason
+    assert int(on_dask["where"].metrics["pid"]) != os.getpid()  # it ran in a Dask worker process
