@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # pip on this machine prints a warning per package for the mirror's missing index folders.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: run test install bench clean stack stack-down deploy-team
+.PHONY: run test install bench clean lint stack stack-down deploy-team
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ run: install
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src flows tests bench
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run_all.py
