@@ -25,18 +25,6 @@ class RegistryError(FraudGuardError):
     """The MLflow registry is not in the state an operation needs (no version, no history...)."""
 
 
-class PromotionBlocked(FraudGuardError):
-    """A candidate failed one or more gates; the registry was left as it was."""
-
-    def __init__(self, version: int, failed_gates: list[str], reasons: list[str]):
-        self.version = version
-        self.failed_gates = failed_gates
-        self.reasons = reasons
-        super().__init__(
-            f"version {version} blocked by gate(s) {', '.join(failed_gates)}: " + "; ".join(reasons)
-        )
-
-
 class AuditError(FraudGuardError):
     """The audit log's hash chain is broken (an entry edited, removed or reordered)."""
 

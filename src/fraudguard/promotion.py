@@ -209,19 +209,6 @@ def _read_features(path: Path) -> "pd.DataFrame":
         raise DataError(f"{path}: cannot read features: {exc}") from exc
 
 
-def newest_window(features: "pd.DataFrame", window_days: int) -> "pd.DataFrame":
-    """The last `window_days` days of a time-ordered frame (by TX_DATETIME), or all of it without one."""
-    import pandas as pd
-
-    from fraudguard.data.schema import TX_DATETIME
-
-    if TX_DATETIME not in features.columns or features.empty:
-        return features
-    times = pd.to_datetime(features[TX_DATETIME])
-    start = times.max() - pd.Timedelta(days=window_days)
-    return features.loc[times > start]
-
-
 def build_gate_context(
     client: "MlflowClient", root: Path, settings: "Settings", version: int, report_dir: Path,
     champion_version: int | None,
@@ -231,6 +218,7 @@ def build_gate_context(
     The champion, when there is one other than the candidate, comes with its bundle and the features it
     was trained on; a champion that cannot be loaded stops the promotion (RegistryError), never skips it.
     """
+    from fraudguard.features import newest_window
     from fraudguard.tracking import load_bundle_for_version, load_reference_features
 
     name = settings.registry.model_name
@@ -267,7 +255,7 @@ def build_gate_context(
         recent = test
     context = GateContext(
         settings=settings, train_features=train, test_features=test,
-        newest_window=newest_window(recent, settings.gates.drift.window_days),
+        newest_window=newest_window(recent, settings.gates.drift.window_days),  # features' one definition
         source_root=Path(root).resolve(), report_dir=report_dir, champion=champion,
     )
     return candidate, context

@@ -38,7 +38,7 @@ from fraudguard.audit import (
     current_actor,
     new_txid,
 )
-from fraudguard.errors import AuditError, FraudGuardError, RegistryError
+from fraudguard.errors import AuditError, RegistryError
 from fraudguard.faults import crash_point
 from fraudguard.signing import Signer, Verifier, signing_key_path
 from fraudguard.store import resilient
@@ -723,29 +723,3 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def check_weights_integrity(client: "MlflowClient", mv: "ModelVersion") -> str:
-    """Download the run's weights and compare their sha256 with the version's `artifact.sha256` tag."""
-    from fraudguard.tracking import WEIGHTS_ARTIFACT, WEIGHTS_PATH_TAG
-
-    expected = (mv.tags or {}).get(SHA256_TAG)
-    if not expected:
-        raise RegistryError(f"model {mv.name!r} version {mv.version} has no {SHA256_TAG} tag; cannot trust it")
-    run_path = (mv.tags or {}).get(WEIGHTS_PATH_TAG, WEIGHTS_ARTIFACT)
-    with tempfile.TemporaryDirectory(prefix="fraudguard-weights-") as tmp:
-        try:
-            local = Path(resilient(client).download_artifacts(mv.run_id, run_path, tmp))
-        except (_mlflow_error(), OSError) as exc:
-            raise RegistryError(f"model {mv.name!r} version {mv.version}: weights not found ({exc})") from exc
-        actual = sha256_file(local)
-    if actual.lower() != expected.lower():
-        raise RegistryError(
-            f"model {mv.name!r} version {mv.version}: weights sha256 {actual} does not match the recorded "
-            f"{SHA256_TAG} {expected}; the artifact was altered"
-        )
-    return actual
-
-
-def describe_error(exc: FraudGuardError) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
