@@ -246,7 +246,7 @@ def start_postgres(base: Path, port: int, superuser_password: str) -> tuple[subp
     data = _pg_data_dir(base, user)
     log = base / "logs" / "postgres.log"
     env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-           "HOME": user.pw_dir if user else os.environ.get("HOME", "/tmp")}  # nosec B108
+           "HOME": user.pw_dir if user else os.environ.get("HOME", "/tmp")}  # nosec B108 - HOME fallback only, nothing is written there
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         pwfile = data.parent / f".{data.name}.pwfile"
