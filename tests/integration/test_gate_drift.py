@@ -58,7 +58,7 @@ def test_a_simulated_world_without_drift_passes_with_a_drift_share_near_zero(tmp
     (unfiltered), as featurize and the promotion build them, on a stationary simulated world."""
     from fraudguard.data.simulator import simulate_transactions
     from fraudguard.features import compute_features, plan_split, recent_traffic, split_train_test
-    from fraudguard.promotion import newest_window
+    from fraudguard.features import newest_window
 
     # A stationary world at the handbook's fraud rates (the small world's raised rates make 100 cards' amounts
     # noisy), 80 days: 37 warm-up, 22 training, 7 gap, 14 test; the default drift threshold.
