@@ -114,7 +114,8 @@ def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     # Every call through the returned client is retried while the store is busy or unreachable.
-    client = resilient(MlflowClient(tracking_uri=uri, registry_uri=uri))
+    client = resilient(call_with_retries(MlflowClient, tracking_uri=uri, registry_uri=uri,
+                                         what="opening the tracking store"))
     experiment = call_with_retries(ensure_experiment, client, settings.registry.experiment,
                                    what=f"opening experiment {settings.registry.experiment!r}")
     call_with_retries(mlflow.set_experiment, experiment_id=experiment, what="selecting the experiment")
