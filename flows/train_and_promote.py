@@ -67,11 +67,13 @@ def register(root: Path, settings, flow_run_id: str | None, params_overrides: di
         run = client.get_run(mv.run_id)
         get_run_logger().info("same weights, params and data as version %s: reusing it", existing)
         return {"version": existing, "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
+                "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
                 "metrics": dict(run.data.metrics), "reused": True,
                 "is_champion": "champion" in (mv.aliases or [])}
     record = log_training_run(root, settings, flow_run_id=flow_run_id)
     experiment_id = client.get_run(record.run_id).info.experiment_id
     return {"version": record.version, "run_id": record.run_id, "experiment_id": experiment_id,
+            "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
             "metrics": dict(record.metrics), "reused": False, "is_champion": False}
 
 
@@ -179,7 +181,7 @@ def train_and_promote(
     params_overrides: nested or dotted params.yaml keys, validated against the typed settings.
     promote: false runs the gates only (a dry run); `champion` never moves.
     """
-    from fraudguard.reporting import promotion_markdown
+    from fraudguard.reporting import champion_label, promotion_markdown
 
     root = _project_root()
     settings = validate_params(root, params_overrides)
@@ -200,20 +202,20 @@ def train_and_promote(
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",
                              description=f"gates for fraudguard version {record['version']}")
-    version = outcome.version
+    version, before = outcome.version, champion_label(outcome.champion_before)
     if outcome.blocked and "approval" in outcome.failed_gates:
         return _finish(Failed, f"Rejected v{version}",
                        f"promotion of version {version} not approved ({approval.reason}); champion unchanged "
-                       f"({outcome.champion_before})")
+                       f"({before})")
     if outcome.blocked:
         return _finish(Failed, f"Blocked v{version}",
                        f"promotion of version {version} blocked by gate(s): {', '.join(outcome.failed_gates)}; "
-                       f"champion unchanged ({outcome.champion_before})")
+                       f"champion unchanged ({before})")
     if not promote:
         return _finish(Completed, f"Gates passed v{version}",
-                       f"dry run: version {version} passed every gate; champion unchanged ({outcome.champion_before})")
+                       f"dry run: version {version} passed every gate; champion unchanged ({before})")
     return _finish(Completed, f"Promoted v{version}",
-                   f"version {version} is the new champion (was {outcome.champion_before})")
+                   f"version {version} is the new champion (was {before})")
 
 
 def _finish(state_cls, name: str, message: str):

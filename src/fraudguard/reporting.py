@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -10,11 +9,22 @@ if TYPE_CHECKING:
     from fraudguard.promotion import PromotionOutcome
 
 
-def mlflow_links(experiment_id: str, run_id: str, version: int, model_name: str = "fraudguard") -> tuple[str, str]:
-    """Links to the run and the model version in the MLflow UI; a local store is assumed to be served
-    by `mlflow ui` on its default port."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+def champion_label(version: int | None) -> str:
+    """`v3`, or `no previous champion` before the first promotion (never `vNone`)."""
+    return "no previous champion" if version is None else f"v{version}"
+
+
+def mlflow_links(tracking_uri: str, experiment_id: str, run_id: str, version: int,
+                 model_name: str = "fraudguard") -> tuple[str, str] | None:
+    """Links to the run and the model version in the MLflow UI of the tracking server the run was logged to;
+    None for a store no server answers for (a SQLite file: `mlflow ui` serves it wherever it is started)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    # Never a user:password@ from the URI in a page others read.
+    base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
     return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
             f"{base}/#/models/{model_name}/versions/{version}")
 
@@ -24,24 +34,34 @@ def promotion_markdown(outcome: "PromotionOutcome", record: Mapping[str, Any], d
     """Markdown for the train-and-promote Prefect artifact: verdict, gate table, MLflow links, lineage."""
     from fraudguard.promotion import gate_table_markdown
 
-    run_link, version_link = mlflow_links(str(record.get("experiment_id", "0")), str(record["run_id"]),
-                                          int(record["version"]))
-    if outcome.failed_gates:
-        verdict = f"**Blocked** by {', '.join(outcome.failed_gates)}; champion stays v{outcome.champion_before}"
-    elif outcome.dry_run:
-        verdict = "Dry run: every gate passed; champion unchanged"
+    tracking_uri = str(record.get("tracking_uri", ""))
+    model_name = str(record.get("model_name", "fraudguard"))
+    links = mlflow_links(tracking_uri, str(record.get("experiment_id", "0")), str(record["run_id"]),
+                         int(record["version"]), model_name)
+    if links is not None:
+        where = [f"- MLflow run: [{record['run_id']}]({links[0]})",
+                 f"- Model version: [{model_name}/{record['version']}]({links[1]})"]
     else:
-        verdict = f"**Promoted**: champion v{outcome.champion_before} -> v{outcome.champion_after}"
+        where = [f"- MLflow run `{record['run_id']}`, model version `{model_name}/{record['version']}`: "
+                 f"open the store with `mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'}`"]
+    before = champion_label(outcome.champion_before)
+    if outcome.failed_gates:
+        verdict = f"**Blocked** by {', '.join(outcome.failed_gates)}; champion unchanged ({before})"
+    elif outcome.dry_run:
+        verdict = f"Dry run: every gate passed; champion unchanged ({before})"
+    elif outcome.champion_before is None:
+        verdict = f"**Promoted**: v{outcome.champion_after} is the first champion ({before})"
+    else:
+        verdict = f"**Promoted**: champion {before} -> v{outcome.champion_after}"
     metrics = record.get("metrics", {})
     metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())
                             if k.startswith("eval.") and isinstance(v, (int, float)))
     return "\n".join([
-        f"# fraudguard version {record['version']}",
+        f"# {model_name} version {record['version']}",
         "",
         verdict,
         "",
-        f"- MLflow run: [{record['run_id']}]({run_link})",
-        f"- Model version: [fraudguard/{record['version']}]({version_link})",
+        *where,
         f"- Data (data/raw md5): `{data_md5}`",
         f"- DVC stages run: {', '.join(stages.get('ran', [])) or 'none (all up to date)'}",
         "",

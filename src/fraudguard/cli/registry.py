@@ -73,12 +73,14 @@ def promote(
     if outcome.blocked:
         typer.secho(f"error: {outcome.summary()}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
+    from fraudguard.reporting import champion_label
+
     if outcome.promoted:
-        typer.echo(f"champion: {outcome.champion_before} -> {outcome.champion_after} "
+        typer.echo(f"champion: {champion_label(outcome.champion_before)} -> v{outcome.champion_after} "
                    f"(audit entry {outcome.audit.seq if outcome.audit else '-'}, "
                    f"attestation {outcome.attestation[:16]})")
     else:
-        typer.echo(f"dry run: all gates passed; champion stays {outcome.champion_before}")
+        typer.echo(f"dry run: all gates passed; champion stays {champion_label(outcome.champion_before)}")
 
 
 def rollback(
