@@ -55,6 +55,7 @@ def reproduce(root: Path, params_overrides: dict[str, Any] | None) -> dict[str, 
 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register(root: Path, settings, flow_run_id: str | None, params_overrides: dict[str, Any] | None) -> dict[str, Any]:
+    from fraudguard.names import CHAMPION_ALIAS
     from fraudguard.pipeline import params_overridden, require_current_outputs
     from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
@@ -69,7 +70,7 @@ def register(root: Path, settings, flow_run_id: str | None, params_overrides: di
         return {"version": existing, "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
                 "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
                 "metrics": dict(run.data.metrics), "reused": True,
-                "is_champion": "champion" in (mv.aliases or [])}
+                "is_champion": CHAMPION_ALIAS in (mv.aliases or [])}
     record = log_training_run(root, settings, flow_run_id=flow_run_id)
     experiment_id = client.get_run(record.run_id).info.experiment_id
     return {"version": record.version, "run_id": record.run_id, "experiment_id": experiment_id,

@@ -30,6 +30,26 @@ from urllib.parse import unquote, urlparse
 
 from fraudguard.errors import ModelError, RegistryError
 from fraudguard.lineage import collect_lineage
+from fraudguard.names import (  # noqa: F401 - re-exported: tracking.WEIGHTS_ARTIFACT etc. are imported elsewhere
+    BUNDLE_DIR,
+    DATA_MD5_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    MODEL_NAME_IN_RUN,
+    PARAMS_SHA_TAG,
+    PREPROCESS_ARTIFACT,
+    PREPROCESS_SHA_TAG,
+    REFERENCE_ARTIFACT,
+    REGISTERED_VERSION_TAG,
+    RUN_ID_TAG,
+    TRAINING_DATA_CONTEXT,
+    TRAINING_DATA_NAME,
+    WEIGHTS_ARTIFACT,
+    WEIGHTS_PATH_TAG,
+    WEIGHTS_SHA_TAG,
+)
 from fraudguard.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -45,22 +65,6 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlartifacts"
 
-BUNDLE_DIR = "bundle"
-WEIGHTS_ARTIFACT = f"{BUNDLE_DIR}/model.pt"
-PREPROCESS_ARTIFACT = f"{BUNDLE_DIR}/preprocess.json"
-REFERENCE_ARTIFACT = "reference/train_features.parquet"
-MODEL_NAME_IN_RUN = "model"
-
-WEIGHTS_SHA_TAG = "artifact.sha256"
-PREPROCESS_SHA_TAG = "artifact.preprocess_sha256"
-RUN_ID_TAG = "lineage.run_id"
-WEIGHTS_PATH_TAG = "fraudguard.model_weights_path"
-
-# Read by the MLflow 3 UI: an experiment without it may open on the GenAI traces page; this kind opens on runs.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-TRAINING_DATA_NAME = "data/raw"
-TRAINING_DATA_CONTEXT = "training"
 
 # The tracking server's own limit (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3).
 PARAM_VALUE_MAX = 6000
@@ -316,7 +320,7 @@ def log_training_run(
                     WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT}
             mlflow.set_tags(tags)
             mlflow.log_params(flatten_params(settings.as_params_dict()))
-            mlflow.log_input(training_data_input(paths.raw_dvc_file, lineage["lineage.data_md5"]),
+            mlflow.log_input(training_data_input(paths.raw_dvc_file, lineage[DATA_MD5_TAG]),
                              context=TRAINING_DATA_CONTEXT)
             _log_metrics(history, metrics)
             _log_files(paths, settings, weights, preprocess, history, tmp, run_id)
@@ -326,7 +330,7 @@ def log_training_run(
             mlflow.log_artifact(str(tmp / "train_features.parquet"), Path(REFERENCE_ARTIFACT).parent.name)
             version, model_id = _register_model(client, settings, weights, preprocess, tags,
                                                 train_features.head(5))
-            mlflow.set_tag("fraudguard.registered_version", str(version))
+            mlflow.set_tag(REGISTERED_VERSION_TAG, str(version))
             client.update_run(run_id, name=training_run_name(version, settings.train.seed, lineage))
 
     model_name = settings.registry.model_name
@@ -338,10 +342,10 @@ def log_training_run(
 def training_run_name(version: int | None, seed: int, lineage: Mapping[str, str]) -> str:
     """What a reviewer reads in the runs table: `train v7 seed7 4f64441b` (`+dirty` for uncommitted code);
     the version is left out until the run has been registered."""
-    commit = lineage.get("lineage.git_commit", "unknown")
+    commit = lineage.get(GIT_COMMIT_TAG, "unknown")
     parts = ["train", *([f"v{version}"] if version is not None else []), f"seed{seed}",
              "no-git" if commit == "unknown" else commit[:8]]
-    if lineage.get("lineage.git_dirty") == "true":
+    if lineage.get(GIT_DIRTY_TAG) == "true":
         parts[-1] += "+dirty"
     return " ".join(parts)
 
@@ -494,8 +498,8 @@ def find_identical_version(client: "MlflowClient", root: Path | str, settings: "
         return None
     wanted = {
         WEIGHTS_SHA_TAG: sha256_file(paths.model_weights),
-        "lineage.params_sha256": params_sha256(settings),
-        "lineage.data_md5": data_md5(paths.raw_dvc_file),
+        PARAMS_SHA_TAG: params_sha256(settings),
+        DATA_MD5_TAG: data_md5(paths.raw_dvc_file),
     }
     name = settings.registry.model_name
     try:

@@ -138,6 +138,7 @@ def status(root: Path = _ROOT) -> None:
     from rich.console import Console
 
     from fraudguard.errors import FraudGuardError
+    from fraudguard.names import ARTIFACT_TAG_PREFIX, DATA_MD5_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, PARAMS_SHA_TAG
     from fraudguard.registry import get_version
     from fraudguard.signing import load_verifier
     from fraudguard.verification import verify_registry
@@ -155,7 +156,8 @@ def status(root: Path = _ROOT) -> None:
             mv = get_version(client, name, report.champion)
             console.print(f"run: {mv.run_id}")
             for key, value in sorted((mv.tags or {}).items()):
-                if key.startswith(("lineage.git", "lineage.data", "lineage.params", "artifact.")):
+                if key in (GIT_COMMIT_TAG, GIT_DIRTY_TAG, DATA_MD5_TAG, PARAMS_SHA_TAG) or \
+                        key.startswith(ARTIFACT_TAG_PREFIX):
                     console.print(f"  {key} = {value}")
             if report.champion_attestation is not None:
                 predicate = report.champion_attestation.predicate

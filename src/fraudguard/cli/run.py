@@ -99,6 +99,7 @@ def summarize_data(root: Path) -> dict[str, Any]:
 def summarize_registry(root: Path) -> dict[str, Any]:
     """Newest version, champion, gate verdicts and headline metrics from the registry."""
     from fraudguard.config import load_settings
+    from fraudguard.names import GATE_TAG_PREFIX, STATUS_TAG
     from fraudguard.registry import get_champion_version, newest_version
     from fraudguard.tracking import configure_mlflow
 
@@ -116,8 +117,9 @@ def summarize_registry(root: Path) -> dict[str, Any]:
         "model": name,
         "newest_version": newest,
         "champion": get_champion_version(client, name),
-        "gates": {k.removeprefix("gate."): v for k, v in (mv.tags or {}).items() if k.startswith("gate.")},
-        "status": (mv.tags or {}).get("fraudguard.status"),
+        "gates": {k.removeprefix(GATE_TAG_PREFIX): v for k, v in (mv.tags or {}).items()
+                  if k.startswith(GATE_TAG_PREFIX)},
+        "status": (mv.tags or {}).get(STATUS_TAG),
         "metrics": metrics,
         "run_id": mv.run_id,
     }
