@@ -9,24 +9,38 @@ if TYPE_CHECKING:
     from fraudguard.promotion import PromotionOutcome
 
 
+# MLflow 3.17's UI opens an experiment on its GenAI pages (traces overview) unless the URL, or the browser's
+# last choice, picks its "Model training" view; the experiment tag mlflow.experimentKind alone does not.
+# Every link fraudguard hands out picks that view.
+UI_VIEW_QUERY = "?workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
 def champion_label(version: int | None) -> str:
     """`v3`, or `no previous champion` before the first promotion (never `vNone`)."""
     return "no previous champion" if version is None else f"v{version}"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI's address for a tracking URI: the server itself (never its user:password@), or where
+    `mlflow ui` serves a SQLite store by default."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return LOCAL_UI
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
 
 
 def mlflow_links(tracking_uri: str, experiment_id: str, run_id: str, version: int,
                  model_name: str = "fraudguard") -> tuple[str, str] | None:
     """Links to the run and the model version in the MLflow UI of the tracking server the run was logged to;
     None for a store no server answers for (a SQLite file: `mlflow ui` serves it wherever it is started)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(tracking_uri)
-    if parts.scheme not in ("http", "https"):
+    if not tracking_uri.startswith(("http://", "https://")):
         return None
-    # Never a user:password@ from the URI in a page others read.
-    base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
-    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
-            f"{base}/#/models/{model_name}/versions/{version}")
+    base = ui_base(tracking_uri)
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW_QUERY}",
+            f"{base}/#/models/{model_name}/versions/{version}{UI_VIEW_QUERY}")
 
 
 def promotion_markdown(outcome: "PromotionOutcome", record: Mapping[str, Any], data_md5: str,
@@ -43,7 +57,8 @@ def promotion_markdown(outcome: "PromotionOutcome", record: Mapping[str, Any], d
                  f"- Model version: [{model_name}/{record['version']}]({links[1]})"]
     else:
         where = [f"- MLflow run `{record['run_id']}`, model version `{model_name}/{record['version']}`: "
-                 f"open the store with `mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'}`"]
+                 f"open the store with `mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'}`, "
+                 f"then {LOCAL_UI}/#/experiments/{record.get('experiment_id', '0')}{UI_VIEW_QUERY}"]
     before = champion_label(outcome.champion_before)
     if outcome.failed_gates:
         verdict = f"**Blocked** by {', '.join(outcome.failed_gates)}; champion unchanged ({before})"

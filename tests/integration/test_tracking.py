@@ -224,6 +224,7 @@ def test_register_command_prints_version_and_ui_hint(registered):
     assert result.exit_code == 0, result.output
     assert "registered fraudguard version" in result.output
     assert "mlflow ui --backend-store-uri" in result.output
+    assert "?workflowType=machine_learning" in result.output  # MLflow 3's "Model training" view
 
 
 def test_registry_model_accepts_hand_made_int64_and_float64_frames(registered):

@@ -34,17 +34,18 @@ def test_first_promotion_says_there_was_no_previous_champion():
 def test_links_point_at_the_configured_tracking_server():
     text = promotion_markdown(_outcome(3), _record("http://mlflow.internal:8443/"), "feed.dir", {})
     assert "champion v3 -> v1" in text
-    assert "(http://mlflow.internal:8443/#/experiments/2/runs/abc123)" in text
-    assert "(http://mlflow.internal:8443/#/models/fraudguard/versions/1)" in text
+    # ?workflowType=machine_learning: MLflow 3's UI would open the GenAI pages otherwise
+    assert "(http://mlflow.internal:8443/#/experiments/2/runs/abc123?workflowType=machine_learning)" in text
+    assert "(http://mlflow.internal:8443/#/models/fraudguard/versions/1?workflowType=machine_learning)" in text
     assert ":5000" not in text
 
 
 def test_a_local_store_gets_the_command_that_opens_it_not_a_guessed_link():
     text = promotion_markdown(_outcome(3), _record("sqlite:////srv/p/mlflow.db"), "feed.dir", {})
-    assert "http" not in text
-    assert "`mlflow ui --backend-store-uri sqlite:////srv/p/mlflow.db`" in text
+    assert ("`mlflow ui --backend-store-uri sqlite:////srv/p/mlflow.db`, then "
+            "http://127.0.0.1:5000/#/experiments/2?workflowType=machine_learning") in text
 
 
 def test_links_never_carry_credentials_from_the_tracking_uri():
     run_link, _ = mlflow_links("https://bot:s3cret@mlflow.example/", "2", "abc", 1)
-    assert run_link == "https://mlflow.example/#/experiments/2/runs/abc"
+    assert run_link == "https://mlflow.example/#/experiments/2/runs/abc?workflowType=machine_learning"

@@ -44,6 +44,7 @@ def register(
     from fraudguard.errors import FraudGuardError
     from fraudguard.logs import configure_logging
     from fraudguard.pipeline import require_current_outputs
+    from fraudguard.reporting import UI_VIEW_QUERY, ui_base
     from fraudguard.tracking import WEIGHTS_SHA_TAG, configure_mlflow, log_training_run, resolve_tracking_uri
 
     configure_logging()
@@ -61,7 +62,10 @@ def register(
     for name, value in sorted(record.metrics.items()):
         typer.echo(f"  {name} = {value:.6g}")
     typer.echo(f"weights sha256: {record.lineage[WEIGHTS_SHA_TAG]}")
-    typer.echo(f"review: {_ui_hint(root, resolve_tracking_uri(root))}")
+    tracking_uri = resolve_tracking_uri(root)
+    typer.echo(f"review: {_ui_hint(root, tracking_uri)}")
+    typer.echo(f"  then {ui_base(tracking_uri)}/#/models/{settings.registry.model_name}/versions/"
+               f"{record.version}{UI_VIEW_QUERY}")
 
 
 @app.command("lineage")

@@ -45,6 +45,7 @@ def run(
     import yaml
 
     from fraudguard.logs import configure_logging
+    from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
 
     root = root.resolve()
     configure_logging()
@@ -65,7 +66,8 @@ def run(
     typer.echo(json.dumps(summary, indent=2, default=str))
     typer.echo("\nOpen the MLflow UI on this project's store:\n"
                f"  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}\n"
-               "then http://127.0.0.1:5000 (Models -> fraudguard shows versions, gate tables and lineage).")
+               f"then {LOCAL_UI}/#/experiments/{summary['registry'].get('experiment_id', '')}{UI_VIEW_QUERY} (runs) "
+               f"or {LOCAL_UI}/#/models (versions, gate tables and lineage).")
     if state.is_failed() or state.is_crashed():
         if state.name != "Blocked":
             try:
@@ -122,6 +124,7 @@ def summarize_registry(root: Path) -> dict[str, Any]:
         "status": (mv.tags or {}).get(STATUS_TAG),
         "metrics": metrics,
         "run_id": mv.run_id,
+        "experiment_id": run.info.experiment_id if run else None,
     }
 
 
