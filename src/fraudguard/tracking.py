@@ -173,7 +173,10 @@ def ensure_experiment(client: "MlflowClient", name: str) -> str:
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         if (existing.tags or {}).get(EXPERIMENT_KIND_TAG) is None:  # made before the tag existed, or by hand
-            client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            try:
+                client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            except MlflowException as exc:  # a READ-only user (a reviewer on the team server): display only
+                logger.debug("experiment %r left without %s: %s", name, EXPERIMENT_KIND_TAG, exc)
         return existing.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri),
