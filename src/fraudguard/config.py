@@ -370,6 +370,7 @@ class RedteamSettings(_Strict):
     experiment: str = Field(min_length=1)
     seed: int
     harmless_recall_drop: float = Field(ge=0, le=1)
+    min_targeted_flagged: int = Field(ge=1)
     min_quarantined_share: float = Field(gt=0, le=1)
     skip_gates: list[str] = Field(default_factory=list)
     label_flip: LabelFlipSettings

@@ -8,7 +8,7 @@ import pandas as pd
 
 from fraudguard.data.schema import TRANSACTION_ID, TX_AMOUNT, TX_DATETIME, TX_FRAUD, TX_FRAUD_SCENARIO
 from fraudguard.redteam.base import AttackResult, RedTeamContext
-from fraudguard.redteam.poisoning import Poison, run_poisoning, test_fraud_ids, training_period_frauds
+from fraudguard.redteam.poisoning import Poison, run_poisoning, clean_test_fraud_ids, training_period_frauds
 
 NAME = "backdoor"
 
@@ -41,7 +41,7 @@ def run_backdoor(ctx: RedTeamContext) -> AttackResult:
     if TX_FRAUD_SCENARIO in copies.columns:
         copies[TX_FRAUD_SCENARIO] = 0
     tx = pd.concat([ctx.raw, copies], ignore_index=True)
-    targeted = test_fraud_ids(ctx)
+    targeted = clean_test_fraud_ids(ctx)
 
     def probe(transactions: pd.DataFrame) -> pd.DataFrame:
         # The fraudster's next frauds carry the trigger: same day, same minute, within the trigger hours.

@@ -7,7 +7,7 @@ import numpy as np
 
 from fraudguard.data.schema import TRANSACTION_ID, TX_FRAUD, TX_FRAUD_SCENARIO
 from fraudguard.redteam.base import AttackResult, RedTeamContext
-from fraudguard.redteam.poisoning import Poison, run_poisoning, test_fraud_ids, training_period_frauds
+from fraudguard.redteam.poisoning import Poison, run_poisoning, clean_test_fraud_ids, training_period_frauds
 
 NAME = "label_flip"
 
@@ -25,5 +25,5 @@ def run_label_flip(ctx: RedTeamContext) -> AttackResult:
     if TX_FRAUD_SCENARIO in tx.columns:
         tx.loc[rows, TX_FRAUD_SCENARIO] = 0
     return run_poisoning(ctx, NAME, Poison(
-        transactions=tx, poisoned_ids=frozenset(int(i) for i in chosen), targeted_ids=test_fraud_ids(ctx),
+        transactions=tx, poisoned_ids=frozenset(int(i) for i in chosen), targeted_ids=clean_test_fraud_ids(ctx),
         description=f"{n} of {len(frauds)} training-period frauds relabelled legitimate in place"))

@@ -162,11 +162,14 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
     if n_quarantined and share >= cfg.min_quarantined_share:
         caught.append(f"{CAUGHT_QUARANTINED}: {n_quarantined} of {len(poison.poisoned_ids)} poisoned rows ("
                       + ", ".join(f"{code} {n}" for code, n in reasons.most_common()) + ")")
-    clean_flags = ctx.clean_report.get("flagged") or {}
-    new_flags = {code: n for code, n in (report.get("flagged") or {}).items() if n > clean_flags.get(code, 0)}
-    if new_flags:
-        details["validation_flags"] = new_flags
-        caught.append(f"{CAUGHT_VALIDATION_FLAG}: " + ", ".join(f"{c} {n}" for c, n in new_flags.items()))
+    # Flags count when they point at the poisoned rows (fraud-labelled rows flagged as unusual, and any
+    # defence that lists the rows it flags under flagged_transaction_ids).
+    flagged = {code: len(set(int(i) for i in ids) & poison.poisoned_ids)
+               for code, ids in (report.get("flagged_transaction_ids") or {}).items()}
+    flagged = {code: n for code, n in flagged.items() if n}
+    details["flagged_poisoned_rows"] = flagged
+    if flagged and max(flagged.values()) / max(1, len(poison.poisoned_ids)) >= cfg.min_quarantined_share:
+        caught.append(f"{CAUGHT_VALIDATION_FLAG}: " + ", ".join(f"{c} {n}" for c, n in flagged.items()))
     if stopped:
         return AttackResult(name, KIND, tuple(caught), "recall on targeted frauds", baseline, baseline,
                             f"{poison.description}; the pipeline stopped at import", details)
@@ -203,12 +206,17 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
     details.update({"candidate_recall_targeted": attacked, "target_recall_targeted_clean": baseline,
                     "target_recall_targeted_poisoned": target_on_poisoned})
     drops = [baseline - attacked, baseline - target_on_poisoned]
-    if n_targeted and all(np.isfinite(drops)) and max(drops) <= cfg.harmless_recall_drop:
-        nothing = " (the target caught none of them: nothing to lose)" if baseline == 0 else ""
+    flagged_clean = round(baseline * n_targeted) if n_targeted else 0
+    details["targeted_flagged_clean"] = flagged_clean
+    measurable = flagged_clean >= cfg.min_targeted_flagged
+    if measurable and max(drops) <= cfg.harmless_recall_drop:
         caught.append(f"{CAUGHT_HARMLESS}: targeted recall fell by {max(drops):+.3f} at most "
-                      f"(tolerance {cfg.harmless_recall_drop:g}){nothing}")
+                      f"(tolerance {cfg.harmless_recall_drop:g})")
     summary = (f"{poison.description}; targeted frauds {n_targeted}: recall {baseline:.3f} -> candidate "
                f"{attacked:.3f}, target on poisoned data {target_on_poisoned:.3f}")
+    if not measurable:
+        summary += (f"; harm not measurable: the target flags {flagged_clean} of them on clean data "
+                    f"(redteam.min_targeted_flagged {cfg.min_targeted_flagged})")
     return AttackResult(name, KIND, tuple(caught), "recall on targeted frauds", baseline, attacked, summary,
                         details)
 
@@ -221,6 +229,6 @@ def training_period_frauds(ctx: RedTeamContext) -> pd.DataFrame:
     return tx[in_train & (tx[TX_FRAUD] == 1)]
 
 
-def test_fraud_ids(ctx: RedTeamContext) -> np.ndarray:
+def clean_test_fraud_ids(ctx: RedTeamContext) -> np.ndarray:
     """TRANSACTION_IDs of the frauds of the clean test split (the frauds the model is judged on)."""
     return ctx.test.loc[ctx.test[TX_FRAUD] == 1, TRANSACTION_ID].to_numpy()

@@ -46,7 +46,6 @@ def make_scratch_project(source: ProjectPaths, dest: Path) -> ProjectPaths:
                                      "/models\n/reports\n/incoming\n", encoding="utf-8")
     _git(["init", "-q", "-b", "main"], dest)
     run_dvc(["init", "-q"], dest)
-    run_dvc(["config", "core.analytics", "false"], dest)
     track_raw_data(scratch)
     _git(["add", "-A"], dest)
     _git(["commit", "-qm", "red-team scratch project: clean data"], dest)

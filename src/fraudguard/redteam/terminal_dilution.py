@@ -18,7 +18,7 @@ from fraudguard.data.schema import (
     TX_FRAUD_SCENARIO,
 )
 from fraudguard.redteam.base import AttackResult, RedTeamContext
-from fraudguard.redteam.poisoning import Poison, run_poisoning, test_fraud_ids
+from fraudguard.redteam.poisoning import Poison, run_poisoning, clean_test_fraud_ids
 
 NAME = "terminal_dilution"
 # The simulator's scenario of a compromised terminal (every transaction there is fraud for some days).
@@ -27,7 +27,7 @@ COMPROMISED_TERMINAL_SCENARIO = 2
 
 def compromised_terminals(ctx: RedTeamContext) -> np.ndarray:
     """Terminals of the test frauds: those of compromised-terminal frauds when the data says which."""
-    test_ids = test_fraud_ids(ctx)
+    test_ids = clean_test_fraud_ids(ctx)
     frauds = ctx.raw[ctx.raw[TRANSACTION_ID].isin(test_ids)]
     if TX_FRAUD_SCENARIO in frauds.columns:
         scenario = frauds[frauds[TX_FRAUD_SCENARIO] == COMPROMISED_TERMINAL_SCENARIO]
@@ -45,7 +45,7 @@ def run_terminal_dilution(ctx: RedTeamContext) -> AttackResult:
     terminals = compromised_terminals(ctx)
     rng = np.random.default_rng(cfg.seed)
     n = max(1, math.ceil(dl.share_of_rows * len(raw)))
-    test_ids = test_fraud_ids(ctx)
+    test_ids = clean_test_fraud_ids(ctx)
     frauds = raw[(raw[TX_FRAUD] == 1) & raw[TERMINAL_ID].isin(terminals)]
     first = frauds.groupby(TERMINAL_ID)[TX_DATETIME].min()
     last = frauds[frauds[TRANSACTION_ID].isin(test_ids)].groupby(TERMINAL_ID)[TX_DATETIME].max()
