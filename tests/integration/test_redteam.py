@@ -33,12 +33,11 @@ REDTEAM_OVERRIDES = {
     },
 }
 
-# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should.
+# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. The backdoor is
+# caught, by the quality and robustness gates, only because the poisoned model is worse overall.
 MISSING_DEFENCE = {
     "label_flip": "history is immutable: a changed label on an existing TRANSACTION_ID quarantined "
                   "as changed_history",
-    "backdoor": "conflicting near-duplicates: legitimate copies of known frauds quarantined as "
-                "conflicting_label_duplicate",
     # In this world the target flags too few of the frauds at the diluted terminals for harm to be measured.
     "terminal_dilution": "volume-burst flags per terminal and a known-fraud count feature beside the rate",
     "split_payments": "split payments in the threat model and customer spend/count features over the "
