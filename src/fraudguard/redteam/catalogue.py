@@ -23,3 +23,5 @@ ATTACKS: dict[str, AttackFn] = {
     "boundary": run_boundary,
     "split_payments": run_split_payments,
 }
+# Attacks that import data into the scratch project (which then needs git and DVC).
+POISONING = ("label_flip", "backdoor", "terminal_dilution")

@@ -26,9 +26,10 @@ def _git(args: list[str], cwd: Path) -> None:
         raise DataVersionError(f"`git {' '.join(args)}` failed in {cwd}: {proc.stderr.strip()[-500:]}")
 
 
-def make_scratch_project(source: ProjectPaths, dest: Path) -> ProjectPaths:
+def make_scratch_project(source: ProjectPaths, dest: Path, versioned: bool = True) -> ProjectPaths:
     """Copy params.yaml and data/raw (and a configured terminal-location table) of `source` to `dest`,
-    version the data there with git + DVC as `fraudguard data import` would, and return its paths."""
+    version the data there with git + DVC as `fraudguard data import` expects (unless not `versioned`:
+    attacks that import nothing skip the few seconds that costs), and return its paths."""
     from fraudguard.config import load_settings
     from fraudguard.data.versioning import run_dvc, track_raw_data
 
@@ -44,6 +45,8 @@ def make_scratch_project(source: ProjectPaths, dest: Path) -> ProjectPaths:
         shutil.copy2(source.root / locations, dest / locations)
     (dest / ".gitignore").write_text("/data/raw\n/data/validated\n/data/quarantine\n/data/features\n"
                                      "/models\n/reports\n/incoming\n", encoding="utf-8")
+    if not versioned:
+        return scratch
     _git(["init", "-q", "-b", "main"], dest)
     run_dvc(["init", "-q"], dest)
     track_raw_data(scratch)

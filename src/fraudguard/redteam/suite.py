@@ -46,9 +46,9 @@ def load_target(paths: ProjectPaths, settings, target: str, work_dir: Path):
     raise ConfigError(f"unknown red-team target {target!r}; expected one of {', '.join(TARGETS)}")
 
 
-def build_context(root: Path, target: str, work_dir: Path) -> RedTeamContext:
-    """Load the target and the project's settings; copy the project to work_dir/base and run the clean
-    validate and featurize stages there."""
+def build_context(root: Path, target: str, work_dir: Path, versioned: bool = True) -> RedTeamContext:
+    """Load the target and the project's settings; copy the project to work_dir/base (git + DVC when
+    `versioned`) and run the clean validate and featurize stages there."""
     import pandas as pd
 
     from fraudguard.config import load_settings
@@ -61,7 +61,7 @@ def build_context(root: Path, target: str, work_dir: Path) -> RedTeamContext:
     source = ProjectPaths.at(root)
     settings = load_settings(source.params)
     bundle, name = load_target(source, settings, target, work_dir)
-    base = make_scratch_project(source, work_dir / "base")
+    base = make_scratch_project(source, work_dir / "base", versioned=versioned)
     frames = [read_transactions(f) for f in raw_files(base.raw_dir)]
     raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     validation = run_validation(base, settings)
@@ -77,14 +77,14 @@ def build_context(root: Path, target: str, work_dir: Path) -> RedTeamContext:
 def run_redteam(root: Path, work_dir: Path, target: str = "candidate",
                 attacks: Sequence[str] | None = None, progress: bool = False) -> Scorecard:
     """Every attack of the catalogue (or the named ones) against `target` of the project at root."""
-    from fraudguard.redteam.catalogue import ATTACKS
+    from fraudguard.redteam.catalogue import ATTACKS, POISONING
 
     names = list(attacks) if attacks else list(ATTACKS)
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)}; the catalogue has {', '.join(ATTACKS)}")
     started = time.perf_counter()
-    ctx = build_context(root, target, work_dir)
+    ctx = build_context(root, target, work_dir, versioned=any(n in POISONING for n in names))
     results, durations = [], {}
     from rich.progress import Progress
 
