@@ -9,6 +9,7 @@ features' bounds; the result is projected onto the threat model (epsilon) before
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -19,6 +20,8 @@ from fraudguard.redteam.evasion import detected_frauds, evasion_result, still_fl
 from fraudguard.threat import ThreatModel
 
 NAME = "boundary"
+# ART logs a "success rate" line at INFO for every row it attacks.
+_ART_LOGGER = "art.attacks.evasion.boundary"
 
 
 class _ControlledOnly(torch.nn.Module):
@@ -64,7 +67,12 @@ def boundary_attack_row(ctx: RedTeamContext, threat: ThreatModel, x0: np.ndarray
             loss=torch.nn.CrossEntropyLoss(), input_shape=(len(controlled),), nb_classes=2,
             clip_values=(lower, upper), device_type="cpu")
         attack = BoundaryAttack(classifier, targeted=False, max_iter=cfg.max_iter, verbose=False)
-        z_adv = attack.generate(x0[controlled][None, :].astype(np.float32))
+        art_logger = logging.getLogger(_ART_LOGGER)
+        disabled, art_logger.disabled = art_logger.disabled, True
+        try:
+            z_adv = attack.generate(x0[controlled][None, :].astype(np.float32))
+        finally:
+            art_logger.disabled = disabled
     x_adv = x0[None, :].copy()
     x_adv[0, controlled] = np.where(np.isfinite(z_adv[0]), z_adv[0], x0[controlled])
     return x_adv[0]
