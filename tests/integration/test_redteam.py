@@ -89,6 +89,10 @@ def test_redteam_catches_attack(scorecard, attack):
 
 def test_scorecard_verdicts_follow_their_evidence(scorecard):
     """Each 'caught by' is backed by the numbers in the row, and a row without one has no such evidence."""
+    from fraudguard.config import parse_settings
+
+    cfg = parse_settings(small_params(REDTEAM_OVERRIDES)).redteam
+    tolerance, measurable = cfg.harmless_recall_drop, cfg.min_targeted_flagged
     assert [r.name for r in scorecard.results] == list(ATTACKS)
     for result in scorecard.results:
         d = result.details
@@ -97,11 +101,11 @@ def test_scorecard_verdicts_follow_their_evidence(scorecard):
                 gate = verdict.split(":", 1)[1]
                 assert d["gates"][gate]["passed"] is False and "not_counted" not in d["gates"][gate], result.name
             elif verdict.startswith(CAUGHT_QUARANTINED):
-                assert d["quarantined_poisoned_rows"] >= 0.5 * d["poisoned_rows"], result.name
+                assert d["quarantined_poisoned_rows"] >= cfg.min_quarantined_share * d["poisoned_rows"], result.name
             elif verdict.startswith(CAUGHT_HARMLESS):
-                assert d["targeted_flagged_clean"] >= 3, result.name
+                assert d["targeted_flagged_clean"] >= measurable, result.name
                 drop = result.baseline - min(d["candidate_recall_targeted"], d["target_recall_targeted_poisoned"])
-                assert drop <= 0.05 + 1e-12, result.name
+                assert drop <= tolerance + 1e-12, result.name
             elif verdict.startswith(CAUGHT_ROBUST):
                 assert result.attacked >= (d.get("min_robust_recall") or d.get("min_flagged_share")), result.name
         if result.kind == "poisoning":
@@ -109,7 +113,7 @@ def test_scorecard_verdicts_follow_their_evidence(scorecard):
             if not result.caught:
                 assert all(g["passed"] or "not_counted" in g for g in d["gates"].values()), result.name
                 drop = result.baseline - min(d["candidate_recall_targeted"], d["target_recall_targeted_poisoned"])
-                assert drop > 0.05 or d["targeted_flagged_clean"] < 3, \
+                assert drop > tolerance or d["targeted_flagged_clean"] < measurable, \
                     f"{result.name}: measurable, within tolerance, but not reported harmless"
         elif not result.caught:
             assert result.attacked < (d.get("min_robust_recall") or d.get("min_flagged_share")), result.name

@@ -191,7 +191,8 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
     details["gates"] = {}
     for gate_name, gate in configured_gates(ctx).items():
         result = _run_gate(gate_name, gate, candidate, context)
-        details["gates"][gate_name] = {"passed": result.passed, "reason": result.reason}
+        details["gates"][gate_name] = {"passed": result.passed, "reason": result.reason,
+                                       "metrics": dict(result.metrics), "thresholds": dict(result.thresholds)}
         if result.passed:
             continue
         control = control_verdict(ctx, gate_name, gate)
