@@ -12,7 +12,14 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import small_params
-from fraudguard.redteam.base import CAUGHT_GATE, CAUGHT_HARMLESS, CAUGHT_QUARANTINED, CAUGHT_ROBUST
+from fraudguard.redteam.base import (
+    CAUGHT_GATE,
+    CAUGHT_HARMLESS,
+    CAUGHT_IMPORT_REFUSED,
+    CAUGHT_QUARANTINED,
+    CAUGHT_ROBUST,
+    CAUGHT_VALIDATION_FLAG,
+)
 from fraudguard.redteam.catalogue import ATTACKS
 
 # The small world of conftest, sized so that one suite run stays well under a minute on 2 cores.
@@ -21,7 +28,11 @@ REDTEAM_OVERRIDES = {
     "simulate": {"terminal_compromise_share_per_day": 0.005},
     "evaluate": {"card_precision_k": 2},  # k scaled to 100 cards as params.yaml scales it (20 per 1000)
     "train": {"epochs": 10},
-    "gates": {"robustness": {"hopskipjump_samples": 3, "hopskipjump_max_iter": 3}},
+    # Non-inferiority tolerances scaled to this world: with ~23 test frauds one fraud is 0.043 of recall and
+    # with ~6 detected frauds one is 0.17 of robust recall, so the default 0.02 / 0.05 would block on one
+    # fraud of retraining noise (measured: a label-flipped candidate one fraud away from a block).
+    "gates": {"quality": {"non_inferiority_tolerance": 0.1},
+              "robustness": {"non_inferiority_tolerance": 0.2, "hopskipjump_samples": 3, "hopskipjump_max_iter": 3}},
     "redteam": {
         # Drift (Evidently, ~10 s a report here) is left out to keep the test short; the CLI runs it.
         "skip_gates": ["static_analysis", "privacy", "drift"],
@@ -85,6 +96,25 @@ def _expected(name: str):
 def test_redteam_catches_attack(scorecard, attack):
     result = scorecard.result(attack)
     assert result.caught, f"{attack} not caught: {result.summary}"
+
+
+# Where each poisoning attack should be stopped: at intake, on the rows the attacker wrote (issue #11 section 3).
+INTAKE_DEFENCE = {
+    "label_flip": "changed_history quarantine of a relabelled existing TRANSACTION_ID",
+    "backdoor": "conflicting_label_duplicate quarantine of legitimate copies of known frauds",
+    "terminal_dilution": "volume-burst flags naming the added rows",
+}
+
+
+@pytest.mark.parametrize("attack", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"no intake defence yet: {defence}"))
+    for name, defence in INTAKE_DEFENCE.items()])
+def test_poisoning_is_stopped_at_intake(scorecard, attack):
+    """Not by a gate's margin on a worse model: the import refuses, quarantines or flags the poisoned rows."""
+    result = scorecard.result(attack)
+    intake = [v for v in result.caught_by if v.startswith((CAUGHT_IMPORT_REFUSED, CAUGHT_QUARANTINED,
+                                                           CAUGHT_VALIDATION_FLAG))]
+    assert intake, f"{attack}: caught by {list(result.caught_by) or 'nothing'}; {result.summary}"
 
 
 def test_scorecard_verdicts_follow_their_evidence(scorecard):
