@@ -152,13 +152,19 @@ def test_scorecard_verdicts_follow_their_evidence(scorecard):
 
 def test_redteam_cli_exits_1_on_an_uncaught_attack_and_logs_the_scorecard(trained_project, monkeypatch):
     """Split payments are not caught today: exit 1, scorecard JSON written, an MLflow run in `redteam`."""
+    import mlflow
     from mlflow import MlflowClient
 
     from fraudguard.cli import app
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(trained_project)
-    result = CliRunner().invoke(app, ["redteam", "--attack", "split_payments", "--out", "reports/rt.json"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the project's own store, mlflow.db
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        result = CliRunner().invoke(app, ["redteam", "--root", str(trained_project), "--attack", "split_payments",
+                                          "--out", "reports/rt.json"])
+    finally:  # the command points MLflow at the project's store process-wide: undo it for later tests
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     assert result.exit_code == 1, result.output
     assert "NOT caught: split_payments" in result.output
     card = json.loads((trained_project / "reports" / "rt.json").read_text())
