@@ -79,3 +79,13 @@ ci-gates: install
 
 ci-report: install
 	$(FG) ci report --base $(BASE_REF) $(if $(HEAD_REV),--head $(HEAD_REV)) --gate-dir $(GATE_DIR)
+
+# --- Red team (.github/workflows/redteam.yml, weekly): attacks the candidate in a scratch copy ------------
+# `make redteam` after `dvc repro`; exits 1 when an attack is not caught (REDTEAM_ARGS=--report-only to only
+# report). Scorecard in reports/redteam/scorecard.json and a run in the MLflow experiment `redteam`.
+REDTEAM_ARGS ?=
+
+.PHONY: redteam
+
+redteam: install
+	$(FG) redteam --target candidate $(REDTEAM_ARGS)

@@ -315,6 +315,71 @@ class ComputeSettings(_Strict):
     dask_local_workers: int = Field(default=0, ge=0)
 
 
+class LabelFlipSettings(_Strict):
+    share: float = Field(gt=0, le=1)
+
+
+class BackdoorSettings(_Strict):
+    share: float = Field(gt=0)
+    trigger_cents: float = Field(ge=0, lt=1)
+    trigger_hours: tuple[int, int]
+
+    @field_validator("trigger_hours")
+    @classmethod
+    def _hour_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] < value[1] <= 24:
+            raise ValueError(f"trigger_hours must be [first, last) with 0 <= first < last <= 24, got {list(value)}")
+        return value
+
+
+class TerminalDilutionSettings(_Strict):
+    share_of_rows: float = Field(gt=0, le=1)
+    min_amount: float = Field(gt=0)
+    max_amount: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TerminalDilutionSettings":
+        if self.min_amount > self.max_amount:
+            raise ValueError(f"min_amount {self.min_amount} > max_amount {self.max_amount}")
+        return self
+
+
+class BoundaryAttackSettings(_Strict):
+    samples: int = Field(gt=0)
+    max_iter: int = Field(gt=0)
+
+
+class SplitPaymentSettings(_Strict):
+    splits: list[int] = Field(min_length=1)
+    gated_splits: int = Field(ge=2)
+    min_flagged_share: float = Field(ge=0, le=1)
+    interval_s: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _gated_is_measured(self) -> "SplitPaymentSettings":
+        if any(k < 2 for k in self.splits):
+            raise ValueError(f"every split count must be >= 2, got {self.splits}")
+        if self.gated_splits not in self.splits:
+            raise ValueError(f"gated_splits {self.gated_splits} is not one of splits {self.splits}")
+        return self
+
+
+class RedteamSettings(_Strict):
+    """The red-team suite (`fraudguard redteam`): what each attack does and when it counts as caught."""
+
+    experiment: str = Field(min_length=1)
+    seed: int
+    harmless_recall_drop: float = Field(ge=0, le=1)
+    min_targeted_flagged: int = Field(ge=1)
+    min_quarantined_share: float = Field(gt=0, le=1)
+    skip_gates: list[str] = Field(default_factory=list)
+    label_flip: LabelFlipSettings
+    backdoor: BackdoorSettings
+    terminal_dilution: TerminalDilutionSettings
+    boundary: BoundaryAttackSettings
+    split_payments: SplitPaymentSettings
+
+
 class Settings(_Strict):
     simulate: SimulateSettings
     validate_: ValidateSettings = Field(alias="validate")
@@ -329,6 +394,7 @@ class Settings(_Strict):
     monitor: MonitorSettings
     serve: ServeSettings = Field(default_factory=ServeSettings)
     compute: ComputeSettings = ComputeSettings()
+    redteam: RedteamSettings
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

@@ -8,6 +8,7 @@ import typer
 from fraudguard.cli import ci as ci_commands
 from fraudguard.cli import data as data_commands
 from fraudguard.cli import model as model_commands
+from fraudguard.cli import redteam as redteam_command
 from fraudguard.cli import registry as registry_commands
 from fraudguard.cli import run as run_command
 from fraudguard.cli import serve as serve_commands
@@ -47,6 +48,7 @@ app.command("run")(run_command.run)
 app.command("register")(model_commands.register)
 registry_commands.register(app)  # promote, rollback, status, audit verify
 app.command("serve")(serve_commands.serve)
+app.command("redteam")(redteam_command.redteam)
 app.command("serve-bootstrap")(serve_commands.serve_bootstrap)
 app.add_typer(data_commands.app, name="data", help="DVC-versioned transaction data.")
 app.add_typer(model_commands.app, name="model", help="MLflow runs, registered versions and their lineage.")
