@@ -128,7 +128,8 @@ class Gateway:
               started: float, explain: bool = False) -> tuple[ServedModel, list[dict[str, Any]]]:
         """Featurize, record and score the transactions in order; raises _Refused for a 409 or 503.
 
-        With `explain`, each flagged transaction gets its attributions (the others `"explanation": null`)."""
+        With `explain`, every transaction of the request gets its attributions, flagged or not (an analyst
+        asks why one was declined as often as why one was not)."""
         served = self.follower.current
         if served is None:
             raise _Refused(503, "no verified champion to serve yet", "model")
@@ -148,7 +149,7 @@ class Gateway:
         scores = bundle.predict_proba_standardized(standardized)
         if not np.all(np.isfinite(scores)):
             raise _Refused(500, "the model returned a non-finite score; nothing was decided", "model")
-        explanations = self._explain(bundle, standardized, scores) if explain else {}
+        explanations = self._explain(bundle, standardized) if explain else []
         latency_ms = (time.perf_counter() - started) * 1000
         results = []
         version = str(served.version)
@@ -157,7 +158,7 @@ class Gateway:
             results.append({"TRANSACTION_ID": tx.transaction_id, "fraud_probability": float(score),
                             "is_fraud": flagged})
             if explain:
-                results[-1]["explanation"] = explanations.get(i)
+                results[-1]["explanation"] = explanations[i]
             self.metrics.decisions.labels("fraud" if flagged else "legit", version).inc()
             self.log.put({
                 "time": time.time(), "request_id": request_id, "client": client, "model_version": served.version,
@@ -169,18 +170,14 @@ class Gateway:
         self.metrics.state_rows.inc(len(transactions))
         return served, results
 
-    def _explain(self, bundle, standardized: np.ndarray, scores: np.ndarray) -> dict[int, dict[str, Any]]:
-        """Attributions of the flagged rows (by row index), in standardized input space."""
+    def _explain(self, bundle, standardized: np.ndarray) -> list[dict[str, Any]]:
+        """Attributions of each row, in standardized input space, from the training mean."""
         from fraudguard.explanations import BASELINE, METHOD, explain_standardized
 
-        flagged = np.flatnonzero(scores >= bundle.threshold)
-        if flagged.size == 0:
-            return {}
-        found = explain_standardized(bundle, standardized[flagged], self.settings.serve.explain_steps)
-        return {int(i): {"method": METHOD, "target": "fraud_probability", "space": "standardized",
-                         "baseline": BASELINE, "baseline_probability": found.baseline_probability,
-                         "convergence_delta": float(found.delta[k]), "attributions": found.row(k)}
-                for k, i in enumerate(flagged)}
+        found = explain_standardized(bundle, standardized, self.settings.serve.explain_steps)
+        return [{"method": METHOD, "target": "fraud_probability", "space": "standardized", "baseline": BASELINE,
+                 "baseline_probability": found.baseline_probability, "convergence_delta": float(found.delta[k]),
+                 "attributions": found.row(k)} for k in range(len(standardized))]
 
     def health(self) -> tuple[int, dict[str, Any]]:
         served, status = self.follower.current, self.follower.status

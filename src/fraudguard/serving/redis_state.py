@@ -43,7 +43,8 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[6]) end
 return 1
 """
-# KEYS: customer zset, terminal zset, label; ARGV: customer score range, terminal score range
+# KEYS: customer zset, terminal zset, label; ARGV: customer and terminal score ranges. The label hash is keyed
+# by the id as written, so the padding of the member's id is stripped.
 _READ = """
 local c = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 local t = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], ARGV[4])
@@ -51,7 +52,7 @@ local labels = {}
 local i = 1
 while i <= #t do
   local ids = {}
-  for j = i, math.min(i + 999, #t) do ids[#ids + 1] = string.sub(t[j], 22) end
+  for j = i, math.min(i + 999, #t) do ids[#ids + 1] = string.match(string.sub(t[j], 22), '^0*(%d+)$') end
   local got = redis.call('HMGET', KEYS[3], unpack(ids))
   for _, v in ipairs(got) do labels[#labels + 1] = v or '' end
   i = i + 1000
