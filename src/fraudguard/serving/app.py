@@ -7,7 +7,9 @@ without locks; the model in use is read once per request (a hot switch replaces 
 """
 
 
+import importlib
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -110,8 +112,9 @@ class Gateway:
         self.metrics.state_rows.set(self.store.count())
         self.log = PredictionLog(self._path(serve.prediction_log), serve.prediction_log_queue,
                                  on_drop=self.metrics.log_dropped.inc)
-        import captum.attr  # noqa: F401 - imported now so that the first ?explain=true request does not pay for it
-
+        # Captum takes seconds to import: done off the start-up path, so the first ?explain=true need not pay it.
+        threading.Thread(target=importlib.import_module, args=("captum.attr",), name="captum-import",
+                         daemon=True).start()
         self.follower.check()
         self.follower.start()
 
