@@ -144,7 +144,7 @@ async def _closed_loop(url: str, path: str, headers: dict, bodies: list[dict], s
         return done, done / (time.perf_counter() - start), errors
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, what: str, log: Path, timeout_s: float = 180) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -155,7 +155,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not start:\n{proc.stderr.read()[-3000:] if proc.stderr else ''}")
+            raise SystemExit(f"{what} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
 
 
@@ -168,6 +168,18 @@ def _measure(url: str, path: str, headers: dict, bodies: list[dict], rate: float
     return {"p50_ms": round(_pct(latencies, 50), 3), "p99_ms": round(_pct(latencies, 99), 3),
             "offered_rps": rate, "achieved_rps": round(achieved, 1), "requests": n_open,
             "errors": errors + closed_errors, "max_rps_16_clients": round(throughput, 1), "closed_requests": done}
+
+
+def _handler_latency(root: Path, bodies: list[dict]) -> dict:
+    """The request path's inside, from the prediction log: latency_ms is measured in the handler from its
+    start to the decision (features, state write, model), before logging and the response; the rest of the
+    client's latency is HTTP, validation, the guard, queueing behind other requests and the load generator."""
+    from fraudguard.serving.predictions import read_prediction_log
+
+    log = read_prediction_log(root / "state" / "serve" / "predictions.jsonl").set_index("TRANSACTION_ID")
+    inside = log.loc[[b["TRANSACTION_ID"] for b in bodies], "latency_ms"].to_numpy(dtype=float)
+    return {"handler_p50_ms": round(float(np.percentile(inside, 50)), 3),
+            "handler_p99_ms": round(float(np.percentile(inside, 99)), 3)}
 
 
 def _mlflow_bodies(features: pd.DataFrame, columns: list[str]) -> list[dict]:
@@ -205,25 +217,35 @@ def main() -> None:
         root, env, replay, bundle = _setup(tmp)
         features = compute_features(replay.assign(TX_FRAUD=0), load_settings(root / "params.yaml").featurize)
         port = _free_port()
-        server = subprocess.Popen([str(BIN / "fraudguard"), "serve", "--root", str(root), "--port", str(port)],  # nosec B603
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        gateway_log = tmp / "gateway.log"
+        with gateway_log.open("w") as log:
+            server = subprocess.Popen([str(BIN / "fraudguard"), "serve", "--root", str(root), "--port", str(port)],  # nosec B603
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_ready(f"{url}/health", server, "gateway")
-            gateway = _measure(url, "/score", {"X-API-Key": KEY}, _bodies(replay), args.rate, args.seconds)
+            _wait_ready(f"{url}/health", server, "gateway", log=gateway_log)
+            bodies = _bodies(replay)
+            gateway = _measure(url, "/score", {"X-API-Key": KEY}, bodies, args.rate, args.seconds)
         finally:
             server.terminate()
             server.wait(timeout=30)
+        gateway.update(_handler_latency(root, bodies[100:100 + int(args.rate * args.seconds)]))
         port = _free_port()
-        mlflow_server = subprocess.Popen(  # nosec B603 - mlflow of this environment, fixed argv
-            [str(BIN / "mlflow"), "models", "serve", "-m", "models:/fraudguard@champion", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        mlflow_log = tmp / "mlflow-serve.log"  # a file, not a pipe: an unread pipe fills and blocks the server
+        with mlflow_log.open("w") as log:
+            mlflow_server = subprocess.Popen(  # nosec B603 - mlflow of this environment, fixed argv
+                [str(BIN / "mlflow"), "models", "serve", "-m", "models:/fraudguard@champion", "--env-manager",
+                 "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_ready(f"{url}/ping", mlflow_server, "mlflow models serve")
-            served = _measure(url, "/invocations", {}, _mlflow_bodies(features, list(bundle.features)), args.rate,
-                              args.seconds)
+            _wait_ready(f"{url}/ping", mlflow_server, "mlflow models serve", log=mlflow_log)
+            try:
+                served = _measure(url, "/invocations", {}, _mlflow_bodies(features, list(bundle.features)),
+                                  args.rate, args.seconds)
+            except Exception:
+                print(f"mlflow models serve failed; its log:\n{mlflow_log.read_text()[-3000:]}")
+                raise
         finally:
             os.killpg(mlflow_server.pid, 15)
             mlflow_server.wait(timeout=30)
@@ -241,6 +263,8 @@ def main() -> None:
         print(f"{name} at {args.rate:g} req/s for {args.seconds:g} s ({f['requests']} requests, {f['errors']} errors): "
               f"p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms, achieved {f['achieved_rps']:.0f} req/s; "
               f"closed loop, 16 clients: {f['max_rps_16_clients']:.0f} req/s")
+    print(f"gateway handler (features, state write, model; from the prediction log): p50 {gateway['handler_p50_ms']} ms, "
+          f"p99 {gateway['handler_p99_ms']} ms")
     print(f"in-process bundle.predict_proba, 1 precomputed row: p50 {figures['baseline_predict_proba_p50_ms']} ms, "
           f"p99 {figures['baseline_predict_proba_p99_ms']} ms")
     print(f"ratio gateway/mlflow serve: p50 x{figures['p50_ratio_gateway_vs_mlflow_serve']}, "
