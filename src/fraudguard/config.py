@@ -323,6 +323,9 @@ class ServeSettings(_Strict):
     state: StateSettings = Field(default_factory=StateSettings)
     # ?explain=true: integrated-gradients steps per explained transaction (more: closer to exact, slower).
     explain_steps: int = Field(default=64, ge=4, le=1024)
+    # Intra-op threads of the gateway's torch: one request is a 1-row forward pass, which a second thread only
+    # slows (it spins against the event loop on a small machine).
+    torch_threads: int = Field(default=1, gt=0)
 
 
 class ComputeSettings(_Strict):

@@ -27,6 +27,9 @@ def serve(
     root = root.resolve()
     try:
         settings = load_settings(root / "params.yaml")
+        import torch
+
+        torch.set_num_threads(settings.serve.torch_threads)
         app = build_app(root, settings)
     except FraudGuardError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
