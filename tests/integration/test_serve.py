@@ -270,6 +270,9 @@ def test_explain_returns_attributions_that_add_up_to_the_score(served):
     assert set(one["explanation"]["attributions"]) == features
     plain = httpx.post(f"{served.url}/score", json=_tx(customer=10**9 + 31), headers=_headers(), timeout=30).json()
     assert "explanation" not in plain
+    odd = httpx.post(f"{served.url}/score?explain=maybe", json=_tx(customer=10**9 + 32), headers=_headers(),
+                     timeout=30)
+    assert odd.status_code == 422 and odd.json()["fields"][0]["field"] == "query.explain"
 
 
 # ------------------------------------------------------------------------------------------ hostile input
