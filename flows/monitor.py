@@ -85,13 +85,24 @@ def monitor(retrain_on_drift: bool | None = None):
             f"{check.run_id} | {triggered or '-'} |\n"
             + ("" if live is None else
                "\n## Live traffic (gateway prediction log)\n\n| decisions | flag rate | drift share | drifted features "
-               "| terminal bursts | MLflow run |\n|---|---|---|---|---|---|\n"
+               "| terminal bursts | attacker-controlled share of flagged attributions (training) | MLflow run |\n"
+               "|---|---|---|---|---|---|---|\n"
                f"| {live.n_decisions} | {live.flag_rate:.2%} | {live.drift_share:.0%} | "
-               f"{', '.join(live.drifted_columns) or '-'} | {len(live.bursts)} | {live.run_id} |\n")),
+               f"{', '.join(live.drifted_columns) or '-'} | {len(live.bursts)} | {_attribution_cell(live)} | "
+               f"{live.run_id} |\n")),
     )
     return {"drifted": check.drifted, "drift_share": check.drift_share, "retrain_flow_run": triggered,
             "live": None if live is None else {"decisions": live.n_decisions, "flag_rate": live.flag_rate,
-                                               "drift_share": live.drift_share, "bursts": len(live.bursts)}}
+                                               "drift_share": live.drift_share, "bursts": len(live.bursts),
+                                               "controlled_attribution_alert": live.controlled_attribution_alert}}
+
+
+def _attribution_cell(live) -> str:
+    found = live.attribution
+    if found is None:
+        return "- (nothing flagged)"
+    return (f"{found.live_share:.0%} ({found.reference_share:.0%})"
+            + (" **ALERT**" if live.controlled_attribution_alert else ""))
 
 
 if __name__ == "__main__":

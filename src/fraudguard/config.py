@@ -283,6 +283,21 @@ class MonitorSettings(_Strict):
     retrain_deployment: str = Field(pattern=r"^[^/]+/[^/]+$")
     # Live traffic (the gateway's prediction log): a terminal with more decisions than this in one hour is a burst.
     burst_tx_per_hour: int = Field(default=20, gt=0)
+    # Attributions of flagged live traffic (docs/serving.md, "Explanations"): an alert when the share of the
+    # attacker-controlled features in them exceeds the share in the flagged training reference by more than this.
+    controlled_attribution_margin: float = Field(default=0.15, ge=0, le=1)
+    max_explained_rows: int = Field(default=500, gt=0)  # flagged rows explained per side (a seeded sample)
+
+
+class StateSettings(_Strict):
+    """Where the gateway keeps the customer and terminal history: an embedded SQLite file (`serve.state_path`,
+    one gateway) or a Redis server shared by several replicas. $FRAUDGUARD_REDIS_URL, when set, replaces
+    `redis_url` (a password never goes into params.yaml)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://")
+    redis_key_prefix: str = Field(default="fraudguard:state", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    redis_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class ServeSettings(_Strict):
@@ -305,6 +320,12 @@ class ServeSettings(_Strict):
     rate_limit_per_s: float = Field(default=500.0, gt=0)
     rate_limit_burst: int = Field(default=1000, gt=0)
     prediction_log_queue: int = Field(default=100_000, gt=0)
+    state: StateSettings = Field(default_factory=StateSettings)
+    # ?explain=true: integrated-gradients steps per explained transaction (more: closer to exact, slower).
+    explain_steps: int = Field(default=64, ge=4, le=1024)
+    # Intra-op threads of the gateway's torch: one request is a 1-row forward pass, which a second thread only
+    # slows (it spins against the event loop on a small machine).
+    torch_threads: int = Field(default=1, gt=0)
 
 
 class ComputeSettings(_Strict):

@@ -13,6 +13,8 @@ from fraudguard.paths import ProjectPaths
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from fraudguard.explanations import ControlledAttribution
+
     import pandas as pd
 
     from fraudguard.config import Settings
@@ -102,10 +104,38 @@ class LiveCheck:
     bursts: tuple[dict, ...]
     report_path: Path
     run_id: str
+    attribution: "ControlledAttribution | None" = None  # None: no flagged decision in the window
+    explained_version: int | None = None
 
     @property
     def drifted(self) -> bool:
         return self.drift_share > self.threshold
+
+    @property
+    def controlled_attribution_alert(self) -> bool:
+        """Attacker-controlled features dominate the flagged live decisions more than the flagged training rows."""
+        return self.attribution is not None and self.attribution.alert
+
+
+def explain_flagged_traffic(client: "MlflowClient", current: "pd.DataFrame", settings: "Settings",
+                            work_dir: Path) -> tuple[int | None, "ControlledAttribution | None"]:
+    """Attacker-controlled share of the attributions of the window's flagged decisions against the flagged rows
+    of the training reference, with the version that made most of the flagged decisions (its weights checked
+    against their sha256 tag). (None, None) when nothing was flagged."""
+    from fraudguard.explanations import compare_controlled_attribution
+    from fraudguard.tracking import load_bundle_for_version, load_reference_features
+
+    flagged = current[current["decision"].astype(bool)]
+    if flagged.empty:
+        return None, None
+    version = int(flagged["model_version"].astype(int).value_counts().idxmax())
+    name, monitor = settings.registry.model_name, settings.monitor
+    bundle = load_bundle_for_version(client, name, version, work_dir / f"v{version}")
+    comparison = compare_controlled_attribution(
+        bundle, load_reference_features(client, name, version),
+        flagged[flagged["model_version"].astype(int) == version], settings.threat_model.controlled_features,
+        monitor.controlled_attribution_margin, monitor.max_explained_rows, settings.serve.explain_steps)
+    return version, comparison
 
 
 def terminal_bursts(decisions: "pd.DataFrame", max_per_hour: int) -> list[dict]:
@@ -153,18 +183,33 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
     bursts_file = report_dir / "live_bursts.json"
     bursts_file.write_text(json.dumps(bursts[:1000], indent=1))
+    explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models")
+    metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
+               "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
+               "live_drifted_controlled": float(len(controlled))}
+    if attribution is not None:
+        metrics.update({"live_controlled_attribution_share": attribution.live_share,
+                        "reference_controlled_attribution_share": attribution.reference_share,
+                        "live_controlled_attribution_alert": float(attribution.alert)})
     experiment_id = ensure_experiment(client, settings.monitor.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"live-v{champion}") as run:
-        mlflow.set_tags({"fraudguard.kind": "live-monitor", "fraudguard.champion_version": str(champion)})
-        mlflow.log_metrics({"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
-                            "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
-                            "live_drifted_controlled": float(len(controlled))})
+        mlflow.set_tags({"fraudguard.kind": "live-monitor", "fraudguard.champion_version": str(champion),
+                         **({"fraudguard.explained_version": str(explained_version),
+                             "fraudguard.attribution_reference_rows": attribution.reference_rows}
+                            if attribution is not None else {})})
+        mlflow.log_metrics(metrics)
         mlflow.log_params({"window_days": settings.monitor.window_days, "threshold": threshold,
-                           "burst_tx_per_hour": settings.monitor.burst_tx_per_hour})
+                           "burst_tx_per_hour": settings.monitor.burst_tx_per_hour,
+                           "controlled_attribution_margin": settings.monitor.controlled_attribution_margin})
         mlflow.log_artifact(str(comparison.report_path), artifact_path="live")
         mlflow.log_artifact(str(bursts_file), artifact_path="live")
     check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
-                      comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id)
+                      comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id,
+                      attribution, explained_version)
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s)", champion, len(current), 100 * flag_rate, 100 * check.drift_share, len(bursts))
+    if check.controlled_attribution_alert:
+        logger.warning("attacker-controlled features carry %.0f%% of the attributions of flagged live decisions "
+                       "(v%s), %.0f%% in training: more than the %.0f-point margin", 100 * attribution.live_share,
+                       explained_version, 100 * attribution.reference_share, 100 * attribution.margin)
     return check

@@ -308,6 +308,52 @@ def create_databases(port: int, admin_password: str, roles: dict[str, str]) -> N
         conn.execute("GRANT CONNECT ON DATABASE fraudguard_locks TO fraudguard_lock")
 
 
+# ------------------------------------------------------------------------------------------ redis
+
+def redis_server_binary(install: bool = True) -> Path:
+    """Debian's `redis-server` executable; installs the `redis-server` package (as root) when missing."""
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").is_file()
+                                             else None)
+    if found is None and install:
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise StackError("redis-server not found and cannot install it here: "
+                             "run `apt-get install -y redis-server` as root")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)  # nosec B603 - fixed argv
+            if proc.returncode != 0:
+                raise StackError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        return redis_server_binary(install=False)
+    if found is None:
+        raise StackError("redis-server not found after installing the `redis-server` package")
+    return Path(found)
+
+
+def start_redis(data_dir: Path, port: int, timeout_s: float = 30) -> subprocess.Popen:
+    """A redis-server on 127.0.0.1:port in its own process group, persisting to an append-only file in data_dir
+    (a restart finds the state), protected mode on, no RDB snapshots. Stop it with stop_pid(proc.pid)."""
+    binary = redis_server_binary()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = data_dir / "redis.log"
+    proc = _spawn([str(binary), "--bind", HOST, "--port", str(port), "--dir", str(data_dir),
+                   "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                   "--protected-mode", "yes", "--logfile", ""], log, {"PATH": os.environ.get("PATH", "")},
+                  data_dir)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(64).startswith(b"+PONG"):
+                    return proc
+        except OSError:  # not listening yet, or still loading its append-only file
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_pid(proc.pid)
+            raise StackError(f"redis-server on {HOST}:{port} did not start:\n{_tail(log)}")
+        time.sleep(0.1)
+
+
 # ------------------------------------------------------------------------------------------ mlflow
 
 def _mlflow_api(url: str, path: str, user: str, password: str, body: dict | None = None,

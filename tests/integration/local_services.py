@@ -41,3 +41,28 @@ def stop_process_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+class RedisServer:
+    """Debian's redis-server on 127.0.0.1 (installed by fraudguard.stack as root when missing, else a loud
+    failure), persisting to an append-only file in `data_dir`; stopped and restarted by PID."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir, self.port, self.proc = data_dir, free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        from fraudguard.stack import start_redis
+
+        self.proc = start_redis(self.data_dir, self.port)
+        return self
+
+    def stop(self) -> None:
+        from fraudguard.stack import stop_pid
+
+        if self.proc is not None:
+            stop_pid(self.proc.pid)
+            self.proc = None

@@ -140,8 +140,11 @@ def failing_gate(name: str):
     return run
 
 
-def write_pipeline_outputs(root: Path, seed: int) -> None:
-    """The files the DVC stages leave in a project (features, a random-weight bundle, metrics, reports)."""
+def write_pipeline_outputs(root: Path, seed: int, train_features: pd.DataFrame | None = None) -> None:
+    """The files the DVC stages leave in a project (features, a random-weight bundle, metrics, reports).
+
+    `train_features` (real featurized rows) replaces the synthetic training split: the bundle is standardized
+    on it and it becomes the version's drift reference."""
     import json
 
     import torch
@@ -167,6 +170,8 @@ def write_pipeline_outputs(root: Path, seed: int) -> None:
         frame["TX_FRAUD"] = (np.random.default_rng(frame_seed).random(n) < 0.1).astype("int64")
         frame["CUSTOMER_ID"] = np.arange(n) % 50
         frame.to_parquet(path)
+    if train_features is not None:
+        train_features.to_parquet(paths.train_features)
     torch.manual_seed(seed)
     module = FraudMLP(len(features), settings.model.hidden_sizes, settings.model.dropout).eval()
     train = pd.read_parquet(paths.train_features)

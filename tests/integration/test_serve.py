@@ -1,8 +1,13 @@
 """The scoring gateway, served for real by uvicorn on 127.0.0.1 against a real sqlite MLflow store whose
 champion was promoted through the promotion API (stand-in gates, committed policy).
 
-Order matters within the module (one gateway, one store, as in production): parity first, then hostile
-input, auth and rate limits, restart, the hot switch, and the tampered champion last.
+Order matters within the module (one gateway, one store, as in production): parity first and the monitor on
+that undrifted replay, then explanations, hostile input, auth and rate limits, restart, the Redis state shared
+by two gateway processes, the hot switch, a hand-moved alias, the tampered champion, and the monitor on a drifted
+replay last.
+
+The champions' training split (their drift reference and standardization) is the simulated world's own
+featurized history before the replay, so the replayed test period is undrifted traffic.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from fraudguard.serving.predictions import read_prediction_log
 from fraudguard.serving.runner import ThreadedServer, build_app
 from fraudguard.serving.security import load_api_clients
 
+from conftest import small_params
+from local_services import RedisServer, free_port, stop_process_group, wait_for_health
 from registry_helpers import all_passing_gates, candidate_for, commit_params, served_weights_file, simple_context, \
     write_pipeline_outputs
 
@@ -51,7 +58,9 @@ class Served:
     uri: str
     versions: list[int]
     data: pd.DataFrame          # the simulated world
+    offline: pd.DataFrame       # its features as the featurize stage computes them
     cutoff: pd.Timestamp        # history before it was bootstrapped; the replay starts there
+    base: Path
     server: ThreadedServer | None = None
 
     @property
@@ -63,9 +72,16 @@ class Served:
         return self.server.app.gateway
 
     def start(self) -> None:
-        clients = load_api_clients(self.serve_settings.serve, env={
-            "FRAUDGUARD_API_KEYS_FILE": str(self.root.parent / "keys.yaml")})
-        self.server = ThreadedServer(build_app(self.root, self.serve_settings, self.uri, clients)).start()
+        self.server = self.start_gateway(self.serve_settings)
+
+    def start_gateway(self, settings: Settings) -> ThreadedServer:
+        clients = load_api_clients(settings.serve, env={"FRAUDGUARD_API_KEYS_FILE": str(self.base / "keys.yaml")})
+        return ThreadedServer(build_app(self.root, settings, self.uri, clients)).start()
+
+    def settings_with(self, serve: dict) -> Settings:
+        """The gateway's settings with `serve` overrides (another state store, log, cache)."""
+        return parse_settings(merge_overrides(json.loads(json.dumps(self.serve_settings.as_params_dict())),
+                                              {"serve": serve}))
 
     def promote(self, version: int) -> None:
         report_dir = self.root / "reports" / "setup" / f"v{version}-{time.monotonic_ns()}"
@@ -90,12 +106,21 @@ def served(tmp_path_factory):
     root, store = base / "project", base / "store"
     store.mkdir(parents=True)
     uri = f"sqlite:///{store / 'mlflow.db'}"
+    world = parse_settings(small_params())
+    data = simulate_transactions(world.simulate)
+    offline = compute_features(data, world.featurize)
+    cutoff = data["TX_DATETIME"].max().normalize() - pd.Timedelta(days=REPLAY_DAYS - 1)
+    warm_up = data["TX_DATETIME"].min().normalize() + pd.Timedelta(
+        days=max(world.featurize.windows_days) + world.featurize.label_delay_days)
+    train = offline[(offline["TX_DATETIME"] >= warm_up) & (offline["TX_DATETIME"] < cutoff)]
+    # A sample of it keeps the monitor's Evidently comparisons short (it is a drift reference, not a model's data).
+    train = train.sample(n=min(len(train), 2500), random_state=0).sort_values("TX_DATETIME").reset_index(drop=True)
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         versions = []
         for seed in (0, 1, 2):
-            write_pipeline_outputs(root, seed)
+            write_pipeline_outputs(root, seed, train)
             settings = load_settings(root / "params.yaml")
             configure_mlflow(root, settings)
             versions.append(log_training_run(root, settings, flow_run_id=None).version)
@@ -106,8 +131,6 @@ def served(tmp_path_factory):
             os.environ["MLFLOW_TRACKING_URI"] = previous
     commit_params(root)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    data = simulate_transactions(settings.simulate)
-    cutoff = data["TX_DATETIME"].max().normalize() - pd.Timedelta(days=REPLAY_DAYS - 1)
     history = root / "data" / "validated" / "transactions.parquet"
     history.parent.mkdir(parents=True, exist_ok=True)
     data[data["TX_DATETIME"] < cutoff].to_parquet(history)  # bootstrapped on start (serve.bootstrap_from)
@@ -119,7 +142,7 @@ def served(tmp_path_factory):
                    "prediction_log": str(base / "state" / "predictions.jsonl"),
                    "model_cache_dir": str(base / "state" / "models"), "max_body_bytes": 65536,
                    "max_batch_size": 200}}))
-    project = Served(root, client, settings, serve_settings, uri, versions, data, cutoff)
+    project = Served(root, client, settings, serve_settings, uri, versions, data, offline, cutoff, base)
     project.promote(versions[0])
     project.start()
     yield project
@@ -145,14 +168,11 @@ def _records(rows: pd.DataFrame) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------- parity
 
-def test_replayed_test_period_gets_the_offline_features_and_scores(served):
-    settings = served.serve_settings
-    offline = compute_features(served.data, settings.featurize)
-    replay = offline[offline["TX_DATETIME"] >= served.cutoff].reset_index(drop=True)
-    delay = pd.Timedelta(days=settings.featurize.label_delay_days)
-    with httpx.Client(base_url=served.url, headers=_headers(), timeout=30) as http:
-        for start in range(0, len(replay), 200):
-            chunk = replay.iloc[start:start + 200]
+def _replay(url: str, replay: pd.DataFrame, delay: pd.Timedelta, chunk_size: int = 200) -> None:
+    """Score `replay` in order through /score/batch; each chunk's frauds get their chargeback, dated tx + delay."""
+    with httpx.Client(base_url=url, headers=_headers(), timeout=30) as http:
+        for start in range(0, len(replay), chunk_size):
+            chunk = replay.iloc[start:start + chunk_size]
             response = http.post("/score/batch", json={"transactions": _records(chunk)})
             assert response.status_code == 200, response.text
             frauds = chunk[chunk["TX_FRAUD"] == 1]
@@ -161,22 +181,98 @@ def test_replayed_test_period_gets_the_offline_features_and_scores(served):
                            "LABEL_DATETIME": (r.TX_DATETIME + delay).isoformat()} for r in frauds.itertuples()]
                 fb = http.post("/feedback", json={"labels": labels})
                 assert fb.status_code == 200 and fb.json()["recorded"] == len(labels), fb.text
-    gateway = served.gateway
+
+
+def _assert_parity(gateway, replay: pd.DataFrame, settings: Settings) -> None:
+    """Every logged feature within 1e-6 of the offline value, the same scores and decisions."""
     gateway.log.flush()
     logged = read_prediction_log(gateway._path(settings.serve.prediction_log)).set_index("TRANSACTION_ID")
     online = logged.loc[replay["TRANSACTION_ID"]]
-    assert len(online) == len(replay) > 500
+    assert len(online) == len(replay)
     for name in feature_names(settings.featurize):
         expected = replay[name].to_numpy(dtype=np.float64)
         got = online[name].to_numpy(dtype=np.float64)
         worst = np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)))
         assert worst <= 1e-6, f"{name}: online differs from offline by {worst:.3g}"
-    assert (replay["TERMINAL_ID_RISK_7DAY_WINDOW"] > 0).any()  # the delayed labels did enter terminal risk
     bundle = gateway.follower.current.bundle
     assert set(online["model_version"]) == {gateway.follower.current.version}
     offline_scores = bundle.predict_proba(replay)
     assert np.max(np.abs(online["score"].to_numpy() - offline_scores)) <= 1e-6
     assert (online["decision"].to_numpy() == (offline_scores >= bundle.threshold)).all()
+
+
+def test_replayed_test_period_gets_the_offline_features_and_scores(served):
+    settings = served.serve_settings
+    replay = served.offline[served.offline["TX_DATETIME"] >= served.cutoff].reset_index(drop=True)
+    assert len(replay) > 500
+    _replay(served.url, replay, pd.Timedelta(days=settings.featurize.label_delay_days))
+    _assert_parity(served.gateway, replay, settings)
+    assert (replay["TERMINAL_ID_RISK_7DAY_WINDOW"] > 0).any()  # the delayed labels did enter terminal risk
+
+
+def _check_live(served, tmp_path, monkeypatch):
+    import mlflow
+
+    from fraudguard.monitoring import check_live_traffic
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
+    mlflow.set_tracking_uri(served.uri)
+    served.gateway.log.flush()
+    log = served.gateway._path(served.serve_settings.serve.prediction_log)
+    return check_live_traffic(served.client, log, served.serve_settings, tmp_path)
+
+
+def _assert_attribution_logged(served, check) -> None:
+    """The attacker-controlled share of flagged decisions' attributions, against training's, is in MLflow."""
+    metrics = served.client.get_run(check.run_id).data.metrics
+    if check.attribution is None:  # nothing flagged in the window: nothing to explain
+        assert check.flag_rate == 0 and "live_controlled_attribution_share" not in metrics
+        return
+    found = check.attribution
+    assert 0 <= found.live_share <= 1 and 0 <= found.reference_share <= 1 and found.n_live > 0
+    assert check.controlled_attribution_alert == (found.live_share > found.reference_share + found.margin)
+    assert metrics["live_controlled_attribution_share"] == pytest.approx(found.live_share)
+    assert metrics["reference_controlled_attribution_share"] == pytest.approx(found.reference_share)
+    assert metrics["live_controlled_attribution_alert"] == float(check.controlled_attribution_alert)
+
+
+def test_monitor_finds_no_drift_in_the_replayed_test_period(served, tmp_path, monkeypatch):
+    check = _check_live(served, tmp_path, monkeypatch)
+    replayed = int((served.data["TX_DATETIME"] >= served.cutoff).sum())
+    assert check.n_decisions == replayed
+    assert not check.drifted, (check.drift_share, check.drifted_columns)
+    assert check.explained_version in (None, served.versions[0])
+    _assert_attribution_logged(served, check)
+
+
+# ----------------------------------------------------------------------------------------------- explain
+
+def test_explain_returns_attributions_that_add_up_to_the_score(served):
+    batch = [_tx(customer=10**9 + 20 + i, terminal=10**9 + 20, amount=amount)
+             for i, amount in enumerate((3.5, 42.0, 120.0, 480.0))]
+    response = httpx.post(f"{served.url}/score/batch", params={"explain": "true"}, json={"transactions": batch},
+                          headers=_headers(), timeout=30)
+    assert response.status_code == 200, response.text
+    features = set(served.gateway.follower.current.bundle.features)
+    amount_attributions = []
+    for result in response.json()["results"]:
+        explanation = result["explanation"]
+        assert explanation["space"] == "standardized" and "training mean" in explanation["baseline"]
+        attributions = explanation["attributions"]
+        assert set(attributions) == features and all(np.isfinite(v) for v in attributions.values())
+        # completeness: the attributions account for the score's distance from the baseline's
+        assert sum(attributions.values()) == pytest.approx(
+            result["fraud_probability"] - explanation["baseline_probability"], abs=0.01)
+        amount_attributions.append(attributions["TX_AMOUNT"])
+    assert len(set(amount_attributions)) == len(batch)  # each explanation is its own transaction's
+    one = httpx.post(f"{served.url}/score?explain=true", json=_tx(customer=10**9 + 30), headers=_headers(),
+                     timeout=30).json()
+    assert set(one["explanation"]["attributions"]) == features
+    plain = httpx.post(f"{served.url}/score", json=_tx(customer=10**9 + 31), headers=_headers(), timeout=30).json()
+    assert "explanation" not in plain
+    odd = httpx.post(f"{served.url}/score?explain=maybe", json=_tx(customer=10**9 + 32), headers=_headers(),
+                     timeout=30)
+    assert odd.status_code == 422 and odd.json()["fields"][0]["field"] == "query.explain"
 
 
 # ------------------------------------------------------------------------------------------ hostile input
@@ -324,6 +420,111 @@ def test_restart_keeps_the_state(served):
     assert row["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2 and row["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 20.0
 
 
+# ----------------------------------------------------------------------------------------- redis state
+
+@pytest.fixture(scope="module")
+def redis(served):
+    server = RedisServer(served.base / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_gateway(served, redis):
+    """A second gateway of the same champion on the Redis store (bootstrapped from the same history on start)."""
+    holder = {"settings": served.settings_with({
+        "state": {"backend": "redis", "redis_url": redis.url, "redis_key_prefix": "test:state"},
+        "prediction_log": str(served.base / "redis-gw" / "predictions.jsonl"),
+        "model_cache_dir": str(served.base / "redis-gw" / "models")})}
+    holder["server"] = served.start_gateway(holder["settings"])
+    yield holder
+    holder["server"].stop()
+
+
+def test_redis_state_replay_gets_the_offline_features_and_scores(served, redis_gateway):
+    gateway = redis_gateway["server"].app.gateway
+    assert gateway.store.count() == int((served.data["TX_DATETIME"] < served.cutoff).sum())  # bootstrapped
+    offline = served.offline
+    replay = offline[(offline["TX_DATETIME"] >= served.cutoff)
+                     & (offline["TX_DATETIME"] < served.cutoff + pd.Timedelta(days=2))].reset_index(drop=True)
+    assert len(replay) > 100
+    settings = redis_gateway["settings"]
+    _replay(redis_gateway["server"].url, replay, pd.Timedelta(days=settings.featurize.label_delay_days))
+    _assert_parity(gateway, replay, settings)
+
+
+def _replica_params(served, redis, where: Path) -> Path:
+    """A project root for a `fraudguard serve` process on the same Redis state (no bootstrap, own log)."""
+    params = merge_overrides(json.loads(json.dumps(served.serve_settings.as_params_dict())), {"serve": {
+        "state": {"backend": "redis", "redis_url": redis.url, "redis_key_prefix": "test:state"},
+        "prediction_log": str(where / "predictions.jsonl"), "model_cache_dir": str(where / "models"),
+        "bootstrap_from": None}})
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    return where
+
+
+def _logged_features(path: Path, transaction_id: int, timeout_s: float = 10) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record["transaction"]["TRANSACTION_ID"] == transaction_id:
+                    return record["features"]
+        time.sleep(0.05)
+    raise AssertionError(f"{transaction_id} not in {path}")
+
+
+def test_two_gateway_processes_sharing_redis_see_each_others_history(served, redis, redis_gateway, tmp_path):
+    import subprocess
+    import sys
+
+    root = _replica_params(served, redis, tmp_path / "replica")
+    port = free_port()
+    log = tmp_path / "replica.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served.uri, "FRAUDGUARD_API_KEYS_FILE": str(served.base / "keys.yaml")}
+    with log.open("wb") as out:
+        replica = subprocess.Popen([str(Path(sys.executable).parent / "fraudguard"), "serve", "--root", str(root),
+                                    "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}/health", replica, log, "the replica gateway")
+        here, there = redis_gateway["server"].url, f"http://127.0.0.1:{port}"
+        customer = 10**9 + 40
+        first = _tx(customer=customer, amount=10.0, when="2024-06-03T09:00:00")
+        second = _tx(customer=customer, amount=30.0, when="2024-06-03T10:00:00")
+        third = _tx(customer=customer, amount=50.0, when="2024-06-03T11:00:00")
+        for url, tx in ((there, first), (here, second), (there, third)):
+            response = httpx.post(f"{url}/score", json=tx, headers=_headers(), timeout=30)
+            assert response.status_code == 200, response.text
+        # each replica featurized with the other's transactions in the card's history
+        seen_here = _logged_features(redis_gateway["settings"].serve.prediction_log, second["TRANSACTION_ID"])
+        assert seen_here["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2 and seen_here["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 20.0
+        seen_there = _logged_features(root / "predictions.jsonl", third["TRANSACTION_ID"])
+        assert seen_there["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 3 and seen_there["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 30.0
+        # an id scored by one replica is a duplicate for the other
+        again = httpx.post(f"{there}/score", json=second, headers=_headers(), timeout=30)
+        assert again.status_code == 409 and again.json()["field"] == "TRANSACTION_ID"
+        assert httpx.get(f"{there}/health", timeout=10).json()["state_backend"] == "redis"
+    finally:
+        stop_process_group(replica)
+
+
+def test_redis_state_survives_a_gateway_and_redis_restart(served, redis, redis_gateway):
+    before = httpx.get(f"{redis_gateway['server'].url}/health", timeout=10).json()["state_transactions"]
+    redis_gateway["server"].stop()
+    redis.stop()
+    redis.start()  # same data directory and port: the append-only file is read back
+    redis_gateway["server"] = served.start_gateway(redis_gateway["settings"])
+    url = redis_gateway["server"].url
+    assert httpx.get(f"{url}/health", timeout=10).json()["state_transactions"] == before
+    fourth = _tx(customer=10**9 + 40, amount=70.0, when="2024-06-03T12:00:00")
+    assert httpx.post(f"{url}/score", json=fourth, headers=_headers(), timeout=30).status_code == 200
+    seen = _logged_features(redis_gateway["settings"].serve.prediction_log, fourth["TRANSACTION_ID"])
+    assert seen["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 4 and seen["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 40.0
+
+
 # --------------------------------------------------------------------------------------------- hot switch
 
 class Traffic:
@@ -378,6 +579,33 @@ def test_hot_switch_on_promote_and_rollback_drops_no_request(served):
     assert health["model_version"] == v1 and health["switches"] >= 2 and health["last_switch_error"] is None
 
 
+# ------------------------------------------------------------------------------------ hand-moved alias
+
+def _wait_for_health(served, predicate, timeout_s: float = 20) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = httpx.get(f"{served.url}/health", timeout=10).json()
+        if predicate(health) or time.monotonic() > deadline:
+            return health
+        time.sleep(0.1)
+
+
+def test_a_hand_moved_champion_alias_is_refused_and_the_previous_keeps_serving(served):
+    v1, v2, _ = served.versions
+    assert get_champion_version(served.client, NAME) == v1
+    # An insider moves the alias with the plain MLflow API: no journal entry, no signed attestation for the move.
+    served.client.set_registered_model_alias(NAME, "champion", str(v2))
+    try:
+        health = _wait_for_health(served, lambda h: h["last_switch_error"])
+        assert health["status"] == "degraded" and health["model_version"] == v1, health
+        assert "moved outside fraudguard" in health["last_switch_error"]
+        response = httpx.post(f"{served.url}/score", json=_tx(), headers=_headers(), timeout=10)
+        assert response.status_code == 200 and response.json()["model_version"] == v1
+    finally:
+        served.client.set_registered_model_alias(NAME, "champion", str(v1))
+    assert _wait_for_health(served, lambda h: h["last_switch_error"] is None)["status"] == "ok"
+
+
 # ------------------------------------------------------------------------------------------------ tamper
 
 def test_a_tampered_champion_is_refused_and_the_previous_keeps_serving(served):
@@ -404,19 +632,39 @@ def test_a_tampered_champion_is_refused_and_the_previous_keeps_serving(served):
 
 # ------------------------------------------------------------------------------------------------ monitor
 
-def test_monitor_reads_the_live_log(served, tmp_path, monkeypatch):
-    from fraudguard.monitoring import check_live_traffic
+def _drifted_replay(served) -> pd.DataFrame:
+    """The replay's last three days three weeks later (past the monitor's window, so it is all the window
+    holds), at night, with amounts x4, on cards and terminals never seen; plus a burst of 40 payments within an
+    hour at one terminal (card testing)."""
+    replay = served.data[served.data["TX_DATETIME"] >= served.data["TX_DATETIME"].max().normalize()
+                         - pd.Timedelta(days=2)].copy()
+    when = replay["TX_DATETIME"] + pd.Timedelta(days=21)
+    replay["TX_DATETIME"] = when.dt.normalize() + pd.to_timedelta(when.dt.hour % 6, unit="h") \
+        + pd.to_timedelta(when.dt.minute, unit="min")
+    replay["TX_AMOUNT"] = (replay["TX_AMOUNT"] * 4).round(2)
+    replay["CUSTOMER_ID"] += 10**8
+    replay["TERMINAL_ID"] += 10**8
+    burst_at = replay["TX_DATETIME"].max().normalize() + pd.Timedelta(hours=3)
+    burst = pd.DataFrame({"TX_DATETIME": [burst_at + pd.Timedelta(minutes=i) for i in range(40)],
+                          "CUSTOMER_ID": [2 * 10**8 + i for i in range(40)], "TERMINAL_ID": 2 * 10**8,
+                          "TX_AMOUNT": 1.0, "TX_FRAUD": 1})
+    drifted = pd.concat([replay, burst], ignore_index=True).sort_values("TX_DATETIME", kind="mergesort")
+    drifted["TRANSACTION_ID"] = [next(_ids) for _ in range(len(drifted))]
+    return drifted.reset_index(drop=True)
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
-    import mlflow
 
-    mlflow.set_tracking_uri(served.uri)
-    log = served.gateway._path(served.serve_settings.serve.prediction_log)
-    served.gateway.log.flush()
-    check = check_live_traffic(served.client, log, served.serve_settings, tmp_path)
-    assert check.n_decisions > 500 and 0.0 <= check.flag_rate <= 1.0 and 0.0 <= check.drift_share <= 1.0
-    assert check.report_path.is_file()
-    # the hot-switch traffic hit one terminal hundreds of times within an hour
-    assert any(b["terminal_id"] == 10**9 + 100 and b["count"] > 20 for b in check.bursts), check.bursts[:3]
+def test_monitor_reports_drift_and_a_burst_on_a_drifted_replay(served, tmp_path, monkeypatch):
+    drifted = _drifted_replay(served)
+    with httpx.Client(base_url=served.url, headers=_headers(), timeout=30) as http:
+        for start in range(0, len(drifted), 200):
+            response = http.post("/score/batch", json={"transactions": _records(drifted.iloc[start:start + 200])})
+            assert response.status_code == 200, response.text
+    check = _check_live(served, tmp_path, monkeypatch)
+    assert check.n_decisions == len(drifted)  # the window holds the drifted replay only
+    assert check.drifted, (check.drift_share, check.drifted_columns)
+    assert {"TX_AMOUNT", "TX_DURING_NIGHT"} <= set(check.drifted_controlled)
+    assert check.report_path.is_file() and 0.0 <= check.flag_rate <= 1.0
+    assert [(b["terminal_id"], b["count"]) for b in check.bursts] == [(2 * 10**8, 40)]
     run = served.client.get_run(check.run_id)
-    assert run.data.metrics["live_decisions"] == check.n_decisions and "live_flag_rate" in run.data.metrics
+    assert run.data.metrics["live_decisions"] == check.n_decisions and run.data.metrics["live_drift_share"] > 0.5
+    _assert_attribution_logged(served, check)

@@ -27,6 +27,9 @@ def serve(
     root = root.resolve()
     try:
         settings = load_settings(root / "params.yaml")
+        import torch
+
+        torch.set_num_threads(settings.serve.torch_threads)
         app = build_app(root, settings)
     except FraudGuardError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -46,7 +49,7 @@ def serve_bootstrap(
     from fraudguard.config import load_settings
     from fraudguard.data.io import read_transactions
     from fraudguard.logs import configure_logging
-    from fraudguard.serving.state import FeatureStore
+    from fraudguard.serving.state import open_state_store
 
     configure_logging()
     root = root.resolve()
@@ -56,10 +59,9 @@ def serve_bootstrap(
         typer.secho("error: no source: give --source or set serve.bootstrap_from", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
     source = source if source.is_absolute() else root / source
-    state_path = settings.serve.state_path
-    store = FeatureStore(state_path if state_path.is_absolute() else root / state_path, settings.featurize)
+    store = open_state_store(settings.serve, settings.featurize, root)
     try:
         added = store.bootstrap(read_transactions(source), pd.Timestamp(until) if until else None)
-        typer.echo(f"{store.path}: added {added} transaction(s) from {source}; {store.count()} in the store")
+        typer.echo(f"{store.location}: added {added} transaction(s) from {source}; {store.count()} in the store")
     finally:
         store.close()

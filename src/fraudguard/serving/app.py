@@ -7,7 +7,9 @@ without locks; the model in use is read once per request (a hot switch replaces 
 """
 
 
+import importlib
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -29,7 +31,8 @@ from fraudguard.serving.champion import ChampionFollower, ServedModel
 from fraudguard.serving.predictions import PredictionLog
 from fraudguard.serving.schema import field_name, request_models
 from fraudguard.serving.security import ApiClient, GatewayGuard
-from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction
+from fraudguard.serving.state import DuplicateTransaction, RawTransaction, StateStore, StateUnavailable, \
+    open_state_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -83,7 +86,7 @@ class Gateway:
         self.follower = ChampionFollower(client, settings.registry.model_name, verifier,
                                          self._path(serve.model_cache_dir), self.feature_names,
                                          serve.reload_interval_s, on_change=self._on_switch)
-        self.store: FeatureStore | None = None
+        self.store: StateStore | None = None
         self.log: PredictionLog | None = None
 
     def _path(self, path: Path) -> Path:
@@ -96,7 +99,7 @@ class Gateway:
 
     def start(self) -> None:
         serve = self.settings.serve
-        self.store = FeatureStore(self._path(serve.state_path), self.settings.featurize)
+        self.store = open_state_store(serve, self.settings.featurize, self.root)
         if self.store.count() == 0 and serve.bootstrap_from is not None:
             source = self._path(serve.bootstrap_from)
             if source.is_file():
@@ -109,6 +112,9 @@ class Gateway:
         self.metrics.state_rows.set(self.store.count())
         self.log = PredictionLog(self._path(serve.prediction_log), serve.prediction_log_queue,
                                  on_drop=self.metrics.log_dropped.inc)
+        # Captum takes seconds to import: done off the start-up path, so the first ?explain=true need not pay it.
+        threading.Thread(target=importlib.import_module, args=("captum.attr",), name="captum-import",
+                         daemon=True).start()
         self.follower.check()
         self.follower.start()
 
@@ -122,8 +128,11 @@ class Gateway:
     # ------------------------------------------------------------------------------------------ scoring
 
     def score(self, transactions: list[RawTransaction], client: str, request_id: str,
-              started: float) -> tuple[ServedModel, list[dict[str, Any]]]:
-        """Featurize, record and score the transactions in order; raises _Refused for a 409 or 503."""
+              started: float, explain: bool = False) -> tuple[ServedModel, list[dict[str, Any]]]:
+        """Featurize, record and score the transactions in order; raises _Refused for a 409 or 503.
+
+        With `explain`, every transaction of the request gets its attributions, flagged or not (an analyst
+        asks why one was declined as often as why one was not)."""
         served = self.follower.current
         if served is None:
             raise _Refused(503, "no verified champion to serve yet", "model")
@@ -139,16 +148,20 @@ class Gateway:
         values = np.array([[tx.amount if name == TX_AMOUNT else row[name] for name in bundle.features]
                            for tx, row in zip(transactions, rows)], dtype=np.float64)
         std = bundle.standardizer
-        scores = bundle.predict_proba_standardized(((values - std.mean) / std.std).astype(np.float32))
+        standardized = ((values - std.mean) / std.std).astype(np.float32)
+        scores = bundle.predict_proba_standardized(standardized)
         if not np.all(np.isfinite(scores)):
             raise _Refused(500, "the model returned a non-finite score; nothing was decided", "model")
+        explanations = self._explain(bundle, standardized) if explain else []
         latency_ms = (time.perf_counter() - started) * 1000
         results = []
         version = str(served.version)
-        for tx, row, score in zip(transactions, rows, scores):
+        for i, (tx, row, score) in enumerate(zip(transactions, rows, scores)):
             flagged = bool(score >= bundle.threshold)
             results.append({"TRANSACTION_ID": tx.transaction_id, "fraud_probability": float(score),
                             "is_fraud": flagged})
+            if explain:
+                results[-1]["explanation"] = explanations[i]
             self.metrics.decisions.labels("fraud" if flagged else "legit", version).inc()
             self.log.put({
                 "time": time.time(), "request_id": request_id, "client": client, "model_version": served.version,
@@ -159,6 +172,15 @@ class Gateway:
                 "latency_ms": round(latency_ms, 3)})
         self.metrics.state_rows.inc(len(transactions))
         return served, results
+
+    def _explain(self, bundle, standardized: np.ndarray) -> list[dict[str, Any]]:
+        """Attributions of each row, in standardized input space, from the training mean."""
+        from fraudguard.explanations import BASELINE, METHOD, explain_standardized
+
+        found = explain_standardized(bundle, standardized, self.settings.serve.explain_steps)
+        return [{"method": METHOD, "target": "fraud_probability", "space": "standardized", "baseline": BASELINE,
+                 "baseline_probability": found.baseline_probability, "convergence_delta": float(found.delta[k]),
+                 "attributions": found.row(k)} for k in range(len(standardized))]
 
     def health(self) -> tuple[int, dict[str, Any]]:
         served, status = self.follower.current, self.follower.status
@@ -174,11 +196,20 @@ class Gateway:
             "last_switch_error_at": status.last_error_at,
             "refused_version": status.failed_target[0] if status.failed_target else None,
             "switches": status.switches,
-            "state_transactions": self.store.count() if self.store else None,
+            "state_backend": self.settings.serve.state.backend,
+            "state_transactions": _unavailable_count(self.store),
             "prediction_log_dropped": self.log.dropped if self.log else 0,
         }
         self.metrics.switch_failures.set(1 if status.last_error else 0)
         return (200 if served is not None else 503), body
+
+
+def _unavailable_count(store) -> int | None:
+    try:
+        return store.count() if store else None
+    except StateUnavailable as exc:
+        logger.error("%s", exc)
+        return None
 
 
 class _Refused(Exception):
@@ -226,6 +257,12 @@ def create_app(gateway: Gateway) -> Any:
     async def refused(request: Request, exc: _Refused):
         return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status)
 
+    @app.exception_handler(StateUnavailable)
+    async def state_down(request: Request, exc: StateUnavailable):
+        logger.error("%s", exc)
+        return JSONResponse({"error": "the state store is unavailable; nothing was scored", "field": "state"},
+                            status_code=503)
+
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
         logger.exception("unhandled error on %s", request.url.path)
@@ -235,17 +272,17 @@ def create_app(gateway: Gateway) -> Any:
         return str(request.scope.get("state", {}).get("client", ""))
 
     @app.post("/score")
-    async def score(transaction: Transaction, request: Request):
+    async def score(transaction: Transaction, request: Request, explain: bool = False):
         started, request_id = time.perf_counter(), uuid.uuid4().hex
-        served, results = gateway.score([_raw(transaction)], client_of(request), request_id, started)
+        served, results = gateway.score([_raw(transaction)], client_of(request), request_id, started, explain)
         return {"request_id": request_id, "model_version": served.version,
                 "threshold": served.bundle.threshold, **results[0]}
 
     @app.post("/score/batch")
-    async def score_batch(batch: Batch, request: Request):
+    async def score_batch(batch: Batch, request: Request, explain: bool = False):
         started, request_id = time.perf_counter(), uuid.uuid4().hex
         served, results = gateway.score([_raw(t) for t in batch.transactions], client_of(request), request_id,
-                                        started)
+                                        started, explain)
         return {"request_id": request_id, "model_version": served.version, "threshold": served.bundle.threshold,
                 "results": results}
 

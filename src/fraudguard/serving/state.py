@@ -1,4 +1,5 @@
-"""The gateway's state store: the customer and terminal history the online features need, in SQLite.
+"""The gateway's state store: the customer and terminal history the online features need, in SQLite
+(one gateway; fraudguard.serving.redis_state holds the Redis store for several replicas, same interface).
 
 One table of transactions (time in ns, card, terminal, amount) with their confirmed labels (fraud flag and
 the time the label became known). Features come from fraudguard.features.transaction_features, the same
@@ -8,6 +9,7 @@ a label time <= t. Bootstrapped history (bootstrap) gets label time = transactio
 assumption training makes.
 
 Not thread-safe by itself: the gateway calls it from its event loop only (one writer, in order).
+open_state_store picks the backend named by `serve.state.backend`.
 """
 
 from __future__ import annotations
@@ -19,16 +21,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
 
 from fraudguard.config import FeaturizeSettings
 from fraudguard.data.schema import CUSTOMER_ID, TERMINAL_ID, TRANSACTION_ID, TX_AMOUNT, TX_DATETIME, TX_FRAUD
-from fraudguard.errors import DataError
+from fraudguard.errors import DataError, FraudGuardError
 from fraudguard.features import customer_window_offsets, terminal_window_offsets, transaction_features
 
+if TYPE_CHECKING:
+    from fraudguard.config import ServeSettings
+
 logger = logging.getLogger(__name__)
+
+REDIS_URL_ENV = "FRAUDGUARD_REDIS_URL"
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _SCHEMA = """
@@ -66,11 +74,51 @@ class DuplicateTransaction(DataError):
     """The transaction id is already in the state store."""
 
 
+class StateUnavailable(FraudGuardError):
+    """The state store cannot be reached (a Redis server down or timing out): nothing can be scored."""
+
+
+def featurize_key(settings: FeaturizeSettings) -> str:
+    """What a store records about the settings its history was built under (it refuses to open under others)."""
+    return f"windows={list(settings.windows_days)};label_delay_days={settings.label_delay_days}"
+
+
+class StateStore(Protocol):
+    """What the gateway needs from a state store (FeatureStore in SQLite, RedisFeatureStore in Redis)."""
+
+    location: str
+
+    def transaction(self): ...
+    def count(self) -> int: ...
+    def features(self, tx: RawTransaction) -> dict[str, float]: ...
+    def add(self, tx: RawTransaction) -> None: ...
+    def transaction_time(self, transaction_id: int) -> int | None: ...
+    def record_label(self, transaction_id: int, fraud: bool, label_time: dt.datetime) -> bool: ...
+    def bootstrap(self, transactions: pd.DataFrame, until: pd.Timestamp | None = None) -> int: ...
+    def close(self) -> None: ...
+
+
+def open_state_store(serve: "ServeSettings", featurize: FeaturizeSettings, root: Path,
+                     env: Mapping[str, str] | None = None) -> StateStore:
+    """The store `serve.state.backend` names: the SQLite file at serve.state_path (relative to root) or Redis
+    at $FRAUDGUARD_REDIS_URL, else serve.state.redis_url."""
+    import os
+
+    if serve.state.backend == "redis":
+        from fraudguard.serving.redis_state import RedisFeatureStore
+
+        env = os.environ if env is None else env
+        return RedisFeatureStore(env.get(REDIS_URL_ENV) or serve.state.redis_url, serve.state, featurize)
+    path = serve.state_path if serve.state_path.is_absolute() else Path(root) / serve.state_path
+    return FeatureStore(path, featurize)
+
+
 class FeatureStore:
     """Customer and terminal history in one SQLite file (WAL); survives restarts."""
 
     def __init__(self, path: Path, settings: FeaturizeSettings):
         self.path = Path(path)
+        self.location = str(self.path)
         self.settings = settings
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -84,7 +132,7 @@ class FeatureStore:
 
     def _check_settings(self) -> None:
         """History kept under other label-delay semantics would give other features: refuse it."""
-        key = f"windows={list(self.settings.windows_days)};label_delay_days={self.settings.label_delay_days}"
+        key = featurize_key(self.settings)
         row = self._db.execute("SELECT value FROM meta WHERE key='featurize'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('featurize', ?)", (key,))

@@ -1,0 +1,125 @@
+"""The Redis state store against a real redis-server (Debian's package, installed as root when missing, on
+127.0.0.1, stopped by PID): the same features as compute_features and as the SQLite store, labels only once
+known, a failed batch undone, restarts, and an unreachable server reported as such."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraudguard.config import StateSettings
+from fraudguard.errors import DataError
+from fraudguard.features import compute_features, feature_names, terminal_risk
+from fraudguard.serving.redis_state import RedisFeatureStore
+from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction, StateUnavailable
+
+from local_services import RedisServer, free_port
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis-state")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def open_store(redis_server, request):
+    """Opens RedisFeatureStores under a key prefix of this test's own."""
+    prefix = f"t:{request.node.name[:40]}"
+    opened = []
+
+    def make(featurize, url: str | None = None):
+        store = RedisFeatureStore(url or redis_server.url, StateSettings(backend="redis", redis_key_prefix=prefix),
+                                  featurize)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    times = pd.Timestamp("2024-04-01") + pd.to_timedelta(np.sort(rng.integers(0, 60 * 86400, n)), unit="s")
+    return pd.DataFrame({"TRANSACTION_ID": np.arange(n), "TX_DATETIME": times,
+                         "CUSTOMER_ID": rng.integers(0, 8, n), "TERMINAL_ID": rng.integers(0, 5, n),
+                         "TX_AMOUNT": rng.gamma(2.0, 40.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.2).astype(int)})
+
+
+def _raw(row) -> RawTransaction:
+    return RawTransaction(int(row.TRANSACTION_ID), row.TX_DATETIME.to_pydatetime(), int(row.CUSTOMER_ID),
+                          int(row.TERMINAL_ID), float(row.TX_AMOUNT))
+
+
+def test_redis_replay_equals_compute_features_and_the_sqlite_store(tmp_path, small_settings, open_store):
+    settings = small_settings.featurize
+    offline = compute_features(_frame(150), settings)
+    redis_store, sqlite_store = open_store(settings), FeatureStore(tmp_path / "s.sqlite", settings)
+    delay = dt.timedelta(days=settings.label_delay_days)
+    for row in offline.itertuples():
+        online = redis_store.features(_raw(row))
+        assert online == sqlite_store.features(_raw(row)), row.TRANSACTION_ID
+        for store in (redis_store, sqlite_store):
+            store.add(_raw(row))
+            store.record_label(int(row.TRANSACTION_ID), bool(row.TX_FRAUD), row.TX_DATETIME.to_pydatetime() + delay)
+        for name in feature_names(settings):
+            expected = float(getattr(row, name))
+            assert abs(online[name] - expected) <= 1e-6 * max(1.0, abs(expected)), (row.TRANSACTION_ID, name)
+    assert redis_store.count() == len(offline)
+    sqlite_store.close()
+
+
+def test_a_redis_chargeback_counts_only_from_its_label_date(small_settings, open_store):
+    settings = small_settings.featurize
+    store = open_store(settings)
+    t0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123456)  # microseconds: exact bounds on the nanoseconds
+    store.add(RawTransaction(1, t0, 1, 7, 50.0))
+    late = t0 + dt.timedelta(days=settings.label_delay_days + 3)
+    assert store.record_label(1, True, late) and not store.record_label(99, True, late)
+    w = settings.windows_days[-1]
+    probe = lambda when, i: store.features(RawTransaction(i, when, 2, 7, 10.0))[terminal_risk(w)]  # noqa: E731
+    assert probe(t0 + dt.timedelta(days=settings.label_delay_days, hours=1), 2) == 0.0  # in window, label not yet known
+    assert probe(late + dt.timedelta(hours=1), 3) == 1.0
+    # the terminal window is (t - d - w, t - d]: a microsecond before t0 + d + w the transaction is in, at it out
+    edge = t0 + dt.timedelta(days=settings.label_delay_days + w)
+    count = lambda when, i: store.features(RawTransaction(i, when, 2, 7, 10.0))[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"]  # noqa: E731
+    assert count(edge - dt.timedelta(microseconds=1), 4) == 1 and count(edge, 5) == 0
+
+
+def test_a_redis_batch_with_a_duplicate_is_undone(small_settings, open_store):
+    store = open_store(small_settings.featurize)
+    t0 = dt.datetime(2024, 5, 1, 12)
+    store.add(RawTransaction(1, t0, 1, 7, 50.0))
+    with pytest.raises(DuplicateTransaction):
+        with store.transaction():
+            store.add(RawTransaction(2, t0 + dt.timedelta(minutes=1), 1, 7, 60.0))
+            store.add(RawTransaction(1, t0 + dt.timedelta(minutes=2), 1, 7, 70.0))
+    assert store.count() == 1 and store.transaction_time(2) is None
+    after = store.features(RawTransaction(3, t0 + dt.timedelta(minutes=3), 1, 7, 10.0))
+    assert after["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2 and after["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 30.0
+
+
+def test_redis_state_survives_a_server_restart_and_refuses_other_windows(small_settings, open_store,
+                                                                          redis_server):
+    settings = small_settings.featurize
+    store = open_store(settings)
+    assert store.bootstrap(_frame(50)) == 50
+    redis_server.stop()
+    redis_server.start()  # the append-only file is read back
+    again = open_store(settings)
+    assert again.count() == 50 and again.bootstrap(_frame(50)) == 0
+    other = settings.model_copy(update={"label_delay_days": settings.label_delay_days + 1})
+    with pytest.raises(DataError, match="new key prefix"):
+        open_store(other)
+
+
+def test_an_unreachable_redis_is_state_unavailable_without_its_password(small_settings, open_store):
+    url = f"redis://gateway:s3cret@127.0.0.1:{free_port()}/0"
+    with pytest.raises(StateUnavailable) as info:
+        open_store(small_settings.featurize, url)
+    assert "127.0.0.1" in str(info.value) and "s3cret" not in str(info.value)
