@@ -88,7 +88,7 @@ def _project_files(root: Path) -> list[Path]:
     """The project's own files relative to root: what git lists (tracked and untracked, not ignored), or
     every file outside the environment and stores when root is not a git checkout."""
     git = shutil.which("git")
-    if git is not None and (root / ".git").exists():
+    if git is not None:
         proc = subprocess.run([git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],  # nosec B603 - fixed argv, no shell
                               cwd=root, capture_output=True, check=False)
         if proc.returncode == 0:
