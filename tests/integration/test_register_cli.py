@@ -42,7 +42,6 @@ def test_register_after_a_params_edit_exits_non_zero_naming_the_stale_stage(tmp_
                           env={"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path),
                                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert proc.returncode != 0, proc.stdout
-    print(proc.stderr)
     assert "stale" in proc.stderr and "train:" in proc.stderr and "params.yaml" in proc.stderr
     assert "validate:" not in proc.stderr and "featurize:" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was logged
