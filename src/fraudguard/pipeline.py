@@ -158,7 +158,7 @@ def override_workspace(root: Path, overrides: dict[str, Any] | None) -> Iterator
         return
     merged = merge_overrides(yaml.safe_load(params_path.read_text(encoding="utf-8")), overrides)
     settings = parse_settings(merged, source=f"{params_path} with overrides {sorted(overrides)}")
-    holder = Path(tempfile.mkdtemp(prefix="fraudguard-run-"))
+    holder = Path(tempfile.mkdtemp(prefix="fraudguard-override-"))
     try:
         workspace = make_scratch_workspace(root, merged, holder / "project")
         log.info("overrides %s: stages run in the scratch workspace %s", sorted(overrides), workspace)
