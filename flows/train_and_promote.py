@@ -55,6 +55,7 @@ def reproduce(workspace: Path) -> dict[str, Any]:
 @task(name="register-model", cache_policy=NO_CACHE)
 def register(root: Path, workspace: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
     """Register the workspace's outputs in root's store; the code revision recorded is root's."""
+    from fraudguard.names import CHAMPION_ALIAS
     from fraudguard.pipeline import require_current_outputs
     from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
@@ -66,11 +67,13 @@ def register(root: Path, workspace: Path, settings, flow_run_id: str | None) -> 
         run = client.get_run(mv.run_id)
         get_run_logger().info("same weights, params and data as version %s: reusing it", existing)
         return {"version": existing, "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
+                "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
                 "metrics": dict(run.data.metrics), "reused": True,
-                "is_champion": "champion" in (mv.aliases or [])}
+                "is_champion": CHAMPION_ALIAS in (mv.aliases or [])}
     record = log_training_run(workspace, settings, flow_run_id=flow_run_id, git_root=root)
     experiment_id = client.get_run(record.run_id).info.experiment_id
     return {"version": record.version, "run_id": record.run_id, "experiment_id": experiment_id,
+            "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
             "metrics": dict(record.metrics), "reused": False, "is_champion": False}
 
 
@@ -191,7 +194,7 @@ def train_and_promote(
 
 def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promote: bool):
     """The flow after the data: stages in `workspace`, then register, gates and decision in root's store."""
-    from fraudguard.reporting import promotion_markdown
+    from fraudguard.reporting import champion_label, promotion_markdown
 
     stages = reproduce(workspace)
     record = register(root, workspace, settings, flow_run.get_id())
@@ -209,20 +212,20 @@ def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promot
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",
                              description=f"gates for fraudguard version {record['version']}")
-    version = outcome.version
+    version, before = outcome.version, champion_label(outcome.champion_before)
     if outcome.blocked and "approval" in outcome.failed_gates:
         return _finish(Failed, f"Rejected v{version}",
                        f"promotion of version {version} not approved ({approval.reason}); champion unchanged "
-                       f"({outcome.champion_before})")
+                       f"({before})")
     if outcome.blocked:
         return _finish(Failed, f"Blocked v{version}",
                        f"promotion of version {version} blocked by gate(s): {', '.join(outcome.failed_gates)}; "
-                       f"champion unchanged ({outcome.champion_before})")
+                       f"champion unchanged ({before})")
     if not promote:
         return _finish(Completed, f"Gates passed v{version}",
-                       f"dry run: version {version} passed every gate; champion unchanged ({outcome.champion_before})")
+                       f"dry run: version {version} passed every gate; champion unchanged ({before})")
     return _finish(Completed, f"Promoted v{version}",
-                   f"version {version} is the new champion (was {outcome.champion_before})")
+                   f"version {version} is the new champion (was {before})")
 
 
 def _finish(state_cls, name: str, message: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudguard.errors import ModelError, SignatureError
+from fraudguard.names import CHAMPION_ALIAS
 from fraudguard.signing import (
     Signer,
     Verifier,
@@ -258,7 +259,7 @@ def verify_loaded_model(model_dir: Path, verifier: Verifier | None = None) -> in
     where = f"model {name!r} version {version} loaded from {model_dir}"
     claimed = [key for key in (mv.tags or {}) if key.startswith(ATTESTATION_TAG_PREFIX)]
     aliases = {alias: int(v) for alias, v in (client.get_registered_model(name).aliases or {}).items()}
-    if not claimed and aliases.get("champion") != version:
+    if not claimed and aliases.get(CHAMPION_ALIAS) != version:
         logger.warning("%s: never promoted, no attestation to check", where)
         return None
     verifier = verifier or load_verifier()

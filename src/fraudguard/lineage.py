@@ -22,6 +22,16 @@ import yaml
 
 from fraudguard.config import Settings
 from fraudguard.errors import DataVersionError, ModelError
+from fraudguard.names import (
+    DATA_MD5_TAG,
+    DVC_LOCK_SHA_TAG,
+    FLOW_RUN_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    LINEAGE_TAG_PREFIX,
+    PARAMS_SHA_TAG,
+    WEIGHTS_SHA_TAG,
+)
 from fraudguard.paths import ProjectPaths
 
 logger = logging.getLogger(__name__)
@@ -41,14 +51,14 @@ TRACKED_PACKAGES = (
 )
 
 LINEAGE_KEYS = (
-    "lineage.git_commit",
-    "lineage.git_dirty",
-    "lineage.data_md5",
-    "lineage.dvc_lock_sha256",
-    "lineage.params_sha256",
-    "lineage.prefect_flow_run_id",
-    *(f"lineage.versions.{pkg}" for pkg in (*TRACKED_PACKAGES, "python")),
-    "artifact.sha256",
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    DATA_MD5_TAG,
+    DVC_LOCK_SHA_TAG,
+    PARAMS_SHA_TAG,
+    FLOW_RUN_TAG,
+    *(f"{LINEAGE_TAG_PREFIX}versions.{pkg}" for pkg in (*TRACKED_PACKAGES, "python")),
+    WEIGHTS_SHA_TAG,
 )
 
 
@@ -182,16 +192,16 @@ def collect_lineage(
     commit, dirty = git_state(Path(git_root).resolve() if git_root is not None else paths.root)
     run_id = flow_run_id or current_flow_run_id()
     lineage = {
-        "lineage.git_commit": commit,
-        "lineage.git_dirty": dirty,
-        "lineage.data_md5": data_md5(paths.raw_dvc_file),
-        "lineage.dvc_lock_sha256": (
+        GIT_COMMIT_TAG: commit,
+        GIT_DIRTY_TAG: dirty,
+        DATA_MD5_TAG: data_md5(paths.raw_dvc_file),
+        DVC_LOCK_SHA_TAG: (
             _sha256_of_file(paths.dvc_lock) if paths.dvc_lock.exists() else ABSENT
         ),
-        "lineage.params_sha256": params_sha256(settings),
-        "lineage.prefect_flow_run_id": run_id or NONE,
+        PARAMS_SHA_TAG: params_sha256(settings),
+        FLOW_RUN_TAG: run_id or NONE,
     }
     for pkg, version in package_versions().items():
-        lineage[f"lineage.versions.{pkg}"] = version
-    lineage["artifact.sha256"] = _sha256_of_file(weights_path)
+        lineage[f"{LINEAGE_TAG_PREFIX}versions.{pkg}"] = version
+    lineage[WEIGHTS_SHA_TAG] = _sha256_of_file(weights_path)
     return lineage

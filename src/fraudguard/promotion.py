@@ -122,13 +122,16 @@ class PromotionOutcome:
 
     def summary(self) -> str:
         """One line: the version and what happened to it."""
+        from fraudguard.reporting import champion_label
+
+        before = champion_label(self.champion_before)
         if self.blocked:
             reasons = "; ".join(f"{r.name}: {r.reason}" for r in self.results if not r.passed)
             return (f"version {self.version} BLOCKED by {', '.join(self.failed_gates)}; champion unchanged "
-                    f"({self.champion_before}): {reasons}")
+                    f"({before}): {reasons}")
         if self.dry_run:
-            return f"version {self.version} passed every gate (dry run); champion unchanged ({self.champion_before})"
-        return f"version {self.version} promoted: champion {self.champion_before} -> {self.champion_after}"
+            return f"version {self.version} passed every gate (dry run); champion unchanged ({before})"
+        return f"version {self.version} promoted: champion {before} -> v{self.champion_after}"
 
 
 @dataclass(frozen=True)

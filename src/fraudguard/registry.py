@@ -40,6 +40,14 @@ from fraudguard.audit import (
 )
 from fraudguard.errors import AuditError, RegistryError
 from fraudguard.faults import crash_point
+from fraudguard.names import (  # noqa: F401 - re-exported: registry.CHAMPION_ALIAS etc. are imported elsewhere
+    APPROVER_TAG,
+    BLOCKED_REASONS_TAG,
+    CHAMPION_ALIAS,
+    GATE_TAG_PREFIX,
+    STATUS_TAG,
+    WEIGHTS_SHA_TAG,
+)
 from fraudguard.signing import Signer, Verifier, signing_key_path
 from fraudguard.store import resilient
 
@@ -49,12 +57,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
-STATUS_TAG = "fraudguard.status"
-BLOCKED_REASONS_TAG = "fraudguard.blocked_reasons"
-APPROVER_TAG = "fraudguard.approver"
-GATE_TAG_PREFIX = "gate."
-SHA256_TAG = "artifact.sha256"
+SHA256_TAG = WEIGHTS_SHA_TAG
 WEIGHTS_FILE_NAME = "model.pt"
 LOCK_DIR_ENV = "FRAUDGUARD_REGISTRY_LOCK_DIR"
 LOCK_TIMEOUT_ENV = "FRAUDGUARD_REGISTRY_LOCK_TIMEOUT_S"

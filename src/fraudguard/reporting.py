@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -10,13 +9,38 @@ if TYPE_CHECKING:
     from fraudguard.promotion import PromotionOutcome
 
 
-def mlflow_links(experiment_id: str, run_id: str, version: int, model_name: str = "fraudguard") -> tuple[str, str]:
-    """Links to the run and the model version in the MLflow UI; a local store is assumed to be served
-    by `mlflow ui` on its default port."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
-            f"{base}/#/models/{model_name}/versions/{version}")
+# MLflow 3.17's UI opens an experiment on its GenAI pages (traces overview) unless the URL, or the browser's
+# last choice, picks its "Model training" view; the experiment tag mlflow.experimentKind alone does not.
+# Every link fraudguard hands out picks that view.
+UI_VIEW_QUERY = "?workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def champion_label(version: int | None) -> str:
+    """`v3`, or `no previous champion` before the first promotion (never `vNone`)."""
+    return "no previous champion" if version is None else f"v{version}"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI's address for a tracking URI: the server itself (never its user:password@), or where
+    `mlflow ui` serves a SQLite store by default."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return LOCAL_UI
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+
+
+def mlflow_links(tracking_uri: str, experiment_id: str, run_id: str, version: int,
+                 model_name: str = "fraudguard") -> tuple[str, str] | None:
+    """Links to the run and the model version in the MLflow UI of the tracking server the run was logged to;
+    None for a store no server answers for (a SQLite file: `mlflow ui` serves it wherever it is started)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    base = ui_base(tracking_uri)
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW_QUERY}",
+            f"{base}/#/models/{model_name}/versions/{version}{UI_VIEW_QUERY}")
 
 
 def promotion_markdown(outcome: "PromotionOutcome", record: Mapping[str, Any], data_md5: str,
@@ -24,24 +48,35 @@ def promotion_markdown(outcome: "PromotionOutcome", record: Mapping[str, Any], d
     """Markdown for the train-and-promote Prefect artifact: verdict, gate table, MLflow links, lineage."""
     from fraudguard.promotion import gate_table_markdown
 
-    run_link, version_link = mlflow_links(str(record.get("experiment_id", "0")), str(record["run_id"]),
-                                          int(record["version"]))
-    if outcome.failed_gates:
-        verdict = f"**Blocked** by {', '.join(outcome.failed_gates)}; champion stays v{outcome.champion_before}"
-    elif outcome.dry_run:
-        verdict = "Dry run: every gate passed; champion unchanged"
+    tracking_uri = str(record.get("tracking_uri", ""))
+    model_name = str(record.get("model_name", "fraudguard"))
+    links = mlflow_links(tracking_uri, str(record.get("experiment_id", "0")), str(record["run_id"]),
+                         int(record["version"]), model_name)
+    if links is not None:
+        where = [f"- MLflow run: [{record['run_id']}]({links[0]})",
+                 f"- Model version: [{model_name}/{record['version']}]({links[1]})"]
     else:
-        verdict = f"**Promoted**: champion v{outcome.champion_before} -> v{outcome.champion_after}"
+        where = [f"- MLflow run `{record['run_id']}`, model version `{model_name}/{record['version']}`: "
+                 f"open the store with `mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'}`, "
+                 f"then {LOCAL_UI}/#/experiments/{record.get('experiment_id', '0')}{UI_VIEW_QUERY}"]
+    before = champion_label(outcome.champion_before)
+    if outcome.failed_gates:
+        verdict = f"**Blocked** by {', '.join(outcome.failed_gates)}; champion unchanged ({before})"
+    elif outcome.dry_run:
+        verdict = f"Dry run: every gate passed; champion unchanged ({before})"
+    elif outcome.champion_before is None:
+        verdict = f"**Promoted**: v{outcome.champion_after} is the first champion ({before})"
+    else:
+        verdict = f"**Promoted**: champion {before} -> v{outcome.champion_after}"
     metrics = record.get("metrics", {})
     metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())
                             if k.startswith("eval.") and isinstance(v, (int, float)))
     return "\n".join([
-        f"# fraudguard version {record['version']}",
+        f"# {model_name} version {record['version']}",
         "",
         verdict,
         "",
-        f"- MLflow run: [{record['run_id']}]({run_link})",
-        f"- Model version: [fraudguard/{record['version']}]({version_link})",
+        *where,
         f"- Data (data/raw md5): `{data_md5}`",
         f"- DVC stages run: {', '.join(stages.get('ran', [])) or 'none (all up to date)'}",
         "",

@@ -9,6 +9,8 @@ Run artifact layout (what gates, rollback and reviewers find under a version's r
   metrics/{metrics,evaluation,training_history}.json, plots/{pr_curve.png,pr_curve.json,loss_curve.png}
   model/                                       the pyfunc model (logged model "model")
 Metrics: `train.*` (models/metrics.json), `eval.*` (models/evaluation.json), `epoch.*` per epoch (step=epoch).
+Run name `train v<version> seed<train.seed> <short commit>`; dataset input `data/raw` (digest: the md5 DVC recorded
+in data.dvc, source: that data.dvc), so the UI's Dataset column links the run to the DVC data version.
 """
 
 from __future__ import annotations
@@ -28,6 +30,26 @@ from urllib.parse import unquote, urlparse
 
 from fraudguard.errors import ModelError, RegistryError
 from fraudguard.lineage import collect_lineage
+from fraudguard.names import (  # noqa: F401 - re-exported: tracking.WEIGHTS_ARTIFACT etc. are imported elsewhere
+    BUNDLE_DIR,
+    DATA_MD5_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    MODEL_NAME_IN_RUN,
+    PARAMS_SHA_TAG,
+    PREPROCESS_ARTIFACT,
+    PREPROCESS_SHA_TAG,
+    REFERENCE_ARTIFACT,
+    REGISTERED_VERSION_TAG,
+    RUN_ID_TAG,
+    TRAINING_DATA_CONTEXT,
+    TRAINING_DATA_NAME,
+    WEIGHTS_ARTIFACT,
+    WEIGHTS_PATH_TAG,
+    WEIGHTS_SHA_TAG,
+)
 from fraudguard.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -43,16 +65,6 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlartifacts"
 
-BUNDLE_DIR = "bundle"
-WEIGHTS_ARTIFACT = f"{BUNDLE_DIR}/model.pt"
-PREPROCESS_ARTIFACT = f"{BUNDLE_DIR}/preprocess.json"
-REFERENCE_ARTIFACT = "reference/train_features.parquet"
-MODEL_NAME_IN_RUN = "model"
-
-WEIGHTS_SHA_TAG = "artifact.sha256"
-PREPROCESS_SHA_TAG = "artifact.preprocess_sha256"
-RUN_ID_TAG = "lineage.run_id"
-WEIGHTS_PATH_TAG = "fraudguard.model_weights_path"
 
 # The tracking server's own limit (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3).
 PARAM_VALUE_MAX = 6000
@@ -154,14 +166,21 @@ def apply_mlflow_credentials() -> str | None:
 
 
 def ensure_experiment(client: "MlflowClient", name: str) -> str:
-    """Id of the named experiment, created (artifacts beside a SQLite store) when missing."""
+    """Id of the named experiment, created (artifacts beside a SQLite store) when missing; tagged so that the
+    MLflow UI opens it on its runs."""
     from mlflow.exceptions import MlflowException
 
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        if (existing.tags or {}).get(EXPERIMENT_KIND_TAG) is None:  # made before the tag existed, or by hand
+            try:
+                client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            except MlflowException as exc:  # a READ-only user (a reviewer on the team server): display only
+                logger.debug("experiment %r left without %s: %s", name, EXPERIMENT_KIND_TAG, exc)
         return existing.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         # Another process may have created it between the lookup and the create.
         existing = client.get_experiment_by_name(name)
@@ -300,14 +319,15 @@ def log_training_run(
         weights = Path(shutil.copy2(paths.model_weights, tmp / WEIGHTS_ARTIFACT))
         preprocess = Path(shutil.copy2(paths.preprocess, tmp / PREPROCESS_ARTIFACT))
         lineage = collect_lineage(paths.root, settings, weights, flow_run_id=flow_run_id, git_root=git_root)
-        commit = lineage["lineage.git_commit"]
-        run_name = "train" if commit == "unknown" else f"train-{commit[:8]}"
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        with mlflow.start_run(experiment_id=experiment_id,
+                              run_name=training_run_name(None, settings.train.seed, lineage)) as run:
             run_id = run.info.run_id
             tags = {**lineage, RUN_ID_TAG: run_id, PREPROCESS_SHA_TAG: sha256_file(preprocess),
                     WEIGHTS_PATH_TAG: WEIGHTS_ARTIFACT}
             mlflow.set_tags(tags)
             mlflow.log_params(flatten_params(settings.as_params_dict()))
+            mlflow.log_input(training_data_input(paths.raw_dvc_file, lineage[DATA_MD5_TAG]),
+                             context=TRAINING_DATA_CONTEXT)
             _log_metrics(history, metrics)
             _log_files(paths, settings, weights, preprocess, history, tmp, run_id)
             reference = sample_reference(train_features, settings.registry.reference_sample_rows,
@@ -316,12 +336,34 @@ def log_training_run(
             mlflow.log_artifact(str(tmp / "train_features.parquet"), Path(REFERENCE_ARTIFACT).parent.name)
             version, model_id = _register_model(client, settings, weights, preprocess, tags,
                                                 train_features.head(5))
-            mlflow.set_tag("fraudguard.registered_version", str(version))
+            mlflow.set_tag(REGISTERED_VERSION_TAG, str(version))
+            client.update_run(run_id, name=training_run_name(version, settings.train.seed, lineage))
 
     model_name = settings.registry.model_name
     logger.info("run %s registered as %s version %d", run_id, model_name, version)
     return TrainingRunRecord(run_id=run_id, version=version, lineage=lineage, metrics=metrics,
                              model_uri=f"models:/{model_name}/{version}", model_id=model_id)
+
+
+def training_run_name(version: int | None, seed: int, lineage: Mapping[str, str]) -> str:
+    """What a reviewer reads in the runs table: `train v7 seed7 4f64441b` (`+dirty` for uncommitted code);
+    the version is left out until the run has been registered."""
+    commit = lineage.get(GIT_COMMIT_TAG, "unknown")
+    parts = ["train", *([f"v{version}"] if version is not None else []), f"seed{seed}",
+             "no-git" if commit == "unknown" else commit[:8]]
+    if lineage.get(GIT_DIRTY_TAG) == "true":
+        parts[-1] += "+dirty"
+    return " ".join(parts)
+
+
+def training_data_input(dvc_file: Path, md5: str):
+    """The training data as an MLflow dataset (metadata only): name `data/raw`, digest the md5 DVC recorded
+    in data.dvc (36 characters at most, the store's column width), source that data.dvc."""
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = get_dataset_source_from_json(json.dumps({"uri": str(Path(dvc_file).resolve())}), source_type="local")
+    return MetaDataset(source, name=TRAINING_DATA_NAME, digest=md5)
 
 
 def _log_metrics(history: list[dict[str, Any]], metrics: dict[str, float]) -> None:
@@ -462,8 +504,8 @@ def find_identical_version(client: "MlflowClient", root: Path | str, settings: "
         return None
     wanted = {
         WEIGHTS_SHA_TAG: sha256_file(paths.model_weights),
-        "lineage.params_sha256": params_sha256(settings),
-        "lineage.data_md5": data_md5(paths.raw_dvc_file),
+        PARAMS_SHA_TAG: params_sha256(settings),
+        DATA_MD5_TAG: data_md5(paths.raw_dvc_file),
     }
     name = settings.registry.model_name
     try:

@@ -89,6 +89,17 @@ def test_robustness_gate_passes_a_candidate_as_robust_as_the_champion(world, tmp
     assert "non_inferiority" in result.thresholds
 
 
+def test_gate_table_shows_the_gated_pgd_recall_at_the_budget(world, tmp_path):
+    from fraudguard.promotion import gate_table_markdown
+
+    result = _run(world, tmp_path, champion=ModelUnderTest(world[2], version=3), min_robust_recall=0.3,
+                  hopskipjump_samples=0)
+    row = next(line for line in gate_table_markdown(4, (result,)).splitlines() if line.startswith("| robustness"))
+    metrics_cell = row.rstrip(" |").rsplit("|", 1)[-1].strip()
+    gated = result.metrics["robust_recall_at_budget"]
+    assert metrics_cell.startswith(f"robust_recall.pgd.eps_3={gated:.3g}, champion.robust_recall_at_budget=")
+
+
 def test_robustness_gate_refuses_epsilons_beyond_the_attack_budget(world, tmp_path):
     with pytest.raises(ConfigError, match="exceed the attacker budget"):
         _run(world, tmp_path, epsilons=[1.0, 4.0])

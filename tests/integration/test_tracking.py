@@ -224,6 +224,7 @@ def test_register_command_prints_version_and_ui_hint(registered):
     assert result.exit_code == 0, result.output
     assert "registered fraudguard version" in result.output
     assert "mlflow ui --backend-store-uri" in result.output
+    assert "?workflowType=machine_learning" in result.output  # MLflow 3's "Model training" view
 
 
 def test_registry_model_accepts_hand_made_int64_and_float64_frames(registered):
@@ -303,3 +304,42 @@ def test_registry_model_carries_its_own_fraudguard_code(registered, tmp_path):
     assert "mlartifacts" in done.stdout  # fraudguard came from the model's code_paths
     expected = registered["bundle"].predict_proba(pd.read_parquet(test_file))
     assert np.allclose(pd.read_parquet(out)["fraud_probability"].to_numpy(), expected, atol=1e-6)
+
+
+def test_run_is_named_after_its_version_seed_and_commit(registered):
+    rec, client, settings = registered["record"], registered["client"], registered["settings"]
+    # tmp_path is outside any git repo: no commit to name
+    assert client.get_run(rec.run_id).info.run_name == f"train v{rec.version} seed{settings.train.seed} no-git"
+
+
+def test_run_name_shows_the_short_commit_and_uncommitted_code():
+    from fraudguard.tracking import training_run_name
+
+    lineage = {"lineage.git_commit": "4f64441b0c0ffee0" + "0" * 24, "lineage.git_dirty": "true"}
+    assert training_run_name(7, 3, lineage) == "train v7 seed3 4f64441b+dirty"
+    assert training_run_name(None, 3, {**lineage, "lineage.git_dirty": "false"}) == "train seed3 4f64441b"
+
+
+def test_training_data_is_a_run_input_with_the_dvc_md5_as_digest(registered):
+    rec, client, root = registered["record"], registered["client"], registered["root"]
+    inputs = client.get_run(rec.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert (dataset.name, dataset.digest) == ("data/raw", "feedfacefeedfacefeedfacefeedface.dir")
+    assert json.loads(dataset.source) == {"uri": str((root / "data.dvc").resolve())}
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+
+
+def test_experiment_opens_on_its_runs_in_the_mlflow_ui(registered):
+    client, settings = registered["client"], registered["settings"]
+    experiment = client.get_experiment_by_name(settings.registry.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_experiment_made_elsewhere_gets_the_kind_tag_on_first_use(registered, tmp_path):
+    from fraudguard.tracking import ensure_experiment
+
+    client = registered["client"]
+    made = client.create_experiment("by-hand", artifact_location=(tmp_path / "art").as_uri())
+    assert ensure_experiment(client, "by-hand") == made
+    assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -44,7 +44,8 @@ def register(
     from fraudguard.errors import FraudGuardError
     from fraudguard.logs import configure_logging
     from fraudguard.pipeline import require_current_outputs
-    from fraudguard.tracking import configure_mlflow, log_training_run, resolve_tracking_uri
+    from fraudguard.reporting import UI_VIEW_QUERY, ui_base
+    from fraudguard.tracking import WEIGHTS_SHA_TAG, configure_mlflow, log_training_run, resolve_tracking_uri
 
     configure_logging()
     root = root.resolve()
@@ -60,8 +61,11 @@ def register(
     typer.echo(f"model uri: {record.model_uri}")
     for name, value in sorted(record.metrics.items()):
         typer.echo(f"  {name} = {value:.6g}")
-    typer.echo(f"weights sha256: {record.lineage['artifact.sha256']}")
-    typer.echo(f"review: {_ui_hint(root, resolve_tracking_uri(root))}")
+    typer.echo(f"weights sha256: {record.lineage[WEIGHTS_SHA_TAG]}")
+    tracking_uri = resolve_tracking_uri(root)
+    typer.echo(f"review: {_ui_hint(root, tracking_uri)}")
+    typer.echo(f"  then {ui_base(tracking_uri)}/#/models/{settings.registry.model_name}/versions/"
+               f"{record.version}{UI_VIEW_QUERY}")
 
 
 @app.command("lineage")
@@ -73,6 +77,7 @@ def lineage(
     """Print a registered version's lineage and artifact tags."""
     from fraudguard.config import load_settings
     from fraudguard.errors import FraudGuardError
+    from fraudguard.names import ARTIFACT_TAG_PREFIX, LINEAGE_TAG_PREFIX
     from fraudguard.tracking import configure_mlflow, registered_version_tags
 
     root = root.resolve()
@@ -84,5 +89,5 @@ def lineage(
         _fail(exc)
         return
     for key in sorted(tags):
-        if key.startswith(("lineage.", "artifact.")):
+        if key.startswith((LINEAGE_TAG_PREFIX, ARTIFACT_TAG_PREFIX)):
             typer.echo(f"{key} = {tags[key]}")

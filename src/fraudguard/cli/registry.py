@@ -73,12 +73,14 @@ def promote(
     if outcome.blocked:
         typer.secho(f"error: {outcome.summary()}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
+    from fraudguard.reporting import champion_label
+
     if outcome.promoted:
-        typer.echo(f"champion: {outcome.champion_before} -> {outcome.champion_after} "
+        typer.echo(f"champion: {champion_label(outcome.champion_before)} -> v{outcome.champion_after} "
                    f"(audit entry {outcome.audit.seq if outcome.audit else '-'}, "
                    f"attestation {outcome.attestation[:16]})")
     else:
-        typer.echo(f"dry run: all gates passed; champion stays {outcome.champion_before}")
+        typer.echo(f"dry run: all gates passed; champion stays {champion_label(outcome.champion_before)}")
 
 
 def rollback(
@@ -136,6 +138,7 @@ def status(root: Path = _ROOT) -> None:
     from rich.console import Console
 
     from fraudguard.errors import FraudGuardError
+    from fraudguard.names import ARTIFACT_TAG_PREFIX, DATA_MD5_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, PARAMS_SHA_TAG
     from fraudguard.registry import get_version
     from fraudguard.signing import load_verifier
     from fraudguard.verification import verify_registry
@@ -153,7 +156,8 @@ def status(root: Path = _ROOT) -> None:
             mv = get_version(client, name, report.champion)
             console.print(f"run: {mv.run_id}")
             for key, value in sorted((mv.tags or {}).items()):
-                if key.startswith(("lineage.git", "lineage.data", "lineage.params", "artifact.")):
+                if key in (GIT_COMMIT_TAG, GIT_DIRTY_TAG, DATA_MD5_TAG, PARAMS_SHA_TAG) or \
+                        key.startswith(ARTIFACT_TAG_PREFIX):
                     console.print(f"  {key} = {value}")
             if report.champion_attestation is not None:
                 predicate = report.champion_attestation.predicate

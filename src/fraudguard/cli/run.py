@@ -45,6 +45,7 @@ def run(
     import yaml
 
     from fraudguard.logs import configure_logging
+    from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
 
     root = root.resolve()
     configure_logging()
@@ -65,7 +66,8 @@ def run(
     typer.echo(json.dumps(summary, indent=2, default=str))
     typer.echo("\nOpen the MLflow UI on this project's store:\n"
                f"  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}\n"
-               "then http://127.0.0.1:5000 (Models -> fraudguard shows versions, gate tables and lineage).")
+               f"then {LOCAL_UI}/#/experiments/{summary['registry'].get('experiment_id', '')}{UI_VIEW_QUERY} (runs) "
+               f"or {LOCAL_UI}/#/models (versions, gate tables and lineage).")
     if state.is_failed() or state.is_crashed():
         if state.name != "Blocked":
             try:
@@ -99,6 +101,7 @@ def summarize_data(root: Path) -> dict[str, Any]:
 def summarize_registry(root: Path) -> dict[str, Any]:
     """Newest version, champion, gate verdicts and headline metrics from the registry."""
     from fraudguard.config import load_settings
+    from fraudguard.names import GATE_TAG_PREFIX, STATUS_TAG
     from fraudguard.registry import get_champion_version, newest_version
     from fraudguard.tracking import configure_mlflow
 
@@ -116,10 +119,12 @@ def summarize_registry(root: Path) -> dict[str, Any]:
         "model": name,
         "newest_version": newest,
         "champion": get_champion_version(client, name),
-        "gates": {k.removeprefix("gate."): v for k, v in (mv.tags or {}).items() if k.startswith("gate.")},
-        "status": (mv.tags or {}).get("fraudguard.status"),
+        "gates": {k.removeprefix(GATE_TAG_PREFIX): v for k, v in (mv.tags or {}).items()
+                  if k.startswith(GATE_TAG_PREFIX)},
+        "status": (mv.tags or {}).get(STATUS_TAG),
         "metrics": metrics,
         "run_id": mv.run_id,
+        "experiment_id": run.info.experiment_id if run else None,
     }
 
 

@@ -1,0 +1,133 @@
+"""params.yaml validation: every mistake is refused with a message naming the key at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import PROJECT_ROOT, small_params
+from fraudguard.config import load_settings, merge_overrides, parse_settings
+from fraudguard.errors import ConfigError
+
+
+def _refused(overrides: dict, source: str = "params.yaml") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(small_params(overrides), source=source)
+    return str(info.value)
+
+
+def test_the_committed_params_are_valid():
+    settings = load_settings(PROJECT_ROOT / "params.yaml")
+    assert settings.registry.model_name == "fraudguard"
+    assert settings.as_params_dict()["validate"]["max_amount"] == settings.validate_.max_amount
+
+
+def test_an_unknown_key_is_named_with_its_section():
+    message = _refused({"train": {"epochz": 3}})
+    assert message.startswith("params.yaml: invalid params:")
+    assert "unknown key 'train.epochz'" in message
+
+
+def test_an_unknown_section_is_named():
+    assert "unknown key 'trian'" in _refused({"trian": {"epochs": 3}})
+
+
+def test_a_missing_key_is_named():
+    raw = small_params()
+    del raw["gates"]["privacy"]["seed"]
+    with pytest.raises(ConfigError, match=r"missing key 'gates\.privacy\.seed'"):
+        parse_settings(raw)
+
+
+def test_an_ill_typed_value_names_the_key_and_shows_the_value():
+    message = _refused({"train": {"epochs": "three"}})
+    assert "key 'train.epochs'" in message and "'three'" in message
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"train": {"validation_share": 0.5}}, "train.validation_share"),
+    ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"gates": {"privacy": {"max_attack_auc": 0.4}}}, "gates.privacy.max_attack_auc"),
+    ({"gates": {"quality": {"min_average_precision": 1.5}}}, "gates.quality.min_average_precision"),
+    ({"validate": {"min_customer_history": 1}}, "validate.min_customer_history"),
+    ({"serve": {"port": 70000}}, "serve.port"),
+    ({"monitor": {"retrain_deployment": "no-slash"}}, "monitor.retrain_deployment"),
+])
+def test_an_out_of_range_value_names_the_key_and_the_value(overrides, key):
+    message = _refused(overrides)
+    assert f"key '{key}'" in message
+    value = overrides
+    while isinstance(value, dict):
+        value = next(iter(value.values()))
+    assert f"(got {value!r})" in message
+
+
+def test_a_choice_outside_its_list_is_refused():
+    assert "key 'train.adversarial.attack'" in _refused({"train": {"adversarial": {"attack": "cw"}}})
+
+
+def test_non_positive_robustness_epsilons_are_refused():
+    assert "every epsilon must be > 0" in _refused({"gates": {"robustness": {"epsilons": [0.5, 0.0]}}})
+
+
+def test_repeated_feature_windows_are_refused():
+    message = _refused({"featurize": {"windows_days": [1, 7, 7]}})
+    assert "key 'featurize.windows_days'" in message and "distinct positive" in message
+
+
+def test_a_split_by_dates_and_periods_at_once_is_refused():
+    message = _refused({"featurize": {"split": {"train_start": "2024-04-01", "train_end": "2024-05-01",
+                                                "test_start": "2024-05-08", "test_end": "2024-05-20"}}})
+    assert "key 'featurize.split'" in message and "either dates or periods" in message
+
+
+def test_split_dates_out_of_order_are_refused():
+    message = _refused({"featurize": {"split": {
+        "train_days": None, "delay_gap_days": None, "test_days": None,
+        "train_start": "2024-05-01", "train_end": "2024-04-01", "test_start": "2024-05-08", "test_end": "2024-05-20"}}})
+    assert "train_start <= train_end < test_start <= test_end" in message
+
+
+def test_bounds_with_min_above_max_are_refused():
+    message = _refused({"threat_model": {"controlled_features": {"TX_AMOUNT": {"min": 10.0, "max": 1.0}}}})
+    assert "key 'threat_model.controlled_features.TX_AMOUNT'" in message and "min 10.0 > max 1.0" in message
+
+
+def test_a_controlled_feature_the_model_does_not_use_is_refused():
+    message = _refused({"threat_model": {"controlled_features": {"NOT_A_FEATURE": {"min": 0.0, "max": 1.0}}}})
+    assert "controlled_features names features the model does not use: ['NOT_A_FEATURE']" in message
+
+
+def test_a_derived_feature_whose_source_is_not_controlled_is_refused():
+    message = _refused({"threat_model": {"derived_features": {
+        "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW": {"source": "TX_TIME_SECONDS", "count": "CUSTOMER_ID_NB_TX_1DAY_WINDOW"}}}})
+    assert "source TX_TIME_SECONDS is not a controlled feature" in message
+
+
+def test_a_time_zone_on_min_timestamp_is_refused():
+    message = _refused({"validate": {"min_timestamp": "2020-01-01T00:00:00+02:00"}})
+    assert "key 'validate.min_timestamp'" in message and "no time zone" in message
+
+
+def test_every_problem_is_reported_at_once():
+    message = _refused({"train": {"epochs": 0, "batch_size": -1, "epochz": 1}})
+    assert all(part in message for part in ("'train.epochs'", "'train.batch_size'", "'train.epochz'"))
+
+
+def test_params_that_are_not_a_mapping_are_refused():
+    with pytest.raises(ConfigError, match=r"params\.yaml: top level must be a mapping, got list"):
+        parse_settings([1, 2], source="params.yaml")
+
+
+def test_unreadable_and_malformed_params_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"absent\.yaml: cannot read params file"):
+        load_settings(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_settings(broken)
+
+
+def test_dotted_overrides_merge_into_their_section_and_keep_its_other_keys():
+    merged = merge_overrides({"train": {"epochs": 3, "seed": 7}}, {"train.epochs": 5})
+    assert merged == {"train": {"epochs": 5, "seed": 7}}
