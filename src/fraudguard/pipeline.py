@@ -122,6 +122,7 @@ def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Pa
     project without git (core.no_scm): its lineage's code revision is read from root.
     """
     from fraudguard.lineage import pipeline_output_paths
+    from fraudguard.paths import ProjectPaths
 
     root = Path(root).resolve()
     if not (root / ".dvc").is_dir():
@@ -132,7 +133,8 @@ def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Pa
         if rel.parts[0] == ".dvc":
             continue
         _copy_into(root / rel, dest / rel)
-    for rel in ["data/raw", *sorted(pipeline_output_paths(root))]:
+    raw = ProjectPaths.at(root).raw_dir.relative_to(root).as_posix()
+    for rel in [raw, *sorted(pipeline_output_paths(root))]:
         _copy_into(root / rel, dest / rel)
     (dest / ".dvc").mkdir(exist_ok=True)
     _copy_into(root / ".dvc" / "config", dest / ".dvc" / "config")
