@@ -60,8 +60,9 @@ BASE_REF ?= HEAD
 HEAD_REV ?=
 CI_PROFILE ?= params.ci.yaml
 GATE_DIR ?= reports/gates
+BASE_METRICS_DIR ?= reports/ci-base
 
-.PHONY: bandit ci-profile ci-pipeline ci-gates ci-report
+.PHONY: bandit ci-profile ci-pipeline ci-gates ci-base ci-report
 
 bandit: install
 	$(FG) ci bandit --out-dir reports
@@ -77,8 +78,14 @@ ci-pipeline: install
 ci-gates: install
 	$(FG) promote --dry-run
 
+# The base revision's metrics on the same CI profile (scratch git worktree; reused when $(BASE_METRICS_DIR)
+# already holds them for that commit and profile), so that ci-report diffs like with like.
+ci-base: install
+	$(FG) ci base-metrics --base $(BASE_REF) --profile $(CI_PROFILE) --out-dir $(BASE_METRICS_DIR)
+
 ci-report: install
-	$(FG) ci report --base $(BASE_REF) $(if $(HEAD_REV),--head $(HEAD_REV)) --gate-dir $(GATE_DIR)
+	$(FG) ci report --base $(BASE_REF) $(if $(HEAD_REV),--head $(HEAD_REV)) --gate-dir $(GATE_DIR) \
+	  $(if $(wildcard $(BASE_METRICS_DIR)/base.json),--base-metrics $(BASE_METRICS_DIR))
 
 # --- Red team (.github/workflows/redteam.yml, weekly): attacks the candidate in a scratch copy ------------
 # `make redteam` after `dvc repro`; exits 1 when an attack is not caught (REDTEAM_ARGS=--report-only to only

@@ -44,25 +44,24 @@ def pull_data(root: Path, settings, data_revision: str | None) -> str:
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def reproduce(root: Path, params_overrides: dict[str, Any] | None) -> dict[str, Any]:
-    from fraudguard.pipeline import params_overridden, reproduce_stages
+def reproduce(workspace: Path) -> dict[str, Any]:
+    from fraudguard.pipeline import reproduce_stages
 
-    with params_overridden(root / "params.yaml", params_overrides):
-        outcome = reproduce_stages(root)
+    outcome = reproduce_stages(workspace)
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}
 
 
 @task(name="register-model", cache_policy=NO_CACHE)
-def register(root: Path, settings, flow_run_id: str | None, params_overrides: dict[str, Any] | None) -> dict[str, Any]:
+def register(root: Path, workspace: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
+    """Register the workspace's outputs in root's store; the code revision recorded is root's."""
     from fraudguard.names import CHAMPION_ALIAS
-    from fraudguard.pipeline import params_overridden, require_current_outputs
+    from fraudguard.pipeline import require_current_outputs
     from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
-    with params_overridden(root / "params.yaml", params_overrides):
-        require_current_outputs(root)  # the weights are what these code, data and (effective) params produce
+    require_current_outputs(workspace)  # the weights are what these code, data and (effective) params produce
     client = configure_mlflow(root, settings)
-    existing = find_identical_version(client, root, settings)
+    existing = find_identical_version(client, workspace, settings)
     if existing is not None:
         mv = client.get_model_version(settings.registry.model_name, str(existing))
         run = client.get_run(mv.run_id)
@@ -71,7 +70,7 @@ def register(root: Path, settings, flow_run_id: str | None, params_overrides: di
                 "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
                 "metrics": dict(run.data.metrics), "reused": True,
                 "is_champion": CHAMPION_ALIAS in (mv.aliases or [])}
-    record = log_training_run(root, settings, flow_run_id=flow_run_id)
+    record = log_training_run(workspace, settings, flow_run_id=flow_run_id, git_root=root)
     experiment_id = client.get_run(record.run_id).info.experiment_id
     return {"version": record.version, "run_id": record.run_id, "experiment_id": experiment_id,
             "tracking_uri": client.tracking_uri, "model_name": settings.registry.model_name,
@@ -79,12 +78,13 @@ def register(root: Path, settings, flow_run_id: str | None, params_overrides: di
 
 
 @task(name="prepare-gates", cache_policy=NO_CACHE)
-def prepare_gates(root: Path, settings, version: int, promote: bool):
+def prepare_gates(root: Path, workspace: Path, settings, version: int, promote: bool):
     """The promotion API's prepare: recovery, policy of record, candidate and champion loaded once."""
     from fraudguard.promotion import prepare
     from fraudguard.tracking import configure_mlflow
 
-    return prepare(configure_mlflow(root, settings), root, settings, version, promote=promote)
+    return prepare(configure_mlflow(root, settings), root, settings, version, promote=promote,
+                   workspace=workspace)
 
 
 @task(name="gate", task_run_name="gate-{name}", cache_policy=NO_CACHE)
@@ -182,18 +182,27 @@ def train_and_promote(
     params_overrides: nested or dotted params.yaml keys, validated against the typed settings.
     promote: false runs the gates only (a dry run); `champion` never moves.
     """
-    from fraudguard.reporting import champion_label, promotion_markdown
+    from fraudguard.pipeline import override_workspace
 
     root = _project_root()
     settings = validate_params(root, params_overrides)
     data_md5 = pull_data(root, settings, data_revision)
-    stages = reproduce(root, params_overrides)
-    record = register(root, settings, flow_run.get_id(), params_overrides)
+    # Overrides run the stages in a scratch copy of the project: the user's params.yaml is never rewritten.
+    with override_workspace(root, params_overrides) as (workspace, _):
+        return _train_and_gate(root, workspace, settings, data_md5, promote)
+
+
+def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promote: bool):
+    """The flow after the data: stages in `workspace`, then register, gates and decision in root's store."""
+    from fraudguard.reporting import champion_label, promotion_markdown
+
+    stages = reproduce(workspace)
+    record = register(root, workspace, settings, flow_run.get_id())
     if record["is_champion"] and promote:
         return _finish(Completed, f"Unchanged v{record['version']}",
                        f"nothing changed: version {record['version']} (same weights, params and data) is "
                        "already the champion")
-    gate_run = prepare_gates(root, settings, record["version"], promote)
+    gate_run = prepare_gates(root, workspace, settings, record["version"], promote)
     gate_runs = run_gate_tasks(gate_run, settings.compute)
     approval = None
     if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):

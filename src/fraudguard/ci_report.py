@@ -2,16 +2,21 @@
 
 GitHub Actions and `make ci-report` on a laptop build it with the same functions, so the job summary
 a reviewer reads is the file a developer can regenerate locally. Also the CI profile (small params
-merged over params.yaml in a throwaway checkout) and the Bandit run of the security job.
+merged over params.yaml in a throwaway checkout), the base revision's metrics on that same profile (so
+the metrics diff compares like with like) and the Bandit run of the security job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
 import os
-import subprocess  # nosec B404 -- runs the project's own dvc/bandit executables with argument lists
+import shutil
+import subprocess  # nosec B404 -- runs the project's own dvc/bandit/git executables with argument lists
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,9 @@ DEFAULT_PROFILE = Path("params.ci.yaml")
 PROFILE_RECORD = Path("reports") / "ci-profile.json"
 DEFAULT_SUMMARY = Path("reports") / "ci-summary.md"
 DEFAULT_GATE_DIR = Path("reports") / "gates"
+DEFAULT_BASE_METRICS_DIR = Path("reports") / "ci-base"
+# What `ci base-metrics` writes next to the base's metrics files: which revision and profile made them.
+BASE_RECORD = "base.json"
 # What fraudguard.promotion writes per gated version: <gate dir>/v<version>/gate_summary.json.
 PROMOTION_SUMMARY = "gate_summary.json"
 
@@ -56,6 +64,8 @@ class CiSummary:
     gates: tuple[GateRow, ...]
     gate_dir: Path
     profile: dict[str, Any] | None = None
+    # The base side of the metrics diff when it was produced with the CI profile (`ci base-metrics`).
+    base_metrics: "BaseMetrics | None" = None
 
     @property
     def gates_passed(self) -> bool:
@@ -70,6 +80,18 @@ class ProfileApplication:
     profile_path: Path
     params_path: Path
     changes: dict[str, tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class BaseMetrics:
+    """The base revision's metrics files, produced by its own code with the CI profile merged over its params."""
+
+    directory: Path
+    base_rev: str
+    commit: str
+    profile: str
+    profile_sha256: str
+    reused: bool = False        # found in directory (a cache keyed on commit and profile), not recomputed
 
 
 @dataclass(frozen=True)
@@ -91,18 +113,25 @@ class BanditRun:
 # --------------------------------------------------------------------------------------------- dvc
 
 
-def _run_dvc(root: Path, args: list[str]) -> str:
-    """Run `dvc <args>` in root and return stdout; a failure raises DataVersionError with dvc's words."""
-    cmd = [tool_path("dvc"), *args]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True,  # nosec B603 - fixed argv, no shell
+def _run_tool(tool: str, root: Path, args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run `<tool> <args>` in root and return stdout; a failure raises DataVersionError with the tool's words."""
+    exe = shutil.which("git") if tool == "git" else tool_path(tool)
+    if exe is None:
+        raise DataVersionError(f"{tool} is not installed")
+    proc = subprocess.run([exe, *args], cwd=root, capture_output=True, text=True, env=env,  # nosec B603 - fixed argv, no shell
                           check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise DataVersionError(
-            f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}): "
+            f"`{tool} {' '.join(args)}` failed in {root} (exit {proc.returncode}): "
             + (" | ".join(detail[-5:]) or "no output")
         )
     return proc.stdout.strip()
+
+
+def _run_dvc(root: Path, args: list[str]) -> str:
+    """Run `dvc <args>` in root and return stdout; a failure raises DataVersionError with dvc's words."""
+    return _run_tool("dvc", root, args)
 
 
 def _table_rows_or_empty(markdown: str) -> str:
@@ -259,7 +288,7 @@ def apply_ci_profile(params_path: Path, profile_path: Path,
     params_path.write_text(header + yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
     if record_path is not None:
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"profile": str(profile_path),
+        record = {"profile": str(profile_path), "profile_sha256": file_sha256(profile_path),
                   "changes": {key: {"before": old, "after": new} for key, (old, new) in changes.items()}}
         record_path.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     log.info("applied %s to %s: %d value(s) changed", profile_path, params_path, len(changes))
@@ -275,6 +304,111 @@ def read_profile_record(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable CI profile record: {exc}") from exc
     return data if isinstance(data, dict) else None
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (a profile's identity: same bytes, same CI world)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ base metrics
+
+
+def metrics_paths(root: Path) -> list[str]:
+    """The metrics files dvc.yaml under root declares (relative paths), in stage order."""
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{root / 'dvc.yaml'}: cannot read the metrics it declares: {exc}") from exc
+    paths: list[str] = []
+    for stage in stages.values():
+        for item in stage.get("metrics", []) or []:
+            paths.extend([item] if isinstance(item, str) else list(item))
+    return paths
+
+
+def read_base_record(directory: Path) -> dict[str, Any] | None:
+    """What `ci base-metrics` recorded in directory (revision, commit, profile), or None when it holds none."""
+    return read_profile_record(directory / BASE_RECORD)
+
+
+def compute_base_metrics(root: Path, base_rev: str, profile_path: Path, out_dir: Path) -> BaseMetrics:
+    """The base revision's metrics on the CI profile, in out_dir: like with like for the metrics diff.
+
+    base_rev is checked out into a scratch git worktree; the profile (this checkout's file) is merged over the
+    base's params.yaml; the base's own code simulates the data and runs `dvc repro` up to every stage that
+    writes metrics (no registration). out_dir gets those files and base.json (commit, profile sha256); when
+    out_dir already holds them for this commit and profile (a CI cache keyed on both), nothing is recomputed.
+    """
+    root = Path(root).resolve()
+    profile_path = (root / profile_path).resolve()
+    commit = _run_tool("git", root, ["rev-parse", "--verify", f"{base_rev}^{{commit}}"])
+    profile_sha = file_sha256(profile_path)
+    existing = read_base_record(out_dir)
+    if existing and existing.get("commit") == commit and existing.get("profile_sha256") == profile_sha:
+        log.info("base metrics for %s on %s already in %s", commit[:12], profile_path.name, out_dir)
+        return BaseMetrics(out_dir, base_rev, commit, str(existing.get("profile")), profile_sha, reused=True)
+    with tempfile.TemporaryDirectory(prefix="fraudguard-ci-base-") as tmp:
+        worktree = Path(tmp) / "base"
+        _run_tool("git", root, ["worktree", "add", "--detach", "--quiet", str(worktree), commit])
+        try:
+            _run_base_pipeline(worktree, profile_path)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True)
+            for rel in metrics_paths(worktree):
+                if (worktree / rel).is_file():
+                    (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(worktree / rel, out_dir / rel)
+        finally:
+            _run_tool("git", root, ["worktree", "remove", "--force", str(worktree)])
+    record = {"base_rev": base_rev, "commit": commit, "profile": profile_path.name, "profile_sha256": profile_sha}
+    (out_dir / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    log.info("base metrics of %s (%s) on %s written to %s", base_rev, commit[:12], profile_path.name, out_dir)
+    return BaseMetrics(out_dir, base_rev, commit, profile_path.name, profile_sha)
+
+
+def _run_base_pipeline(worktree: Path, profile_path: Path) -> None:
+    """Profile, simulate and `dvc repro` of every metrics-writing stage, with the worktree's own code."""
+    apply_ci_profile(worktree / "params.yaml", profile_path, worktree / PROFILE_RECORD)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PREFECT_"))}
+    # The base's code, not the installed package's: stage commands are `python -m fraudguard.stages.<name>`.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(worktree / "src"), env.get("PYTHONPATH", "")]))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    _run_tool("fraudguard", worktree, ["data", "simulate"], env=env)
+    stages = yaml.safe_load((worktree / "dvc.yaml").read_text(encoding="utf-8")).get("stages", {})
+    with_metrics = [name for name, stage in stages.items() if stage.get("metrics")]
+    _run_tool("dvc", worktree, ["repro", *with_metrics], env=env)
+
+
+def _flat_numbers(data: Any, prefix: str = "") -> dict[str, float]:
+    return {key: float(value) for key, value in _flatten(data, prefix).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def read_metrics(root: Path, paths: list[str]) -> dict[str, dict[str, float]]:
+    """path -> flattened numeric metrics of each metrics file under root that exists."""
+    out: dict[str, dict[str, float]] = {}
+    for rel in paths:
+        data = _read_json(root / rel) if (root / rel).is_file() else None
+        if isinstance(data, dict):
+            out[rel] = _flat_numbers(data)
+    return out
+
+
+def metrics_diff_table(base: dict[str, dict[str, float]], head: dict[str, dict[str, float]]) -> str:
+    """A markdown table of the metrics that differ (as `dvc metrics diff --md`); '' when none does."""
+    lines = ["| Path | Metric | base | workspace | Change |", "|---|---|---|---|---|"]
+    for path in sorted(set(base) | set(head)):
+        old, new = base.get(path, {}), head.get(path, {})
+        for key in sorted(set(old) | set(new)):
+            a, b = old.get(key), new.get(key)
+            if a == b:
+                continue
+            change = _fmt(b - a) if a is not None and b is not None else "-"
+            lines.append(f"| {_cell(path)} | {_cell(key)} | {_fmt(a) if a is not None else '-'} "
+                         f"| {_fmt(b) if b is not None else '-'} | {change} |")
+    return _table_rows_or_empty("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------- markdown
@@ -318,7 +452,7 @@ def render_summary(summary: CiSummary) -> str:
     parts.append(render_gate_table(summary.gates) if summary.gates else "_No gate results._")
     parts += ["", f"### Params diff (`{summary.base_rev}` → `{head}`)", ""]
     parts.append(summary.params_diff_md or "_No params changed._")
-    parts += ["", f"### Metrics diff (`{summary.base_rev}` → workspace)", ""]
+    parts += ["", *_metrics_heading(summary), ""]
     parts.append(summary.metrics_diff_md or "_No metrics changed._")
     if summary.profile:
         changes = summary.profile.get("changes", {})
@@ -330,23 +464,62 @@ def render_summary(summary: CiSummary) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _metrics_heading(summary: CiSummary) -> list[str]:
+    """The metrics section's title and the line saying which profile each side ran with."""
+    base, profile = summary.base_metrics, summary.profile or {}
+    if base is None:
+        lines = [f"### Metrics diff (`{summary.base_rev}` → workspace)"]
+        if profile:
+            lines += ["", f"⚠️ Not like with like: the workspace ran with the CI profile `{profile.get('profile', '')}`, "
+                      f"the base column holds the metrics files committed on `{summary.base_rev}` (`make ci-base` "
+                      "computes them with the same profile)."]
+        return lines
+    lines = [f"### Metrics diff (`{summary.base_rev}` at `{base.commit[:12]}` → workspace)", ""]
+    if profile.get("profile_sha256") == base.profile_sha256:
+        lines.append(f"Both sides ran with the CI profile `{base.profile}` (sha256 `{base.profile_sha256[:12]}`); "
+                     "the base with its own code and params.yaml.")
+    else:
+        lines.append(f"⚠️ Not like with like: the base ran with the CI profile `{base.profile}` (sha256 "
+                     f"`{base.profile_sha256[:12]}`), the workspace with "
+                     + (f"`{profile.get('profile')}` (sha256 `{str(profile.get('profile_sha256', ''))[:12]}`)."
+                        if profile else "params.yaml as it is (no CI profile applied)."))
+    return lines
+
+
 def build_ci_summary(root: Path, base_rev: str, head_rev: str | None = None,
-                     gate_dir: Path | None = None, profile_record: Path | None = None) -> CiSummary:
+                     gate_dir: Path | None = None, profile_record: Path | None = None,
+                     base_metrics_dir: Path | None = None) -> CiSummary:
     """Collect the params diff, metrics diff, gate verdicts and CI profile of the checkout at root.
 
     head_rev None compares params against the workspace; CI passes HEAD there because its workspace
-    carries the CI profile, which is not a change of the pull request.
+    carries the CI profile, which is not a change of the pull request. base_metrics_dir, when it holds
+    `ci base-metrics` output, is the base side of the metrics diff; otherwise the metrics committed at
+    base_rev are (`dvc metrics diff`).
     """
     gate_dir = gate_dir if gate_dir is not None else root / DEFAULT_GATE_DIR
     profile_record = profile_record if profile_record is not None else root / PROFILE_RECORD
+    record = read_base_record(base_metrics_dir) if base_metrics_dir is not None else None
+    base_metrics = None
+    if record is not None and base_metrics_dir is not None:
+        base_metrics = BaseMetrics(base_metrics_dir, str(record.get("base_rev", base_rev)),
+                                   str(record.get("commit", "")), str(record.get("profile", "")),
+                                   str(record.get("profile_sha256", "")), reused=True)
+        paths = metrics_paths(root)
+        metrics_md = metrics_diff_table(read_metrics(base_metrics_dir, paths), read_metrics(root, paths))
+    else:
+        if base_metrics_dir is not None:
+            log.warning("%s holds no base metrics (%s); diffing against the metrics committed at %s",
+                        base_metrics_dir, BASE_RECORD, base_rev)
+        metrics_md = dvc_metrics_diff_md(root, base_rev)
     return CiSummary(
         base_rev=base_rev,
         head_rev=head_rev,
         params_diff_md=dvc_params_diff_md(root, base_rev, head_rev),
-        metrics_diff_md=dvc_metrics_diff_md(root, base_rev),
+        metrics_diff_md=metrics_md,
         gates=collect_gate_rows(gate_dir),
         gate_dir=gate_dir,
         profile=read_profile_record(profile_record),
+        base_metrics=base_metrics,
     )
 
 

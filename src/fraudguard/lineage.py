@@ -178,13 +178,18 @@ def collect_lineage(
     settings: Settings,
     weights_path: Path | str,
     flow_run_id: str | None = None,
+    git_root: Path | str | None = None,
 ) -> dict[str, str]:
-    """All lineage tags (see LINEAGE_KEYS) for the weights at weights_path, built in the checkout at root."""
+    """All lineage tags (see LINEAGE_KEYS) for the weights at weights_path, built in the checkout at root.
+
+    git_root: the checkout whose code revision is recorded, when root is a scratch copy of it (an override
+    run); default root.
+    """
     paths = ProjectPaths.at(root)
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise ModelError(f"{weights_path}: model weights not found; run the train stage first")
-    commit, dirty = git_state(paths.root)
+    commit, dirty = git_state(Path(git_root).resolve() if git_root is not None else paths.root)
     run_id = flow_run_id or current_flow_run_id()
     lineage = {
         GIT_COMMIT_TAG: commit,

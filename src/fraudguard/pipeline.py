@@ -79,21 +79,94 @@ def validate_overrides(params_path: Path, overrides: dict[str, Any] | None) -> S
     return load_settings(params_path, overrides=overrides or None)
 
 
+# Never copied into a scratch workspace (root outside git): the environment, stores and caches.
+_NOT_COPIED = {".git", ".venv", ".dvc", "mlflow.db", "mlruns", "mlartifacts", ".prefect", "state",
+               ".stack", "__pycache__", ".pytest_cache"}
+
+
+def _project_files(root: Path) -> list[Path]:
+    """The project's own files relative to root: what git lists (tracked and untracked, not ignored), or
+    every file outside the environment and stores when root is not a git checkout."""
+    git = shutil.which("git")
+    if git is not None:
+        proc = subprocess.run([git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],  # nosec B603 - fixed argv, no shell
+                              cwd=root, capture_output=True, check=False)
+        if proc.returncode == 0:
+            return [Path(raw.decode()) for raw in proc.stdout.split(b"\0") if raw]
+    return [path.relative_to(root) for path in root.rglob("*")
+            if path.is_file() and not _NOT_COPIED.intersection(path.relative_to(root).parts)]
+
+
+def _dvc_cache_dir(root: Path) -> Path:
+    """The DVC cache directory the project at root uses (`dvc cache dir`)."""
+    proc = subprocess.run([tool_path("dvc"), "cache", "dir"], cwd=root, capture_output=True, text=True,  # nosec B603 - fixed argv, no shell
+                          check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise DataVersionError(f"`dvc cache dir` failed in {root}: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return Path(proc.stdout.strip().splitlines()[-1]).resolve()
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    elif src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Path:
+    """A copy of the project at root in dest, with `params` as its params.yaml; root is left untouched.
+
+    The copy holds the project's files (uncommitted edits included), data/raw and the current stage outputs
+    (so `dvc repro` there reruns only what the params change), and shares root's DVC cache. It is a DVC
+    project without git (core.no_scm): its lineage's code revision is read from root.
+    """
+    from fraudguard.lineage import pipeline_output_paths
+    from fraudguard.paths import ProjectPaths
+
+    root = Path(root).resolve()
+    if not (root / ".dvc").is_dir():
+        raise DataVersionError(f"{root}: not a DVC project (no .dvc/); cannot run the stages in a scratch copy")
+    cache = _dvc_cache_dir(root)
+    dest.mkdir(parents=True)
+    for rel in _project_files(root):
+        if rel.parts[0] == ".dvc":
+            continue
+        _copy_into(root / rel, dest / rel)
+    raw = ProjectPaths.at(root).raw_dir.relative_to(root).as_posix()
+    for rel in [raw, *sorted(pipeline_output_paths(root))]:
+        _copy_into(root / rel, dest / rel)
+    (dest / ".dvc").mkdir(exist_ok=True)
+    _copy_into(root / ".dvc" / "config", dest / ".dvc" / "config")
+    (dest / ".dvc" / "config.local").write_text(
+        f"[core]\n    no_scm = true\n[cache]\n    dir = {cache.as_posix()}\n", encoding="utf-8")
+    (dest / "params.yaml").write_text(
+        "# params.yaml with a run's overrides merged over it (scratch workspace; the project's file is untouched)\n"
+        + yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return dest
+
+
 @contextmanager
-def params_overridden(params_path: Path, overrides: dict[str, Any] | None) -> Iterator[Settings]:
-    """Within the block, params.yaml holds the validated overrides (so `dvc repro` and dvc.lock see
-    them); the original file is restored afterwards, whatever happens."""
+def override_workspace(root: Path, overrides: dict[str, Any] | None) -> Iterator[tuple[Path, Settings]]:
+    """(workspace, settings) where the stages run with `overrides` applied; the user's params.yaml is never
+    written. Without overrides the workspace is root itself; with them, a scratch copy in the system's
+    temporary directory, removed when the block ends (a crash leaves only that copy behind)."""
+    import tempfile
+
+    root = Path(root).resolve()
+    params_path = root / "params.yaml"
     if not overrides:
-        yield load_settings(params_path)
+        yield root, load_settings(params_path)
         return
-    original = params_path.read_text(encoding="utf-8")
-    merged = merge_overrides(yaml.safe_load(original), overrides)
+    merged = merge_overrides(yaml.safe_load(params_path.read_text(encoding="utf-8")), overrides)
     settings = parse_settings(merged, source=f"{params_path} with overrides {sorted(overrides)}")
+    holder = Path(tempfile.mkdtemp(prefix="fraudguard-override-"))
     try:
-        params_path.write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
-        yield settings
+        workspace = make_scratch_workspace(root, merged, holder / "project")
+        log.info("overrides %s: stages run in the scratch workspace %s", sorted(overrides), workspace)
+        yield workspace, settings
     finally:
-        params_path.write_text(original, encoding="utf-8")
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 def checkout_data_revision(root: Path, revision: str | None) -> str:
@@ -119,7 +192,8 @@ __all__ = [
     "ReproOutcome",
     "ConfigError",
     "checkout_data_revision",
-    "params_overridden",
+    "make_scratch_workspace",
+    "override_workspace",
     "reproduce_stages",
     "tool_path",
     "validate_overrides",

@@ -376,8 +376,11 @@ def prepare(
     context: GateContext | None = None,
     signer: Signer | None = None,
     verifier: Verifier | None = None,
+    workspace: Path | None = None,
 ) -> GateRun:
     """Everything the gates need for `version` (default: newest), and the champion they compare against.
+
+    workspace: where the stages wrote the features the gates read (a run's scratch copy; default root).
 
     A half-done move left by a crash is finished or reverted first. For a real promotion the policy is the
     committed params.yaml (PolicyError when the working tree departs from it); a dry run may use the
@@ -406,8 +409,8 @@ def prepare(
         ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     if candidate is None or context is None:
-        built_candidate, built_context = build_gate_context(client, root, settings, version, report_dir,
-                                                            champion_before)
+        built_candidate, built_context = build_gate_context(client, workspace or root, settings, version,
+                                                            report_dir, champion_before)
         candidate = candidate or built_candidate
         context = context or built_context
     discovered = gates is None

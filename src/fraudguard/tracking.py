@@ -283,8 +283,11 @@ def log_training_run(
     settings: "Settings",
     *,
     flow_run_id: str | None = None,
+    git_root: Path | str | None = None,
 ) -> TrainingRunRecord:
     """Log the pipeline outputs under root as one run of the experiment and register its pyfunc model.
+
+    git_root: the checkout whose code revision the lineage records when root is a scratch copy of it.
 
     Uses the current MLflow tracking URI (entry points call configure_mlflow first). The new version
     of settings.registry.model_name and its run both carry every lineage tag and `artifact.sha256`.
@@ -315,7 +318,7 @@ def log_training_run(
         (tmp / BUNDLE_DIR).mkdir()
         weights = Path(shutil.copy2(paths.model_weights, tmp / WEIGHTS_ARTIFACT))
         preprocess = Path(shutil.copy2(paths.preprocess, tmp / PREPROCESS_ARTIFACT))
-        lineage = collect_lineage(paths.root, settings, weights, flow_run_id=flow_run_id)
+        lineage = collect_lineage(paths.root, settings, weights, flow_run_id=flow_run_id, git_root=git_root)
         with mlflow.start_run(experiment_id=experiment_id,
                               run_name=training_run_name(None, settings.train.seed, lineage)) as run:
             run_id = run.info.run_id

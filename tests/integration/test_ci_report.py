@@ -1,7 +1,7 @@
 """The pull-request summary, built with real git and dvc: params diff, metrics diff, one row per gate.
 
-The last test runs the pipeline job's own make targets on a copy of this working tree (CI profile,
-`dvc repro`, register, dry-run promotion, report), as GitHub Actions does.
+The last test runs the pipeline job's own make targets on a clone of the committed tree (CI profile,
+`dvc repro`, register, dry-run promotion, report), as GitHub Actions does on unchanged main.
 """
 
 from __future__ import annotations
@@ -190,39 +190,83 @@ def test_bandit_run_fails_on_a_nosec_without_a_reason(tmp_path):
     assert result.bare_nosec == ("src/quiet.py:1",) and not result.passed
 
 
+# ------------------------------------------------------------------------- base metrics, like with like
+
+
+def _base_metrics_repo(tmp_path: Path) -> Path:
+    """A real small project (the real params.yaml at small sizes, simulated data) whose one stage writes
+    the epochs it ran with as its metric; committed once. Its profile sets train.epochs to 3."""
+    from conftest import small_params
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    params = small_params()
+    params["train"]["epochs"] = 8
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write = ("import json, yaml; e = yaml.safe_load(open('params.yaml'))['train']['epochs']; "
+             "json.dump({'epochs': e, 'average_precision': 0.5 + e / 100}, open('metrics.json', 'w'))")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"cmd": f"python -c \"{write}\"", "deps": ["data/raw"], "params": ["train"],
+                  "metrics": [{"metrics.json": {"cache": False}}]},
+        "plain": {"cmd": "echo no metrics here", "params": ["model"]}}}))
+    (root / "params.ci.yaml").write_text("train:\n  epochs: 3\n")
+    (root / ".gitignore").write_text("/data/\n/reports/\n")
+    _git(root, "init", "-q")
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "base")
+    return root
+
+
+def test_base_metrics_come_from_the_base_revision_run_with_the_same_profile(tmp_path):
+    from fraudguard.ci_report import compute_base_metrics, read_profile_record
+
+    root = _base_metrics_repo(tmp_path)
+    base = _git(root, "rev-parse", "HEAD")
+    # The pull request: epochs 12 in params.yaml; CI runs it with the profile (epochs 3), then the base.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["epochs"] = 12
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(root, "commit", "-qam", "pr: 12 epochs")
+    apply_ci_profile(root / "params.yaml", root / "params.ci.yaml", root / "reports" / "ci-profile.json")
+    (root / "metrics.json").write_text(json.dumps({"epochs": 3, "average_precision": 0.61}))
+
+    out = root / "reports" / "ci-base"
+    result = compute_base_metrics(root, base, Path("params.ci.yaml"), out)
+    assert result.commit == base and not result.reused
+    # The base's own params with the profile over them: 3 epochs (not the base's 8, not the PR's 12).
+    assert json.loads((out / "metrics.json").read_text()) == {"epochs": 3, "average_precision": 0.53}
+    assert read_profile_record(out / "base.json")["profile_sha256"] == \
+        read_profile_record(root / "reports" / "ci-profile.json")["profile_sha256"]
+    assert _git(root, "worktree", "list").count("\n") == 0  # the scratch worktree is gone
+
+    summary = build_ci_summary(root, base_rev=base, head_rev="HEAD", base_metrics_dir=out)
+    markdown = render_summary(summary)
+    assert "Both sides ran with the CI profile `params.ci.yaml`" in markdown
+    row = next(line for line in summary.metrics_diff_md.splitlines() if "average_precision" in line)
+    assert "0.53" in row and "0.61" in row
+    assert "| epochs |" not in summary.metrics_diff_md  # same profile, same epochs: no change shown
+    # A second call for the same commit and profile (a CI cache hit) reruns nothing.
+    assert compute_base_metrics(root, base, Path("params.ci.yaml"), out).reused
+
+
+def test_summary_without_base_metrics_says_the_diff_is_not_like_with_like(dvc_repo):
+    (dvc_repo / "reports").mkdir()
+    (dvc_repo / "reports" / "ci-profile.json").write_text(json.dumps({"profile": "params.ci.yaml", "changes": {}}))
+    markdown = render_summary(build_ci_summary(dvc_repo, base_rev="HEAD"))
+    assert "Not like with like" in markdown and "make ci-base" in markdown
+
+
 # ----------------------------------------------------------------------------- the pipeline job
 
 
-def _copy_working_tree(dst: Path) -> None:
-    """The working tree as git sees it (tracked + untracked, not ignored), uncommitted files included."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=PROJECT_ROOT, capture_output=True, check=True).stdout.split(b"\0")
-    for raw in listed:
-        if not raw:
-            continue
-        rel = Path(raw.decode())
-        src = PROJECT_ROOT / rel
-        if not src.is_file() or rel.parts[0] in {"data", "models", "reports", "mlartifacts"}:
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst / rel)
-
-
 @pytest.mark.slow
-def test_pipeline_job_commands_write_params_metrics_and_gate_summary(tmp_path):
+def test_pipeline_job_passes_on_a_clone_of_the_committed_tree(tmp_path):
+    """The pipeline job's make targets, as GitHub Actions runs them on unchanged main: every one exits 0,
+    every gate passes on the CI profile, and the summary is written. Committed code only (a clone)."""
     repo = tmp_path / "clone"
-    repo.mkdir()
-    _copy_working_tree(repo)
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "base")
+    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(repo)], check=True, capture_output=True)
     base = _git(repo, "rev-parse", "HEAD")
-    # The pull request: one param changed and committed.
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["learning_rate"] = 0.002
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(repo, "commit", "-qam", "pr: learning rate")
-
     venv = BIN.parent
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("MLFLOW_", "GITHUB_", "PREFECT_"))}
@@ -230,27 +274,18 @@ def test_pipeline_job_commands_write_params_metrics_and_gate_summary(tmp_path):
                PYTHONPATH=str(repo / "src"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
                GITHUB_STEP_SUMMARY=str(tmp_path / "step_summary.md"))
-    # The venv is shared: -o keeps make from reinstalling the package from this copy.
+    # The test's venv stands in for `make install`'s: -o keeps make from reinstalling into it.
     make = ["make", f"VENV={venv}", "-o", f"{venv}/.installed"]
-    for target in (["ci-profile"], ["ci-pipeline"]):
+    for target in (["ci-profile"], ["ci-pipeline"], ["ci-gates"], ["ci-report", f"BASE_REF={base}", "HEAD_REV=HEAD"]):
         proc = subprocess.run(make + target, cwd=repo, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f"make {target[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    gates = subprocess.run(make + ["ci-gates"], cwd=repo, env=env, capture_output=True, text=True)
-    report = subprocess.run(make + ["ci-report", f"BASE_REF={base}", "HEAD_REV=HEAD"], cwd=repo, env=env,
-                            capture_output=True, text=True)
-    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
 
     summary = (repo / "reports" / "ci-summary.md").read_text()
-    params_section = summary.split("### Params diff")[1].split("###")[0]
-    metrics_section = summary.split("### Metrics diff")[1].split("###")[0]
+    assert "**Gates: all passed.**" in summary
     gate_section = summary.split("### Gate verdicts")[1].split("###")[0]
-    assert "train.learning_rate" in params_section and "0.002" in params_section
-    assert "train.epochs" not in params_section  # the CI profile is not part of the PR's diff
-    assert "models/evaluation.json" in metrics_section and "average_precision" in metrics_section
-    gate_names = set(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["gates"])
-    for name in gate_names:
-        assert f"| {name} |" in gate_section, f"no row for gate {name}:\n{gate_section}"
-    # The job fails exactly when a gate fails.
-    failed = "❌ failed" in gate_section
-    assert (gates.returncode != 0) == failed, gates.stdout[-2000:] + gates.stderr[-2000:]
+    for name in yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["gates"]:
+        assert f"| {name} | ✅ passed |" in gate_section, f"gate {name}:\n{gate_section}"
+    # Unchanged main: no params change, and the CI profile (a workspace edit) is not reported as one.
+    assert "_No params changed._" in summary.split("### Params diff")[1].split("###")[0]
+    assert "### CI profile `params.ci.yaml`" in summary
     assert (tmp_path / "step_summary.md").read_text() == summary

@@ -62,9 +62,18 @@ def test_unknown_params_override_fails_the_flow_naming_the_key(project, tmp_path
     assert _registry_state(tmp_path) == (set(), {})
 
 
-def test_blocked_promotion_ends_in_a_blocked_state_naming_the_gate_and_keeps_champion(project, tmp_path):
+def test_blocked_override_run_names_the_gate_keeps_champion_and_leaves_the_checkout_untouched(project, tmp_path):
+    # One flow run (they cost minutes on 2 cores) checks two things: a blocked promotion, and an override run.
+    import subprocess
+
+    import yaml
+    from mlflow import MlflowClient
+
+    params_before = (project / "params.yaml").read_bytes()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
+                          check=True).stdout.strip()
     flow = _load(project, "train_and_promote", "train_and_promote")
-    state = flow(return_state=True)
+    state = flow(params_overrides={"train": {"seed": 9}}, return_state=True)
     assert state.is_failed() and state.name.startswith("Blocked v"), state.message
     assert "quality" in state.message
     # The failed gate is a failed task in the UI; the passing ones are completed.
@@ -78,6 +87,25 @@ def test_blocked_promotion_ends_in_a_blocked_state_naming_the_gate_and_keeps_cha
     assert gates["gate-quality"] == "FAILED" and gates["gate-static_analysis"] == "COMPLETED", gates
     versions, aliases = _registry_state(tmp_path)
     assert len(versions) == 1 and "champion" not in aliases
+
+    # The override ran the stages in a scratch copy: params.yaml byte-identical, nothing git would see.
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True,
+                          check=True).stdout == ""
+    assert not (project / "dvc.lock").exists() and not (project / "models").exists()
+    # The registered version: the override in its params, config artifact and dvc.lock; the checkout's
+    # revision, clean.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name='fraudguard'")
+    assert client.get_run(version.run_id).data.params["train.seed"] == "9"
+    config = yaml.safe_load(Path(client.download_artifacts(version.run_id, "config/params.yaml",
+                                                           str(tmp_path))).read_text())
+    assert config["train"]["seed"] == 9
+    locked = yaml.safe_load(Path(client.download_artifacts(version.run_id, "config/dvc.lock",
+                                                           str(tmp_path))).read_text())
+    assert locked["stages"]["train"]["params"]["params.yaml"]["train"]["seed"] == 9
+    assert (version.tags["lineage.git_commit"], version.tags["lineage.git_dirty"]) == (head, "false")
 
 
 def test_monitor_without_a_champion_fails_with_a_clear_reason(project):

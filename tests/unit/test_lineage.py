@@ -78,6 +78,16 @@ def test_lineage_marks_modified_checkout_dirty(tmp_path, small_settings):
     assert collect_lineage(tmp_path, small_settings, weights)["lineage.git_dirty"] == "true"
 
 
+@needs_git
+def test_an_override_run_records_the_code_revision_of_the_checkout_it_copied(tmp_path, small_settings):
+    weights = _project(tmp_path / "scratch")
+    _project(tmp_path / "checkout")
+    _init_repo(tmp_path / "checkout")
+    lineage = collect_lineage(tmp_path / "scratch", small_settings, weights, git_root=tmp_path / "checkout")
+    assert lineage["lineage.git_commit"] == _git(tmp_path / "checkout", "rev-parse", "HEAD")
+    assert lineage["lineage.git_dirty"] == "false"
+
+
 def test_data_md5_comes_from_data_dvc_outs(tmp_path, small_settings):
     weights = _project(tmp_path)
     lineage = collect_lineage(tmp_path, small_settings, weights)

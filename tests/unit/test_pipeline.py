@@ -1,8 +1,9 @@
-"""fraudguard.pipeline: params overrides around `dvc repro`, and data.dvc at a git revision."""
+"""fraudguard.pipeline: params overrides in a scratch workspace, and data.dvc at a git revision."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from conftest import PROJECT_ROOT
 from fraudguard.errors import ConfigError, DataVersionError
-from fraudguard.pipeline import checkout_data_revision, params_overridden, validate_overrides
+from fraudguard.pipeline import checkout_data_revision, override_workspace, validate_overrides
 
 
 def _git(root: Path, *args: str) -> None:
@@ -29,20 +30,53 @@ def params_file(tmp_path) -> Path:
     return path
 
 
-def test_params_overridden_writes_the_overrides_then_restores_the_original_file(params_file):
-    original = params_file.read_text()
-    with params_overridden(params_file, {"train": {"epochs": 3}}) as settings:
-        assert settings.train.epochs == 3
-        assert yaml.safe_load(params_file.read_text())["train"]["epochs"] == 3
-    assert params_file.read_text() == original
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory) -> Path:
+    """A git + DVC project with the real params.yaml, one stage output and an uncommitted edit (read-only)."""
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    (root / "src").mkdir(parents=True)
+    (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
+        "cmd": "echo train", "params": ["train"], "outs": ["models/model.pt"]}}}))
+    (root / "models").mkdir()
+    (root / "models" / "model.pt").write_bytes(b"weights")
+    (root / "src" / "code.py").write_text("x = 1\n")
+    _git(root, "init", "-q")
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
+    _git(root, "add", "params.yaml", "dvc.yaml", "src", ".dvc")
+    _git(root, "commit", "-qm", "project")
+    (root / "src" / "code.py").write_text("x = 2  # not committed\n")
+    return root
 
 
-def test_params_overridden_restores_the_file_when_the_block_fails(params_file):
-    original = params_file.read_text()
+def test_overrides_run_in_a_scratch_copy_and_the_project_params_file_is_never_written(dvc_project):
+    original = (dvc_project / "params.yaml").read_bytes()
+    with override_workspace(dvc_project, {"train": {"epochs": 3}}) as (workspace, settings):
+        assert workspace != dvc_project and settings.train.epochs == 3
+        assert yaml.safe_load((workspace / "params.yaml").read_text())["train"]["epochs"] == 3
+        assert (dvc_project / "params.yaml").read_bytes() == original
+        # The copy carries the working tree as it is (uncommitted edits), the stage outputs and root's cache.
+        assert (workspace / "src" / "code.py").read_text() == "x = 2  # not committed\n"
+        assert (workspace / "models" / "model.pt").read_bytes() == b"weights"
+        config = (workspace / ".dvc" / "config.local").read_text()
+        assert str((dvc_project / ".dvc" / "cache").resolve()) in config and "no_scm = true" in config
+    assert not workspace.exists()
+    assert (dvc_project / "params.yaml").read_bytes() == original
+
+
+def test_scratch_workspace_is_removed_and_params_untouched_when_the_run_fails(dvc_project):
+    original = (dvc_project / "params.yaml").read_bytes()
     with pytest.raises(RuntimeError):
-        with params_overridden(params_file, {"train.epochs": 2}):
+        with override_workspace(dvc_project, {"train.epochs": 2}) as (workspace, _):
             raise RuntimeError("dvc repro failed")
-    assert params_file.read_text() == original
+    assert not workspace.exists()
+    assert (dvc_project / "params.yaml").read_bytes() == original
+
+
+def test_without_overrides_the_stages_run_in_the_project_itself(params_file):
+    with override_workspace(params_file.parent, None) as (workspace, settings):
+        assert workspace == params_file.parent.resolve()
+        assert settings.train.epochs == yaml.safe_load(params_file.read_text())["train"]["epochs"]
 
 
 def test_unknown_override_key_is_refused_by_name_and_the_file_is_untouched(params_file):
@@ -50,7 +84,7 @@ def test_unknown_override_key_is_refused_by_name_and_the_file_is_untouched(param
     with pytest.raises(ConfigError, match=r"train\.epochz"):
         validate_overrides(params_file, {"train": {"epochz": 3}})
     with pytest.raises(ConfigError, match=r"train\.epochz"):
-        with params_overridden(params_file, {"train": {"epochz": 3}}):
+        with override_workspace(params_file.parent, {"train": {"epochz": 3}}):
             pass
     assert params_file.read_text() == original
 

@@ -10,6 +10,7 @@ import torch
 from fraudguard.config import Settings, parse_settings
 from fraudguard.data.schema import TX_DATETIME, TX_FRAUD
 from fraudguard.errors import DataError
+from fraudguard.model import save_bundle
 from fraudguard.training import split_validation, threshold_at_fpr, train_model
 
 from conftest import small_params
@@ -52,10 +53,13 @@ def test_trained_model_ranks_frauds_far_above_the_fraud_rate(split, trained):
     assert ap > 4 * y.mean()  # a random ranking scores about the fraud rate
 
 
-def test_training_is_reproducible_for_a_seed(split, trained):
+def test_same_data_params_and_seed_give_bit_identical_weights_files(split, trained, tmp_path):
+    # What the train stage writes (save_bundle): same data, code, params and seed -> the same model.pt bytes.
     again = train_model(split[0], _settings(), progress=False)
-    test = split[1]
-    np.testing.assert_array_equal(again.bundle.predict_proba(test), trained.bundle.predict_proba(test))
+    first = save_bundle(trained.bundle, tmp_path / "a" / "model.pt", tmp_path / "a" / "preprocess.json")
+    second = save_bundle(again.bundle, tmp_path / "b" / "model.pt", tmp_path / "b" / "preprocess.json")
+    assert first == second
+    assert (tmp_path / "a" / "preprocess.json").read_bytes() == (tmp_path / "b" / "preprocess.json").read_bytes()
     assert again.bundle.threshold == trained.bundle.threshold
 
 

@@ -1,7 +1,8 @@
 """`fraudguard ci ...`: what the pull-request workflow runs, so that a laptop can run the same.
 
 report: the markdown summary (params diff, metrics diff, gate verdicts); profile: merge params.ci.yaml
-over params.yaml; bandit: the security scan with the static-analysis gate's thresholds.
+over params.yaml; base-metrics: the base revision's metrics on that same profile; bandit: the security scan
+with the static-analysis gate's thresholds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def report(
     gate_dir: Annotated[Path, typer.Option(help="Where the dry-run promotion wrote its gate reports.")]
         = Path("reports/gates"),
     out: Annotated[Path, typer.Option(help="Summary file to write.")] = Path("reports/ci-summary.md"),
+    base_metrics: Annotated[Optional[Path], typer.Option(
+        help="Output of `ci base-metrics` (the base's metrics on the CI profile) to diff against, instead of "
+             "the metrics files committed at --base.")] = None,
     require_gates: Annotated[bool, typer.Option(
         "--require-gates/--no-require-gates",
         help="Exit 1 unless gate verdicts were found and all passed.")] = False,
@@ -41,7 +45,8 @@ def report(
     configure_logging()
     root = Path.cwd()
     try:
-        summary = build_ci_summary(root, base_rev=base, head_rev=head, gate_dir=gate_dir)
+        summary = build_ci_summary(root, base_rev=base, head_rev=head, gate_dir=gate_dir,
+                                   base_metrics_dir=base_metrics)
     except FraudGuardError as exc:
         _fail(exc)
         return
@@ -76,6 +81,30 @@ def profile(
     for key, (old, new) in sorted(applied.changes.items()):
         typer.echo(f"{key}: {old} -> {new}")
     typer.echo(f"{params}: {len(applied.changes)} value(s) from {profile_path}")
+
+
+@app.command("base-metrics")
+def base_metrics(
+    base: Annotated[str, typer.Option(envvar="BASE_REF", help="Git rev whose metrics to compute ($BASE_REF).")]
+        = "HEAD",
+    profile_path: Annotated[Path, typer.Option("--profile", help="CI profile merged over the base's params.yaml.")]
+        = Path("params.ci.yaml"),
+    out_dir: Annotated[Path, typer.Option(help="Where the base's metrics files and base.json go.")]
+        = Path("reports/ci-base"),
+) -> None:
+    """Run the base revision's pipeline on the CI profile in a scratch git worktree; keep its metrics files."""
+    from fraudguard.ci_report import compute_base_metrics
+    from fraudguard.errors import FraudGuardError
+    from fraudguard.logs import configure_logging
+
+    configure_logging()
+    try:
+        result = compute_base_metrics(Path.cwd(), base, profile_path, out_dir)
+    except FraudGuardError as exc:
+        _fail(exc)
+        return
+    how = "reused (same commit and profile)" if result.reused else "computed"
+    typer.echo(f"base metrics of {base} ({result.commit[:12]}) on {result.profile}: {how} in {out_dir}")
 
 
 @app.command("bandit")
