@@ -628,6 +628,8 @@ def describe(state: StackState) -> str:
         f"                {state.credentials_file('reviewer')}  (reviewer: READ)",
         f"                {state.credentials_file('admin')}  (MLflow admin: rotate it, docs/team.md)",
         f"pipeline env    {base / 'secrets' / 'pipeline.env'}  (source it to run fraudguard against the stack)",
+        f"data remote     params.yaml data_remote.url: shared storage every host reaches (here, e.g. "
+        f"{base / 'shared' / 'dvc-remote'}), docs/team.md",
         f"logs            {base / 'logs'}",
         f"PIDs            {', '.join(f'{k}={v}' for k, v in state.pids.items())}",
     ])
