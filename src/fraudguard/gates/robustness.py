@@ -111,14 +111,12 @@ def run_attack(
 ) -> AttackOutcome:
     """One cell of the sweep: `attack` at `epsilon` on the standardized detected frauds `x_orig`.
 
-    A function of its arguments alone (its own ART classifier, numpy's global generator seeded first), so
-    it gives the same outcome in this process or in a Dask worker, in any order.
+    A function of its arguments alone (its own ART classifier; FGSM and PGD draw nothing, HopSkipJump is
+    seeded), so it gives the same outcome in this process or in a Dask worker, in any order.
     """
     from fraudguard.attacks import hop_skip_jump, make_art_classifier, masked_fgsm, masked_pgd
 
     classifier = make_art_classifier(bundle.module, x_orig.shape[1])
-    # ART's HopSkipJump draws from numpy's global generator; seed it so the report repeats.
-    np.random.seed(settings.seed)
     y = np.ones(len(x_orig), dtype=np.int64)
     if attack == "fgsm":
         x_adv = masked_fgsm(classifier, x_orig, y, threat, epsilon, batch_size=settings.batch_size)
@@ -128,7 +126,8 @@ def run_attack(
         x_adv = masked_pgd(classifier, x_orig, y, threat, epsilon, step, threat.pgd_iterations,
                            batch_size=settings.batch_size)
     elif attack == "hopskipjump":
-        x_adv = hop_skip_jump(classifier, x_orig, threat, settings.hopskipjump_max_iter, eps=epsilon)
+        x_adv = hop_skip_jump(classifier, x_orig, threat, settings.hopskipjump_max_iter, eps=epsilon,
+                              seed=settings.seed)
     else:
         raise ConfigError(f"robustness gate: unknown attack {attack!r}")
     # Re-project: whatever an attack returns, only points inside the threat model count.
