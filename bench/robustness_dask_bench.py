@@ -57,7 +57,7 @@ def main() -> None:
         profiles = [p.collect() for p in pending]
         return profiles, time.perf_counter() - start
 
-    here_s, dask_s = [], []
+    here_s, dask_s, diffs = [], [], []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.run(_one_thread)
@@ -71,19 +71,24 @@ def main() -> None:
             dask_s.append(seconds)
             for label, other in (("on Dask", on_dask), ("warm-up on Dask", warm)):
                 for model, (a, b) in zip(("candidate", "champion"), zip(here, other)):
+                    if (a.n_fraud, a.n_detected, len(a.outcomes)) != (b.n_fraud, b.n_detected, len(b.outcomes)):
+                        diffs.append(f"{label} {model}: in-process {a} vs {b}")
                     for x, y in zip(a.outcomes, b.outcomes):
                         if x != y:
-                            print(f"DIFF {label} {model}: in-process {x} vs {y}")
+                            diffs.append(f"{label} {model}: in-process {x} vs {y}")
     attacks = len(here[0].outcomes) + len(here[1].outcomes)
     n_rows = here[0].n_detected
     in_process, dask = statistics.median(here_s), statistics.median(dask_s)
-    print(f"{attacks} attacks on {min(n_rows, robustness.max_attack_rows)} detected frauds per model; "
-          f"outcomes identical in-process and on Dask")
+    print(f"{attacks} attacks on {min(n_rows, robustness.max_attack_rows)} detected frauds per model; outcomes "
+          + ("identical in-process and on Dask" if not diffs else "DIFFER:\n  " + "\n  ".join(diffs)))
     print(f"in-process (1 thread, in order)   median {in_process:7.2f} s  {['%.2f' % s for s in here_s]}")
     print(f"Dask LocalCluster (2 x 1 thread)  median {dask:7.2f} s  {['%.2f' % s for s in dask_s]}")
     print(f"speed-up x{in_process / dask:.2f} (os.cpu_count()={os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
-    print_bench_json({"attacks": attacks, "in_process_s": round(in_process, 3), "dask_2_workers_s": round(dask, 3),
-                      "speedup": round(in_process / dask, 3), "load_1min": round(os.getloadavg()[0], 1)})
+    print_bench_json({"attacks": attacks, "identical_outcomes": not diffs, "in_process_s": round(in_process, 3),
+                      "dask_2_workers_s": round(dask, 3), "speedup": round(in_process / dask, 3),
+                      "load_1min": round(os.getloadavg()[0], 1)})
+    if diffs:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
