@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import weakref
 from typing import Iterator
 
@@ -214,6 +215,45 @@ def masked_pgd(
     return x_adv
 
 
+# HopSkipJump's gradient estimates draw from numpy's global generator: one seeded run at a time per process.
+_GLOBAL_NUMPY_RNG = threading.Lock()
+
+
+class _SeededHopSkipJump(HopSkipJump):
+    """ART's HopSkipJump with its random draws seeded, so a call repeats in any process. ART draws each row's
+    starting point from an unseeded `np.random.RandomState()` (OS entropy) and its gradient-estimation noise
+    from numpy's global generator: here the starting points come from RandomState(seed), row after row, and
+    the global generator is seeded under a lock that other seeded HopSkipJump runs of this process respect
+    (code drawing from it without the lock, in another thread, would still disturb a run)."""
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seed = seed
+        self._start_rng = np.random.RandomState(seed)
+
+    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
+        with _GLOBAL_NUMPY_RNG:
+            self._start_rng = np.random.RandomState(self._seed)
+            np.random.seed(self._seed)
+            return super().generate(x, y, **kwargs)
+
+    def _init_sample(self, x, y, y_p, init_pred, adv_init, mask, clip_min, clip_max):
+        if self.targeted or (adv_init is not None and init_pred != y_p):
+            return super()._init_sample(x, y, y_p, init_pred, adv_init, mask, clip_min, clip_max)
+        # ART's untargeted search for a misclassified starting point, drawing from the seeded generator.
+        for _ in range(self.init_size):
+            start = self._start_rng.uniform(clip_min, clip_max, size=x.shape).astype(x.dtype)
+            if mask is not None:
+                start = start * mask + x * (1 - mask)
+            predicted = np.argmax(self.estimator.predict(np.array([start]), batch_size=self.batch_size), axis=1)[0]
+            if predicted != y_p:
+                start = self._binary_search(current_sample=start, original_sample=x, target=y_p, norm=2,
+                                            clip_min=clip_min, clip_max=clip_max, threshold=0.001)
+                return start, y_p
+        logger.debug("HopSkipJump found no misclassified starting point in %d draws", self.init_size)
+        return None
+
+
 def hop_skip_jump(
     classifier: PyTorchClassifier,
     x: np.ndarray,
@@ -224,16 +264,19 @@ def hop_skip_jump(
     batch_size: int = 1024,
     eps: float | None = None,
     verbose: bool = False,
+    seed: int = 0,
 ) -> np.ndarray:
     """Decision-based (black-box) L-inf HopSkipJump on controlled features, projected onto the threat
     model with radius `eps` (default threat.epsilon). HSJ minimizes distance to the decision boundary,
-    so a row stays adversarial after projection only if HSJ found a crossing within eps."""
+    so a row stays adversarial after projection only if HSJ found a crossing within eps. Seeded: the same
+    arguments give the same points, in this process or another."""
     x = _check_inputs(x, threat)
     eps = threat.epsilon if eps is None else eps
     if len(x) == 0 or eps == 0:
         return x.copy()
-    attack = HopSkipJump(
+    attack = _SeededHopSkipJump(
         _attack_classifier(classifier, threat),
+        seed=seed,
         batch_size=batch_size,
         targeted=False,
         norm=np.inf,

@@ -401,6 +401,31 @@ class RedteamSettings(_Strict):
     split_payments: SplitPaymentSettings
 
 
+class DataRemoteSettings(_Strict):
+    """The DVC remote holding data versions (docs/team.md): a path (relative: to the project root), or an
+    ssh:// / s3:// (or other DVC) URL; None keeps the per-user folder under ~/.cache (one machine).
+    Credentials never go here: they come from the environment or `dvc remote modify --local`."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("an empty remote URL: use null for the per-user default")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme and parts.password is not None:
+            # params.yaml is committed and logged with every run: a password here would be published.
+            raise ValueError(f"the remote URL carries a password ({parts.scheme}://{parts.username}:***@...): "
+                             "put credentials in the environment or `dvc remote modify --local`")
+        return value
+
+
 class Settings(_Strict):
     simulate: SimulateSettings
     validate_: ValidateSettings = Field(alias="validate")
@@ -416,6 +441,7 @@ class Settings(_Strict):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     compute: ComputeSettings = ComputeSettings()
     redteam: RedteamSettings
+    data_remote: DataRemoteSettings = DataRemoteSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())
@@ -442,6 +468,10 @@ class Settings(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
+# Values an error message must not repeat: a URL refused for carrying a password would print it.
+_NOT_ECHOED = frozenset({"data_remote.url"})
+
+
 def parse_settings(raw: Any, source: str = "<params>") -> Settings:
     """Validate already-parsed params data; errors name each bad key and the source."""
     if not isinstance(raw, dict):
@@ -456,6 +486,8 @@ def parse_settings(raw: Any, source: str = "<params>") -> Settings:
                 problems.append(f"unknown key '{key}'")
             elif err["type"] == "missing":
                 problems.append(f"missing key '{key}'")
+            elif key in _NOT_ECHOED:
+                problems.append(f"key '{key}': {err['msg']}")
             else:
                 problems.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{source}: invalid params: " + "; ".join(problems)) from exc

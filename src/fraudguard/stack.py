@@ -33,6 +33,7 @@ HOST = "127.0.0.1"
 MODEL_NAME = "fraudguard"
 POOL = "fraudguard"
 PIPELINE_USER = "fraudguard-pipeline"
+PREFECT_USER = "fraudguard"  # the one identity of Prefect's server basic auth (user:password)
 REVIEWER_USER = "fraudguard-reviewer"
 ADMIN_USER = "admin"
 PG_SUPERUSER = "fraudguard_admin"
@@ -68,6 +69,11 @@ class StackState:
     @property
     def secrets_dir(self) -> Path:
         return Path(self.base) / "secrets"
+
+    @property
+    def prefect_auth_string(self) -> str:
+        """`user:password` for Prefect's server basic auth (PREFECT_API_AUTH_STRING on every client)."""
+        return f"{PREFECT_USER}:{_secret(Path(self.base), 'prefect-auth')}"
 
     def credentials_file(self, who: str) -> Path:
         """MLflow's credentials-file format ([mlflow] mlflow_tracking_username/password) for one identity."""
@@ -447,11 +453,14 @@ def rotate_admin_password(state: StackState) -> None:
 
 # ------------------------------------------------------------------------------------------ prefect
 
-def start_prefect(base: Path, port: int, pg_port: int, prefect_db_password: str) -> subprocess.Popen:
+def start_prefect(base: Path, port: int, pg_port: int, prefect_db_password: str, auth_string: str) -> subprocess.Popen:
+    """`prefect server start` on PostgreSQL; every API request but GET /api/health needs basic auth
+    (`auth_string`, user:password), so nobody on the network can run, cancel or delete flow runs anonymously."""
     home = base / "prefect" / "server-home"
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": _pg_url("prefect", prefect_db_password, pg_port, "prefect", "asyncpg")}
+           "PREFECT_API_DATABASE_CONNECTION_URL": _pg_url("prefect", prefect_db_password, pg_port, "prefect", "asyncpg"),
+           "PREFECT_SERVER_API_AUTH_STRING": auth_string}
     env.pop("PREFECT_API_URL", None)
     log = base / "logs" / "prefect-server.log"
     proc = _spawn([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(port)], log, env, home.parent)
@@ -459,11 +468,32 @@ def start_prefect(base: Path, port: int, pg_port: int, prefect_db_password: str)
     return proc
 
 
+def prefect_api(state: StackState, method: str, path: str, body: dict | None = None,
+                authenticated: bool = True) -> tuple[int, object]:
+    """One Prefect REST call to the stack's server (with its basic auth unless told not to): (status, json)."""
+    headers = {"Content-Type": "application/json"}
+    if authenticated:
+        headers["Authorization"] = "Basic " + base64.b64encode(state.prefect_auth_string.encode()).decode()
+    request = urllib.request.Request(f"{state.prefect_api_url}{path}", method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # nosec B310 - the stack's own http URL
+            text = resp.read()
+            return resp.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, text.decode(errors="replace")[:500]
+
+
 def worker_env(state: StackState, worker_dir: Path) -> dict[str, str]:
     """The environment one pipeline host (a worker) runs flows with: servers, its credentials, the lock."""
     base = Path(state.base)
     return {
         "PREFECT_API_URL": state.prefect_api_url,
+        "PREFECT_API_AUTH_STRING": state.prefect_auth_string,
         "PREFECT_HOME": str(worker_dir / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -497,10 +527,8 @@ def _wait_workers_online(state: StackState, names: list[str], timeout_s: float =
     wanted = {f"worker-{n}" for n in names}
     while True:
         try:
-            request = urllib.request.Request(f"{state.prefect_api_url}/work_pools/{POOL}/workers/filter",
-                                             data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=5) as resp:  # nosec B310 - the stack's own http URL
-                online = {w["name"] for w in json.loads(resp.read()) if w.get("status") == "ONLINE"}
+            status, workers = prefect_api(state, "POST", f"/work_pools/{POOL}/workers/filter", {})
+            online = {w["name"] for w in workers if w.get("status") == "ONLINE"} if status == 200 else set()
             if wanted <= online:
                 return
         except (OSError, ValueError):
@@ -540,10 +568,12 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
                           passwords["mlflow-reviewer"])
         for who, user in (("admin", ADMIN_USER), ("pipeline", PIPELINE_USER), ("reviewer", REVIEWER_USER)):
             write_credentials_file(state.credentials_file(who), user, passwords[f"mlflow-{who}"])
-        prefect_proc = start_prefect(base, state.prefect_port, state.pg_port, passwords["pg-prefect"])
+        prefect_proc = start_prefect(base, state.prefect_port, state.pg_port, passwords["pg-prefect"],
+                                     state.prefect_auth_string)
         state.pids["prefect"] = prefect_proc.pid
         state.save()
-        env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, "PREFECT_HOME": str(base / "prefect" / "cli-home")}
+        env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, "PREFECT_API_AUTH_STRING": state.prefect_auth_string,
+               "PREFECT_HOME": str(base / "prefect" / "cli-home")}
         proc = subprocess.run([_bin("prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
                               env=env, capture_output=True, text=True, timeout=180)
         if proc.returncode != 0:
@@ -590,13 +620,16 @@ def describe(state: StackState) -> str:
     return "\n".join([
         f"PostgreSQL      {HOST}:{state.pg_port}  (data {state.pg_data})",
         f"MLflow          {state.mlflow_url}  (basic-auth; artifacts served by the server)",
-        f"Prefect         {state.prefect_api_url.removesuffix('/api')}  (API {state.prefect_api_url})",
+        f"Prefect         {state.prefect_api_url.removesuffix('/api')}  (API {state.prefect_api_url}; basic auth: "
+        f"the UI asks for PREFECT_API_AUTH_STRING, in pipeline.env)",
         f"workers         {', '.join('worker-' + n for n in state.workers)} on pool {POOL!r} "
         f"(dirs {base / 'workers'}/*)",
         f"credentials     {state.credentials_file('pipeline')}  (pipeline: MANAGE on {MODEL_NAME!r})",
         f"                {state.credentials_file('reviewer')}  (reviewer: READ)",
         f"                {state.credentials_file('admin')}  (MLflow admin: rotate it, docs/team.md)",
         f"pipeline env    {base / 'secrets' / 'pipeline.env'}  (source it to run fraudguard against the stack)",
+        f"data remote     params.yaml data_remote.url: shared storage every host reaches (here, e.g. "
+        f"{base / 'shared' / 'dvc-remote'}), docs/team.md",
         f"logs            {base / 'logs'}",
         f"PIDs            {', '.join(f'{k}={v}' for k, v in state.pids.items())}",
     ])

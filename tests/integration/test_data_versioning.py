@@ -20,6 +20,7 @@ from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.data.validation import QuarantineShareExceeded
 from fraudguard.data.versioning import (
     DEFAULT_REMOTE_NAME,
+    TEAM_REMOTE_NAME,
     directory_md5,
     ensure_default_remote,
     import_data,
@@ -100,6 +101,35 @@ def test_push_then_pull_on_a_fresh_clone_gets_the_remote_copy(origin, tmp_path):
     outcome = pull_data(fresh, load_settings(fresh.params))
     assert outcome.source == "remote"
     assert file_md5(fresh.raw_dir / "transactions.parquet") == file_md5(origin.raw_dir / "transactions.parquet")
+
+
+def _use_team_remote(origin: ProjectPaths, url: str) -> None:
+    """params.yaml's data_remote.url set and committed, as a team does once."""
+    origin.params.write_text(yaml.safe_dump(small_params({**TINY, "data_remote": {"url": url}})))
+    git(origin.root, "commit", "-qam", "team DVC remote")
+
+
+def test_team_remote_in_params_carries_the_exact_data_version_to_another_host(origin, tmp_path, monkeypatch):
+    # Shared storage (NFS, an SSH host or a bucket) beside the checkouts, named relative to the project root.
+    shared = tmp_path / "shared-storage" / "fraudguard-dvc"
+    _use_team_remote(origin, "../shared-storage/fraudguard-dvc")
+    assert push_data(origin, load_settings(origin.params).data_remote) == TEAM_REMOTE_NAME
+    assert any((shared / "files" / "md5").rglob("*"))
+    # Another host: its own clone and its own cache home, whose per-user fallback remote holds nothing.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "host-b-cache"))
+    host_b = clone(origin, tmp_path, "host-b")
+    outcome = pull_data(host_b, load_settings(host_b.params))
+    assert outcome.source == "remote"
+    assert directory_md5(host_b.raw_dir) == tracked_md5(host_b) == tracked_md5(origin)
+    assert file_md5(host_b.raw_dir / "transactions.parquet") == file_md5(origin.raw_dir / "transactions.parquet")
+    assert not (tmp_path / "host-b-cache" / "fraudguard").exists()
+    # Applied in .dvc/config.local: the clone's work tree stays clean (lineage records no dirty checkout),
+    # and plain `dvc pull` there uses the same remote (`fraudguard data remote` says which).
+    assert git(host_b.root, "status", "--porcelain") == ""
+    assert "remote" not in (host_b.root / ".dvc" / "config").read_text()
+    result = CliRunner().invoke(app, ["data", "remote", "--root", str(host_b.root)])
+    assert result.exit_code == 0, result.output
+    assert f"default DVC remote '{TEAM_REMOTE_NAME}': {shared}" in result.output
 
 
 def test_pull_without_remote_data_regenerates_the_tracked_version(origin, tmp_path):

@@ -103,3 +103,37 @@ def test_gate_table_shows_the_gated_pgd_recall_at_the_budget(world, tmp_path):
 def test_robustness_gate_refuses_epsilons_beyond_the_attack_budget(world, tmp_path):
     with pytest.raises(ConfigError, match="exceed the attacker budget"):
         _run(world, tmp_path, epsilons=[1.0, 4.0])
+
+
+def test_attack_sweep_split_over_a_dask_local_cluster_gives_the_in_process_result(world, tmp_path):
+    """Every (model, attack, epsilon) a task on a 2-worker LocalCluster: from a client of compute.dask_address,
+    and with the gate itself on a worker (as the flow's DaskTaskRunner puts it). Same verdict and metrics,
+    exactly, as the in-process run. (With processes=True it passes too, in ~6x the time: docs/team.md.)"""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    train, test, undefended = world
+    # A smaller sweep than the module's (2 epsilons, 3 HopSkipJump rows, 40 frauds): the split, not the attacks.
+    sweep = {"epsilons": [1.5, 3.0], "hopskipjump_samples": 3, "max_attack_rows": 40, "min_robust_recall": 0.3}
+    settings = parse_settings(small_params({**WORLD, "gates": {"robustness": {**WORLD["gates"]["robustness"], **sweep}}}))
+
+    def gate(report_dir, compute):
+        context = GateContext(settings=settings.model_copy(update={"compute": compute}), train_features=train,
+                              test_features=test, newest_window=test, source_root=tmp_path, report_dir=report_dir,
+                              champion=ModelUnderTest(undefended, version=3))
+        return ModelUnderTest(undefended), context, settings.gates.robustness
+
+    in_process = run_robustness_gate(*gate(tmp_path / "here", settings.compute))
+    # Threads, not processes: a worker process would spend longer importing torch and ART than attacking.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client, get_task_stream(client) as stream:
+        address = settings.compute.model_copy(update={"dask_address": cluster.scheduler_address})
+        from_client = run_robustness_gate(*gate(tmp_path / "client", address))
+        from_worker = client.submit(run_robustness_gate, *gate(tmp_path / "worker", settings.compute),
+                                    pure=False).result()
+    for on_dask in (from_client, from_worker):
+        assert (on_dask.passed, on_dask.reason, on_dask.thresholds) == (in_process.passed, in_process.reason,
+                                                                        in_process.thresholds)
+        assert on_dask.metrics == in_process.metrics
+    # 2 epsilons x (FGSM, PGD) + HopSkipJump = 5 attacks a model, candidate and champion, in each of the 2 runs.
+    attacks = [task for task in stream.data if str(task["key"]).startswith("run_attack")]
+    assert len(attacks) == 2 * 2 * 5, sorted(str(task["key"]) for task in stream.data)

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -101,16 +102,37 @@ def _rest(state, who: str, method: str, path: str, body: dict | None = None) -> 
 
 
 def test_stack_runs_every_service_and_two_workers_online(stack):
+    from fraudguard.stack import prefect_api
+
     state, env = stack
     assert set(state.pids) == {"postgres", "mlflow", "prefect", "worker-a", "worker-b"}
-    request = urllib.request.Request(f"{state.prefect_api_url}/work_pools/fraudguard/workers/filter", data=b"{}",
-                                     method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        online = {w["name"] for w in json.loads(resp.read()) if w["status"] == "ONLINE"}
-    assert {"worker-a", "worker-b"} <= online
+    status, workers = prefect_api(state, "POST", "/work_pools/fraudguard/workers/filter", {})
+    assert status == 200, workers
+    assert {"worker-a", "worker-b"} <= {w["name"] for w in workers if w["status"] == "ONLINE"}
     for who in ("pipeline", "reviewer", "admin"):
         assert state.credentials_file(who).stat().st_mode & 0o077 == 0
     assert not str(state.credentials_file("pipeline")).startswith(str(PROJECT_ROOT))
+
+
+def test_prefect_api_refuses_requests_without_the_stack_auth_string(stack):
+    import base64
+
+    from fraudguard.stack import prefect_api
+
+    state, env = stack
+    assert env["PREFECT_API_AUTH_STRING"] == state.prefect_auth_string  # what every worker and CLI sends
+    assert prefect_api(state, "POST", "/flow_runs/filter", {}, authenticated=False)[0] == 401
+    assert prefect_api(state, "POST", "/deployments/filter", {}, authenticated=False)[0] == 401
+    wrong = base64.b64encode(b"fraudguard:not-the-password").decode()
+    request = urllib.request.Request(f"{state.prefect_api_url}/flow_runs/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Basic {wrong}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    assert prefect_api(state, "POST", "/flow_runs/filter", {})[0] == 200
+    # Probes stay open: GET /api/health needs no credentials (load balancers, `make stack`'s own wait).
+    with urllib.request.urlopen(f"{state.prefect_api_url}/health", timeout=10) as resp:
+        assert resp.status == 200
 
 
 def test_reviewer_gets_403_moving_champion_or_editing_gate_and_audit_tags(stack, versions):
@@ -265,6 +287,7 @@ def _code_remote(base: Path, env: dict[str, str]) -> tuple[Path, Path]:
 
 def test_rollback_deployment_clones_the_code_from_the_git_remote_on_a_worker(stack, versions, tmp_path):
     from fraudguard.registry import read_audit_log
+    from fraudguard.stack import prefect_api
 
     state, env = stack
     client = _client(state)
@@ -274,8 +297,8 @@ def test_rollback_deployment_clones_the_code_from_the_git_remote_on_a_worker(sta
     full_env.pop("FRAUDGUARD_PROJECT_DIR", None)
     run_checked([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.team.yaml"],
                 checkout, full_env)
-    deployment = json.loads(urllib.request.urlopen(
-        f"{state.prefect_api_url}/deployments/name/rollback/team", timeout=10).read())
+    status, deployment = prefect_api(state, "GET", "/deployments/name/rollback/team")
+    assert status == 200, deployment
     assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == bare.as_uri()
     champion = int(client.get_model_version_by_alias(NAME, "champion").version)
     proc = subprocess.run([str(BIN / "prefect"), "deployment", "run", "rollback/team", "--watch",

@@ -131,3 +131,16 @@ def test_unreadable_and_malformed_params_files_name_the_file(tmp_path):
 def test_dotted_overrides_merge_into_their_section_and_keep_its_other_keys():
     merged = merge_overrides({"train": {"epochs": 3, "seed": 7}}, {"train.epochs": 5})
     assert merged == {"train": {"epochs": 5, "seed": 7}}
+
+
+def test_data_remote_url_with_a_password_is_refused_without_echoing_it():
+    raw = small_params({"data_remote": {"url": "ssh://fraud:s3cret@storage.example/dvc"}})
+    with pytest.raises(ConfigError, match=r"data_remote\.url.*carries a password") as refused:
+        parse_settings(raw)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_data_remote_url_without_credentials_is_kept_as_written():
+    for url in ("s3://bucket/fraudguard", "ssh://fraud@storage.example/dvc", "/mnt/shared/dvc", "../shared"):
+        assert parse_settings(small_params({"data_remote": {"url": url}})).data_remote.url == url
+    assert parse_settings(small_params()).data_remote.url is None

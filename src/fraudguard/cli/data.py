@@ -1,4 +1,4 @@
-"""`fraudguard data ...`: simulate, import, push, pull, validate.
+"""`fraudguard data ...`: simulate, import, remote, push, pull, validate.
 
 Heavy modules are imported inside each command so `fraudguard --help` stays fast.
 """
@@ -96,15 +96,37 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
 
 
 @app.command()
+def remote(root: Path = ROOT_OPTION) -> None:
+    """Apply params.yaml's data_remote.url as this checkout's default DVC remote (.dvc/config.local), so
+    plain `dvc push`/`dvc pull` use it too; print the default remote and its URL."""
+    from fraudguard.config import load_settings
+    from fraudguard.data.versioning import ensure_default_remote, run_dvc
+    from fraudguard.logs import configure_logging
+    from fraudguard.paths import ProjectPaths
+
+    configure_logging()
+    try:
+        paths = ProjectPaths.at(root)
+        name = ensure_default_remote(paths, load_settings(paths.params).data_remote)
+        url = run_dvc(["config", f"remote.{name}.url"], paths.root).stdout.strip()
+    except FraudGuardError as exc:
+        _fail(exc)
+    typer.echo(f"default DVC remote '{name}': {url}")
+
+
+@app.command()
 def push(root: Path = ROOT_OPTION) -> None:
-    """Upload data.dvc's version of data/raw to the default DVC remote."""
+    """Upload data.dvc's version of data/raw to the default DVC remote (params.yaml's data_remote.url
+    when set)."""
+    from fraudguard.config import load_settings
     from fraudguard.data.versioning import push_data
     from fraudguard.logs import configure_logging
     from fraudguard.paths import ProjectPaths
 
     configure_logging()
     try:
-        remote = push_data(ProjectPaths.at(root))
+        paths = ProjectPaths.at(root)
+        remote = push_data(paths, load_settings(paths.params).data_remote)
     except FraudGuardError as exc:
         _fail(exc)
     typer.echo(f"pushed data/raw to remote '{remote}'")

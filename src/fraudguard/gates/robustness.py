@@ -9,6 +9,7 @@ budget. Robust recall = share of those frauds still flagged after the attack.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from fraudguard.config import RobustnessGateSettings, ThreatModelSettings
     from fraudguard.model import ModelBundle
+    from fraudguard.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +87,70 @@ def attack_epsilons(settings: "RobustnessGateSettings", budget: float) -> list[f
     return sorted({float(eps) for eps in settings.epsilons} | {float(budget)})
 
 
-def profile_robustness(
+@dataclass(frozen=True)
+class _PendingProfile:
+    """One model's attack sweep, submitted: the counts known up front and one future per attack."""
+
+    n_fraud: int
+    n_detected: int
+    budget: float
+    futures: tuple["Future[AttackOutcome]", ...]
+
+    def collect(self) -> RobustnessProfile:
+        return RobustnessProfile(self.n_fraud, self.n_detected, self.budget,
+                                 tuple(future.result() for future in self.futures))
+
+
+def run_attack(
+    attack: str,
+    epsilon: float,
+    bundle: "ModelBundle",
+    x_orig: np.ndarray,
+    threat: "ThreatModel",
+    settings: "RobustnessGateSettings",
+) -> AttackOutcome:
+    """One cell of the sweep: `attack` at `epsilon` on the standardized detected frauds `x_orig`.
+
+    A function of its arguments alone (its own ART classifier; FGSM and PGD draw nothing, HopSkipJump is
+    seeded), so it gives the same outcome in this process or in a Dask worker, in any order.
+    """
+    from fraudguard.attacks import hop_skip_jump, make_art_classifier, masked_fgsm, masked_pgd
+
+    classifier = make_art_classifier(bundle.module, x_orig.shape[1])
+    y = np.ones(len(x_orig), dtype=np.int64)
+    if attack == "fgsm":
+        x_adv = masked_fgsm(classifier, x_orig, y, threat, epsilon, batch_size=settings.batch_size)
+    elif attack == "pgd":
+        # Step size scales with epsilon so every PGD run can reach its ball's boundary.
+        step = threat.eps_step * epsilon / threat.epsilon
+        x_adv = masked_pgd(classifier, x_orig, y, threat, epsilon, step, threat.pgd_iterations,
+                           batch_size=settings.batch_size)
+    elif attack == "hopskipjump":
+        x_adv = hop_skip_jump(classifier, x_orig, threat, settings.hopskipjump_max_iter, eps=epsilon,
+                              seed=settings.seed)
+    else:
+        raise ConfigError(f"robustness gate: unknown attack {attack!r}")
+    # Re-project: whatever an attack returns, only points inside the threat model count.
+    x_adv = threat.project(x_adv, x_orig, epsilon)
+    still = int((bundle.predict_proba_standardized(x_adv) >= bundle.threshold).sum())
+    return AttackOutcome(attack, epsilon, len(x_orig), still)
+
+
+def _done(outcome: AttackOutcome) -> "Future[AttackOutcome]":
+    future: Future[AttackOutcome] = Future()
+    future.set_result(outcome)
+    return future
+
+
+def start_profile(
     bundle: "ModelBundle",
     frame: "pd.DataFrame",
     threat_settings: "ThreatModelSettings",
     settings: "RobustnessGateSettings",
-) -> RobustnessProfile:
-    """Attack the detected frauds of `frame` (a seeded sample of at most max_attack_rows) with every attack."""
-    from fraudguard.attacks import hop_skip_jump, make_art_classifier, masked_fgsm, masked_pgd
+    executor: "Executor | None" = None,
+) -> _PendingProfile:
+    """Pick the detected frauds of `frame` (a seeded sample of at most max_attack_rows) and start every
+    attack on them: submitted to `executor` (a Dask cluster's, fraudguard.compute), or run here in order."""
     from fraudguard.threat import build_threat_model
 
     threat = build_threat_model(threat_settings, bundle.standardizer)
@@ -102,39 +160,33 @@ def profile_robustness(
     fraud = np.flatnonzero(y == 1)
     detected = fraud[bundle.predict_proba_standardized(x[fraud]) >= bundle.threshold]
     if detected.size == 0:
-        return RobustnessProfile(len(fraud), 0, threat.epsilon, ())
+        return _PendingProfile(len(fraud), 0, threat.epsilon, ())
     rng = np.random.default_rng(settings.seed)
     if detected.size > settings.max_attack_rows:
         detected = np.sort(rng.choice(detected, settings.max_attack_rows, replace=False))
     x_att = x[detected]
-    y_att = np.ones(len(detected), dtype=np.int64)
-    classifier = make_art_classifier(bundle.module, x.shape[1])
-    # ART's HopSkipJump draws from numpy's global generator; seed it so the report repeats.
-    np.random.seed(settings.seed)
-
-    def still_detected(x_adv: np.ndarray, x_orig: np.ndarray, eps: float) -> int:
-        # Re-project: whatever an attack returns, only points inside the threat model count.
-        x_adv = threat.project(x_adv, x_orig, eps)
-        return int((bundle.predict_proba_standardized(x_adv) >= bundle.threshold).sum())
-
-    outcomes = []
-    for eps in epsilons:
-        x_fgsm = masked_fgsm(classifier, x_att, y_att, threat, eps, batch_size=settings.batch_size)
-        outcomes.append(AttackOutcome("fgsm", eps, len(x_att), still_detected(x_fgsm, x_att, eps)))
-        # Step size scales with epsilon so every PGD run can reach its ball's boundary.
-        step = threat.eps_step * eps / threat.epsilon
-        x_pgd = masked_pgd(
-            classifier, x_att, y_att, threat, eps, step, threat.pgd_iterations, batch_size=settings.batch_size
-        )
-        outcomes.append(AttackOutcome("pgd", eps, len(x_att), still_detected(x_pgd, x_att, eps)))
+    jobs = [(attack, eps, x_att) for eps in epsilons for attack in ("fgsm", "pgd")]
     if settings.hopskipjump_samples > 0:
         n_hsj = min(settings.hopskipjump_samples, len(x_att))
-        x_hsj_orig = x_att[np.sort(rng.choice(len(x_att), n_hsj, replace=False))]
-        x_hsj = hop_skip_jump(classifier, x_hsj_orig, threat, settings.hopskipjump_max_iter)
-        outcomes.append(
-            AttackOutcome("hopskipjump", threat.epsilon, n_hsj, still_detected(x_hsj, x_hsj_orig, threat.epsilon))
-        )
-    return RobustnessProfile(len(fraud), len(detected), threat.epsilon, tuple(outcomes))
+        jobs.append(("hopskipjump", threat.epsilon, x_att[np.sort(rng.choice(len(x_att), n_hsj, replace=False))]))
+    if executor is None:
+        futures = [_done(run_attack(attack, eps, bundle, rows, threat, settings)) for attack, eps, rows in jobs]
+    else:
+        futures = [executor.submit(run_attack, attack, eps, bundle, rows, threat, settings)
+                   for attack, eps, rows in jobs]
+    return _PendingProfile(len(fraud), len(detected), threat.epsilon, tuple(futures))
+
+
+def profile_robustness(
+    bundle: "ModelBundle",
+    frame: "pd.DataFrame",
+    threat_settings: "ThreatModelSettings",
+    settings: "RobustnessGateSettings",
+    executor: "Executor | None" = None,
+) -> RobustnessProfile:
+    """Attack the detected frauds of `frame` (a seeded sample of at most max_attack_rows) with every attack,
+    here or as one task per attack and epsilon on `executor`; the outcomes are the same either way."""
+    return start_profile(bundle, frame, threat_settings, settings, executor).collect()
 
 
 def _plot(path: Path, candidate: RobustnessProfile, champion: RobustnessProfile | None, floor: float) -> None:
@@ -170,13 +222,19 @@ def run_robustness_gate(
     candidate: ModelUnderTest, context: GateContext, settings: "RobustnessGateSettings"
 ) -> GateResult:
     """Pass when PGD robust recall at the budget >= min_robust_recall and >= champion's - tolerance."""
+    from fraudguard.compute import attack_executor
+
     threat_settings = context.settings.threat_model
-    cand = profile_robustness(candidate.bundle, context.test_features, threat_settings, settings)
-    champ = (
-        profile_robustness(context.champion.bundle, context.test_features, threat_settings, settings)
-        if context.champion is not None
-        else None
-    )
+    # Both models' sweeps are submitted before either is collected: on Dask every attack of both runs at once.
+    with attack_executor(context.settings.compute) as executor:
+        pending_cand = start_profile(candidate.bundle, context.test_features, threat_settings, settings, executor)
+        pending_champ = (
+            start_profile(context.champion.bundle, context.test_features, threat_settings, settings, executor)
+            if context.champion is not None
+            else None
+        )
+        cand = pending_cand.collect()
+        champ = pending_champ.collect() if pending_champ is not None else None
     metrics = cand.metrics()
     thresholds = {"min_robust_recall": settings.min_robust_recall}
     failures: list[str] = []

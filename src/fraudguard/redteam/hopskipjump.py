@@ -19,7 +19,7 @@ def run_hopskipjump(ctx: RedTeamContext) -> AttackResult:
     rng = np.random.default_rng(gate.seed)
     n = min(gate.hopskipjump_samples, len(t.x))
     x = t.x[np.sort(rng.choice(len(t.x), n, replace=False))] if n else t.x[:0]
-    np.random.seed(gate.seed)  # ART's HopSkipJump draws from numpy's global generator
-    x_adv = hop_skip_jump(t.classifier, x, t.threat, gate.hopskipjump_max_iter) if n else x
+    # Seeded inside hop_skip_jump (starting points and numpy's global generator), as the robustness gate's.
+    x_adv = hop_skip_jump(t.classifier, x, t.threat, gate.hopskipjump_max_iter, seed=gate.seed) if n else x
     return evasion_result(ctx, NAME, still_flagged(ctx, t.threat, x_adv, x, t.threat.epsilon),
                           t.threat.epsilon, "HopSkipJump")

@@ -1,0 +1,57 @@
+"""Where a gate's heavy sweep runs: here, in order, or spread as tasks over a Dask cluster.
+
+params.yaml's `compute` section says where the gates run (flows/train_and_promote.py puts them on prefect-dask's
+DaskTaskRunner when it names a cluster). A gate with a sweep of independent attacks asks this module for an
+executor and submits one task per attack; the outcomes are the same wherever they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from fraudguard.config import ComputeSettings
+
+logger = logging.getLogger(__name__)
+
+
+def in_dask_worker() -> bool:
+    """True inside a task a Dask worker is running (the flow's DaskTaskRunner put the gate there)."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return False
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def attack_executor(compute: "ComputeSettings") -> Iterator[Executor | None]:
+    """An executor on a Dask cluster for a sweep's tasks, or None to run them here, in order.
+
+    Inside a Dask worker: the worker's own cluster, the gate's thread seceding while it waits, so the sweep's
+    tasks can take its slot (with one thread per worker it would otherwise wait on itself). Elsewhere with
+    compute.dask_address: a client of that scheduler for the sweep. Otherwise (the default, and a LocalCluster
+    that only the flow starts): None.
+    """
+    if in_dask_worker():
+        from distributed import worker_client
+
+        with worker_client() as client:
+            logger.info("attack sweep on the Dask cluster %s (from a worker)", client.scheduler.address)
+            yield client.get_executor(pure=False)  # every sweep runs: no reuse of a past task by its inputs
+        return
+    if compute.dask_address:
+        from distributed import Client
+
+        with Client(compute.dask_address) as client:
+            logger.info("attack sweep on the Dask cluster %s", compute.dask_address)
+            yield client.get_executor(pure=False)  # every sweep runs: no reuse of a past task by its inputs
+        return
+    yield None
