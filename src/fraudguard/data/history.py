@@ -137,8 +137,11 @@ def keep_history(previous: pd.DataFrame, new: pd.DataFrame,
             if column not in source.columns:
                 continue
             values = source[column]
+            target = kept[column].dtype
             try:
-                values = values.astype(kept[column].dtype)
+                # A file read as text (CSV) gets the previous values as text, so the column stays one type.
+                values = values.astype(str) if target == object or pd.api.types.is_string_dtype(target) \
+                    else values.astype(target)
             except (TypeError, ValueError):
                 kept[column] = kept[column].astype(object)
             kept.loc[kept.index[rows], column] = values.to_numpy()
