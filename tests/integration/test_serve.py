@@ -418,5 +418,7 @@ def test_monitor_reads_the_live_log(served, tmp_path, monkeypatch):
     assert check.report_path.is_file()
     # the hot-switch traffic hit one terminal hundreds of times within an hour
     assert any(b["terminal_id"] == 10**9 + 100 and b["count"] > 20 for b in check.bursts), check.bursts[:3]
+    # ...far beyond its own (empty) history: the relative rule sees it too
+    assert any(b["entity"] == "TERMINAL_ID" and b["id"] == 10**9 + 100 for b in check.relative_bursts)
     run = served.client.get_run(check.run_id)
     assert run.data.metrics["live_decisions"] == check.n_decisions and "live_flag_rate" in run.data.metrics

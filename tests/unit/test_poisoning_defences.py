@@ -188,3 +188,22 @@ def test_validation_report_counts_bursts_without_quarantining_them(world, valida
     genuine_lost = result.quarantined[result.quarantined[schema.TRANSACTION_ID].isin(world[schema.TRANSACTION_ID])]
     assert len(genuine_lost) <= 0.001 * len(world)
     assert set(genuine_lost[schema.QUARANTINE_REASON]) <= {"amount_outlier", CONFLICTING_LABEL_DUPLICATE}
+
+
+# ----------------------------------------------------------------------- live traffic (monitor)
+
+def test_monitor_flags_a_terminal_far_beyond_its_own_history_on_live_traffic(world, settings):
+    from fraudguard.monitoring import live_volume_bursts
+
+    cut = world[schema.TX_DATETIME].max().floor("D") - pd.Timedelta(days=6)
+    history, live = world[world[schema.TX_DATETIME] < cut], world[world[schema.TX_DATETIME] >= cut]
+    # On clean traffic the live rule finds what validation finds on the same days (here a rare busy day).
+    clean = live_volume_bursts(live, history, settings.validate_)
+    offline = volume_bursts(world, settings.validate_)
+    assert {(b["id"], b["day"]) for b in clean} == {
+        (int(r.id), str(r.day.date())) for r in offline.itertuples() if r.day >= cut}
+    terminal = int(history[schema.TERMINAL_ID].value_counts().index[0])  # a busy one: its history is not empty
+    burst = live[live[schema.TERMINAL_ID] == terminal].head(1)
+    burst = pd.concat([burst] * 60, ignore_index=True)  # sixty payments on one day at one terminal
+    flagged = live_volume_bursts(pd.concat([live, burst], ignore_index=True), history, settings.validate_)
+    assert any(b["entity"] == schema.TERMINAL_ID and b["id"] == terminal and b["count"] >= 60 for b in flagged)
