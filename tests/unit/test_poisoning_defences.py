@@ -207,3 +207,20 @@ def test_monitor_flags_a_terminal_far_beyond_its_own_history_on_live_traffic(wor
     burst = pd.concat([burst] * 60, ignore_index=True)  # sixty payments on one day at one terminal
     flagged = live_volume_bursts(pd.concat([live, burst], ignore_index=True), history, settings.validate_)
     assert any(b["entity"] == schema.TERMINAL_ID and b["id"] == terminal and b["count"] >= 60 for b in flagged)
+
+
+# ------------------------------------------------------------------ hardened feature (fraud count)
+
+def test_dilution_lowers_terminal_risk_but_not_the_known_fraud_count(world, settings):
+    from fraudguard.features import compute_features, terminal_nb_fraud, terminal_risk
+
+    added, attacked_days = dilution(world)
+    clean = compute_features(world, settings.featurize).set_index(schema.TRANSACTION_ID)
+    diluted = compute_features(pd.concat([world, added], ignore_index=True),
+                               settings.featurize).set_index(schema.TRANSACTION_ID).loc[clean.index]
+    terminals = {t for t, _ in attacked_days}
+    at_attacked = clean[schema.TERMINAL_ID].isin(terminals) & (clean[terminal_risk(7)] > 0)
+    assert at_attacked.sum() > 50
+    assert diluted.loc[at_attacked, terminal_risk(7)].mean() < 0.5 * clean.loc[at_attacked, terminal_risk(7)].mean()
+    pd.testing.assert_series_equal(diluted.loc[at_attacked, terminal_nb_fraud(7)],
+                                   clean.loc[at_attacked, terminal_nb_fraud(7)])
