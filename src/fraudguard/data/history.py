@@ -256,15 +256,14 @@ def previous_version(raw_dir: Path) -> pd.DataFrame | None:
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     """The compared columns parsed as validation parses them (NaN/NaT/0 where a value fails), plus _ok_id."""
-    columns = [c for c in _COMPARED + (schema.TRANSACTION_ID,) if c in frame.columns]
-    reasons: dict[int, list[str]] = {}
-    ids_only: dict[int, list[str]] = {}
+    columns = [c for c in _COMPARED if c in frame.columns]
     base = frame.reset_index(drop=True)
-    typed = parse_columns(base[columns], reasons)
-    parse_columns(base[[schema.TRANSACTION_ID]], ids_only)
+    id_failures: dict[int, list[str]] = {}
+    typed = parse_columns(base[columns], {})  # a value that fails compares as its placeholder
+    typed[schema.TRANSACTION_ID] = parse_columns(base[[schema.TRANSACTION_ID]], id_failures)[schema.TRANSACTION_ID]
     ok = np.ones(len(base), dtype=bool)
-    if ids_only:
-        ok[np.fromiter(ids_only, dtype=np.int64)] = False
+    if id_failures:
+        ok[np.fromiter(id_failures, dtype=np.int64)] = False
     typed["_ok_id"] = ok
     return typed
 

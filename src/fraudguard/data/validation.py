@@ -410,21 +410,22 @@ def volume_bursts(df: pd.DataFrame, settings: ValidateSettings) -> pd.DataFrame:
     for entity in BURST_ENTITIES:
         counts = df.groupby([df[entity], day]).size().rename("count").reset_index()
         counts.columns = ["id", "day", "count"]
-        # Daily counts on a full calendar per entity (idle days are 0), summed over the trailing window.
+        # Daily counts on a full calendar per entity (idle days are 0): days x entities.
         wide = counts.pivot(index="day", columns="id", values="count")
-        wide = wide.reindex(pd.date_range(wide.index.min(), wide.index.max(), freq="D"), fill_value=0).fillna(0)
+        wide = wide.reindex(pd.date_range(wide.index.min(), wide.index.max(), freq="D")).fillna(0)
+        daily = wide.to_numpy(dtype=np.float64)
+        # Mean of the (up to) `history` days before each day, from one cumulative sum; 0 on the first day.
+        cs = np.vstack([np.zeros((1, daily.shape[1])), np.cumsum(daily, axis=0)])
+        i = np.arange(daily.shape[0])
+        lo = np.maximum(i - history, 0)
+        before = (cs[i] - cs[lo]) / np.maximum(i - lo, 1)[:, None]
         # The baseline is the lower of the trailing mean and the entity's median day over all the data: a
         # sustained burst (dilution for weeks) would otherwise raise its own trailing mean and go unseen.
-        before = wide.rolling(history, min_periods=1).mean().shift(1).clip(upper=wide.median(axis=0), axis=1)
-        busy = wide > np.maximum(settings.burst_min_daily_tx, settings.burst_factor * before.fillna(0))
-        if not busy.to_numpy().any():
-            continue
-        stacked = busy.stack()
-        hits = stacked[stacked].index
-        for day_value, entity_id in hits:
-            found.append((entity, int(entity_id), day_value, int(wide.at[day_value, entity_id]),
-                          float(before.at[day_value, entity_id]) if pd.notna(before.at[day_value, entity_id])
-                          else 0.0))
+        before = np.minimum(before, np.median(daily, axis=0)[None, :])
+        busy = daily > np.maximum(settings.burst_min_daily_tx, settings.burst_factor * before)
+        rows, cols = np.nonzero(busy)
+        found += [(entity, int(wide.columns[c]), wide.index[r], int(daily[r, c]), float(before[r, c]))
+                  for r, c in zip(rows, cols)]
     return pd.DataFrame(found, columns=columns)
 
 
