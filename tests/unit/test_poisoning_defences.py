@@ -224,3 +224,16 @@ def test_dilution_lowers_terminal_risk_but_not_the_known_fraud_count(world, sett
     assert diluted.loc[at_attacked, terminal_risk(7)].mean() < 0.5 * clean.loc[at_attacked, terminal_risk(7)].mean()
     pd.testing.assert_series_equal(diluted.loc[at_attacked, terminal_nb_fraud(7)],
                                    clean.loc[at_attacked, terminal_nb_fraud(7)])
+
+
+def test_import_refuses_when_the_tracked_version_is_not_there_to_diff_against(world, settings, tmp_path):
+    from fraudguard.data.versioning import import_data
+    from fraudguard.errors import DataError
+    from fraudguard.paths import ProjectPaths
+
+    paths = ProjectPaths.at(tmp_path)
+    paths.raw_dvc_file.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data/raw\n")
+    upload = tmp_path / "upload.parquet"
+    world.head(50).to_parquet(upload)
+    with pytest.raises(DataError, match="fraudguard data pull` first"):
+        import_data(upload, paths, settings)

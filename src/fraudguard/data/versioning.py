@@ -260,6 +260,11 @@ def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, settings: Sett
     import pandas as pd
 
     previous = previous_version(paths.raw_dir)
+    if previous is None and paths.raw_dvc_file.exists():
+        # Without the tracked version there is no history to diff against: importing now would let any
+        # edit of it through.
+        raise DataError(f"{paths.raw_dvc_file.name} tracks a version of {paths.raw_dir} that is not here: run "
+                        "`fraudguard data pull` first, so the import can be checked against it")
     record: dict[str, Any] = {
         "previous_md5": tracked_md5(paths) if paths.raw_dvc_file.exists() and previous is not None else None,
         "previous_rows": 0 if previous is None else len(previous),
