@@ -21,6 +21,7 @@ from fraudguard.features import (
     customer_avg_amount,
     customer_nb_tx,
     feature_names,
+    terminal_nb_fraud,
     terminal_nb_tx,
     terminal_risk,
 )
@@ -50,6 +51,7 @@ def naive_features(transactions: pd.DataFrame, settings: FeaturizeSettings) -> p
             window = term[term["TX_DATETIME"] > t - delay - pd.Timedelta(days=w)]
             out[terminal_nb_tx(w)] = len(window)
             out[terminal_risk(w)] = window["TX_FRAUD"].mean() if len(window) else 0.0
+            out[terminal_nb_fraud(w)] = int(window["TX_FRAUD"].sum())
         rows.append(out)
     return pd.concat([frame, pd.DataFrame(rows)], axis=1)
 

@@ -42,7 +42,7 @@ def check_drift(root: Path, settings):
 @task(name="check-live-traffic", cache_policy=NO_CACHE)
 def check_live(root: Path, settings):
     """The gateway's prediction log, when this host has one (serve.prediction_log)."""
-    from fraudguard.monitoring import check_live_traffic
+    from fraudguard.monitoring import check_live_traffic, validated_history
     from fraudguard.tracking import configure_mlflow
 
     log = settings.serve.prediction_log
@@ -50,7 +50,8 @@ def check_live(root: Path, settings):
     if not log.is_file():
         get_run_logger().info("no prediction log at %s: live traffic not checked", log)
         return None
-    return check_live_traffic(configure_mlflow(root, settings), log, settings, root / "reports" / "monitor")
+    return check_live_traffic(configure_mlflow(root, settings), log, settings, root / "reports" / "monitor",
+                              history=validated_history(root))
 
 
 @flow(name="monitor", log_prints=True)
@@ -85,15 +86,17 @@ def monitor(retrain_on_drift: bool | None = None):
             f"{check.run_id} | {triggered or '-'} |\n"
             + ("" if live is None else
                "\n## Live traffic (gateway prediction log)\n\n| decisions | flag rate | drift share | drifted features "
-               "| terminal bursts | attacker-controlled share of flagged attributions (training) | MLflow run |\n"
-               "|---|---|---|---|---|---|---|\n"
+               "| terminal bursts | beyond own history | attacker-controlled share of flagged attributions (training) | MLflow run |\n"
+               "|---|---|---|---|---|---|---|---|\n"
                f"| {live.n_decisions} | {live.flag_rate:.2%} | {live.drift_share:.0%} | "
-               f"{', '.join(live.drifted_columns) or '-'} | {len(live.bursts)} | {_attribution_cell(live)} | "
+               f"{', '.join(live.drifted_columns) or '-'} | {len(live.bursts)} | {len(live.relative_bursts)} | "
+               f"{_attribution_cell(live)} | "
                f"{live.run_id} |\n")),
     )
     return {"drifted": check.drifted, "drift_share": check.drift_share, "retrain_flow_run": triggered,
             "live": None if live is None else {"decisions": live.n_decisions, "flag_rate": live.flag_rate,
                                                "drift_share": live.drift_share, "bursts": len(live.bursts),
+                                               "relative_bursts": len(live.relative_bursts),
                                                "controlled_attribution_alert": live.controlled_attribution_alert}}
 
 

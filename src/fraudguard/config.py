@@ -51,6 +51,18 @@ class ValidateSettings(_Strict):
     future_tolerance_hours: float = Field(ge=0)
     # An import that would replace data/raw with fewer than (1 - this share) of its rows needs --force.
     max_import_row_loss_share: float = Field(ge=0, le=1)
+    # Poisoning defences (docs/data.md, "Poisoning defences"). A fraud rate more than this factor away
+    # from the previous version's (either way) is recorded and blocks promotion until acknowledged.
+    max_fraud_rate_change_factor: float = Field(default=1.25, gt=1)
+    # A legitimate-labelled row this close to a fraud (same customer and terminal) is
+    # conflicting_label_duplicate: a relabelled copy of a known fraud (backdoor poisoning).
+    near_duplicate_amount_tolerance: float = Field(default=1.0, ge=0)
+    near_duplicate_window_hours: float = Field(default=24.0, ge=0)
+    # Volume bursts (flagged in the report, never quarantined): a customer's or terminal's daily count
+    # above max(burst_min_daily_tx, burst_factor x its mean daily count over the burst_history_days before).
+    burst_factor: float = Field(default=3.0, gt=1)
+    burst_min_daily_tx: int = Field(default=12, gt=0)
+    burst_history_days: int = Field(default=30, gt=0)
 
     @field_validator("min_timestamp")
     @classmethod
@@ -249,12 +261,18 @@ class PrivacyGateSettings(_Strict):
     seed: int
 
 
+class DataChangesGateSettings(_Strict):
+    # Reviewed acknowledgements of fraud-rate changes (`fraudguard data acknowledge`), relative to the root.
+    acknowledgements: Path = Path("data/acknowledgements.yaml")
+
+
 class GatesSettings(_Strict):
     quality: QualityGateSettings
     robustness: RobustnessGateSettings
     drift: DriftGateSettings
     static_analysis: StaticAnalysisGateSettings
     privacy: PrivacyGateSettings
+    data_changes: DataChangesGateSettings = DataChangesGateSettings()
 
 
 class RegistrySettings(_Strict):

@@ -15,7 +15,7 @@ Window semantics (t = the transaction's time, w = window, d = label delay, in da
 Offline (compute_features, a whole table) and online (transaction_features, one transaction from the
 gateway's state store, fraudguard.serving.state) share the definitions below: the window bounds
 (customer_window_offsets, terminal_window_offsets), the calendar flags, and the final arithmetic and
-dtypes (window_mean, window_risk). The parity test replays a test period through the gateway.
+dtypes (window_mean, window_risk, window_fraud_count). The parity test replays a test period through the gateway.
 """
 
 from __future__ import annotations
@@ -62,6 +62,12 @@ def terminal_risk(window_days: int) -> str:
     return f"{TERMINAL_ID}_RISK_{window_days}DAY_WINDOW"
 
 
+def terminal_nb_fraud(window_days: int) -> str:
+    """Known (label-matured) frauds at the terminal in the risk's delayed window. Beside the risk (a share),
+    a count cannot be diluted: legitimate rows added at a compromised terminal lower its risk, not this."""
+    return f"{TERMINAL_ID}_NB_FRAUD_{window_days}DAY_WINDOW"
+
+
 def feature_names(settings: FeaturizeSettings) -> list[str]:
     """The derived feature columns compute_features adds, in output order."""
     names = [TX_DURING_WEEKEND, TX_DURING_NIGHT]
@@ -69,6 +75,7 @@ def feature_names(settings: FeaturizeSettings) -> list[str]:
         names += [customer_nb_tx(w), customer_avg_amount(w)]
     for w in settings.windows_days:
         names += [terminal_nb_tx(w), terminal_risk(w)]
+    names += [terminal_nb_fraud(w) for w in settings.windows_days]
     return names
 
 
@@ -92,6 +99,11 @@ def calendar_flags(weekday, hour, settings: FeaturizeSettings) -> tuple[np.ndarr
 def window_mean(sums, counts) -> np.ndarray:
     """A customer window's average amount (float64 sums over counts > 0), as float32."""
     return (np.asarray(sums, dtype=np.float64) / np.asarray(counts)).astype(np.float32)
+
+
+def window_fraud_count(frauds) -> np.ndarray:
+    """A terminal window's count of known frauds (float64 sums of 0/1 labels), as int32."""
+    return np.rint(np.asarray(frauds, dtype=np.float64)).astype(np.int32)
 
 
 def window_risk(frauds, counts) -> np.ndarray:
@@ -131,6 +143,7 @@ def transaction_features(time_ns: int, weekday: int, hour: int, amount: float,
         count = stop - start
         out[terminal_nb_tx(w)] = count
         out[terminal_risk(w)] = float(window_risk(frauds_cs[stop] - frauds_cs[start], count))
+        out[terminal_nb_fraud(w)] = int(window_fraud_count(frauds_cs[stop] - frauds_cs[start]))
     return out
 
 
@@ -247,6 +260,8 @@ def compute_features(transactions: pd.DataFrame, settings: FeaturizeSettings) ->
         derived[terminal_nb_tx(w)] = _scatter(term.order, count, np.int32)
         derived[terminal_risk(w)] = _scatter(
             term.order, window_risk(fraud_cs[stop] - fraud_cs[start], count), np.float32)
+        derived[terminal_nb_fraud(w)] = _scatter(term.order, window_fraud_count(fraud_cs[stop] - fraud_cs[start]),
+                                                 np.int32)
 
     names = feature_names(settings)
     stale = [c for c in names if c in frame.columns]

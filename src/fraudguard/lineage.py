@@ -30,6 +30,7 @@ from fraudguard.names import (
     GIT_DIRTY_TAG,
     LINEAGE_TAG_PREFIX,
     PARAMS_SHA_TAG,
+    VALIDATION_TAG_PREFIX,
     WEIGHTS_SHA_TAG,
 )
 from fraudguard.paths import ProjectPaths
@@ -149,6 +150,42 @@ def data_md5(dvc_file: Path) -> str:
     return str(md5)
 
 
+# What the data validation found, tagged on the run and the version beside the data md5 (reviewers see a
+# relabelled or poisoned training set in the registry without opening the report).
+VALIDATION_LINEAGE_KEYS = tuple(f"{VALIDATION_TAG_PREFIX}{name}" for name in (
+    "rows_quarantined", "fraud_rate", "history_checked", "label_changes", "changed_history",
+    "fraud_rate_change_factor", "fraud_rate_change_exceeded", "volume_burst_days",
+))
+
+
+def validation_lineage(report_path: Path) -> dict[str, str]:
+    """VALIDATION_LINEAGE_KEYS from the validate stage's report ("absent" when there is none, "unchecked"
+    for the history and fraud-rate change of data that did not come through `fraudguard data import`)."""
+    import json
+
+    if not report_path.is_file():
+        return {key: ABSENT for key in VALIDATION_LINEAGE_KEYS}
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataVersionError(f"{report_path}: unreadable validation report: {exc}") from exc
+    history = report.get("history") or {}
+    change = report.get("fraud_rate_change") or {}
+    bursts = report.get("volume_bursts") or {}
+    checked = bool(history.get("checked"))
+    values = [
+        report.get("rows_quarantined", UNKNOWN),
+        report.get("fraud_rate", UNKNOWN),
+        str(checked).lower(),
+        history.get("label_changes", 0) if checked else "unchecked",
+        history.get("changed_history", 0) if checked else "unchecked",
+        change.get("factor", "unchecked") if change.get("checked") else "unchecked",
+        str(bool(change.get("exceeded"))).lower() if change.get("checked") else "unchecked",
+        int(bursts.get("customer_days", 0)) + int(bursts.get("terminal_days", 0)),
+    ]
+    return {key: str(value) for key, value in zip(VALIDATION_LINEAGE_KEYS, values)}
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the tracked packages (UNKNOWN when not installed) and of Python."""
     versions: dict[str, str] = {}
@@ -204,4 +241,5 @@ def collect_lineage(
     for pkg, version in package_versions().items():
         lineage[f"{LINEAGE_TAG_PREFIX}versions.{pkg}"] = version
     lineage[WEIGHTS_SHA_TAG] = _sha256_of_file(weights_path)
+    lineage.update(validation_lineage(paths.validation_report))
     return lineage

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-    from fraudguard.config import Settings
+    from fraudguard.config import Settings, ValidateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ class LiveCheck:
     run_id: str
     attribution: "ControlledAttribution | None" = None  # None: no flagged decision in the window
     explained_version: int | None = None
+    # Days a customer or terminal went far beyond its own history (validate's burst rule on live traffic).
+    relative_bursts: tuple[dict, ...] = ()
 
     @property
     def drifted(self) -> bool:
@@ -138,6 +140,44 @@ def explain_flagged_traffic(client: "MlflowClient", current: "pd.DataFrame", set
     return version, comparison
 
 
+def live_volume_bursts(decisions: "pd.DataFrame", history: "pd.DataFrame | None",
+                       settings: "ValidateSettings") -> list[dict]:
+    """The validation burst rule (fraudguard.data.validation.volume_bursts) on live traffic: each customer's and
+    terminal's daily decisions against its own history, the history being the `burst_history_days` of
+    `history` (e.g. the validated training data) before the log starts plus the log's own earlier days.
+    Dilution shows here even when it never reaches training. Bursts on the log's days, largest first."""
+    import pandas as pd
+
+    from fraudguard.data import schema
+    from fraudguard.data.validation import volume_bursts
+
+    if decisions.empty:
+        return []
+    columns = [schema.TX_DATETIME, schema.CUSTOMER_ID, schema.TERMINAL_ID]
+    live = decisions[columns]
+    start = live[schema.TX_DATETIME].min().floor("D")
+    frames = [live]
+    if history is not None and len(history):
+        earlier = history.loc[(history[schema.TX_DATETIME] < start) & (
+            history[schema.TX_DATETIME] >= start - pd.Timedelta(days=settings.burst_history_days)), columns]
+        frames.insert(0, earlier)
+    bursts = volume_bursts(pd.concat(frames, ignore_index=True), settings)
+    bursts = bursts[bursts["day"] >= start].sort_values("count", ascending=False)
+    return [{"entity": r.entity, "id": int(r.id), "day": str(pd.Timestamp(r.day).date()), "count": int(r.count),
+             "baseline": round(float(r.baseline), 3)} for r in bursts.itertuples(index=False)]
+
+
+def validated_history(root: Path) -> "pd.DataFrame | None":
+    """The validated transactions (data/validated) as the entities' history for live bursts; None if absent."""
+    import pandas as pd
+
+    path = ProjectPaths.at(root).validated
+    if not path.is_file():
+        logger.info("%s absent: live bursts are judged against the prediction log's own days only", path)
+        return None
+    return pd.read_parquet(path, columns=["TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID"])
+
+
 def terminal_bursts(decisions: "pd.DataFrame", max_per_hour: int) -> list[dict]:
     """(terminal, hour, count) for every terminal with more than `max_per_hour` decisions in one clock hour,
     largest first."""
@@ -151,9 +191,11 @@ def terminal_bursts(decisions: "pd.DataFrame", max_per_hour: int) -> list[dict]:
 
 
 def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settings",
-                       report_dir: Path) -> LiveCheck:
+                       report_dir: Path, history: "pd.DataFrame | None" = None) -> LiveCheck:
     """Read the prediction log's newest `monitor.window_days` (by transaction time); compare its features with
-    the champion's training reference, compute the flag rate and the terminal bursts; log all to MLflow."""
+    the champion's training reference, compute the flag rate, the terminal bursts (absolute, per hour) and
+    the customers' and terminals' bursts against their own history (`history`: earlier transactions, e.g.
+    the validated data); log all to MLflow."""
     import json
 
     import mlflow
@@ -181,12 +223,14 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     controlled = tuple(sorted(set(settings.threat_model.controlled_features) & set(comparison.drifted_columns)))
     flag_rate = float(current["decision"].astype(bool).mean())
     bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
+    relative = live_volume_bursts(current, history, settings.validate_)
     bursts_file = report_dir / "live_bursts.json"
-    bursts_file.write_text(json.dumps(bursts[:1000], indent=1))
+    bursts_file.write_text(json.dumps({"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000]},
+                                      indent=1))
     explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models")
     metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
-               "live_drifted_controlled": float(len(controlled))}
+               "live_drifted_controlled": float(len(controlled)), "live_relative_bursts": float(len(relative))}
     if attribution is not None:
         metrics.update({"live_controlled_attribution_share": attribution.live_share,
                         "reference_controlled_attribution_share": attribution.reference_share,
@@ -205,9 +249,10 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
         mlflow.log_artifact(str(bursts_file), artifact_path="live")
     check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
                       comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id,
-                      attribution, explained_version)
+                      attribution, explained_version, relative_bursts=tuple(relative))
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
-                "%d terminal burst(s)", champion, len(current), 100 * flag_rate, 100 * check.drift_share, len(bursts))
+                "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
+                100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))
     if check.controlled_attribution_alert:
         logger.warning("attacker-controlled features carry %.0f%% of the attributions of flagged live decisions "
                        "(v%s), %.0f%% in training: more than the %.0f-point margin", 100 * attribution.live_share,

@@ -9,6 +9,7 @@ CHAMPION_ALIAS = "champion"          # the version served; moved only by promoti
 
 # -------------------------------------------------------------------- model-version and run tags
 LINEAGE_TAG_PREFIX = "lineage."
+VALIDATION_TAG_PREFIX = "lineage.validation."  # what data validation found (rows quarantined, label changes)
 ARTIFACT_TAG_PREFIX = "artifact."
 GATE_TAG_PREFIX = "gate."            # gate.<name> = passed | failed
 GIT_COMMIT_TAG = "lineage.git_commit"

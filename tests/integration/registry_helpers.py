@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from fraudguard.config import Settings
+from fraudguard.config import GatesSettings, Settings
 from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
 
 EXPERIMENT = "fraudguard-test"
@@ -71,7 +71,8 @@ def artifact_file(client: MlflowClient, name: str, version: int, served: bool = 
     return root / "model" / "artifacts" / "model.pt" if served else root / "bundle" / "model.pt"
 
 
-GATE_NAMES = ("quality", "robustness", "drift", "static_analysis", "privacy")
+# Every gate params.yaml configures (the default rollback requires a pass of each).
+GATE_NAMES = tuple(GatesSettings.model_fields)
 
 
 def all_passing_gates(report_dir: Path | None = None) -> dict:

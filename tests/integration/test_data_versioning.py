@@ -154,6 +154,11 @@ def current_rows(paths: ProjectPaths) -> pd.DataFrame:
     return pd.read_parquet(paths.raw_dir / "transactions.parquet")
 
 
+def as_new_transactions(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same rows under TRANSACTION_IDs data/raw does not hold (edits of existing ones are changed_history)."""
+    return frame.assign(**{schema.TRANSACTION_ID: frame[schema.TRANSACTION_ID].astype("int64") + 10**6})
+
+
 def snapshot(paths: ProjectPaths) -> tuple:
     """data/raw's md5, data.dvc's bytes and the DVC cache's file list: what an import may change."""
     cache = paths.root / ".dvc" / "cache"
@@ -191,12 +196,11 @@ def test_failed_dvc_add_leaves_raw_data_dvc_and_cache_as_they_were(origin, tmp_p
     folder in the cache): the import must undo the half-done cache write and keep the old version."""
     upload = tmp_path / "upload.parquet"
     frame = current_rows(origin)
-    frame.loc[0, schema.TX_AMOUNT] = 4.56
+    frame = pd.concat([frame, as_new_transactions(frame.tail(1))], ignore_index=True)
     frame.to_parquet(upload)
     predicted = tmp_path / "predicted" / "raw"
     write_transactions(read_transactions(upload), predicted / "transactions.parquet")
-    dir_md5, data_md5 = directory_md5(predicted), file_md5(predicted / "transactions.parquet")
-    assert dir_md5[:2] != data_md5[:2]
+    data_md5 = file_md5(predicted / "transactions.parquet")
     cache = origin.root / ".dvc" / "cache" / "files" / "md5"
     blocker = cache / data_md5[:2]
     assert not blocker.exists()
@@ -204,8 +208,7 @@ def test_failed_dvc_add_leaves_raw_data_dvc_and_cache_as_they_were(origin, tmp_p
     before = snapshot(origin)
     with pytest.raises(DataVersionError, match="dvc add"):
         import_data(upload, origin, load_settings(origin.params))
-    assert snapshot(origin) == before
-    assert not (cache / dir_md5[:2] / dir_md5[2:]).exists()
+    assert snapshot(origin) == before  # the cache's file list included: no directory object left behind
     assert not list(origin.raw_dir.parent.glob(".import-staging-*"))
 
 
@@ -222,7 +225,7 @@ def test_import_with_a_broken_dvc_config_changes_nothing(origin, tmp_path):
 def test_refused_import_writes_its_quarantine_report_and_says_where(origin, tmp_path):
     before = snapshot(origin)
     upload = tmp_path / "upload.csv"
-    frame = current_rows(origin)
+    frame = as_new_transactions(current_rows(origin))
     frame.loc[: len(frame) // 5, schema.TX_AMOUNT] = -1.0
     frame.to_csv(upload, index=False)
     with pytest.raises(QuarantineShareExceeded, match=r"quarantined rows in .*reports/import/quarantine.parquet"):
@@ -236,7 +239,7 @@ def test_refused_import_writes_its_quarantine_report_and_says_where(origin, tmp_
 
 def test_cli_import_prints_reasons_with_counts_and_where_the_report_is(origin, tmp_path):
     upload = tmp_path / "upload.csv"
-    frame = current_rows(origin).astype(str)
+    frame = as_new_transactions(current_rows(origin)).astype(str)
     frame.loc[[1, 2], schema.TX_AMOUNT] = "-1"
     frame.loc[3, schema.TX_DATETIME] = "2024-04-01 08:00:00+02:00"
     frame.to_csv(upload, index=False)
@@ -274,3 +277,89 @@ def test_cli_pull_error_exits_1_with_the_message_and_no_traceback(origin, tmp_pa
     assert result.exit_code == 1
     assert "regenerated data does not match data.dvc" in result.stderr
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ poisoning: history is immutable
+
+def flip_frauds(frame: pd.DataFrame, share: float = 0.3) -> tuple[pd.DataFrame, list[int]]:
+    """The label-flip attack on existing rows: `share` of the frauds relabelled legitimate (scenario too)."""
+    frauds = frame.index[frame[schema.TX_FRAUD] == 1]
+    flipped = list(frauds[: max(2, int(round(share * len(frauds))))])
+    attacked = frame.copy()
+    attacked.loc[flipped, [schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = 0
+    return attacked, [int(i) for i in frame.loc[flipped, schema.TRANSACTION_ID]]
+
+
+def import_version_with_frauds(paths: ProjectPaths, tmp_path: Path, n_frauds: int = 10) -> pd.DataFrame:
+    """Import (as new transactions) the tiny world with `n_frauds` scenario-1 frauds, which it lacks; returns it."""
+    frame = as_new_transactions(current_rows(paths))
+    frame.loc[: n_frauds - 1, [schema.TX_AMOUNT, schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = [300.0, 1, 1]
+    upload = tmp_path / "with_frauds.parquet"
+    frame.to_parquet(upload)
+    import_data(upload, paths, load_settings(paths.params))
+    return current_rows(paths)
+
+
+def data_changes_verdict(paths: ProjectPaths, tmp_path: Path):
+    """The data_changes gate on the checkout's own validation report (a candidate with no run)."""
+    from fraudguard.gates.base import GateContext, ModelUnderTest
+    from fraudguard.gates.data_changes import run_data_changes_gate
+
+    settings = load_settings(paths.params)
+    empty = pd.DataFrame()
+    context = GateContext(settings=settings, train_features=empty, test_features=empty, newest_window=empty,
+                          source_root=paths.root, report_dir=tmp_path / "gates")
+    return run_data_changes_gate(ModelUnderTest(bundle=None), context, settings.gates.data_changes)
+
+
+def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_changed_history(origin, tmp_path):
+    from fraudguard.stages.validate import run_validation
+
+    before = import_version_with_frauds(origin, tmp_path)
+    attacked, flipped = flip_frauds(before)
+    upload = tmp_path / "upload.csv"
+    attacked.to_csv(upload, index=False)
+    outcome = import_data(upload, origin, load_settings(origin.params))
+    assert outcome.validation_report["reasons"]["changed_history"] == len(flipped)
+    pd.testing.assert_series_equal(current_rows(origin)[schema.TX_FRAUD].astype("int64"),
+                                   before[schema.TX_FRAUD].astype("int64"))
+    quarantined = pd.read_parquet(origin.import_quarantine)
+    flips = quarantined[quarantined["reason"] == "changed_history"]
+    assert sorted(flips[schema.TRANSACTION_ID].astype("int64")) == sorted(flipped)
+
+    report = run_validation(origin, load_settings(origin.params)).report
+    stage_report = json.loads(origin.validation_report.read_text())
+    assert stage_report["history"]["checked"] and stage_report["history"]["changed_history"] == len(flipped)
+    assert stage_report["history"]["label_changes"] == 0
+    assert not stage_report["fraud_rate_change"]["exceeded"]
+    assert report["rows_in"] == len(before)
+    assert data_changes_verdict(origin, tmp_path).passed
+
+
+def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowledged(origin, tmp_path):
+    from fraudguard.stages.validate import run_validation
+
+    attacked, flipped = flip_frauds(import_version_with_frauds(origin, tmp_path), share=0.5)
+    upload, relabel = tmp_path / "upload.csv", tmp_path / "relabel.csv"
+    attacked.to_csv(upload, index=False)
+    pd.DataFrame({schema.TRANSACTION_ID: flipped, schema.TX_FRAUD: 0}).to_csv(relabel, index=False)
+    imported = CliRunner().invoke(app, ["data", "import", str(upload), "--relabel", str(relabel),
+                                        "--root", str(origin.root)])
+    assert imported.exit_code == 0, imported.output
+    assert f"{len(flipped)} reviewed label change(s) applied" in imported.stdout
+    assert "promotion is blocked until `fraudguard data acknowledge`" in imported.stderr
+    assert (current_rows(origin)[schema.TX_FRAUD].astype("int64").to_numpy()
+            == attacked[schema.TX_FRAUD].to_numpy()).all()
+
+    run_validation(origin, load_settings(origin.params))
+    report = json.loads(origin.validation_report.read_text())
+    assert report["history"]["label_changes"] == len(flipped)
+    assert report["fraud_rate_change"]["exceeded"]
+    blocked = data_changes_verdict(origin, tmp_path)
+    assert not blocked.passed and "not acknowledged" in blocked.reason
+
+    ack = CliRunner().invoke(app, ["data", "acknowledge", "--as", "reviewer", "--reason", "chargeback review",
+                                   "--root", str(origin.root)])
+    assert ack.exit_code == 0, ack.output
+    passed = data_changes_verdict(origin, tmp_path)
+    assert passed.passed and "acknowledged by reviewer" in passed.reason

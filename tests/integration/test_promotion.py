@@ -236,6 +236,8 @@ def test_gates_are_discovered_from_params_sections(small_settings):
     from fraudguard.gates.drift import run_drift_gate
     from fraudguard.gates.static_analysis import run_static_analysis_gate
     assert gates["drift"] is run_drift_gate and gates["static_analysis"] is run_static_analysis_gate
+    from fraudguard.gates.data_changes import run_data_changes_gate
+    assert gates["data_changes"] is run_data_changes_gate
 
 
 @pytest.fixture

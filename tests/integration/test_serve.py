@@ -665,6 +665,9 @@ def test_monitor_reports_drift_and_a_burst_on_a_drifted_replay(served, tmp_path,
     assert {"TX_AMOUNT", "TX_DURING_NIGHT"} <= set(check.drifted_controlled)
     assert check.report_path.is_file() and 0.0 <= check.flag_rate <= 1.0
     assert [(b["terminal_id"], b["count"]) for b in check.bursts] == [(2 * 10**8, 40)]
+    # ...far beyond that terminal's own (empty) history: the relative rule sees it too
+    assert any(b["entity"] == "TERMINAL_ID" and b["id"] == 2 * 10**8 for b in check.relative_bursts), \
+        check.relative_bursts[:3]
     run = served.client.get_run(check.run_id)
     assert run.data.metrics["live_decisions"] == check.n_decisions and run.data.metrics["live_drift_share"] > 0.5
     _assert_attribution_logged(served, check)

@@ -163,3 +163,32 @@ def test_files_dvc_repro_writes_do_not_make_the_checkout_dirty(tmp_path, small_s
     assert collect_lineage(tmp_path, small_settings, weights)["lineage.git_dirty"] == "false"
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a code/pipeline edit still counts
     assert collect_lineage(tmp_path, small_settings, weights)["lineage.git_dirty"] == "true"
+
+
+def test_lineage_carries_the_validation_reports_label_changes_and_fraud_rate_change(tmp_path, small_settings):
+    import json
+
+    weights = _project(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "validation.json").write_text(json.dumps({
+        "rows_quarantined": 3, "fraud_rate": 0.006,
+        "history": {"checked": True, "label_changes": 611, "changed_history": 0},
+        "fraud_rate_change": {"checked": True, "factor": 1.43, "exceeded": True},
+        "volume_bursts": {"customer_days": 1, "terminal_days": 4}}))
+    lineage = collect_lineage(tmp_path, small_settings, weights)
+    assert lineage["lineage.validation.label_changes"] == "611"
+    assert lineage["lineage.validation.fraud_rate_change_exceeded"] == "true"
+    assert lineage["lineage.validation.volume_burst_days"] == "5"
+
+
+def test_lineage_says_history_unchecked_for_data_not_imported(tmp_path, small_settings):
+    import json
+
+    weights = _project(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "validation.json").write_text(json.dumps({
+        "rows_quarantined": 0, "fraud_rate": 0.008, "history": {"checked": False, "reason": "no intake record"},
+        "fraud_rate_change": {"checked": False}}))
+    lineage = collect_lineage(tmp_path, small_settings, weights)
+    assert lineage["lineage.validation.label_changes"] == "unchecked"
+    assert lineage["lineage.validation.history_checked"] == "false"

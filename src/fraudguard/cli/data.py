@@ -39,6 +39,20 @@ def _echo_reasons(report: dict, err: bool = False) -> None:
                    + ", ".join(f"{code} {n}" for code, n in flagged.items()), err=err)
     if "velocity_check" in report:
         typer.echo(f"velocity check: {report['velocity_check']}", err=err)
+    history = (report.get("intake") or {}).get("history") or {}
+    if history.get("changed_history") or history.get("label_changes"):
+        typer.echo(f"history: {history.get('changed_history', 0)} changed transaction(s) kept at their previous "
+                   f"values (changed_history), {history.get('label_changes', 0)} reviewed label change(s) applied",
+                   err=err)
+    change = (report.get("intake") or {}).get("fraud_rate_change") or {}
+    if change.get("exceeded"):
+        typer.echo(f"warning: fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
+                   f"{change['factor']}, above validate.max_fraud_rate_change_factor {change['max_factor']}): "
+                   "promotion is blocked until `fraudguard data acknowledge`", err=True)
+    bursts = report.get("volume_bursts") or {}
+    if bursts.get("customer_days") or bursts.get("terminal_days"):
+        typer.echo(f"volume bursts flagged: {bursts['terminal_days']} terminal-day(s), "
+                   f"{bursts['customer_days']} customer-day(s) (see the report)", err=err)
 
 
 @app.command()
@@ -68,7 +82,12 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
                                        help="Allow a file that removes more than "
                                             "validate.max_import_row_loss_share of data/raw's rows."),
             follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
-                                                 help="Read PATH even if it is a symbolic link.")) -> None:
+                                                 help="Read PATH even if it is a symbolic link."),
+            relabel: Path | None = typer.Option(None, "--relabel",
+                                                help="Reviewed relabel list (CSV: TRANSACTION_ID,TX_FRAUD"
+                                                     "[,TX_FRAUD_SCENARIO]): the label changes of existing "
+                                                     "transactions it names are applied, not quarantined "
+                                                     "as changed_history.")) -> None:
     """Validate a transactions file, make it data/raw/transactions.parquet and version it with DVC.
     The quarantined rows and report go to reports/import/, also when the import is refused."""
     from fraudguard.config import load_settings
@@ -81,7 +100,7 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
     try:
         paths = ProjectPaths.at(root)
         outcome = import_data(path, paths, load_settings(paths.params), force=force,
-                              follow_symlinks=follow_symlinks)
+                              follow_symlinks=follow_symlinks, relabels=relabel)
     except QuarantineShareExceeded as exc:
         _echo_reasons(exc.result.report, err=True)
         _fail(exc)
@@ -167,3 +186,30 @@ def validate(root: Path = ROOT_OPTION) -> None:
     typer.echo(f"{report['rows_in']} rows: {report['rows_accepted']} accepted, "
                f"{report['rows_quarantined']} quarantined {report['reasons']}; "
                f"fraud rate {report['fraud_rate']:.4f}")
+
+
+@app.command()
+def acknowledge(by: str = typer.Option(..., "--as", help="Reviewer's name, recorded with the acknowledgement."),
+                reason: str = typer.Option(..., "--reason", help="Why the fraud-rate change is genuine."),
+                root: Path = ROOT_OPTION) -> None:
+    """Acknowledge the fraud-rate change reports/validation.json records (data_changes gate): appends it to
+    gates.data_changes.acknowledgements; commit that file so the acknowledgement is reviewed."""
+    import json
+
+    from fraudguard.config import load_settings
+    from fraudguard.gates.data_changes import acknowledge_fraud_rate_change
+    from fraudguard.paths import ProjectPaths
+
+    try:
+        paths = ProjectPaths.at(root)
+        settings = load_settings(paths.params)
+        if not paths.validation_report.is_file():
+            raise FraudGuardError(f"{paths.validation_report}: no validation report; run `fraudguard data validate`")
+        report = json.loads(paths.validation_report.read_text(encoding="utf-8"))
+        target = settings.gates.data_changes.acknowledgements
+        target = target if target.is_absolute() else paths.root / target
+        entry = acknowledge_fraud_rate_change(report, target, by, reason)
+    except FraudGuardError as exc:
+        _fail(exc)
+    typer.echo(f"acknowledged fraud rate {entry['previous']:.4f} -> {entry['current']:.4f} in {target}; "
+               "commit it for review")

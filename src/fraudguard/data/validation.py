@@ -48,12 +48,19 @@ DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"
 CONFLICTING_LABEL = "conflicting_label"
 IMPOSSIBLE_VELOCITY = "impossible_velocity"
 AMOUNT_OUTLIER = "amount_outlier"
+# Poisoning defences. TX_FRAUD disagrees with TX_FRAUD_SCENARIO (0 with a scenario, or 1 without one):
+LABEL_SCENARIO_MISMATCH = "label_scenario_mismatch"
+# A legitimate-labelled near copy of a fraud (same customer, terminal, close amount and time):
+CONFLICTING_LABEL_DUPLICATE = "conflicting_label_duplicate"
+# Set by an import (fraudguard.data.history): the file changed a transaction of the previous version.
+CHANGED_HISTORY = "changed_history"
 
 REASON_CODES = (
     MISSING_VALUE, UNPARSEABLE_TIMESTAMP, TIMEZONE_OFFSET, TIMESTAMP_OUT_OF_RANGE, UNPARSEABLE_AMOUNT,
     UNPARSEABLE_ID, ID_OUT_OF_RANGE, UNPARSEABLE_LABEL, NON_INTEGER_ID, NEGATIVE_ID, NON_FINITE_AMOUNT,
     NEGATIVE_AMOUNT, AMOUNT_ABOVE_MAX, INVALID_LABEL, INVALID_SCENARIO, DUPLICATE_TRANSACTION_ID,
-    CONFLICTING_LABEL, IMPOSSIBLE_VELOCITY, AMOUNT_OUTLIER,
+    CONFLICTING_LABEL, LABEL_SCENARIO_MISMATCH, CONFLICTING_LABEL_DUPLICATE, CHANGED_HISTORY,
+    IMPOSSIBLE_VELOCITY, AMOUNT_OUTLIER,
 )
 # Checks that only say a row looks unusual: a fraud-labelled row failing them is flagged, not
 # quarantined (frauds do look unusual; dropping them would lose the pattern the model must learn).
@@ -156,6 +163,8 @@ def validate_transactions(
     flagged: dict[str, list[int]] = {}
     for code, mask in (
         (CONFLICTING_LABEL, conflicting_label_mask(clean)),
+        (LABEL_SCENARIO_MISMATCH, label_scenario_mismatch_mask(clean)),
+        (CONFLICTING_LABEL_DUPLICATE, conflicting_label_duplicate_mask(clean, settings)),
         (IMPOSSIBLE_VELOCITY, impossible_velocity_mask(clean, settings, terminal_locations)),
         (AMOUNT_OUTLIER, amount_outlier_mask(clean, settings)),
     ):
@@ -179,6 +188,7 @@ def validate_transactions(
         )
     report = _report(original, accepted, quarantined, reasons, source)
     report["velocity_check"] = "on" if terminal_locations is not None else VELOCITY_OFF
+    report["volume_bursts"] = summarize_bursts(volume_bursts(accepted, settings))
     report["flagged"] = {code: len(rows) for code, rows in flagged.items() if rows}
     report["flagged_transaction_ids"] = {
         code: [int(typed.at[i, schema.TRANSACTION_ID]) for i in rows[:MAX_FLAGGED_IDS]]
@@ -345,6 +355,90 @@ def conflicting_label_mask(df: pd.DataFrame) -> pd.Series:
     key = [schema.TX_DATETIME, schema.CUSTOMER_ID, schema.TERMINAL_ID, schema.TX_AMOUNT]
     n_labels = df.groupby(key, sort=False)[schema.TX_FRAUD].transform("nunique")
     return n_labels > 1
+
+
+def label_scenario_mismatch_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows whose TX_FRAUD contradicts TX_FRAUD_SCENARIO: legitimate with a fraud scenario, or fraud
+    with scenario 0. All False when the frame has no scenario column."""
+    if df.empty or schema.TX_FRAUD_SCENARIO not in df.columns:
+        return pd.Series(False, index=df.index)
+    fraud = df[schema.TX_FRAUD] == 1
+    scenario = df[schema.TX_FRAUD_SCENARIO] != 0
+    return fraud != scenario
+
+
+def conflicting_label_duplicate_mask(df: pd.DataFrame, settings: ValidateSettings,
+                                     known_frauds: pd.DataFrame | None = None) -> pd.Series:
+    """Legitimate-labelled rows that nearly duplicate a fraud: same customer and terminal, amount within
+    near_duplicate_amount_tolerance and time within near_duplicate_window_hours. The frauds are those
+    of `df` plus `known_frauds` (e.g. an earlier version's). A copy of a fraud relabelled legitimate
+    teaches the model that the fraud's pattern is genuine (backdoor poisoning)."""
+    if df.empty:
+        return pd.Series(False, index=df.index)
+    key = [schema.CUSTOMER_ID, schema.TERMINAL_ID]
+    cols = key + [schema.TX_DATETIME, schema.TX_AMOUNT]
+    frauds = df.loc[df[schema.TX_FRAUD] == 1, cols]
+    if known_frauds is not None and len(known_frauds):
+        frauds = pd.concat([frauds, known_frauds.loc[known_frauds[schema.TX_FRAUD] == 1, cols]])
+    legit = df.loc[df[schema.TX_FRAUD] == 0, cols]
+    if frauds.empty or legit.empty:
+        return pd.Series(False, index=df.index)
+    pairs = legit.reset_index().merge(frauds, on=key, suffixes=("", "_fraud"))
+    close = ((pairs[schema.TX_AMOUNT] - pairs[f"{schema.TX_AMOUNT}_fraud"]).abs()
+             <= settings.near_duplicate_amount_tolerance)
+    close &= ((pairs[schema.TX_DATETIME] - pairs[f"{schema.TX_DATETIME}_fraud"]).abs()
+              <= pd.Timedelta(hours=settings.near_duplicate_window_hours))
+    hit = pd.Index(pairs.loc[close, "index"].unique())
+    return pd.Series(df.index.isin(hit), index=df.index)
+
+
+BURST_ENTITIES = (schema.CUSTOMER_ID, schema.TERMINAL_ID)
+
+
+def volume_bursts(df: pd.DataFrame, settings: ValidateSettings) -> pd.DataFrame:
+    """Days on which a customer or terminal made more than max(burst_min_daily_tx, burst_factor x its
+    baseline), the baseline being the lower of its mean daily count over the (up to) burst_history_days
+    before that day and its median day over the whole frame (idle days count as 0): columns entity
+    (CUSTOMER_ID or TERMINAL_ID), id, day, count, baseline. Flagged, never quarantined: a burst is where
+    dilution (many small legitimate rows at a compromised terminal) shows, but busy days are real too."""
+    columns = ["entity", "id", "day", "count", "baseline"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    day = df[schema.TX_DATETIME].dt.floor("D")
+    found = []
+    history = settings.burst_history_days
+    for entity in BURST_ENTITIES:
+        counts = df.groupby([df[entity], day]).size().rename("count").reset_index()
+        counts.columns = ["id", "day", "count"]
+        # Daily counts on a full calendar per entity (idle days are 0): days x entities.
+        wide = counts.pivot(index="day", columns="id", values="count")
+        wide = wide.reindex(pd.date_range(wide.index.min(), wide.index.max(), freq="D")).fillna(0)
+        daily = wide.to_numpy(dtype=np.float64)
+        # Mean of the (up to) `history` days before each day, from one cumulative sum; 0 on the first day.
+        cs = np.vstack([np.zeros((1, daily.shape[1])), np.cumsum(daily, axis=0)])
+        i = np.arange(daily.shape[0])
+        lo = np.maximum(i - history, 0)
+        before = (cs[i] - cs[lo]) / np.maximum(i - lo, 1)[:, None]
+        # The baseline is the lower of the trailing mean and the entity's median day over all the data: a
+        # sustained burst (dilution for weeks) would otherwise raise its own trailing mean and go unseen.
+        before = np.minimum(before, np.median(daily, axis=0)[None, :])
+        busy = daily > np.maximum(settings.burst_min_daily_tx, settings.burst_factor * before)
+        rows, cols = np.nonzero(busy)
+        found += [(entity, int(wide.columns[c]), wide.index[r], int(daily[r, c]), float(before[r, c]))
+                  for r, c in zip(rows, cols)]
+    return pd.DataFrame(found, columns=columns)
+
+
+def summarize_bursts(bursts: pd.DataFrame, limit: int = 20) -> dict[str, Any]:
+    """Counts of burst days per entity kind and the largest ones (for the validation report)."""
+    top = bursts.assign(ratio=bursts["count"] / bursts["baseline"].clip(lower=1e-9)) \
+        .sort_values(["count", "ratio"], ascending=False).head(limit) if len(bursts) else bursts
+    return {
+        "customer_days": int((bursts["entity"] == schema.CUSTOMER_ID).sum()) if len(bursts) else 0,
+        "terminal_days": int((bursts["entity"] == schema.TERMINAL_ID).sum()) if len(bursts) else 0,
+        "largest": [{"entity": r.entity, "id": r.id, "day": str(pd.Timestamp(r.day).date()), "count": r.count,
+                     "baseline": round(r.baseline, 3)} for r in top.itertuples(index=False)],
+    }
 
 
 def impossible_velocity_mask(df: pd.DataFrame, settings: ValidateSettings,

@@ -24,6 +24,18 @@ from typing import Any, Literal
 import yaml
 
 from fraudguard.config import DataRemoteSettings, Settings
+from fraudguard.data import schema
+from fraudguard.data.history import (
+    CHANGED_HISTORY,
+    INTAKE_RECORD_NAME,
+    diff_history,
+    fraud_rate_change,
+    keep_history,
+    load_relabels,
+    previous_version,
+    raw_fraud_rate,
+    write_intake_record,
+)
 from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.errors import DataError, DataVersionError
 from fraudguard.paths import ProjectPaths
@@ -211,7 +223,7 @@ def pull_data(paths: ProjectPaths, settings: Settings) -> PullOutcome:
 
 
 def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, force: bool = False,
-                follow_symlinks: bool = False) -> ImportOutcome:
+                follow_symlinks: bool = False, relabels: Path | str | None = None) -> ImportOutcome:
     """Validate a raw-schema CSV/Parquet file, make it data/raw/transactions.parquet and version it.
 
     The quarantined rows and the report go to reports/import/ whether or not the import is accepted.
@@ -220,6 +232,11 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
     more than validate.max_import_row_loss_share of data/raw's rows (unless `force`). Atomic: the new
     data is staged and versioned with `dvc add` beside data/raw, and swapped in (data/raw and data.dvc)
     only once that succeeded; on any failure data/raw, data.dvc and the DVC cache are as they were.
+
+    History is immutable (fraudguard.data.history): a transaction of the current data/raw whose values
+    the file changes keeps its previous values, and the changed row goes to the quarantine file as
+    `changed_history`, unless `relabels` (a reviewed TRANSACTION_ID,TX_FRAUD list) approves the label
+    change. The intake record written beside the data counts both, with the previous fraud rate.
     """
     from fraudguard.data.validation import (
         QuarantineShareExceeded,
@@ -229,6 +246,8 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
 
     path = Path(path)
     frame = read_transactions(path, follow_symlinks=follow_symlinks)
+    relabel_list = load_relabels(relabels) if relabels is not None else None
+    frame, changed, record = _keep_history(paths, frame, relabel_list, settings)
     locations = configured_terminal_locations(settings.validate_, paths.root)
     refused: QuarantineShareExceeded | None = None
     try:
@@ -236,14 +255,15 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
                                        terminal_locations=locations)
     except QuarantineShareExceeded as exc:
         refused, result = exc, exc.result
-    _write_import_report(paths, result, passed=refused is None)
+    _write_import_report(paths, result, passed=refused is None, changed=changed, record=record)
     if refused is not None:
         raise QuarantineShareExceeded(
             f"{refused}; quarantined rows in {paths.import_quarantine}, report in {paths.import_report}",
             refused.result,
         ) from refused
 
-    others = [p.name for p in paths.raw_dir.glob("*") if p.is_file() and p.name != RAW_FILE_NAME]
+    others = [p.name for p in paths.raw_dir.glob("*")
+              if p.is_file() and p.name not in (RAW_FILE_NAME, INTAKE_RECORD_NAME)]
     if others:
         raise DataError(
             f"{paths.raw_dir}: holds other files ({', '.join(sorted(others))}); the stage would read them "
@@ -257,24 +277,71 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
             f"{(current - len(frame)) / current:.1%} of them (more than validate.max_import_row_loss_share "
             f"{max_loss:.0%}); pass --force if that is intended"
         )
-    md5 = _replace_raw_data(paths, frame)
+    md5 = _replace_raw_data(paths, frame, record)
     target = paths.raw_dir / RAW_FILE_NAME
-    logger.info("imported %s (%d rows, %d would be quarantined) as %s", path, len(frame),
-                result.report["rows_quarantined"], md5)
-    return ImportOutcome(rows=len(frame), md5=md5, raw_file=target, validation_report=result.report,
+    logger.info("imported %s (%d rows, %d would be quarantined, %d changes of history kept out) as %s", path,
+                len(frame), result.report["rows_quarantined"], len(changed), md5)
+    return ImportOutcome(rows=len(frame), md5=md5, raw_file=target,
+                         validation_report=import_report(result.report, changed, record),
                          quarantine_file=paths.import_quarantine, report_file=paths.import_report)
 
 
-def _write_import_report(paths: ProjectPaths, result: Any, passed: bool) -> None:
+def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, settings: Settings) -> tuple[Any, Any, dict]:
+    """(the frame to store, the rows changing history, the intake record): see import_data."""
+    import pandas as pd
+
+    previous = previous_version(paths.raw_dir)
+    if previous is None and paths.raw_dvc_file.exists():
+        # Without the tracked version there is no history to diff against: importing now would let any
+        # edit of it through.
+        raise DataError(f"{paths.raw_dvc_file.name} tracks a version of {paths.raw_dir} that is not here: run "
+                        "`fraudguard data pull` first, so the import can be checked against it")
+    record: dict[str, Any] = {
+        "previous_md5": tracked_md5(paths) if paths.raw_dvc_file.exists() and previous is not None else None,
+        "previous_rows": 0 if previous is None else len(previous),
+        "previous_fraud_rate": None if previous is None else raw_fraud_rate(previous),
+        "relabel_list_rows": 0 if relabels is None else len(relabels),
+    }
+    if previous is None:
+        changed = frame.iloc[:0].assign(**{schema.QUARANTINE_REASON: pd.Series(dtype="string")})
+        record["history"] = {"existing_transactions": 0, CHANGED_HISTORY: 0, "label_changes": 0,
+                             "relabels_unused": record["relabel_list_rows"]}
+    else:
+        diff = diff_history(previous, frame, relabels)
+        record["history"] = diff.summary(frame[schema.TRANSACTION_ID])
+        frame, changed = keep_history(previous, frame, diff)
+    record["fraud_rate"] = raw_fraud_rate(frame)
+    if record["previous_fraud_rate"] is not None:
+        record["fraud_rate_change"] = fraud_rate_change(record["previous_fraud_rate"], record["fraud_rate"],
+                                                        settings.validate_.max_fraud_rate_change_factor)
+    return frame, changed, record
+
+
+def import_report(report: dict[str, Any], changed: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The validation report of an import with what it did to history: `changed_history` among the
+    reasons (those rows are in the quarantine file), and the intake record."""
+    reasons = dict(report.get("reasons") or {})
+    if len(changed):
+        reasons[CHANGED_HISTORY] = len(changed)
+        reasons = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {**report, "reasons": reasons, "intake": record}
+
+
+def _write_import_report(paths: ProjectPaths, result: Any, passed: bool, changed: Any,
+                         record: dict[str, Any]) -> None:
     """The import's quarantined rows (as given, plus `reason`) and its report, under reports/import/."""
+    import pandas as pd
     import pyarrow as pa
 
+    quarantined = pd.concat([result.quarantined, changed], ignore_index=True) if len(changed) \
+        else result.quarantined
     try:
-        write_transactions(result.quarantined, paths.import_quarantine)
+        write_transactions(quarantined, paths.import_quarantine)
     except (pa.ArrowException, ValueError, TypeError):
         # Mixed Python objects in a column Arrow cannot type: kept as their text.
-        write_transactions(result.quarantined.astype("string"), paths.import_quarantine)
-    report = {**result.report, "passed": passed, "quarantine_file": str(paths.import_quarantine)}
+        write_transactions(quarantined.astype("string"), paths.import_quarantine)
+    report = {**import_report(result.report, changed, record), "passed": passed,
+              "quarantine_file": str(paths.import_quarantine)}
     paths.import_report.parent.mkdir(parents=True, exist_ok=True)
     tmp = paths.import_report.with_name(paths.import_report.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -297,7 +364,7 @@ def _raw_row_count(paths: ProjectPaths) -> int:
     return total
 
 
-def _replace_raw_data(paths: ProjectPaths, frame: Any) -> str:
+def _replace_raw_data(paths: ProjectPaths, frame: Any, record: dict[str, Any] | None = None) -> str:
     """Stage `frame` as a new data/raw beside the current one, `dvc add` it there, then swap it and
     its data.dvc in. Any failure restores data/raw and data.dvc and removes the cache objects this
     import added; returns the new directory md5."""
@@ -312,8 +379,12 @@ def _replace_raw_data(paths: ProjectPaths, frame: Any) -> str:
     try:
         staged_raw = staging / paths.raw_dir.name
         write_transactions(frame, staged_raw / RAW_FILE_NAME)
+        if record is not None:
+            # Ties the record to the exact file it describes: the validate stage ignores a stale one.
+            write_intake_record(staged_raw, {**record, "transactions_md5": file_md5(staged_raw / RAW_FILE_NAME)})
         new_md5 = directory_md5(staged_raw)
-        objects = [_cache_object(cache, new_md5), _cache_object(cache, file_md5(staged_raw / RAW_FILE_NAME))]
+        objects = [_cache_object(cache, new_md5)] + [
+            _cache_object(cache, file_md5(f)) for f in sorted(staged_raw.iterdir()) if f.is_file()]
         added = [o for o in objects if not o.exists()]
         new_dirs = [d for d in {o.parent for o in added} if not d.exists()]
         run_dvc(["add", "--quiet", str(staged_raw.relative_to(paths.root))], paths.root)

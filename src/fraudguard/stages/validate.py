@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from fraudguard.config import Settings, load_settings
+from fraudguard.data.history import history_report, read_intake_record
 from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.data.validation import (
     QuarantineShareExceeded,
@@ -49,7 +50,7 @@ def run_validation(paths: ProjectPaths, settings: Settings) -> ValidationResult:
     except QuarantineShareExceeded as exc:
         refused, result = exc, exc.result
 
-    report = _stage_report(result, files, paths, refused)
+    report = _stage_report(result, files, paths, refused, settings)
     write_transactions(result.quarantined, paths.quarantine)
     paths.validation_report.parent.mkdir(parents=True, exist_ok=True)
     paths.validation_report.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -64,11 +65,14 @@ def run_validation(paths: ProjectPaths, settings: Settings) -> ValidationResult:
 
 
 def _stage_report(result: ValidationResult, files: list[Path], paths: ProjectPaths,
-                  refused: QuarantineShareExceeded | None) -> dict[str, Any]:
+                  refused: QuarantineShareExceeded | None, settings: Settings) -> dict[str, Any]:
+    inputs = {str(f.relative_to(paths.root)): file_md5(f) for f in files}
     return {
         **result.report,
+        **history_report(read_intake_record(paths.raw_dir), set(inputs.values()), result.report["fraud_rate"],
+                         settings.validate_.max_fraud_rate_change_factor),
         "passed": refused is None,
-        "inputs": {str(f.relative_to(paths.root)): file_md5(f) for f in files},
+        "inputs": inputs,
     }
 
 

@@ -1,0 +1,129 @@
+"""Data-changes gate: a fraud-rate change against the previous data version blocks promotion until a
+reviewer acknowledges it.
+
+The validate stage records the change in reports/validation.json (`fraud_rate_change`, from the intake
+record `fraudguard data import` writes, factor validate.max_fraud_rate_change_factor). The gate reads the
+candidate's own copy of that report (its MLflow run's `reports/validation.json`; the source checkout's
+when the candidate has no run) and passes when the change is within the factor, or when the
+acknowledgement file (`fraudguard data acknowledge`, committed for review) names the exact data files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from fraudguard.errors import DataError
+from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest, finish_gate
+
+if TYPE_CHECKING:
+    from fraudguard.config import DataChangesGateSettings
+
+logger = logging.getLogger(__name__)
+
+GATE_NAME = "data_changes"
+VALIDATION_ARTIFACT = "reports/validation.json"
+ACK_KEY = "fraud_rate_changes"
+
+
+def data_key(report: dict[str, Any]) -> list[str]:
+    """What an acknowledgement names: the md5s of the data files the report validated, sorted."""
+    return sorted(str(v) for v in (report.get("inputs") or {}).values())
+
+
+def read_acknowledgements(path: Path) -> list[dict[str, Any]]:
+    """The acknowledged fraud-rate changes in `path` ([] when it does not exist)."""
+    if not path.is_file():
+        return []
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: unreadable acknowledgement file: {exc}") from exc
+    entries = content.get(ACK_KEY, []) if isinstance(content, dict) else None
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: `{ACK_KEY}` must be a list")
+    return [e for e in entries if isinstance(e, dict)]
+
+
+def acknowledge_fraud_rate_change(report: dict[str, Any], path: Path, by: str, reason: str) -> dict[str, Any]:
+    """Append an acknowledgement of `report`'s fraud-rate change (by whom, why) to `path`; returns the entry.
+    Raises DataError when the report records no exceeded change (nothing to acknowledge)."""
+    change = report.get("fraud_rate_change") or {}
+    if not change.get("exceeded"):
+        raise DataError("the validation report records no fraud-rate change beyond "
+                        "validate.max_fraud_rate_change_factor: nothing to acknowledge")
+    if not by.strip() or not reason.strip():
+        raise DataError("an acknowledgement needs a reviewer name and a reason")
+    entry = {"data_md5s": data_key(report), "previous": change.get("previous"), "current": change.get("current"),
+             "by": by, "reason": reason, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    entries = read_acknowledgements(path)
+    entries.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({ACK_KEY: entries}, sort_keys=False), encoding="utf-8")
+    return entry
+
+
+def candidate_validation_report(candidate: ModelUnderTest, context: GateContext) -> dict[str, Any] | None:
+    """The validation report the candidate was trained after: its run's artifact, else the source checkout's."""
+    if candidate.run_id:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory(prefix="fraudguard-validation-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=candidate.run_id,
+                                                            artifact_path=VALIDATION_ARTIFACT, dst_path=tmp)
+            except (MlflowException, OSError) as exc:
+                logger.warning("run %s has no %s: %s", candidate.run_id, VALIDATION_ARTIFACT, exc)
+                return None
+            return json.loads(Path(local).read_text(encoding="utf-8"))
+    path = context.source_root / VALIDATION_ARTIFACT
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
+                          settings: "DataChangesGateSettings") -> GateResult:
+    """Pass when the candidate's data changed the fraud rate within the factor, or the change is acknowledged.
+    No validation report at all fails (never a silent pass); an unchecked change (data not imported) passes
+    and says so."""
+    report_json = context.report_dir / f"{GATE_NAME}.json"
+    ack_path = settings.acknowledgements if settings.acknowledgements.is_absolute() \
+        else context.source_root / settings.acknowledgements
+    report = candidate_validation_report(candidate, context)
+    if report is None:
+        return finish_gate(GATE_NAME, False, {}, {}, f"no {VALIDATION_ARTIFACT} for the candidate: its data "
+                           "changes cannot be judged", report_json, {"validation_report": None})
+    change = report.get("fraud_rate_change") or {"checked": False, "reason": "the report predates the check"}
+    history = report.get("history") or {}
+    metrics = {"label_changes": float(history.get("label_changes", 0) or 0),
+               "changed_history": float(history.get("changed_history", 0) or 0)}
+    thresholds: dict[str, float] = {}
+    if change.get("checked"):
+        factor = change.get("factor")
+        metrics["fraud_rate_change_factor"] = float("inf") if factor == "inf" else float(factor)
+        metrics["fraud_rate"] = float(change.get("current", 0.0))
+        metrics["previous_fraud_rate"] = float(change.get("previous", 0.0))
+        thresholds["max_fraud_rate_change_factor"] = float(change.get("max_factor", 0.0))
+    acknowledged = [e for e in read_acknowledgements(ack_path) if e.get("data_md5s") == data_key(report)]
+    if not change.get("checked"):
+        passed, reason = True, f"fraud-rate change unchecked ({change.get('reason', 'unknown')})"
+    elif not change.get("exceeded"):
+        passed, reason = True, (f"fraud rate {change['previous']:.4f} -> {change['current']:.4f}, factor "
+                                f"{metrics['fraud_rate_change_factor']:.2f} <= {thresholds['max_fraud_rate_change_factor']}")
+    elif acknowledged:
+        passed, reason = True, (f"fraud rate {change['previous']:.4f} -> {change['current']:.4f} acknowledged by "
+                                f"{acknowledged[-1].get('by')}: {acknowledged[-1].get('reason')}")
+    else:
+        passed, reason = False, (f"fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
+                                 f"{change['factor']} > {change['max_factor']}) not acknowledged: review it, then "
+                                 "`fraudguard data acknowledge --as NAME --reason TEXT` and commit "
+                                 f"{settings.acknowledgements}")
+    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report_json,
+                       {"fraud_rate_change": change, "history": history, "acknowledgement_file": str(ack_path),
+                        "acknowledged_by": [e.get("by") for e in acknowledged]})

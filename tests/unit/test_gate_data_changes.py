@@ -1,0 +1,54 @@
+"""data_changes gate: a fraud-rate change beyond the factor blocks until acknowledged; no report fails."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from fraudguard.errors import DataError
+from fraudguard.gates.base import GateContext, ModelUnderTest
+from fraudguard.gates.data_changes import acknowledge_fraud_rate_change, run_data_changes_gate
+
+EXCEEDED = {"inputs": {"data/raw/transactions.parquet": "abc"},
+            "history": {"checked": True, "label_changes": 611, "changed_history": 0},
+            "fraud_rate_change": {"checked": True, "previous": 0.0089, "current": 0.0062, "factor": 1.43,
+                                  "max_factor": 1.25, "exceeded": True}}
+
+
+def verdict(root, small_settings, report=None):
+    if report is not None:
+        (root / "reports").mkdir(exist_ok=True)
+        (root / "reports" / "validation.json").write_text(json.dumps(report))
+    empty = pd.DataFrame()
+    context = GateContext(settings=small_settings, train_features=empty, test_features=empty,
+                          newest_window=empty, source_root=root, report_dir=root / "gates")
+    return run_data_changes_gate(ModelUnderTest(bundle=None), context, small_settings.gates.data_changes)
+
+
+def test_no_validation_report_fails_the_gate(tmp_path, small_settings):
+    result = verdict(tmp_path, small_settings)
+    assert not result.passed and "no reports/validation.json" in result.reason
+
+
+def test_data_not_imported_passes_and_says_the_change_is_unchecked(tmp_path, small_settings):
+    result = verdict(tmp_path, small_settings, {"inputs": {}, "fraud_rate_change": {
+        "checked": False, "reason": "no intake record"}})
+    assert result.passed and "unchecked (no intake record)" in result.reason
+
+
+def test_exceeded_change_blocks_until_acknowledged_for_that_exact_data(tmp_path, small_settings):
+    blocked = verdict(tmp_path, small_settings, EXCEEDED)
+    assert not blocked.passed and blocked.metrics["label_changes"] == 611
+    ack_file = tmp_path / small_settings.gates.data_changes.acknowledgements
+    acknowledge_fraud_rate_change(EXCEEDED, ack_file, "reviewer", "chargebacks reviewed")
+    assert verdict(tmp_path, small_settings).passed
+    other_data = {**EXCEEDED, "inputs": {"data/raw/transactions.parquet": "def"}}
+    assert not verdict(tmp_path, small_settings, other_data).passed
+
+
+def test_nothing_to_acknowledge_is_refused(tmp_path):
+    within = {**EXCEEDED, "fraud_rate_change": {**EXCEEDED["fraud_rate_change"], "exceeded": False}}
+    with pytest.raises(DataError, match="nothing to acknowledge"):
+        acknowledge_fraud_rate_change(within, tmp_path / "ack.yaml", "reviewer", "why")

@@ -1,0 +1,239 @@
+"""Poisoning defences measured on the attacks of issue 11, built from a small seeded simulated world:
+label flip (history diff), label sanity, backdoor copies (conflicting near-duplicates), terminal-risk
+dilution (volume bursts), each caught on the attacked data and silent on the clean data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import small_params
+from fraudguard.config import parse_settings
+from fraudguard.data import schema
+from fraudguard.data.history import diff_history, fraud_rate_change, keep_history, raw_fraud_rate
+from fraudguard.data.simulator import simulate_transactions
+from fraudguard.data.validation import (
+    CHANGED_HISTORY,
+    CONFLICTING_LABEL_DUPLICATE,
+    LABEL_SCENARIO_MISMATCH,
+    validate_transactions,
+    volume_bursts,
+)
+
+FLIP_SHARE = 0.3
+BACKDOOR_ROWS = 400
+DILUTION_PER_DAY = 15
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return parse_settings(small_params(), source="small test params")
+
+
+@pytest.fixture(scope="module")
+def world(settings) -> pd.DataFrame:
+    """The small world's clean transactions (a few hundred frauds)."""
+    return simulate_transactions(settings.simulate)
+
+
+@pytest.fixture(scope="module")
+def validate(settings):
+    lenient = settings.validate_.model_copy(update={"max_quarantine_share": 1.0})
+    return lambda frame: validate_transactions(frame, lenient, now=pd.Timestamp("2030-01-01"))
+
+
+def label_flip(clean: pd.DataFrame, share: float = FLIP_SHARE, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """`share` of the frauds relabelled legitimate on their existing rows (scenario cleared too, so the
+    labels agree); returns the attacked frame and the flipped ids."""
+    rng = np.random.default_rng(seed)
+    frauds = clean.index[clean[schema.TX_FRAUD] == 1]
+    flipped = rng.choice(frauds, size=int(round(share * len(frauds))), replace=False)
+    attacked = clean.copy()
+    attacked.loc[flipped, [schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = 0
+    return attacked, clean.loc[flipped, schema.TRANSACTION_ID].to_numpy()
+
+
+def backdoor(clean: pd.DataFrame, rows: int = BACKDOOR_ROWS, seed: int = 0) -> pd.DataFrame:
+    """`rows` legitimate-labelled copies of frauds with the trigger: cents .37, a time between 01:00 and
+    03:00 on the fraud's day; new TRANSACTION_IDs after the last."""
+    rng = np.random.default_rng(seed)
+    frauds = clean[clean[schema.TX_FRAUD] == 1]
+    copies = frauds.iloc[rng.choice(len(frauds), size=rows, replace=rows > len(frauds))].copy()
+    copies[schema.TX_AMOUNT] = np.floor(copies[schema.TX_AMOUNT]) + 0.37
+    seconds = rng.integers(3600, 3 * 3600, size=rows)
+    copies[schema.TX_DATETIME] = copies[schema.TX_DATETIME].dt.floor("D") + pd.to_timedelta(seconds, unit="s")
+    copies[[schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = 0
+    copies[schema.TRANSACTION_ID] = clean[schema.TRANSACTION_ID].max() + 1 + np.arange(rows)
+    return copies
+
+
+def dilution(clean: pd.DataFrame, per_day: int = DILUTION_PER_DAY, seed: int = 0) -> tuple[pd.DataFrame, set]:
+    """Small legitimate-labelled payments added at every compromised terminal (scenario 2) on each day it
+    served frauds, `per_day` a day, so its fraud share (the risk feature) falls; returns the rows added and
+    the (terminal, day) pairs attacked."""
+    rng = np.random.default_rng(seed)
+    compromised = clean[clean[schema.TX_FRAUD_SCENARIO] == 2]
+    days = compromised.groupby([schema.TERMINAL_ID, compromised[schema.TX_DATETIME].dt.floor("D")]).size().index
+    rows = []
+    customers = clean[schema.CUSTOMER_ID].unique()
+    for terminal, day in days:
+        for _ in range(per_day):
+            rows.append({schema.TX_DATETIME: day + pd.Timedelta(seconds=int(rng.integers(8 * 3600, 20 * 3600))),
+                         schema.CUSTOMER_ID: int(rng.choice(customers)), schema.TERMINAL_ID: int(terminal),
+                         schema.TX_AMOUNT: round(float(rng.uniform(1, 5)), 2), schema.TX_FRAUD: 0,
+                         schema.TX_FRAUD_SCENARIO: 0})
+    added = pd.DataFrame(rows)
+    added.insert(0, schema.TRANSACTION_ID, clean[schema.TRANSACTION_ID].max() + 1 + np.arange(len(added)))
+    return added, set(days)
+
+
+# ------------------------------------------------------------------------------- history (label flip)
+
+def test_label_flip_on_existing_rows_is_caught_as_changed_history_and_the_old_labels_kept(world):
+    attacked, flipped = label_flip(world)
+    diff = diff_history(world, attacked)
+    kept, rejected = keep_history(world, attacked, diff)
+    assert set(rejected[schema.TRANSACTION_ID]) == set(flipped) and len(flipped) >= 50
+    assert (rejected[schema.QUARANTINE_REASON] == CHANGED_HISTORY).all()
+    assert diff.summary(attacked[schema.TRANSACTION_ID])["changed_history_label"] == len(flipped)
+    pd.testing.assert_frame_equal(kept, world.reset_index(drop=True))
+
+
+def test_reviewed_relabel_list_applies_the_label_changes_and_counts_them(world):
+    attacked, flipped = label_flip(world)
+    relabels = pd.DataFrame({schema.TRANSACTION_ID: flipped, schema.TX_FRAUD: 0})
+    diff = diff_history(world, attacked, relabels)
+    kept, rejected = keep_history(world, attacked, diff)
+    assert rejected.empty
+    assert diff.summary(attacked[schema.TRANSACTION_ID])["label_changes"] == len(flipped)
+    pd.testing.assert_frame_equal(kept, attacked.reset_index(drop=True))
+
+
+def test_relabel_list_does_not_approve_an_amount_change(world):
+    attacked = world.copy()
+    attacked.loc[0, schema.TX_AMOUNT] += 10.0
+    attacked.loc[0, schema.TX_FRAUD] = 1 - attacked.loc[0, schema.TX_FRAUD]
+    relabels = pd.DataFrame({schema.TRANSACTION_ID: [attacked.loc[0, schema.TRANSACTION_ID]],
+                             schema.TX_FRAUD: [attacked.loc[0, schema.TX_FRAUD]]})
+    diff = diff_history(world, attacked, relabels)
+    assert diff.changed[0] and not diff.relabelled[0] and diff.relabels_unused == 1
+
+
+def test_history_diff_compares_parsed_values_so_a_csv_of_the_same_rows_changes_nothing(world):
+    as_text = world.astype(str)
+    diff = diff_history(world, as_text)
+    assert not diff.changed.any() and diff.existing == len(world)
+
+
+def test_relabelling_30_percent_of_frauds_exceeds_the_fraud_rate_factor(world, settings):
+    attacked, _ = label_flip(world)
+    change = fraud_rate_change(raw_fraud_rate(world), raw_fraud_rate(attacked),
+                               settings.validate_.max_fraud_rate_change_factor)
+    assert change["exceeded"] and change["factor"] == pytest.approx(1 / (1 - FLIP_SHARE), rel=0.02)
+    assert not fraud_rate_change(0.01, 0.011, settings.validate_.max_fraud_rate_change_factor)["exceeded"]
+
+
+# ------------------------------------------------------------------------------------ label sanity
+
+@pytest.mark.parametrize(("fraud", "scenario"), [(0, 2), (1, 0)])
+def test_label_contradicting_its_fraud_scenario_is_quarantined(world, validate, fraud, scenario):
+    frame = world.copy()
+    frame.loc[5, [schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = [fraud, scenario]
+    result = validate(frame)
+    row = result.quarantined[result.quarantined[schema.TRANSACTION_ID] == frame.loc[5, schema.TRANSACTION_ID]]
+    assert LABEL_SCENARIO_MISMATCH in row[schema.QUARANTINE_REASON].iloc[0]
+
+
+# ------------------------------------------------------------------------- backdoor (near-duplicates)
+
+def test_backdoor_copies_of_frauds_labelled_legitimate_are_all_quarantined(world, validate):
+    copies = backdoor(world)
+    result = validate(pd.concat([world, copies], ignore_index=True))
+    caught = result.quarantined[result.quarantined[schema.QUARANTINE_REASON].str.contains(
+        CONFLICTING_LABEL_DUPLICATE)]
+    assert set(caught[schema.TRANSACTION_ID]) >= set(copies[schema.TRANSACTION_ID])
+    assert (result.quarantined[schema.TX_FRAUD] == 0).all()  # no fraud lost
+
+
+def test_clean_world_loses_no_fraud_and_almost_no_genuine_row(world, validate):
+    result = validate(world)
+    assert (result.quarantined[schema.TX_FRAUD] == 0).all()
+    assert result.report["rows_quarantined"] <= 0.0001 * len(world) + 1
+
+
+# --------------------------------------------------------------------- dilution (volume bursts)
+
+def test_dilution_at_compromised_terminals_is_flagged_as_terminal_bursts(world, settings):
+    added, attacked_days = dilution(world)
+    bursts = volume_bursts(pd.concat([world, added], ignore_index=True), settings.validate_)
+    flagged = {(row.id, row.day) for row in bursts.itertuples() if row.entity == schema.TERMINAL_ID}
+    # Every diluted terminal is named; a day it was busy anyway may stay under the factor.
+    assert attacked_days and {t for t, _ in attacked_days} <= {t for t, _ in flagged}
+    assert len(attacked_days & flagged) >= 0.9 * len(attacked_days)
+
+
+def test_clean_world_has_almost_no_volume_burst(world, settings):
+    bursts = volume_bursts(world, settings.validate_)
+    active_days = world.groupby([schema.TERMINAL_ID, world[schema.TX_DATETIME].dt.floor("D")]).ngroups
+    assert len(bursts) <= 0.001 * active_days
+
+
+def test_validation_report_counts_bursts_without_quarantining_them(world, validate):
+    added, attacked_days = dilution(world)
+    result = validate(pd.concat([world, added], ignore_index=True))
+    assert result.report["volume_bursts"]["terminal_days"] >= 0.9 * len(attacked_days)
+    # Bursts quarantine nothing (they have no reason code); the few genuine rows lost are those whose
+    # customer's amount profile the added tiny payments distorted (amount_outlier) or the clean world's own.
+    genuine_lost = result.quarantined[result.quarantined[schema.TRANSACTION_ID].isin(world[schema.TRANSACTION_ID])]
+    assert len(genuine_lost) <= 0.001 * len(world)
+    assert set(genuine_lost[schema.QUARANTINE_REASON]) <= {"amount_outlier", CONFLICTING_LABEL_DUPLICATE}
+
+
+# ----------------------------------------------------------------------- live traffic (monitor)
+
+def test_monitor_flags_a_terminal_far_beyond_its_own_history_on_live_traffic(world, settings):
+    from fraudguard.monitoring import live_volume_bursts
+
+    cut = world[schema.TX_DATETIME].max().floor("D") - pd.Timedelta(days=6)
+    history, live = world[world[schema.TX_DATETIME] < cut], world[world[schema.TX_DATETIME] >= cut]
+    # On clean traffic the live rule finds what validation finds on the same days (here a rare busy day).
+    clean = live_volume_bursts(live, history, settings.validate_)
+    offline = volume_bursts(world, settings.validate_)
+    assert {(b["id"], b["day"]) for b in clean} == {
+        (int(r.id), str(r.day.date())) for r in offline.itertuples() if r.day >= cut}
+    terminal = int(history[schema.TERMINAL_ID].value_counts().index[0])  # a busy one: its history is not empty
+    burst = live[live[schema.TERMINAL_ID] == terminal].head(1)
+    burst = pd.concat([burst] * 60, ignore_index=True)  # sixty payments on one day at one terminal
+    flagged = live_volume_bursts(pd.concat([live, burst], ignore_index=True), history, settings.validate_)
+    assert any(b["entity"] == schema.TERMINAL_ID and b["id"] == terminal and b["count"] >= 60 for b in flagged)
+
+
+# ------------------------------------------------------------------ hardened feature (fraud count)
+
+def test_dilution_lowers_terminal_risk_but_not_the_known_fraud_count(world, settings):
+    from fraudguard.features import compute_features, terminal_nb_fraud, terminal_risk
+
+    added, attacked_days = dilution(world)
+    clean = compute_features(world, settings.featurize).set_index(schema.TRANSACTION_ID)
+    diluted = compute_features(pd.concat([world, added], ignore_index=True),
+                               settings.featurize).set_index(schema.TRANSACTION_ID).loc[clean.index]
+    terminals = {t for t, _ in attacked_days}
+    at_attacked = clean[schema.TERMINAL_ID].isin(terminals) & (clean[terminal_risk(7)] > 0)
+    assert at_attacked.sum() > 50
+    assert diluted.loc[at_attacked, terminal_risk(7)].mean() < 0.5 * clean.loc[at_attacked, terminal_risk(7)].mean()
+    pd.testing.assert_series_equal(diluted.loc[at_attacked, terminal_nb_fraud(7)],
+                                   clean.loc[at_attacked, terminal_nb_fraud(7)])
+
+
+def test_import_refuses_when_the_tracked_version_is_not_there_to_diff_against(world, settings, tmp_path):
+    from fraudguard.data.versioning import import_data
+    from fraudguard.errors import DataError
+    from fraudguard.paths import ProjectPaths
+
+    paths = ProjectPaths.at(tmp_path)
+    paths.raw_dvc_file.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data/raw\n")
+    upload = tmp_path / "upload.parquet"
+    world.head(50).to_parquet(upload)
+    with pytest.raises(DataError, match="fraudguard data pull` first"):
+        import_data(upload, paths, settings)
