@@ -215,7 +215,7 @@ def train_model(
     patience = cfg.early_stopping_patience
     block_rows = cfg.batch_size * cfg.adversarial.craft_batches
     for epoch in epochs:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         attack_seconds = 0.0
         loss_sum = 0.0
         order = torch.randperm(n, generator=generator)
@@ -243,6 +243,8 @@ def train_model(
             "epoch": epoch,
             "loss": loss_sum / n,
             "seconds": seconds,
+            # CPU seconds of this process over the epoch: on a shared machine, wall time also counts waiting.
+            "cpu_seconds": time.process_time() - cpu_start,
             "adversarial_seconds": attack_seconds,
         }
         if x_val is not None:
