@@ -196,7 +196,8 @@ def main() -> None:
               f"clean {epochs['clean_epoch_s']:.2f} s", flush=True)
 
         if not args.skip_flow:
-            run_cmd(["git", "add", "-A"], root, env)
+            # Only what the import versioned: the stages' outputs are DVC's, not git's.
+            run_cmd(["git", "add", *(p for p in ("data.dvc", "data/.gitignore") if (root / p).exists())], root, env)
             run_cmd(["git", "commit", "-qm", "imported handbook data"], root, env)
             wall_start = time.time()
             proc, figures["flow_s"] = timed_cmd("flow_s", [fg, "run", "--root", str(root)], root, env, timeout=7200)

@@ -34,8 +34,7 @@ from handbook_bench import scaled_profile  # noqa: E402
 from training_bench import logistic_bundle  # noqa: E402
 
 RESULTS_MD = Path(__file__).resolve().parent / "results.md"
-SECTION_START = "<!-- model-quality:start -->"
-SECTION_END = "<!-- model-quality:end -->"
+SECTION = "model-quality"
 COLUMNS = (("roc_auc", "ROC AUC"), ("average_precision", "AP"), ("card_precision_at_k", "CP@k"),
            ("recall_at_fpr", "recall@FPR"), ("robust_average_precision", "robust AP"))
 
@@ -104,13 +103,17 @@ def render_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results_section(table: str, command: str) -> None:
-    """Replace (or append) the model-quality section of bench/results.md, leaving the rest as it is."""
-    section = (f"{SECTION_START}\n## Model quality: MLP vs logistic regression\n\n"
+def write_results_section(table: str, command: str, overrides: dict[str, Any]) -> None:
+    """Replace (or append) this run's model-quality section of bench/results.md (one per set of overrides),
+    leaving the rest as it is."""
+    name = SECTION + "".join("-" + re.sub(r"[^\w]+", "-", f"{k}-{v}") for k, v in sorted(overrides.items()))
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    title = "params.yaml" + (" with " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else "")
+    section = (f"{start}\n## Model quality: MLP vs logistic regression ({title})\n\n"
                f"`{command}` on {dt.date.today().isoformat()} (cores usable: {len(os.sched_getaffinity(0))}, "
-               f"load avg {os.getloadavg()[0]:.1f}).\n\n{table}\n{SECTION_END}\n")
+               f"load avg {os.getloadavg()[0]:.1f}).\n\n{table}\n{end}\n")
     text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.is_file() else ""
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else (text + ("\n" if text else "") + section)
     RESULTS_MD.write_text(text, encoding="utf-8")
 
@@ -140,7 +143,7 @@ def main() -> None:
     table = render_table(results)
     print(table)
     if args.write:
-        write_results_section(table, "python bench/model_quality_bench.py " + " ".join(sys.argv[1:]))
+        write_results_section(table, "python bench/model_quality_bench.py " + " ".join(sys.argv[1:]), overrides)
         print(f"wrote {RESULTS_MD}")
     print_bench_json({r["world"]: {"mlp": {k: round(r["mlp"][k], 4) for k, _ in COLUMNS},
                                    "lr": {k: round(r["lr"][k], 4) for k, _ in COLUMNS},
