@@ -186,14 +186,16 @@ def main() -> None:
         figures["import_plus_validate_s"] = figures["import_s"] + figures["validate_s"]
         CPU_S["import_plus_validate_s"] = CPU_S["import_s"] + CPU_S["validate_s"]
         _, figures["featurize_s"] = timed_cmd("featurize_s", [str(BIN / "python"), "-m", "fraudguard.stages.featurize"], root, env)
-        print(f"import {figures['import_s']:.1f} s, validate {figures['validate_s']:.1f} s, "
-              f"featurize {figures['featurize_s']:.1f} s", flush=True)
+        print(f"import {figures['import_s']:.1f} s (CPU {CPU_S['import_s']:.1f} s), validate {figures['validate_s']:.1f} s "
+              f"(CPU {CPU_S['validate_s']:.1f} s), featurize {figures['featurize_s']:.1f} s "
+              f"(CPU {CPU_S['featurize_s']:.1f} s)", flush=True)
 
         epochs = time_epochs(root)
         figures.update(epochs)
         print(f"epoch on {epochs['fit_rows']} fit rows (batch {epochs['batch_size']}): augmented "
-              f"{epochs['augmented_epoch_s']:.2f} s (crafting {epochs['augmented_crafting_s']:.2f} s), "
-              f"clean {epochs['clean_epoch_s']:.2f} s", flush=True)
+              f"{epochs['augmented_epoch_s']:.2f} s (CPU {epochs['augmented_epoch_cpu_s']:.2f} s; crafting "
+              f"{epochs['augmented_crafting_s']:.2f} s), clean {epochs['clean_epoch_s']:.2f} s "
+              f"(CPU {epochs['clean_epoch_cpu_s']:.2f} s)", flush=True)
 
         if not args.skip_flow:
             # Only what the import versioned: the stages' outputs are DVC's, not git's.
