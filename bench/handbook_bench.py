@@ -16,6 +16,8 @@ by `fraudguard ci profile`:
                   (train.adversarial as configured) and clean; the epoch's own seconds (history).
   flow            `fraudguard run` (train-and-promote, in-process Prefect), wall time; its log timestamps give
                   the register-model task and all gates (prepare-gates + the concurrent gate tasks).
+  register, gates then `fraudguard register` and `fraudguard promote --dry-run` (every gate on that new version,
+                  against the flow's champion) as commands of their own, wall and CPU seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import resource
+import subprocess  # nosec B404 - runs fraudguard of this environment with fixed argument lists
 import sys
 import time
 from pathlib import Path
@@ -66,10 +69,16 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_cmd(name: str, cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600) -> tuple[Any, float]:
-    """Run a command; its wall seconds, and its CPU seconds (with its children) recorded in CPU_S[name]."""
+def timed_cmd(name: str, cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600,
+              check: bool = True) -> tuple[Any, float]:
+    """Run a command; its wall seconds, and its CPU seconds (with its children) recorded in CPU_S[name].
+    check=False: a non-zero exit (a gate that blocks) is an outcome to report, not a bench failure."""
     cpu, start = _children_cpu_s(), time.perf_counter()
-    proc = run_cmd(cmd, cwd, env, timeout=timeout)
+    if check:
+        proc = run_cmd(cmd, cwd, env, timeout=timeout)
+    else:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,  # nosec B603 - fixed argv
+                              check=False)
     wall = time.perf_counter() - start
     CPU_S[name] = _children_cpu_s() - cpu
     return proc, wall
@@ -206,6 +215,12 @@ def main() -> None:
             figures["flow_state"] = next((line for line in proc.stdout.splitlines()
                                           if line.startswith("flow run:")), "flow run: ?")
             figures.update(flow_figures(proc, wall_start, time.time(), root))
+            # The same two steps again as commands of their own, so that their CPU seconds are known too:
+            # a new version of the same outputs, then every gate on it against the flow's champion.
+            _, figures["register_cli_s"] = timed_cmd("register_cli_s", [fg, "register", "--root", str(root)], root, env)
+            gates, figures["gates_cli_s"] = timed_cmd("gates_cli_s", [fg, "promote", "--dry-run", "--root", str(root)],
+                                                      root, env, check=False)
+            figures["gates_cli_exit"] = gates.returncode
 
     print(f"\nhandbook-size figures at scale {args.scale} ({rows} rows); targets are for scale 1.0 on 2 cores;"
           " wall time, CPU seconds in brackets")
@@ -221,7 +236,11 @@ def main() -> None:
     print(_line("augmented / clean", figures["augmented_to_clean_ratio"], TARGET_RATIO, "x"))
     if not args.skip_flow:
         print(_line("register (flow task)", figures.get("register_s"), TARGETS_S["register_s"]))
+        print(_line("  `fraudguard register`", figures["register_cli_s"], TARGETS_S["register_s"],
+                    cpu=CPU_S["register_cli_s"]))
         print(_line("all gates (prepare + gate tasks)", figures.get("gates_s"), TARGETS_S["gates_s"]))
+        print(_line("  `fraudguard promote --dry-run`", figures["gates_cli_s"], TARGETS_S["gates_s"],
+                    cpu=CPU_S["gates_cli_s"]))
         print(_line("whole train-and-promote flow", figures["flow_s"], TARGETS_S["flow_s"], cpu=CPU_S["flow_s"]))
         print(f"  {figures['flow_state']}; {figures.get('train_epochs')} epochs took "
               f"{figures.get('train_epochs_sum_s')} s; per gate {figures.get('per_gate_s')}")
