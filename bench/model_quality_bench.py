@@ -103,10 +103,12 @@ def render_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results_section(table: str, command: str, overrides: dict[str, Any]) -> None:
-    """Replace (or append) this run's model-quality section of bench/results.md (one per set of overrides),
-    leaving the rest as it is."""
-    name = SECTION + "".join("-" + re.sub(r"[^\w]+", "-", f"{k}-{v}") for k, v in sorted(overrides.items()))
+def write_results_section(table: str, command: str, overrides: dict[str, Any], worlds: list[str],
+                          scale: float) -> None:
+    """Replace (or append) this run's model-quality section of bench/results.md (one per set of worlds,
+    scale and overrides), leaving the rest as it is."""
+    parts = [*worlds, f"scale-{scale:g}", *(f"{k}-{v}" for k, v in sorted(overrides.items()))]
+    name = SECTION + "".join("-" + re.sub(r"[^\w]+", "-", part) for part in parts)
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     title = "params.yaml" + (" with " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else "")
     section = (f"{start}\n## Model quality: MLP vs logistic regression ({title})\n\n"
@@ -143,7 +145,8 @@ def main() -> None:
     table = render_table(results)
     print(table)
     if args.write:
-        write_results_section(table, "python bench/model_quality_bench.py " + " ".join(sys.argv[1:]), overrides)
+        write_results_section(table, "python bench/model_quality_bench.py " + " ".join(sys.argv[1:]), overrides,
+                              args.worlds, args.scale)
         print(f"wrote {RESULTS_MD}")
     print_bench_json({r["world"]: {"mlp": {k: round(r["mlp"][k], 4) for k, _ in COLUMNS},
                                    "lr": {k: round(r["lr"][k], 4) for k, _ in COLUMNS},
