@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess  # nosec B404 -- runs this repository's own bench scripts with this interpreter
 import sys
 import time
@@ -166,6 +167,15 @@ def render_markdown(machine: dict[str, Any], runs: list[BenchRun]) -> str:
     return "\n".join(lines)
 
 
+def kept_sections(markdown: str) -> str:
+    """Sections a bench writes into results.md itself (between `<!-- NAME:start -->` and `<!-- NAME:end -->`,
+    e.g. model_quality_bench --write), which a rewrite of the file keeps."""
+    found = re.findall(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->\n?", markdown, flags=re.S)
+    spans = [re.search(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->\n?", markdown, re.S)
+             for name in dict.fromkeys(found)]
+    return "".join(m.group(0) for m in spans if m)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="bench names to run (e.g. featurize training)")
@@ -188,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.json").write_text(
         json.dumps({"machine": machine, "benches": [asdict(r) for r in runs]}, indent=2) + "\n")
-    (args.out_dir / "results.md").write_text(render_markdown(machine, runs))
+    results_md = args.out_dir / "results.md"
+    kept = kept_sections(results_md.read_text() if results_md.is_file() else "")
+    results_md.write_text(render_markdown(machine, runs) + ("\n" + kept if kept else ""))
     log.info("wrote %s and %s", args.out_dir / "results.json", args.out_dir / "results.md")
     return 0 if all(r.error is None for r in runs) else 1
 

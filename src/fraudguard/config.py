@@ -199,6 +199,9 @@ class AdversarialSettings(_Strict):
     ratio: float = Field(ge=0, le=1)
     # which rows get adversarial versions: every class, or only frauds (the attacker is the fraudster)
     classes: Literal["both", "fraud"]
+    # Adversarial rows for this many consecutive minibatches are crafted in one attack call, against the
+    # weights at the first of them: one ART call per minibatch costs more than the step itself at scale.
+    craft_batches: int = Field(default=1, gt=0)
 
 
 class TrainSettings(_Strict):
@@ -211,6 +214,15 @@ class TrainSettings(_Strict):
     adversarial: AdversarialSettings
     torch_threads: int = Field(gt=0)
     validation_share: float = Field(ge=0, lt=0.5)
+    # Stop after this many epochs without a better validation AP and keep the best epoch's weights
+    # (null: train every epoch, keep the last).
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> "TrainSettings":
+        if self.early_stopping_patience is not None and self.validation_share == 0:
+            raise ValueError("early_stopping_patience needs a validation slice (validation_share > 0)")
+        return self
 
 
 class EvaluateSettings(_Strict):

@@ -1,9 +1,12 @@
 """Training of the fraud MLP, with adversarial augmentation under the threat model.
 
-Augmentation: in every batch, a `train.adversarial.ratio` share of the rows (legitimate and fraudulent
-alike, labels kept) is replaced by its adversarial version, crafted with ART against the current weights
-(FGSM, FGSM from a random start, or PGD) under the threat mask and projected onto the threat model.
-ART's AdversarialTrainer passes no mask to generate(), hence this loop.
+Augmentation: in every batch, a `train.adversarial.ratio` share of the eligible rows (frauds, or every row
+with `classes: both`; labels kept) is replaced by its adversarial version, crafted with ART (FGSM, FGSM from
+a random start, or PGD) under the threat mask and projected onto the threat model. The rows of
+`train.adversarial.craft_batches` consecutive batches are crafted in one call against the weights at the
+first of them (1: against the current weights, batch by batch). ART's AdversarialTrainer passes no mask to
+generate(), hence this loop. With `train.early_stopping_patience`, training stops once the validation AP
+has not improved for that many epochs and the best epoch's weights are kept.
 """
 
 from __future__ import annotations
@@ -125,6 +128,18 @@ def _attack_batch(
     raise ValueError(f"unknown adversarial attack {attack!r}")
 
 
+def _adversarial_rows(labels: torch.Tensor, batch_size: int, ratio: float, classes: str) -> torch.Tensor:
+    """Positions (in `labels`, consecutive minibatches of `batch_size`) of the rows to replace by their
+    adversarial version: in each minibatch, the first `ratio` share of its eligible rows (a random share,
+    since the batch is a random draw). Eligible: fraud rows, or every row when `classes` is "both"."""
+    picked = []
+    for first in range(0, len(labels), batch_size):
+        yb = labels[first:first + batch_size]
+        eligible = torch.nonzero(yb == 1).flatten() if classes == "fraud" else torch.arange(len(yb))
+        picked.append(eligible[: int(round(ratio * len(eligible)))] + first)
+    return torch.cat(picked) if picked else torch.empty(0, dtype=torch.long)
+
+
 def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     from sklearn.metrics import average_precision_score
 
@@ -196,38 +211,40 @@ def train_model(
 
         bar = tqdm(epochs, desc="adversarial training" if adversarial else "training", unit="epoch")
         epochs = bar
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val AP, epoch, weights)
+    patience = cfg.early_stopping_patience
+    block_rows = cfg.batch_size * cfg.adversarial.craft_batches
     for epoch in epochs:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         attack_seconds = 0.0
         loss_sum = 0.0
         order = torch.randperm(n, generator=generator)
-        for first in range(0, n, cfg.batch_size):
-            idx = order[first:first + cfg.batch_size]
-            xb, yb = x_fit[idx], y_fit_t[idx]
+        for block_first in range(0, n, block_rows):
+            block = order[block_first:block_first + block_rows]
+            x_block, y_block = x_fit[block], y_fit_t[block]
             if classifier is not None:
                 t0 = time.perf_counter()
-                # The batch is a random draw, so its first eligible rows are a random share of them.
-                if cfg.adversarial.classes == "fraud":
-                    eligible = torch.nonzero(yb == 1).flatten()
-                else:
-                    eligible = torch.arange(len(idx))
-                rows = eligible[: int(round(cfg.adversarial.ratio * len(eligible)))]
+                rows = _adversarial_rows(y_block, cfg.batch_size, cfg.adversarial.ratio, cfg.adversarial.classes)
                 if len(rows) > 0:
-                    x_adv = _attack_batch(attack, classifier, xb[rows].numpy(), yb[rows].numpy(), threat)
-                    xb = xb.clone()
-                    xb[rows] = torch.from_numpy(x_adv)
+                    # One attack call for the block's minibatches, against the weights at its start.
+                    x_adv = _attack_batch(attack, classifier, x_block[rows].numpy(), y_block[rows].numpy(), threat)
+                    x_block[rows] = torch.from_numpy(x_adv)
                 attack_seconds += time.perf_counter() - t0
             module.train()  # ART's gradient calls leave the module in eval mode
-            optimizer.zero_grad()  # and leave gradients on the parameters
-            loss = loss_fn(module(xb), yb)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            for first in range(0, len(block), cfg.batch_size):
+                xb, yb = x_block[first:first + cfg.batch_size], y_block[first:first + cfg.batch_size]
+                optimizer.zero_grad()  # ART's gradient calls also leave gradients on the parameters
+                loss = loss_fn(module(xb), yb)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(yb)
         seconds = time.perf_counter() - start
         entry: dict[str, Any] = {
             "epoch": epoch,
             "loss": loss_sum / n,
             "seconds": seconds,
+            # CPU seconds of this process over the epoch: on a shared machine, wall time also counts waiting.
+            "cpu_seconds": time.process_time() - cpu_start,
             "adversarial_seconds": attack_seconds,
         }
         if x_val is not None:
@@ -243,8 +260,19 @@ def train_model(
         )
         if bar is not None:
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
+        val_ap = entry.get("val_average_precision")
+        if patience is not None and val_ap is not None:
+            if best is None or val_ap > best[0]:
+                best = (val_ap, epoch, {k: v.detach().clone() for k, v in module.state_dict().items()})
+            elif epoch - best[1] >= patience:
+                logger.info("early stop after epoch %d: val AP best at epoch %d (%.4f)", epoch, best[1], best[0])
+                break
     if bar is not None:
         bar.close()
+    extra: dict[str, Any] = {}
+    if best is not None:
+        module.load_state_dict(best[2])
+        extra = {"best_epoch": best[1], "best_val_average_precision": best[0]}
 
     module.eval()
     bundle = ModelBundle(
@@ -272,4 +300,5 @@ def train_model(
         n_validation_rows=int(len(y_val)),
         fraud_rate=float(labels_all.mean()),
         train_average_precision=float(train_ap) if train_ap is not None else float("nan"),
+        extra=extra,
     )

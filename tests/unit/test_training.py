@@ -150,3 +150,47 @@ def test_adversarial_training_raises_robust_average_precision():
         threat = build_threat_model(settings.threat_model, bundle.standardizer)
         robust[adversarial] = robust_average_precision(bundle, test, threat)
     assert robust[True] > robust[False]
+
+
+def test_adversarial_rows_are_the_first_ratio_share_of_each_batchs_frauds():
+    from fraudguard.training import _adversarial_rows
+
+    labels = torch.tensor([0, 1, 1, 0, 1, 1,   1, 0, 0, 0, 1, 1,   1, 1])  # batches of 6, 6, 2
+    rows = _adversarial_rows(labels, batch_size=6, ratio=0.5, classes="fraud")
+    # Batch 1 has frauds at 1, 2, 4, 5 -> first 2; batch 2 at 6, 10, 11 -> round(1.5) = 2; batch 3 at 12, 13 -> 1.
+    assert rows.tolist() == [1, 2, 6, 10, 12]
+    every = _adversarial_rows(labels, batch_size=6, ratio=0.5, classes="both")
+    assert every.tolist() == [0, 1, 2, 6, 7, 8, 12]
+
+
+def test_crafting_several_batches_per_attack_call_still_learns(split):
+    settings = _settings({"train": {"adversarial": {"craft_batches": 8}}})
+    result = train_model(split[0], settings, progress=False)
+    test = split[1]
+    y = test[TX_FRAUD].to_numpy()
+    from sklearn.metrics import average_precision_score
+
+    assert average_precision_score(y, result.bundle.predict_proba(test)) > 4 * y.mean()
+    assert all(0 < h["adversarial_seconds"] < h["seconds"] for h in result.history)
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(split):
+    from sklearn.metrics import average_precision_score
+
+    settings = _settings({"train": {"epochs": 12, "early_stopping_patience": 2, "learning_rate": 0.01}})
+    result = train_model(split[0], settings, progress=False)
+    val_aps = [h["val_average_precision"] for h in result.history]
+    best_epoch = result.extra["best_epoch"]
+    assert val_aps[best_epoch - 1] == max(val_aps) == result.extra["best_val_average_precision"]
+    # Stopped once `patience` epochs passed without a better val AP (or ran out of epochs).
+    assert len(result.history) == min(settings.train.epochs, best_epoch + 2)
+    _, validation = split_validation(split[0], settings.train.validation_share)
+    kept = average_precision_score(validation[TX_FRAUD].to_numpy(), result.bundle.predict_proba(validation))
+    assert kept == pytest.approx(max(val_aps), abs=1e-6)
+
+
+def test_early_stopping_without_a_validation_slice_is_refused():
+    from fraudguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="early_stopping_patience"):
+        _settings({"train": {"early_stopping_patience": 3, "validation_share": 0.0}})
