@@ -44,13 +44,13 @@ REDTEAM_OVERRIDES = {
     },
 }
 
-# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. The backdoor is
-# caught, by the quality and robustness gates, only because the poisoned model is worse overall.
+# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. Label flip and
+# backdoor are stopped at intake (changed_history, conflicting_label_duplicate).
 MISSING_DEFENCE = {
-    "label_flip": "history is immutable: a changed label on an existing TRANSACTION_ID quarantined "
-                  "as changed_history",
-    # In this world the target flags too few of the frauds at the diluted terminals for harm to be measured.
-    "terminal_dilution": "volume-burst flags per terminal and a known-fraud count feature beside the rate",
+    # In this world the target flags too few of the frauds at the diluted terminals for harm to be measured;
+    # volume bursts are reported per terminal-day (not naming the added rows) and the known-fraud counts recover
+    # only part of the recall (bench/poisoning_bench.py).
+    "terminal_dilution": "volume-burst flags that name the added rows, or training that resists dilution",
     "split_payments": "split payments in the threat model and customer spend/count features over the "
                       "last hour and day",
 }
@@ -106,8 +106,13 @@ INTAKE_DEFENCE = {
 }
 
 
+# Intake defences still missing (the others have landed and must hold).
+INTAKE_DEFENCE_MISSING = ("terminal_dilution",)
+
+
 @pytest.mark.parametrize("attack", [
     pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"no intake defence yet: {defence}"))
+    if name in INTAKE_DEFENCE_MISSING else name
     for name, defence in INTAKE_DEFENCE.items()])
 def test_poisoning_is_stopped_at_intake(scorecard, attack):
     """Not by a gate's margin on a worse model: the import refuses, quarantines or flags the poisoned rows."""
