@@ -147,12 +147,23 @@ def test_bad_params_fail_the_flow_run_and_leave_the_registry_as_it_was(prefect_s
 
 
 def _api(stack, method: str, path: str, body: dict | None = None):
+    """One Prefect API call. A 503 is retried: Prefect answers it while its SQLite database is locked by the
+    server's own writers (seen on a loaded 2-core machine), and 503 means "try again" to any HTTP client."""
+    import time
+    import urllib.error
+
     _, env, _, _ = stack
-    request = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return json.loads(resp.read())
+    for attempt in range(6):
+        request = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 5:
+                raise
+            time.sleep(2.0 * (attempt + 1))
 
 
 def test_monitor_on_drift_triggers_the_train_and_promote_deployment(prefect_stack):
