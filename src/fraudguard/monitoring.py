@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fraudguard.files import write_json
 from fraudguard.errors import DataError, RegistryError
 from fraudguard.paths import ProjectPaths
 
@@ -196,7 +197,6 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     the champion's training reference, compute the flag rate, the terminal bursts (absolute, per hour) and
     the customers' and terminals' bursts against their own history (`history`: earlier transactions, e.g.
     the validated data); log all to MLflow."""
-    import json
 
     import mlflow
 
@@ -225,8 +225,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
     relative = live_volume_bursts(current, history, settings.validate_)
     bursts_file = report_dir / "live_bursts.json"
-    bursts_file.write_text(json.dumps({"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000]},
-                                      indent=1))
+    write_json(bursts_file, {"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000]}, indent=1)
     explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models")
     metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),

@@ -13,7 +13,6 @@ champion only on its signed pass attestation and the files it will serve; tags a
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import sys
 import time
@@ -36,6 +35,7 @@ from fraudguard.attestation import (
 from fraudguard.audit import AuditEntry, current_actor
 from fraudguard.errors import DataError, FraudGuardError, PolicyError, RegistryError
 from fraudguard.faults import crash_point
+from fraudguard.files import write_json
 from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
 from fraudguard.paths import ProjectPaths
 from fraudguard.policy import GatePolicy, committed_policy, policy_from_settings
@@ -306,9 +306,7 @@ def _write_summary(report_dir: Path, version: int, results: tuple[GateResult, ..
             for r in results
         ],
     }
-    path = report_dir / "gate_summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    return path
+    return write_json(report_dir / "gate_summary.json", summary, default=str)
 
 
 def _log_reports(client: "MlflowClient", run_id: str | None, results: tuple[GateResult, ...],

@@ -717,12 +717,3 @@ def previous_champion(history: list[ChampionChange], current: int) -> int | None
             return change.version
     return None
 
-
-# ---------------------------------------------------------------------------------- integrity check
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

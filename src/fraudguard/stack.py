@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fraudguard.files import write_json
 from fraudguard.errors import FraudGuardError
 
 HOST = "127.0.0.1"
@@ -81,7 +82,7 @@ class StackState:
 
     def save(self) -> None:
         path = Path(self.base) / STATE_FILE
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, base: Path) -> "StackState":

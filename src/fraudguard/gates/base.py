@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from fraudguard.files import write_json
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import pandas as pd
@@ -55,8 +56,7 @@ class GateContext:
 def finish_gate(name: str, passed: bool, metrics: dict[str, float], thresholds: dict[str, float], reason: str,
                 report_json: Path, report: dict[str, Any], extra_reports: tuple[Path, ...] = ()) -> GateResult:
     """Write the gate's JSON report, log its verdict, and return its GateResult (report listed first)."""
-    report_json.parent.mkdir(parents=True, exist_ok=True)
-    report_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report_json, report)
     logging.getLogger(f"fraudguard.gates.{name}").info(
         "%s gate %s: %s", name, "passed" if passed else "BLOCKED", reason)
     return GateResult(name=name, passed=passed, metrics=metrics, thresholds=thresholds, reason=reason,
