@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudguard.files import write_json
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 from fraudguard.tools import read_bandit_report, run_bandit
 
 if TYPE_CHECKING:
@@ -98,10 +98,10 @@ def run_static_analysis_gate(
         logger.warning("static analysis: %s not found under %s, not scanned", missing, root)
     thresholds = {"min_severity": float(_LEVELS[cfg.min_severity]),
                   "min_confidence": float(_LEVELS[cfg.min_confidence])}
+    report_json = context.report_dir / f"{NAME}.json"
     if not paths:
-        return GateResult(NAME, False, {}, thresholds,
-                          f"none of {cfg.paths} exists under {root}: nothing to vouch for")
-    context.report_dir.mkdir(parents=True, exist_ok=True)
+        return finish_gate(NAME, False, {}, thresholds, f"none of {cfg.paths} exists under {root}: nothing to "
+                           "vouch for", report_json, {"gate": NAME, "passed": False, "paths": cfg.paths})
     report_path = context.report_dir / "bandit.json"
     report = read_bandit_report(run_bandit(paths, report_path))
     blocking = blocking_findings(report, cfg.min_severity, cfg.min_confidence)
@@ -132,4 +132,18 @@ def run_static_analysis_gate(
     passed = not problems
     reason = (f"no finding at or above {cfg.min_severity} severity / {cfg.min_confidence} confidence "
               f"in {', '.join(p.name for p in paths)}") if passed else "; ".join(problems)
-    return GateResult(NAME, passed, metrics, thresholds, reason, (report_path, nosec_report))
+    return finish_gate(NAME, passed, metrics, thresholds, reason, report_json, {
+        "gate": NAME,
+        "passed": passed,
+        "reason": reason,
+        "metrics": metrics,
+        "thresholds": thresholds,
+        "scanned": [str(p) for p in paths],
+        "blocking": [{k: r.get(k) for k in ("test_id", "filename", "line_number", "issue_severity",
+                                            "issue_confidence", "issue_text")} for r in blocking],
+        "bare_nosec": [f"{b.path}:{b.line}" for b in bare],
+        "scan_errors": errors,
+    }, extra_reports=(report_path, nosec_report))
+
+
+GATE = GateSpec(NAME, run_static_analysis_gate, heavy_imports=())
