@@ -252,7 +252,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
                 100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))
-    if check.controlled_attribution_alert:
+    if check.controlled_attribution_alert and attribution is not None:
         logger.warning("attacker-controlled features carry %.0f%% of the attributions of flagged live decisions "
                        "(v%s), %.0f%% in training: more than the %.0f-point margin", 100 * attribution.live_share,
                        explained_version, 100 * attribution.reference_share, 100 * attribution.margin)

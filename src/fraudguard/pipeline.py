@@ -123,8 +123,8 @@ def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Pa
             continue
         _copy_into(root / rel, dest / rel)
     raw = ProjectPaths.at(root).raw_dir.relative_to(root).as_posix()
-    for rel in [raw, *sorted(pipeline_output_paths(root))]:
-        _copy_into(root / rel, dest / rel)
+    for output in [raw, *sorted(pipeline_output_paths(root))]:
+        _copy_into(root / output, dest / output)
     (dest / ".dvc").mkdir(exist_ok=True)
     _copy_into(root / ".dvc" / "config", dest / ".dvc" / "config")
     (dest / ".dvc" / "config.local").write_text(

@@ -488,7 +488,7 @@ def decide(
     _describe(client, name, version, mv.description, gate_table_markdown(version, results))
     _log_reports(client, mv.run_id, results, summary)
     verdicts = {r.name: "passed" if r.passed else "failed" for r in results}
-    base = dict(version=version, champion_before=run.champion_before, results=results, durations_s=durations,
+    base: dict[str, Any] = dict(version=version, champion_before=run.champion_before, results=results, durations_s=durations,
                 report_dir=run.report_dir, policy_source=run.policy.source)
 
     failed = [r for r in results if not r.passed]

@@ -363,7 +363,8 @@ def training_data_input(dvc_file: Path, md5: str):
     from mlflow.data.meta_dataset import MetaDataset
 
     source = get_dataset_source_from_json(json.dumps({"uri": str(Path(dvc_file).resolve())}), source_type="local")
-    return MetaDataset(source, name=TRAINING_DATA_NAME, digest=md5)
+    # MLflow declares `profile` abstract on its Dataset base yet MetaDataset is its concrete metadata-only dataset.
+    return MetaDataset(source, name=TRAINING_DATA_NAME, digest=md5)  # type: ignore[abstract]
 
 
 def _log_metrics(history: list[dict[str, Any]], metrics: dict[str, float]) -> None:

@@ -107,9 +107,9 @@ def ensure_default_remote(paths: ProjectPaths, remote: DataRemoteSettings | None
     name = proc.stdout.strip()
     if proc.returncode == 0 and name:
         return name
-    remote = default_remote_dir()
-    remote.mkdir(parents=True, exist_ok=True)
-    run_dvc(["remote", "add", "--local", "--default", "--force", DEFAULT_REMOTE_NAME, str(remote)],
+    local_dir = default_remote_dir()
+    local_dir.mkdir(parents=True, exist_ok=True)
+    run_dvc(["remote", "add", "--local", "--default", "--force", DEFAULT_REMOTE_NAME, str(local_dir)],
             paths.root)
     logger.info("no default DVC remote configured: using %s (%s)", DEFAULT_REMOTE_NAME, remote)
     return DEFAULT_REMOTE_NAME
@@ -172,10 +172,10 @@ def simulate_raw_data(paths: ProjectPaths, settings: Settings) -> Path:
 def push_data(paths: ProjectPaths, remote: DataRemoteSettings | None = None) -> str:
     """Upload the data.dvc version of data/raw to the default remote (`remote`'s URL when set); returns
     the remote's name."""
-    remote = ensure_default_remote(paths, remote)
+    name = ensure_default_remote(paths, remote)
     run_dvc(["push", "--quiet", paths.raw_dvc_file.name], paths.root)
-    logger.info("pushed data/raw (%s) to remote %s", tracked_md5(paths), remote)
-    return remote
+    logger.info("pushed data/raw (%s) to remote %s", tracked_md5(paths), name)
+    return name
 
 
 def pull_data(paths: ProjectPaths, settings: Settings) -> PullOutcome:

@@ -105,7 +105,7 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
                "changed_history": float(history.get("changed_history", 0) or 0)}
     thresholds: dict[str, float] = {}
     if change.get("checked"):
-        factor = change.get("factor")
+        factor = change["factor"]
         metrics["fraud_rate_change_factor"] = float("inf") if factor == "inf" else float(factor)
         metrics["fraud_rate"] = float(change.get("current", 0.0))
         metrics["previous_fraud_rate"] = float(change.get("previous", 0.0))

@@ -100,7 +100,8 @@ def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "D
         context.report_dir / "drift_vs_newest_window.html", "newest_window"))
 
     metrics: dict[str, float] = {}
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     for c in comparisons:
         metrics[f"drift_share_{c.label}"] = round(c.drift_share, 4)
         metrics[f"drifted_columns_{c.label}"] = float(len(c.drifted_columns))
