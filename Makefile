@@ -27,6 +27,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src flows tests bench
+	$(BIN)/mypy
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run_all.py

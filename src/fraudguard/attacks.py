@@ -63,6 +63,14 @@ class _Float32Input(torch.nn.Module):
 class _CoupledInput(torch.nn.Module):
     """Maps the attack space z back to features x (derived = z_d + z_source * k(count)), then scores."""
 
+    # Buffers set by register_buffer (declared for the type checker: nn.Module's __getattr__ is untyped).
+    index: torch.Tensor
+    source: torch.Tensor
+    count_index: torch.Tensor
+    count_std: torch.Tensor
+    count_mean: torch.Tensor
+    ratio: torch.Tensor
+
     def __init__(self, module: torch.nn.Module, threat: ThreatModel):
         super().__init__()
         self.module = module

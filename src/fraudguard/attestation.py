@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudguard.errors import ModelError, SignatureError
+from fraudguard.files import sha256_file
 from fraudguard.names import CHAMPION_ALIAS
 from fraudguard.signing import (
     Signer,
@@ -85,8 +86,6 @@ def attestation_tag(digest: str) -> str:
 
 def file_manifest(model_dir: Path) -> dict[str, str]:
     """relative path -> sha256 of every file of a model directory (download-only files left out)."""
-    from fraudguard.registry import sha256_file
-
     model_dir = Path(model_dir)
     return {path.relative_to(model_dir).as_posix(): sha256_file(path)
             for path in sorted(model_dir.rglob("*"))

@@ -153,7 +153,7 @@ def chain_entry(prev: AuditEntry | None, event: AuditEvent, signer: Signer, now:
         raise AuditError(f"audit action must be one of {ACTIONS}, got {event.action!r}")
     if event.phase not in PHASES:
         raise AuditError(f"audit phase must be one of {PHASES}, got {event.phase!r}")
-    base = dict(
+    base: dict[str, Any] = dict(
         seq=1 if prev is None else prev.seq + 1,
         time=now or _utc_now(),
         actor=(event.actor or current_actor())[:100],

@@ -8,13 +8,12 @@ the metrics diff compares like with like) and the Bandit run of the security job
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import shutil
-import subprocess  # nosec B404 -- runs the project's own dvc/bandit/git executables with argument lists
+import subprocess  # nosec B404 - runs git and the project's own CLI with fixed argument lists, no shell
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -24,8 +23,10 @@ from typing import Any
 import yaml
 
 from fraudguard.config import Settings, StaticAnalysisGateSettings, merge_overrides, parse_settings
-from fraudguard.errors import ConfigError, DataVersionError, FraudGuardError
-from fraudguard.pipeline import tool_path
+from fraudguard.errors import ConfigError, DataVersionError, FraudGuardError, StaticAnalysisError
+from fraudguard.files import sha256_file, write_json
+from fraudguard.tools import read_bandit_report, run_dvc, tool_path
+from fraudguard.tools import run_bandit as run_bandit_tool
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +105,20 @@ class BanditRun:
     scanned_paths: tuple[str, ...]
     # `# nosec` comments without a written reason ("file:line"), which the gate also blocks on.
     bare_nosec: tuple[str, ...] = ()
+    # "file: reason" for each file Bandit could not scan; the gate fails closed on these, and so does CI.
+    scan_errors: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
-        return self.findings == 0 and not self.bare_nosec
+        return self.findings == 0 and not self.bare_nosec and not self.scan_errors
 
 
-# --------------------------------------------------------------------------------------------- dvc
+# ------------------------------------------------------------------------------------- git and dvc
 
 
 def _run_tool(tool: str, root: Path, args: list[str], env: dict[str, str] | None = None) -> str:
-    """Run `<tool> <args>` in root and return stdout; a failure raises DataVersionError with the tool's words."""
+    """Run `<tool> <args>` (git, fraudguard; dvc goes through fraudguard.tools.run_dvc) in root and return
+    stdout; a failure raises DataVersionError with the tool's words."""
     exe = shutil.which("git") if tool == "git" else tool_path(tool)
     if exe is None:
         raise DataVersionError(f"{tool} is not installed")
@@ -129,11 +133,6 @@ def _run_tool(tool: str, root: Path, args: list[str], env: dict[str, str] | None
     return proc.stdout.strip()
 
 
-def _run_dvc(root: Path, args: list[str]) -> str:
-    """Run `dvc <args>` in root and return stdout; a failure raises DataVersionError with dvc's words."""
-    return _run_tool("dvc", root, args)
-
-
 def _table_rows_or_empty(markdown: str) -> str:
     # dvc prints a bare header when there is nothing to compare; a table without rows says nothing.
     return markdown if len(markdown.splitlines()) > 2 else ""
@@ -142,13 +141,13 @@ def _table_rows_or_empty(markdown: str) -> str:
 def dvc_params_diff_md(root: Path, a_rev: str, b_rev: str | None = None) -> str:
     """`dvc params diff --md` from a_rev to b_rev (the workspace when None); '' when nothing changed."""
     return _table_rows_or_empty(
-        _run_dvc(root, ["params", "diff", a_rev, *([b_rev] if b_rev else []), "--md"]))
+        run_dvc(["params", "diff", a_rev, *([b_rev] if b_rev else []), "--md"], root).stdout.strip())
 
 
 def dvc_metrics_diff_md(root: Path, a_rev: str, b_rev: str | None = None) -> str:
     """`dvc metrics diff --md` from a_rev to b_rev (the workspace when None); '' when nothing changed."""
     return _table_rows_or_empty(
-        _run_dvc(root, ["metrics", "diff", a_rev, *([b_rev] if b_rev else []), "--md"]))
+        run_dvc(["metrics", "diff", a_rev, *([b_rev] if b_rev else []), "--md"], root).stdout.strip())
 
 
 # ------------------------------------------------------------------------------------------- gates
@@ -288,9 +287,9 @@ def apply_ci_profile(params_path: Path, profile_path: Path,
     params_path.write_text(header + yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
     if record_path is not None:
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"profile": str(profile_path), "profile_sha256": file_sha256(profile_path),
+        record = {"profile": str(profile_path), "profile_sha256": sha256_file(profile_path),
                   "changes": {key: {"before": old, "after": new} for key, (old, new) in changes.items()}}
-        record_path.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        write_json(record_path, record, default=str)
     log.info("applied %s to %s: %d value(s) changed", profile_path, params_path, len(changes))
     return ProfileApplication(profile_path=profile_path, params_path=params_path, changes=changes)
 
@@ -304,11 +303,6 @@ def read_profile_record(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable CI profile record: {exc}") from exc
     return data if isinstance(data, dict) else None
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (a profile's identity: same bytes, same CI world)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------ base metrics
@@ -343,7 +337,7 @@ def compute_base_metrics(root: Path, base_rev: str, profile_path: Path, out_dir:
     root = Path(root).resolve()
     profile_path = (root / profile_path).resolve()
     commit = _run_tool("git", root, ["rev-parse", "--verify", f"{base_rev}^{{commit}}"])
-    profile_sha = file_sha256(profile_path)
+    profile_sha = sha256_file(profile_path)
     existing = read_base_record(out_dir)
     if existing and existing.get("commit") == commit and existing.get("profile_sha256") == profile_sha:
         log.info("base metrics for %s on %s already in %s", commit[:12], profile_path.name, out_dir)
@@ -363,7 +357,7 @@ def compute_base_metrics(root: Path, base_rev: str, profile_path: Path, out_dir:
         finally:
             _run_tool("git", root, ["worktree", "remove", "--force", str(worktree)])
     record = {"base_rev": base_rev, "commit": commit, "profile": profile_path.name, "profile_sha256": profile_sha}
-    (out_dir / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / BASE_RECORD, record)
     log.info("base metrics of %s (%s) on %s written to %s", base_rev, commit[:12], profile_path.name, out_dir)
     return BaseMetrics(out_dir, base_rev, commit, profile_path.name, profile_sha)
 
@@ -378,7 +372,7 @@ def _run_base_pipeline(worktree: Path, profile_path: Path) -> None:
     _run_tool("fraudguard", worktree, ["data", "simulate"], env=env)
     stages = yaml.safe_load((worktree / "dvc.yaml").read_text(encoding="utf-8")).get("stages", {})
     with_metrics = [name for name, stage in stages.items() if stage.get("metrics")]
-    _run_tool("dvc", worktree, ["repro", *with_metrics], env=env)
+    run_dvc(["repro", *with_metrics], worktree, env=env)
 
 
 def _flat_numbers(data: Any, prefix: str = "") -> dict[str, float]:
@@ -550,43 +544,37 @@ def sarif_formatter_available() -> bool:
 def run_bandit(root: Path, settings: StaticAnalysisGateSettings, out_dir: Path) -> BanditRun:
     """Scan settings.paths under root as the static-analysis gate does; JSON (+ SARIF) reports.
 
-    Counts the findings at or above min_severity and min_confidence, and the bare `# nosec` comments
-    (the gate's own check, reused); failing is left to the caller so every report is written first.
+    Counts the findings at or above min_severity and min_confidence, the files Bandit could not scan
+    and the bare `# nosec` comments, with the gate's own functions; failing is left to the caller so
+    every report is written first.
     """
-    from fraudguard.gates.static_analysis import find_bare_nosec
+    from fraudguard.gates.static_analysis import blocking_findings, find_bare_nosec, scan_errors
 
     paths = tuple(p for p in settings.paths if (root / p).exists())
     if not paths:
         raise FraudGuardError(f"static analysis: none of {settings.paths} exists under {root}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = [tool_path("bandit"), "-r", *paths, "-q",
-            "--severity-level", settings.min_severity, "--confidence-level", settings.min_confidence]
-    json_path = out_dir / "bandit.json"
-    # Bandit exits 1 when it finds issues; the JSON report is the verdict, so the exit code is not.
-    proc = subprocess.run([*base, "-f", "json", "-o", str(json_path)], cwd=root,  # nosec B603 - fixed argv
-                          capture_output=True, text=True, check=False)
-    if not json_path.is_file():
-        raise FraudGuardError(f"bandit wrote no report to {json_path} (exit {proc.returncode}): "
-                              f"{proc.stderr.strip()[-500:]}")
-    report = json.loads(json_path.read_text(encoding="utf-8"))
-    if report.get("errors"):
-        log.warning("bandit could not scan: %s", report["errors"])
+    # The report lists only what is at or above the gate's levels (what a reviewer needs to read).
+    levels = ("--severity-level", settings.min_severity, "--confidence-level", settings.min_confidence)
+    json_path = run_bandit_tool(paths, out_dir / "bandit.json", cwd=root, extra_args=levels)
+    report = read_bandit_report(json_path)
+    errors = tuple(scan_errors(report))
+    if errors:
+        log.warning("bandit could not scan: %s", "; ".join(errors))
     sarif_path: Path | None = None
     if sarif_formatter_available():
-        sarif_path = out_dir / "bandit.sarif"
-        subprocess.run([*base, "-f", "sarif", "-o", str(sarif_path)], cwd=root,  # nosec B603 - fixed argv
-                       capture_output=True, text=True, check=False)
-        if not sarif_path.is_file():
-            log.warning("bandit wrote no SARIF report to %s", sarif_path)
-            sarif_path = None
+        try:
+            sarif_path = run_bandit_tool(paths, out_dir / "bandit.sarif", cwd=root, report_format="sarif",
+                                         extra_args=levels)
+        except StaticAnalysisError as exc:  # the JSON report is the verdict; SARIF is for display
+            log.warning("no SARIF report: %s", exc)
     else:
         log.warning("bandit has no SARIF formatter here (install bandit[sarif]); JSON only")
     bare = find_bare_nosec([root / p for p in paths])
     bare_names = tuple(f"{Path(b.path).resolve().relative_to(root.resolve())}:{b.line}" for b in bare)
-    (out_dir / "bandit_bare_nosec.json").write_text(json.dumps(list(bare_names), indent=2) + "\n",
-                                                    encoding="utf-8")
-    return BanditRun(json_path=json_path, sarif_path=sarif_path,
-                     findings=len(report.get("results", [])), scanned_paths=paths, bare_nosec=bare_names)
+    write_json(out_dir / "bandit_bare_nosec.json", list(bare_names))
+    findings = blocking_findings(report, settings.min_severity, settings.min_confidence)
+    return BanditRun(json_path=json_path, sarif_path=sarif_path, findings=len(findings), scanned_paths=paths,
+                     bare_nosec=bare_names, scan_errors=errors)
 
 
 def step_summary_path() -> Path | None:

@@ -109,10 +109,12 @@ class SplitSettings(_Strict):
                     f"give either dates or periods, not both: dates {given_dates} and periods {given_periods} "
                     "are set (set the periods to null to split by dates)")
             missing = [k for k, v in dates.items() if v is None]
-            if missing:
+            train_start, train_end, test_start, test_end = (
+                self.train_start, self.train_end, self.test_start, self.test_end)
+            if train_start is None or train_end is None or test_start is None or test_end is None:
                 raise ValueError(f"a split by dates needs all of train_start, train_end, test_start, test_end; "
                                  f"missing {missing}")
-            if not self.train_start <= self.train_end < self.test_start <= self.test_end:
+            if not train_start <= train_end < test_start <= test_end:
                 raise ValueError(
                     "dates must satisfy train_start <= train_end < test_start <= test_end, got "
                     f"train {self.train_start}..{self.train_end}, test {self.test_start}..{self.test_end}")

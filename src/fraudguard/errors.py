@@ -33,6 +33,10 @@ class SignatureError(FraudGuardError):
     """Signed evidence is missing, unreadable, or does not verify with the pipeline's public key."""
 
 
+class StaticAnalysisError(FraudGuardError):
+    """Bandit could not be run, could not scan, or its report could not be read."""
+
+
 class PolicyError(FraudGuardError):
     """The gate policy of record (committed params.yaml) cannot be read, or the working tree differs from it."""
 

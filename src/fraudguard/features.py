@@ -215,7 +215,7 @@ def _cumsum0(values: np.ndarray) -> np.ndarray:
 
 
 def _scatter(order: np.ndarray, sorted_values: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.empty(len(order), dtype=dtype)
+    out: np.ndarray = np.empty(len(order), dtype=dtype)
     out[order] = sorted_values
     return out
 
@@ -351,7 +351,7 @@ def plan_split(features: pd.DataFrame, settings: FeaturizeSettings) -> SplitPlan
             f"split: {warmup}, then {asked}, delay_gap_days={split.delay_gap_days} and test_days={split.test_days} "
             f"counted back from {(data_end - _DAY).date()}; training would span {_days(train_start, train_end)}. "
             + (f"At most {available} training day(s) fit." if available > 0 else
-               f"No training day fits: it needs {settings.warmup_days + split.delay_gap_days + split.test_days + 1} "
+               f"No training day fits: it needs {settings.warmup_days + (split.delay_gap_days or 0) + (split.test_days or 0) + 1} "
                "days of data or more.")
         )
     return plan

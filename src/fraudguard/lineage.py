@@ -22,6 +22,7 @@ import yaml
 
 from fraudguard.config import Settings
 from fraudguard.errors import DataVersionError, ModelError
+from fraudguard.files import sha256_file
 from fraudguard.names import (
     DATA_MD5_TAG,
     DVC_LOCK_SHA_TAG,
@@ -66,14 +67,6 @@ LINEAGE_KEYS = (
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of a byte string."""
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def canonical_json(data: Any) -> str:
@@ -233,13 +226,13 @@ def collect_lineage(
         GIT_DIRTY_TAG: dirty,
         DATA_MD5_TAG: data_md5(paths.raw_dvc_file),
         DVC_LOCK_SHA_TAG: (
-            _sha256_of_file(paths.dvc_lock) if paths.dvc_lock.exists() else ABSENT
+            sha256_file(paths.dvc_lock) if paths.dvc_lock.exists() else ABSENT
         ),
         PARAMS_SHA_TAG: params_sha256(settings),
         FLOW_RUN_TAG: run_id or NONE,
     }
     for pkg, version in package_versions().items():
         lineage[f"{LINEAGE_TAG_PREFIX}versions.{pkg}"] = version
-    lineage[WEIGHTS_SHA_TAG] = _sha256_of_file(weights_path)
+    lineage[WEIGHTS_SHA_TAG] = sha256_file(weights_path)
     lineage.update(validation_lineage(paths.validation_report))
     return lineage

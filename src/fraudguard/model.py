@@ -7,7 +7,6 @@ sha256 of the weights file is checked before loading whenever the caller knows i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pandas as pd
 import torch
 
 from fraudguard.errors import ModelError
+from fraudguard.files import sha256_file, write_json
 
 PREPROCESS_FORMAT_VERSION = 1
 _PREDICT_CHUNK = 65536
@@ -160,18 +160,6 @@ class ModelBundle:
         }
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model artifact: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
-
-
 def save_bundle(bundle: ModelBundle, weights_path: Path, preprocess_path: Path) -> str:
     """Write the state_dict and preprocess.json; return the sha256 of the weights file."""
     weights_path, preprocess_path = Path(weights_path), Path(preprocess_path)
@@ -179,7 +167,7 @@ def save_bundle(bundle: ModelBundle, weights_path: Path, preprocess_path: Path) 
     preprocess_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.module.state_dict().items()}
     torch.save(state, weights_path)
-    preprocess_path.write_text(json.dumps(bundle.preprocess_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(preprocess_path, bundle.preprocess_dict())
     return sha256_file(weights_path)
 
 
@@ -192,7 +180,10 @@ def load_bundle(
         if not path.is_file():
             raise ModelError(f"{path}: model artifact not found")
     if expected_sha256 is not None:
-        actual = sha256_file(weights_path)
+        try:
+            actual = sha256_file(weights_path)
+        except OSError as exc:
+            raise ModelError(f"{weights_path}: cannot read model artifact: {exc.strerror or exc}") from exc
         if actual.lower() != expected_sha256.lower():
             raise ModelError(
                 f"{weights_path}: sha256 {actual} does not match the expected {expected_sha256}; "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fraudguard.files import write_json
 from fraudguard.errors import DataError, RegistryError
 from fraudguard.paths import ProjectPaths
 
@@ -196,7 +197,6 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     the champion's training reference, compute the flag rate, the terminal bursts (absolute, per hour) and
     the customers' and terminals' bursts against their own history (`history`: earlier transactions, e.g.
     the validated data); log all to MLflow."""
-    import json
 
     import mlflow
 
@@ -225,8 +225,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
     relative = live_volume_bursts(current, history, settings.validate_)
     bursts_file = report_dir / "live_bursts.json"
-    bursts_file.write_text(json.dumps({"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000]},
-                                      indent=1))
+    write_json(bursts_file, {"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000]}, indent=1)
     explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models")
     metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
@@ -253,7 +252,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
                 100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))
-    if check.controlled_attribution_alert:
+    if check.controlled_attribution_alert and attribution is not None:
         logger.warning("attacker-controlled features carry %.0f%% of the attributions of flagged live decisions "
                        "(v%s), %.0f%% in training: more than the %.0f-point margin", 100 * attribution.live_share,
                        explained_version, 100 * attribution.reference_share, 100 * attribution.margin)

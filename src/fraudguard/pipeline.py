@@ -1,4 +1,4 @@
-"""Running the DVC stages from code: the one place that shells out to `dvc repro`.
+"""Running the DVC stages from code: the one place that asks `dvc repro` (through fraudguard.tools.run_dvc).
 
 Prefect tasks, `fraudguard run` and CI call these, so that DVC (not our code) decides what is stale
 and caches stage outputs.
@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-import subprocess  # nosec B404 -- runs the project's own dvc/git executables with argument lists
+import subprocess  # nosec B404 - runs git with fixed argument lists (dvc goes through fraudguard.tools), no shell
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +22,7 @@ import yaml
 
 from fraudguard.config import Settings, load_settings, merge_overrides, parse_settings
 from fraudguard.errors import ConfigError, DataVersionError
+from fraudguard.tools import run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,6 @@ class ReproOutcome:
     seconds: float
 
 
-def tool_path(name: str) -> str:
-    """The executable `name` from this interpreter's environment (the venv), else from PATH."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise DataVersionError(f"executable '{name}' not found next to {sys.executable} or on PATH")
-    return found
-
-
 def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES) -> ReproOutcome:
     """`dvc repro` the given stages (and what they depend on) in the project at `root`."""
     import time
@@ -58,9 +48,9 @@ def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES) -> R
     env = dict(os.environ)
     # Stage commands are `python -m fraudguard.stages.x`: make sure that python is this environment's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [tool_path("dvc"), "repro", *stages]
-    log.info("running %s in %s", " ".join(cmd[1:]), root)
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)  # nosec B603 - fixed argv from our own code, no shell
+    log.info("running dvc repro %s in %s", " ".join(stages), root)
+    # Not checked by run_dvc: a failed stage's traceback is in the whole output, not in dvc's last lines.
+    proc = run_dvc(["repro", *stages], root, check=False, env=env)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise DataVersionError(
@@ -99,9 +89,8 @@ def _project_files(root: Path) -> list[Path]:
 
 def _dvc_cache_dir(root: Path) -> Path:
     """The DVC cache directory the project at root uses (`dvc cache dir`)."""
-    proc = subprocess.run([tool_path("dvc"), "cache", "dir"], cwd=root, capture_output=True, text=True,  # nosec B603 - fixed argv, no shell
-                          check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
+    proc = run_dvc(["cache", "dir"], root)
+    if not proc.stdout.strip():
         raise DataVersionError(f"`dvc cache dir` failed in {root}: {(proc.stderr or proc.stdout).strip()[-500:]}")
     return Path(proc.stdout.strip().splitlines()[-1]).resolve()
 
@@ -134,8 +123,8 @@ def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Pa
             continue
         _copy_into(root / rel, dest / rel)
     raw = ProjectPaths.at(root).raw_dir.relative_to(root).as_posix()
-    for rel in [raw, *sorted(pipeline_output_paths(root))]:
-        _copy_into(root / rel, dest / rel)
+    for output in [raw, *sorted(pipeline_output_paths(root))]:
+        _copy_into(root / output, dest / output)
     (dest / ".dvc").mkdir(exist_ok=True)
     _copy_into(root / ".dvc" / "config", dest / ".dvc" / "config")
     (dest / ".dvc" / "config.local").write_text(
@@ -195,7 +184,6 @@ __all__ = [
     "make_scratch_workspace",
     "override_workspace",
     "reproduce_stages",
-    "tool_path",
     "validate_overrides",
 ]
 
@@ -208,10 +196,7 @@ def stale_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES) -> dict[
     """
     import json
 
-    cmd = [tool_path("dvc"), "status", "--json", *stages]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)  # nosec B603 - fixed argv from our own code, no shell
-    if proc.returncode != 0:
-        raise DataVersionError(f"dvc status failed in {root} (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    proc = run_dvc(["status", "--json", *stages], root)
     try:
         status = json.loads(proc.stdout or "{}")
     except ValueError as exc:

@@ -13,12 +13,11 @@ champion only on its signed pass attestation and the files it will serve; tags a
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,8 @@ from fraudguard.attestation import (
 from fraudguard.audit import AuditEntry, current_actor
 from fraudguard.errors import DataError, FraudGuardError, PolicyError, RegistryError
 from fraudguard.faults import crash_point
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.files import write_json
+from fraudguard.gates.base import GateContext, GateFn, GateResult, ModelUnderTest
 from fraudguard.paths import ProjectPaths
 from fraudguard.policy import GatePolicy, committed_policy, policy_from_settings
 from fraudguard.registry import (
@@ -67,11 +67,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A gate takes the candidate, the shared context and its own params section (settings.gates.<name>;
-# None for a gate with no section); the full settings are context.settings.
-GateFn = Callable[[ModelUnderTest, GateContext, Any], GateResult]
-# Libraries the standard gates import lazily. Their first import must not race in two gate threads:
-# ART's circular imports deadlock (`_DeadlockError: art.attacks.inference`) when imported concurrently.
+# Libraries the standard gates import lazily (the union of the table's heavy_imports, kept as a constant so
+# the benchmark can name it without importing the gates). Their first import must not race in two gate
+# threads: ART's circular imports deadlock (`_DeadlockError: art.attacks.inference`) when imported concurrently.
 STANDARD_HEAVY_IMPORTS = ("torch", "sklearn", "art", "evidently")
 GATE_SECTION_TITLE = "## Gate verdicts"
 _MAX_DESCRIPTION_CHARS = 4900  # model_versions.description is VARCHAR(5000) in SQL stores
@@ -149,17 +147,17 @@ class RollbackOutcome:
 # --------------------------------------------------------------------------------------- the gates
 
 def discover_gates(settings: "Settings") -> dict[str, GateFn]:
-    """gate name -> function, one per `gates` section in params (module fraudguard.gates.<name>).
+    """gate name -> run function, one per `gates` section in params, from the table of gates
+    (fraudguard.gates.table).
 
-    A configured gate whose module or function is missing becomes a gate that fails, never a silent skip.
+    A configured gate the table lacks becomes a gate that fails, never a silent skip.
     """
+    from fraudguard.gates.table import GATE_TABLE
+
     gates: dict[str, GateFn] = {}
     for name in type(settings.gates).model_fields:
-        try:
-            module = importlib.import_module(f"fraudguard.gates.{name}")
-            gates[name] = getattr(module, f"run_{name}_gate")
-        except (ImportError, AttributeError) as exc:
-            gates[name] = _missing_gate(name, f"{exc.__class__.__name__}: {exc}")
+        gate = GATE_TABLE.get(name)
+        gates[name] = gate.run if gate is not None else _missing_gate(name, "not in fraudguard.gates.table")
     return gates
 
 
@@ -171,11 +169,14 @@ def _missing_gate(name: str, problem: str) -> GateFn:
 
 
 def warm_imports(gates: Mapping[str, GateFn], extra: tuple[str, ...] = ()) -> None:
-    """Import, in this thread, the heavy libraries the gates will need (module attribute HEAVY_IMPORTS)."""
+    """Import, in this thread, the heavy libraries the gates will need (each table gate's heavy_imports)."""
+    from fraudguard.gates.table import GATE_TABLE
+
     wanted: list[str] = list(extra)
-    for fn in gates.values():
-        module = sys.modules.get(getattr(fn, "__module__", "") or "")
-        wanted.extend(getattr(module, "HEAVY_IMPORTS", ()))
+    for name, fn in gates.items():
+        gate = GATE_TABLE.get(name)
+        if gate is not None and fn == gate.run:
+            wanted.extend(gate.heavy_imports)
     for name in dict.fromkeys(wanted):
         if name in sys.modules:
             continue
@@ -306,9 +307,7 @@ def _write_summary(report_dir: Path, version: int, results: tuple[GateResult, ..
             for r in results
         ],
     }
-    path = report_dir / "gate_summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    return path
+    return write_json(report_dir / "gate_summary.json", summary, default=str)
 
 
 def _log_reports(client: "MlflowClient", run_id: str | None, results: tuple[GateResult, ...],
@@ -489,7 +488,7 @@ def decide(
     _describe(client, name, version, mv.description, gate_table_markdown(version, results))
     _log_reports(client, mv.run_id, results, summary)
     verdicts = {r.name: "passed" if r.passed else "failed" for r in results}
-    base = dict(version=version, champion_before=run.champion_before, results=results, durations_s=durations,
+    base: dict[str, Any] = dict(version=version, champion_before=run.champion_before, results=results, durations_s=durations,
                 report_dir=run.report_dir, policy_source=run.policy.source)
 
     failed = [r for r in results if not r.passed]

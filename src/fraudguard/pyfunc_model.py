@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 from fraudguard.errors import ModelError
 
@@ -51,7 +52,7 @@ mlflow.models.set_model(FraudGuardPyfunc())
 '''
 
 
-class FraudGuardPyfunc(mlflow.pyfunc.PythonModel):
+class FraudGuardPyfunc(PythonModel):
     """Scores raw feature frames with a ModelBundle loaded (sha256-checked) from the model's artifacts."""
 
     def __init__(self) -> None:

@@ -25,10 +25,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlparse
 
 from fraudguard.audit import (
+    AuditAction,
     AuditEntry,
     AuditEvent,
     audit_entries_from_tags,
@@ -537,7 +538,7 @@ def _refresh_status_tags(client: "MlflowClient", state: RegistryState) -> None:
     writer = registry_writer(client)
     writer.update_registered_model(state.model_name, description=history_markdown(history)[:4900])
     statuses = display_statuses(history)
-    for version in {last.version, last.previous} - {None}:
+    for version in {v for v in (last.version, last.previous) if v is not None}:
         writer.set_model_version_tag(state.model_name, str(version), STATUS_TAG, statuses[version])
     if last.approver:
         writer.set_model_version_tag(state.model_name, str(last.version), APPROVER_TAG, last.approver)
@@ -557,7 +558,7 @@ def recover_locked(client: "MlflowClient", state: RegistryState, signer: Signer,
     actor = actor or current_actor()
     if state.champion == intent.to_version:
         entry = append_entry(client, state, AuditEvent(
-            action=intent.action, phase="commit", txid=intent.txid, from_version=intent.from_version,
+            action=cast(AuditAction, intent.action), phase="commit", txid=intent.txid, from_version=intent.from_version,
             to_version=intent.to_version, reasons=("completed after an interrupted move",),
             gates=intent.gates, attestation=intent.attestation, approver=intent.approver, actor=actor,
             recovered=True), signer)
@@ -567,7 +568,7 @@ def recover_locked(client: "MlflowClient", state: RegistryState, signer: Signer,
         if state.champion != intent.from_version:
             _set_alias(client, state, intent.from_version)
         entry = append_entry(client, state, AuditEvent(
-            action=intent.action, phase="abort", txid=intent.txid, from_version=intent.from_version,
+            action=cast(AuditAction, intent.action), phase="abort", txid=intent.txid, from_version=intent.from_version,
             to_version=intent.to_version, reasons=("reverted after an interrupted move",), actor=actor,
             recovered=True), signer)
         kind = "reverted"
@@ -653,7 +654,7 @@ def move_champion(
             )
         if current == version:
             raise RegistryError(f"version {version} of {model_name!r} is already the champion")
-        event = dict(action=action, txid=new_txid(), from_version=current, to_version=version,
+        event: dict[str, Any] = dict(action=action, txid=new_txid(), from_version=current, to_version=version,
                      reasons=tuple(reasons), gates=dict(gates or {}), attestation=attestation,
                      approver=approver, actor=actor)
         intent = append_entry(client, state, AuditEvent(phase="intent", **event), signer)
@@ -717,12 +718,3 @@ def previous_champion(history: list[ChampionChange], current: int) -> int | None
             return change.version
     return None
 
-
-# ---------------------------------------------------------------------------------- integrity check
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

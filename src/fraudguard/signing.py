@@ -110,12 +110,12 @@ def load_signer(path: Path | None = None, create: bool = True) -> Signer:
             public.write_bytes(key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise SignatureError(f"signing key {path} is unreadable: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise SignatureError(f"signing key {path} is not an Ed25519 key")
-    return Signer(key, _key_id(key.public_key()))
+    return Signer(loaded, _key_id(loaded.public_key()))
 
 
 def load_verifier() -> Verifier:

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fraudguard.files import write_json
 from fraudguard.errors import FraudGuardError
 
 HOST = "127.0.0.1"
@@ -81,7 +82,7 @@ class StackState:
 
     def save(self) -> None:
         path = Path(self.base) / STATE_FILE
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, base: Path) -> "StackState":
@@ -194,8 +195,9 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None
 def postgres_bin_dir(install: bool = True) -> Path:
     """The directory holding initdb/postgres; installs Debian's `postgresql` (as root) when missing."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found and shutil.which("initdb"):
-        found = [shutil.which("initdb")]
+    initdb = shutil.which("initdb")
+    if not found and initdb:
+        found = [initdb]
     if not found and install:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise StackError("PostgreSQL server binaries (initdb) not found and cannot install them here: "
@@ -528,7 +530,8 @@ def _wait_workers_online(state: StackState, names: list[str], timeout_s: float =
     while True:
         try:
             status, workers = prefect_api(state, "POST", f"/work_pools/{POOL}/workers/filter", {})
-            online = {w["name"] for w in workers if w.get("status") == "ONLINE"} if status == 200 else set()
+            listed = workers if status == 200 and isinstance(workers, list) else []
+            online = {w["name"] for w in listed if w.get("status") == "ONLINE"}
             if wanted <= online:
                 return
         except (OSError, ValueError):

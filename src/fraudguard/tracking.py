@@ -296,7 +296,7 @@ def log_training_run(
     import pandas as pd
     from mlflow import MlflowClient
 
-    from fraudguard.model import sha256_file
+    from fraudguard.files import sha256_file
 
     paths = ProjectPaths.at(root)
     _require(paths.model_weights, "model weights")
@@ -363,7 +363,8 @@ def training_data_input(dvc_file: Path, md5: str):
     from mlflow.data.meta_dataset import MetaDataset
 
     source = get_dataset_source_from_json(json.dumps({"uri": str(Path(dvc_file).resolve())}), source_type="local")
-    return MetaDataset(source, name=TRAINING_DATA_NAME, digest=md5)
+    # MLflow declares `profile` abstract on its Dataset base yet MetaDataset is its concrete metadata-only dataset.
+    return MetaDataset(source, name=TRAINING_DATA_NAME, digest=md5)  # type: ignore[abstract]
 
 
 def _log_metrics(history: list[dict[str, Any]], metrics: dict[str, float]) -> None:
@@ -447,7 +448,8 @@ def load_bundle_for_version(
     dst_dir: Path | str,
 ) -> "ModelBundle":
     """The version's bundle, downloaded from its run into dst_dir and checked against its sha256 tags."""
-    from fraudguard.model import load_bundle, sha256_file
+    from fraudguard.files import sha256_file
+    from fraudguard.model import load_bundle
 
     mv = _version(client, model_name, version)
     expected = mv.tags.get(WEIGHTS_SHA_TAG)
@@ -497,7 +499,7 @@ def find_identical_version(client: "MlflowClient", root: Path | str, settings: "
     version instead of registering a duplicate.
     """
     from fraudguard.lineage import data_md5, params_sha256
-    from fraudguard.model import sha256_file
+    from fraudguard.files import sha256_file
 
     paths = ProjectPaths.at(root)
     if not paths.model_weights.is_file():

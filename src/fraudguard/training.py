@@ -222,7 +222,7 @@ def train_model(
         for block_first in range(0, n, block_rows):
             block = order[block_first:block_first + block_rows]
             x_block, y_block = x_fit[block], y_fit_t[block]
-            if classifier is not None:
+            if classifier is not None and attack is not None:
                 t0 = time.perf_counter()
                 rows = _adversarial_rows(y_block, cfg.batch_size, cfg.adversarial.ratio, cfg.adversarial.classes)
                 if len(rows) > 0:

@@ -289,3 +289,18 @@ def test_pipeline_job_passes_on_a_clone_of_the_committed_tree(tmp_path):
     assert "_No params changed._" in summary.split("### Params diff")[1].split("###")[0]
     assert "### CI profile `params.ci.yaml`" in summary
     assert (tmp_path / "step_summary.md").read_text() == summary
+
+
+def test_bandit_run_fails_like_the_gate_on_a_file_bandit_could_not_scan(tmp_path, small_settings):
+    from fraudguard.gates.base import GateContext, ModelUnderTest
+    from fraudguard.gates.static_analysis import run_static_analysis_gate
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "broken.py").write_text("def f(:\n    pass\n")
+    settings = StaticAnalysisGateSettings(paths=["src"], min_severity="medium", min_confidence="medium")
+    ci = run_bandit(tmp_path, settings, tmp_path / "reports")
+    context = GateContext(settings=small_settings, train_features=None, test_features=None, newest_window=None,
+                          source_root=tmp_path, report_dir=tmp_path / "gate")
+    gate = run_static_analysis_gate(ModelUnderTest(bundle=None), context, settings)
+    assert ci.findings == 0 and ci.scan_errors == ("src/broken.py: syntax error while parsing AST from file",)
+    assert not ci.passed and not gate.passed and gate.metrics["scan_errors"] == 1.0

@@ -26,13 +26,13 @@ from fraudguard.data.versioning import (
     import_data,
     pull_data,
     push_data,
-    run_dvc,
     simulate_raw_data,
     track_raw_data,
     tracked_md5,
 )
 from fraudguard.errors import DataError, DataVersionError
 from fraudguard.paths import ProjectPaths
+from fraudguard.tools import run_dvc
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fraudguard.config import parse_settings
@@ -41,6 +43,9 @@ def test_undrifted_window_passes_and_saves_html(tmp_path, settings):
     assert result.metrics["drift_share_newest_window"] == 0.0
     html = tmp_path / "reports" / "drift_vs_newest_window.html"
     assert html in result.report_paths and "<html" in html.read_text()[:2000].lower()
+    # Through finish_gate, like every gate: its JSON report first, with the verdict it returned.
+    report = json.loads(result.report_paths[0].read_text())
+    assert result.report_paths[0].name == "drift.json" and report["passed"] and report["metrics"] == result.metrics
 
 
 def test_drift_against_the_champion_reference_blocks(tmp_path, settings):

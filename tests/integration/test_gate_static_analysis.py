@@ -42,6 +42,9 @@ def test_clean_tree_passes_and_saves_the_json_report(tmp_path, small_settings):
     assert result.passed, result.reason
     report = json.loads((tmp_path / "reports" / "bandit.json").read_text())
     assert report["results"] == [] and (tmp_path / "reports" / "bandit.json") in result.report_paths
+    # Through finish_gate, like every gate: its JSON report first, with the verdict it returned.
+    verdict = json.loads(result.report_paths[0].read_text())
+    assert result.report_paths[0].name == "static_analysis.json" and verdict["passed"] and verdict["scan_errors"] == []
 
 
 def test_bare_nosec_is_a_finding(tmp_path, small_settings):

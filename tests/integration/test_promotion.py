@@ -231,13 +231,11 @@ def test_rollback_back_to_a_version_undoes_the_earlier_rollback():
 
 
 def test_gates_are_discovered_from_params_sections(small_settings):
+    from fraudguard.gates.table import GATE_TABLE
+
     gates = discover_gates(small_settings)
     assert list(gates) == list(small_settings.gates.model_dump())
-    from fraudguard.gates.drift import run_drift_gate
-    from fraudguard.gates.static_analysis import run_static_analysis_gate
-    assert gates["drift"] is run_drift_gate and gates["static_analysis"] is run_static_analysis_gate
-    from fraudguard.gates.data_changes import run_data_changes_gate
-    assert gates["data_changes"] is run_data_changes_gate
+    assert all(gates[name] == GATE_TABLE[name].run for name in gates)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fraudguard.errors import ModelError
-from fraudguard.model import FraudMLP, ModelBundle, Standardizer, load_bundle, save_bundle, sha256_file
+from fraudguard.files import sha256_file
+from fraudguard.model import FraudMLP, ModelBundle, Standardizer, load_bundle, save_bundle
 
 FEATURES = ("TX_AMOUNT", "TX_DURING_NIGHT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
 

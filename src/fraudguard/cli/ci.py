@@ -113,7 +113,8 @@ def bandit(
     params: Annotated[Path, typer.Option(help="params file with gates.static_analysis.")]
         = Path("params.yaml"),
 ) -> None:
-    """Bandit over gates.static_analysis.paths as the gate runs it; exit 1 on a finding or bare nosec."""
+    """Bandit over gates.static_analysis.paths as the gate runs it; exit 1 on a finding, a bare nosec or a
+    file Bandit could not scan."""
     from fraudguard.ci_report import run_bandit
     from fraudguard.config import load_settings
     from fraudguard.errors import FraudGuardError
@@ -132,5 +133,7 @@ def bandit(
                f"{settings.gates.static_analysis.min_confidence}; wrote {written}")
     if result.bare_nosec:
         typer.echo(f"error: nosec without a written reason: {', '.join(result.bare_nosec)}", err=True)
+    if result.scan_errors:
+        typer.echo(f"error: files bandit could not scan (not checked): {'; '.join(result.scan_errors)}", err=True)
     if not result.passed:
         raise typer.Exit(code=1)

@@ -119,7 +119,8 @@ def remote(root: Path = ROOT_OPTION) -> None:
     """Apply params.yaml's data_remote.url as this checkout's default DVC remote (.dvc/config.local), so
     plain `dvc push`/`dvc pull` use it too; print the default remote and its URL."""
     from fraudguard.config import load_settings
-    from fraudguard.data.versioning import ensure_default_remote, run_dvc
+    from fraudguard.data.versioning import ensure_default_remote
+    from fraudguard.tools import run_dvc
     from fraudguard.logs import configure_logging
     from fraudguard.paths import ProjectPaths
 

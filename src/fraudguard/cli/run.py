@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,4 +128,4 @@ def summarize_registry(root: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(typer.run(run))
+    typer.run(run)

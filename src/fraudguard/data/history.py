@@ -23,6 +23,7 @@ from fraudguard.data import schema
 from fraudguard.data.io import check_column_names, clip_text, read_transactions
 from fraudguard.data.validation import CHANGED_HISTORY, parse_columns
 from fraudguard.errors import DataError
+from fraudguard.files import write_json
 
 # Hidden, so the validate stage does not read it as transactions; inside data/raw, so DVC versions it
 # with the data it describes.
@@ -224,9 +225,7 @@ def history_report(record: dict[str, Any] | None, input_md5s: set[str], fraud_ra
 
 def write_intake_record(raw_dir: Path, record: dict[str, Any]) -> Path:
     """The intake record of the data in raw_dir (JSON, sorted keys: the same record gives the same bytes)."""
-    path = raw_dir / INTAKE_RECORD_NAME
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return write_json(raw_dir / INTAKE_RECORD_NAME, record, sort_keys=True)
 
 
 def read_intake_record(raw_dir: Path) -> dict[str, Any] | None:

@@ -65,12 +65,12 @@ def read_transactions(path: Path | str, follow_symlinks: bool = True) -> pd.Data
     return frame
 
 
-def clip_text(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    """`text` cut to `limit` characters (with a marker saying how much was cut)."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+def clip_text(text: object, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` (an exception or any value, as its str) cut to `limit` characters (with a marker saying how much was cut)."""
+    shown = str(text)
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... [{len(shown) - limit} more characters]"
 
 
 def name_list(names: Iterable[object]) -> str:

@@ -9,13 +9,9 @@ md5 recorded in data.dvc.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-# Runs the dvc executable with fixed argument lists, never through a shell.
-import subprocess  # nosec B404 - runs git/dvc executables with fixed argument lists, no shell
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +34,9 @@ from fraudguard.data.history import (
 )
 from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.errors import DataError, DataVersionError
+from fraudguard.files import write_json
 from fraudguard.paths import ProjectPaths
+from fraudguard.tools import run_dvc
 
 logger = logging.getLogger(__name__)
 
@@ -67,33 +65,6 @@ class ImportOutcome:
     validation_report: dict[str, Any]
     quarantine_file: Path
     report_file: Path
-
-
-def dvc_executable() -> str:
-    """The `dvc` next to the running interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dvc"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("dvc")
-    if not found:
-        raise DataVersionError(f"dvc executable not found next to {sys.executable} or on PATH")
-    return found
-
-
-def run_dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run `dvc <args>` in `cwd`; with check, a failure raises DataVersionError with dvc's message."""
-    cmd = [dvc_executable(), *args]
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    logger.debug("running %s in %s", " ".join(cmd), cwd)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)  # nosec B603 - fixed argv from our own code, no shell
-    if check and proc.returncode != 0:
-        message = [line for line in (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-                   if line.strip() and not line.startswith("Having any troubles?")]
-        raise DataVersionError(
-            f"`dvc {' '.join(args)}` failed in {cwd} (exit {proc.returncode}): "
-            + (" ".join(message[-5:]) if message else "no output")
-        )
-    return proc
 
 
 def default_remote_dir() -> Path:
@@ -136,9 +107,9 @@ def ensure_default_remote(paths: ProjectPaths, remote: DataRemoteSettings | None
     name = proc.stdout.strip()
     if proc.returncode == 0 and name:
         return name
-    remote = default_remote_dir()
-    remote.mkdir(parents=True, exist_ok=True)
-    run_dvc(["remote", "add", "--local", "--default", "--force", DEFAULT_REMOTE_NAME, str(remote)],
+    local_dir = default_remote_dir()
+    local_dir.mkdir(parents=True, exist_ok=True)
+    run_dvc(["remote", "add", "--local", "--default", "--force", DEFAULT_REMOTE_NAME, str(local_dir)],
             paths.root)
     logger.info("no default DVC remote configured: using %s (%s)", DEFAULT_REMOTE_NAME, remote)
     return DEFAULT_REMOTE_NAME
@@ -201,10 +172,10 @@ def simulate_raw_data(paths: ProjectPaths, settings: Settings) -> Path:
 def push_data(paths: ProjectPaths, remote: DataRemoteSettings | None = None) -> str:
     """Upload the data.dvc version of data/raw to the default remote (`remote`'s URL when set); returns
     the remote's name."""
-    remote = ensure_default_remote(paths, remote)
+    name = ensure_default_remote(paths, remote)
     run_dvc(["push", "--quiet", paths.raw_dvc_file.name], paths.root)
-    logger.info("pushed data/raw (%s) to remote %s", tracked_md5(paths), remote)
-    return remote
+    logger.info("pushed data/raw (%s) to remote %s", tracked_md5(paths), name)
+    return name
 
 
 def pull_data(paths: ProjectPaths, settings: Settings) -> PullOutcome:
@@ -342,10 +313,7 @@ def _write_import_report(paths: ProjectPaths, result: Any, passed: bool, changed
         write_transactions(quarantined.astype("string"), paths.import_quarantine)
     report = {**import_report(result.report, changed, record), "passed": passed,
               "quarantine_file": str(paths.import_quarantine)}
-    paths.import_report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.import_report.with_name(paths.import_report.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, paths.import_report)
+    write_json(paths.import_report, report, sort_keys=True)
 
 
 def _raw_row_count(paths: ProjectPaths) -> int:

@@ -1,17 +1,23 @@
-"""What every gate takes and returns."""
+"""What every gate takes and returns, and the contract every gate follows.
+
+A gate is one module of fraudguard.gates with a `GATE` (a GateSpec: name, heavy imports, run function),
+listed in fraudguard.gates.table; its params section is `gates.<name>`; its run function ends in
+`finish_gate`, which writes `<name>.json`, logs the verdict and returns the GateResult.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+from fraudguard.files import write_json
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import pandas as pd
 
-    from fraudguard.config import Settings
+    from fraudguard.config import GatesSettings, Settings
     from fraudguard.model import ModelBundle
 
 
@@ -55,9 +61,51 @@ class GateContext:
 def finish_gate(name: str, passed: bool, metrics: dict[str, float], thresholds: dict[str, float], reason: str,
                 report_json: Path, report: dict[str, Any], extra_reports: tuple[Path, ...] = ()) -> GateResult:
     """Write the gate's JSON report, log its verdict, and return its GateResult (report listed first)."""
-    report_json.parent.mkdir(parents=True, exist_ok=True)
-    report_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report_json, report)
     logging.getLogger(f"fraudguard.gates.{name}").info(
         "%s gate %s: %s", name, "passed" if passed else "BLOCKED", reason)
     return GateResult(name=name, passed=passed, metrics=metrics, thresholds=thresholds, reason=reason,
                       report_paths=(report_json, *extra_reports))
+
+
+# The run function: the candidate, the shared context and the gate's own params section.
+GateFn = Callable[[ModelUnderTest, GateContext, Any], GateResult]
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """What the promotion needs of a gate."""
+
+    @property
+    def name(self) -> str:
+        """Its params section (gates.<name>), its verdict tag (gate.<name>) and its report (<name>.json)."""
+        ...
+
+    @property
+    def heavy_imports(self) -> tuple[str, ...]:
+        """Libraries its run imports lazily; imported once before gates run in threads, since a first
+        import racing in two threads can deadlock (ART's circular imports do)."""
+        ...
+
+    def section(self, gates: "GatesSettings") -> Any:
+        """Its own params section (None for a gate without one)."""
+        ...
+
+    def run(self, candidate: ModelUnderTest, context: GateContext, section: Any) -> GateResult:
+        """Its verdict on the candidate, returned through finish_gate."""
+        ...
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A gate as a module declares it (`GATE = GateSpec(...)`): satisfies the Gate protocol."""
+
+    name: str
+    run_fn: GateFn
+    heavy_imports: tuple[str, ...] = ()
+
+    def section(self, gates: "GatesSettings") -> Any:
+        return getattr(gates, self.name, None)
+
+    def run(self, candidate: ModelUnderTest, context: GateContext, section: Any) -> GateResult:
+        return self.run_fn(candidate, context, section)

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fraudguard.errors import DataError
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest, finish_gate
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
     from fraudguard.config import DataChangesGateSettings
 
 logger = logging.getLogger(__name__)
 
-GATE_NAME = "data_changes"
+NAME = "data_changes"
 VALIDATION_ARTIFACT = "reports/validation.json"
 ACK_KEY = "fraud_rate_changes"
 
@@ -92,12 +92,12 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
     """Pass when the candidate's data changed the fraud rate within the factor, or the change is acknowledged.
     No validation report at all fails (never a silent pass); an unchecked change (data not imported) passes
     and says so."""
-    report_json = context.report_dir / f"{GATE_NAME}.json"
+    report_json = context.report_dir / f"{NAME}.json"
     ack_path = settings.acknowledgements if settings.acknowledgements.is_absolute() \
         else context.source_root / settings.acknowledgements
     report = candidate_validation_report(candidate, context)
     if report is None:
-        return finish_gate(GATE_NAME, False, {}, {}, f"no {VALIDATION_ARTIFACT} for the candidate: its data "
+        return finish_gate(NAME, False, {}, {}, f"no {VALIDATION_ARTIFACT} for the candidate: its data "
                            "changes cannot be judged", report_json, {"validation_report": None})
     change = report.get("fraud_rate_change") or {"checked": False, "reason": "the report predates the check"}
     history = report.get("history") or {}
@@ -105,7 +105,7 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
                "changed_history": float(history.get("changed_history", 0) or 0)}
     thresholds: dict[str, float] = {}
     if change.get("checked"):
-        factor = change.get("factor")
+        factor = change["factor"]
         metrics["fraud_rate_change_factor"] = float("inf") if factor == "inf" else float(factor)
         metrics["fraud_rate"] = float(change.get("current", 0.0))
         metrics["previous_fraud_rate"] = float(change.get("previous", 0.0))
@@ -124,6 +124,9 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
                                  f"{change['factor']} > {change['max_factor']}) not acknowledged: review it, then "
                                  "`fraudguard data acknowledge --as NAME --reason TEXT` and commit "
                                  f"{settings.acknowledgements}")
-    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report_json,
+    return finish_gate(NAME, passed, metrics, thresholds, reason, report_json,
                        {"fraud_rate_change": change, "history": history, "acknowledgement_file": str(ack_path),
                         "acknowledged_by": [e.get("by") for e in acknowledged]})
+
+
+GATE = GateSpec(NAME, run_data_changes_gate, heavy_imports=())

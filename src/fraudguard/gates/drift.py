@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudguard.errors import DataError
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NAME = "drift"
-# Imported once before gates run in threads (a first import racing in two threads can deadlock).
-HEAVY_IMPORTS = ("evidently",)
 MAX_ROWS = 20_000
 SAMPLE_SEED = 0
 
@@ -102,7 +100,8 @@ def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "D
         context.report_dir / "drift_vs_newest_window.html", "newest_window"))
 
     metrics: dict[str, float] = {}
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     for c in comparisons:
         metrics[f"drift_share_{c.label}"] = round(c.drift_share, 4)
         metrics[f"drifted_columns_{c.label}"] = float(len(c.drifted_columns))
@@ -117,5 +116,18 @@ def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "D
     passed = not problems
     reason = ("; ".join(problems) + f" (threshold {cfg.drift_share_threshold:.0%})") if problems else \
         f"drift within {cfg.drift_share_threshold:.0%}: " + "; ".join(notes)
-    return GateResult(NAME, passed, metrics, {"drift_share_threshold": cfg.drift_share_threshold},
-                      reason, tuple(c.report_path for c in comparisons))
+    thresholds = {"drift_share_threshold": cfg.drift_share_threshold}
+    return finish_gate(NAME, passed, metrics, thresholds, reason, context.report_dir / f"{NAME}.json", {
+        "gate": NAME,
+        "passed": passed,
+        "reason": reason,
+        "metrics": metrics,
+        "thresholds": thresholds,
+        "comparisons": [{"label": c.label, "drift_share": c.drift_share, "drifted_columns": list(c.drifted_columns),
+                         "n_reference": c.n_reference, "n_current": c.n_current, "html": str(c.report_path)}
+                        for c in comparisons],
+    }, extra_reports=tuple(c.report_path for c in comparisons))
+
+
+# Heavy imports: Evidently's data-drift report.
+GATE = GateSpec(NAME, run_drift_gate, heavy_imports=("evidently",))

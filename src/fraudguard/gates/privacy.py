@@ -15,7 +15,7 @@ import pandas as pd
 
 from fraudguard.data.schema import TX_FRAUD
 from fraudguard.errors import DataError
-from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
     from fraudguard.config import PrivacyGateSettings
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GATE_NAME = "privacy"
+NAME = "privacy"
 
 
 def _sample(frame: "pd.DataFrame", n: int, rng: np.random.Generator) -> "pd.DataFrame":
@@ -94,8 +94,8 @@ def run_privacy_gate(
     thresholds = {"max_attack_auc": settings.max_attack_auc}
 
     report = context.report_dir / "privacy.json"
-    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report, {
-        "gate": GATE_NAME,
+    return finish_gate(NAME, passed, metrics, thresholds, reason, report, {
+        "gate": NAME,
         "passed": passed,
         "reason": reason,
         "attack": f"art MembershipInferenceBlackBox (input_type=prediction, "
@@ -103,3 +103,7 @@ def run_privacy_gate(
         "metrics": metrics,
         "thresholds": thresholds,
     })
+
+
+# Heavy imports: ART's membership inference on the torch model; its AUC from scikit-learn.
+GATE = GateSpec(NAME, run_privacy_gate, heavy_imports=("torch", "art", "sklearn"))

@@ -6,14 +6,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from fraudguard.data.schema import TX_FRAUD
-from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
     from fraudguard.config import QualityGateSettings
 
 logger = logging.getLogger(__name__)
 
-GATE_NAME = "quality"
+NAME = "quality"
 # Metrics the gate judges, with the settings key holding each floor.
 _FLOORS = {
     "average_precision": "min_average_precision",
@@ -70,8 +70,8 @@ def run_quality_gate(
         reason = "; ".join(failures)
 
     report = context.report_dir / "quality.json"
-    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report, {
-        "gate": GATE_NAME,
+    return finish_gate(NAME, passed, metrics, thresholds, reason, report, {
+        "gate": NAME,
         "passed": passed,
         "reason": reason,
         "candidate": measured,
@@ -80,3 +80,7 @@ def run_quality_gate(
         "thresholds": thresholds,
         "n_test_rows": len(context.test_features),
     })
+
+
+# Heavy imports: scores with the torch model; ranking metrics from scikit-learn.
+GATE = GateSpec(NAME, run_quality_gate, heavy_imports=("torch", "sklearn"))

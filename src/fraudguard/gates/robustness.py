@@ -18,7 +18,7 @@ import numpy as np
 
 from fraudguard.data.schema import TX_FRAUD
 from fraudguard.errors import ConfigError
-from fraudguard.gates.base import finish_gate, GateContext, GateResult, ModelUnderTest
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GATE_NAME = "robustness"
+NAME = "robustness"
 # The gate's verdict rests on the strongest white-box attack at the attacker's full budget.
 GATED_ATTACK = "pgd"
 
@@ -292,8 +292,8 @@ def run_robustness_gate(
         }
 
     _plot(report_png, cand, champ, settings.min_robust_recall)
-    return finish_gate(GATE_NAME, passed, metrics, thresholds, reason, report_json, {
-        "gate": GATE_NAME,
+    return finish_gate(NAME, passed, metrics, thresholds, reason, report_json, {
+        "gate": NAME,
         "passed": passed,
         "reason": reason,
         "gated_metric": gated,
@@ -302,3 +302,7 @@ def run_robustness_gate(
         "champion": table(champ),
         "champion_version": context.champion.version if context.champion else None,
     }, (report_png,))
+
+
+# Heavy imports: ART's attacks on the torch model.
+GATE = GateSpec(NAME, run_robustness_gate, heavy_imports=("torch", "art"))

@@ -7,18 +7,16 @@ comment: a suppression must say why (`# nosec B404 - only runs git with fixed ar
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
-import subprocess  # nosec B404 - runs the venv's own bandit executable with a fixed argument list
-import sys
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fraudguard.errors import FraudGuardError
-from fraudguard.gates.base import GateContext, GateResult, ModelUnderTest
+from fraudguard.files import write_json
+from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
+from fraudguard.tools import read_bandit_report, run_bandit
 
 if TYPE_CHECKING:
     from fraudguard.config import StaticAnalysisGateSettings
@@ -33,10 +31,6 @@ _TEST_REF_RE = re.compile(r"\b(B\d{3}|[a-z0-9]+(?:_[a-z0-9]+)+)\b", re.IGNORECAS
 _MIN_REASON_LETTERS = 8
 
 
-class StaticAnalysisError(FraudGuardError):
-    """Bandit could not be run or its report could not be read."""
-
-
 @dataclass(frozen=True)
 class BareNosec:
     """A `nosec` comment without a written reason."""
@@ -46,27 +40,20 @@ class BareNosec:
     text: str
 
 
-def bandit_executable() -> Path:
-    """The bandit script next to the running interpreter (the project's venv)."""
-    exe = Path(sys.executable).parent / "bandit"
-    if not exe.exists():
-        raise StaticAnalysisError(f"{exe}: bandit is not installed in this environment")
-    return exe
+def blocking_findings(report: dict, min_severity: str, min_confidence: str) -> list[dict]:
+    """The findings of a Bandit JSON report at or above both levels (what blocks the gate and CI)."""
+    min_sev, min_conf = _LEVELS[min_severity], _LEVELS[min_confidence]
+    return [
+        r for r in report.get("results", [])
+        if _LEVELS.get(str(r.get("issue_severity", "")).lower(), 0) >= min_sev
+        and _LEVELS.get(str(r.get("issue_confidence", "")).lower(), 0) >= min_conf
+    ]
 
 
-def run_bandit(paths: list[Path], report_path: Path) -> dict:
-    """Run Bandit recursively over `paths` and return its parsed JSON report (also written to report_path)."""
-    cmd = [str(bandit_executable()), "-r", *map(str, paths), "-f", "json", "-o", str(report_path), "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # nosec B603 - fixed argv, no shell
-    # Bandit exits 1 when it finds issues; anything else without a report is a failure to scan.
-    if proc.returncode not in (0, 1) or not report_path.exists():
-        raise StaticAnalysisError(
-            f"bandit exited {proc.returncode} scanning {', '.join(map(str, paths))}: {proc.stderr.strip()[-500:]}"
-        )
-    try:
-        return json.loads(report_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise StaticAnalysisError(f"{report_path}: bandit report is not JSON: {exc}") from exc
+def scan_errors(report: dict) -> list[str]:
+    """"file: reason" for each file Bandit could not scan. A file not scanned was not checked, so the gate
+    and CI both fail closed on any."""
+    return [f"{e.get('filename')}: {e.get('reason')}" for e in report.get("errors", [])]
 
 
 def _nosec_reason(comment: str) -> str | None:
@@ -111,23 +98,17 @@ def run_static_analysis_gate(
         logger.warning("static analysis: %s not found under %s, not scanned", missing, root)
     thresholds = {"min_severity": float(_LEVELS[cfg.min_severity]),
                   "min_confidence": float(_LEVELS[cfg.min_confidence])}
+    report_json = context.report_dir / f"{NAME}.json"
     if not paths:
-        return GateResult(NAME, False, {}, thresholds,
-                          f"none of {cfg.paths} exists under {root}: nothing to vouch for")
-    context.report_dir.mkdir(parents=True, exist_ok=True)
+        return finish_gate(NAME, False, {}, thresholds, f"none of {cfg.paths} exists under {root}: nothing to "
+                           "vouch for", report_json, {"gate": NAME, "passed": False, "paths": cfg.paths})
     report_path = context.report_dir / "bandit.json"
-    report = run_bandit(paths, report_path)
-
-    min_sev, min_conf = _LEVELS[cfg.min_severity], _LEVELS[cfg.min_confidence]
-    blocking = [
-        r for r in report.get("results", [])
-        if _LEVELS.get(str(r.get("issue_severity", "")).lower(), 0) >= min_sev
-        and _LEVELS.get(str(r.get("issue_confidence", "")).lower(), 0) >= min_conf
-    ]
+    report = read_bandit_report(run_bandit(paths, report_path))
+    blocking = blocking_findings(report, cfg.min_severity, cfg.min_confidence)
     bare = find_bare_nosec(paths)
-    errors = report.get("errors", [])
+    errors = scan_errors(report)
     nosec_report = context.report_dir / "bandit_bare_nosec.json"
-    nosec_report.write_text(json.dumps([b.__dict__ for b in bare], indent=2), encoding="utf-8")
+    write_json(nosec_report, [b.__dict__ for b in bare])
 
     metrics = {
         "findings_total": float(len(report.get("results", []))),
@@ -146,10 +127,23 @@ def run_static_analysis_gate(
         shown = ", ".join(f"{Path(b.path).name}:{b.line}" for b in bare[:5])
         problems.append(f"{len(bare)} nosec without a written reason: {shown}")
     if errors:
-        # A file Bandit could not parse was not checked: fail closed.
-        shown = ", ".join(f"{e.get('filename')}: {e.get('reason')}" for e in errors[:3])
+        shown = ", ".join(errors[:3])
         problems.append(f"{len(errors)} file(s) bandit could not scan: {shown}")
     passed = not problems
     reason = (f"no finding at or above {cfg.min_severity} severity / {cfg.min_confidence} confidence "
               f"in {', '.join(p.name for p in paths)}") if passed else "; ".join(problems)
-    return GateResult(NAME, passed, metrics, thresholds, reason, (report_path, nosec_report))
+    return finish_gate(NAME, passed, metrics, thresholds, reason, report_json, {
+        "gate": NAME,
+        "passed": passed,
+        "reason": reason,
+        "metrics": metrics,
+        "thresholds": thresholds,
+        "scanned": [str(p) for p in paths],
+        "blocking": [{k: r.get(k) for k in ("test_id", "filename", "line_number", "issue_severity",
+                                            "issue_confidence", "issue_text")} for r in blocking],
+        "bare_nosec": [f"{b.path}:{b.line}" for b in bare],
+        "scan_errors": errors,
+    }, extra_reports=(report_path, nosec_report))
+
+
+GATE = GateSpec(NAME, run_static_analysis_gate, heavy_imports=())

@@ -28,6 +28,10 @@ class _ControlledOnly(torch.nn.Module):
     """Scores the transaction `x0` with its controlled features replaced by the input z (float32, shape
     (N, n_controlled)); class 1 means flagged at `threshold`."""
 
+    # Buffers set by register_buffer (declared for the type checker: nn.Module's __getattr__ is untyped).
+    x0: torch.Tensor
+    controlled: torch.Tensor
+
     def __init__(self, module: torch.nn.Module, x0: np.ndarray, threat: ThreatModel, threshold: float):
         super().__init__()
         self.module = module
@@ -35,7 +39,7 @@ class _ControlledOnly(torch.nn.Module):
         position = {int(i): p for p, i in enumerate(controlled)}
         self.register_buffer("x0", torch.from_numpy(x0.astype(np.float32)))
         self.register_buffer("controlled", torch.from_numpy(controlled.astype(np.int64)))
-        derived = [(d.index, position[d.source], d.source, float(d.shift(np.float64(1.0), x0))) for d in threat.derived]
+        derived = [(d.index, position[d.source], d.source, float(d.shift(np.array(1.0), x0))) for d in threat.derived]
         self.derived = derived
         t = min(max(threshold, 1e-7), 1 - 1e-7)
         self.offset = math.log(t / (1 - t))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from fraudguard.redteam.base import AttackResult, RedTeamContext
 from fraudguard.redteam.evasion import detected_frauds, evasion_result, still_flagged
 
@@ -14,6 +16,6 @@ def run_fgsm(ctx: RedTeamContext) -> AttackResult:
 
     t = detected_frauds(ctx)
     eps = t.threat.epsilon
-    x_adv = masked_fgsm(t.classifier, t.x, [1] * len(t.x), t.threat, eps,
+    x_adv = masked_fgsm(t.classifier, t.x, np.ones(len(t.x), dtype=np.int64), t.threat, eps,
                         batch_size=ctx.settings.gates.robustness.batch_size) if len(t.x) else t.x
     return evasion_result(ctx, NAME, still_flagged(ctx, t.threat, x_adv, t.x, eps), eps, "FGSM")

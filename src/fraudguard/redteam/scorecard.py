@@ -4,12 +4,12 @@ MLflow run in the `redteam.experiment` experiment."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraudguard.files import write_json
 from fraudguard.redteam.base import AttackResult
 
 if TYPE_CHECKING:
@@ -50,9 +50,7 @@ class Scorecard:
 
 def write_scorecard(card: Scorecard, path: Path) -> Path:
     """The scorecard as JSON at `path` (folders made)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(card.as_dict(), indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_json(path, card.as_dict())
 
 
 def _number(value: float) -> str:

@@ -31,7 +31,8 @@ def make_scratch_project(source: ProjectPaths, dest: Path, versioned: bool = Tru
     version the data there with git + DVC as `fraudguard data import` expects (unless not `versioned`:
     attacks that import nothing skip the few seconds that costs), and return its paths."""
     from fraudguard.config import load_settings
-    from fraudguard.data.versioning import run_dvc, track_raw_data
+    from fraudguard.data.versioning import track_raw_data
+    from fraudguard.tools import run_dvc
 
     if not source.raw_dir.is_dir():
         raise DataError(f"{source.raw_dir}: no raw data to attack (run `fraudguard data pull` first)")

@@ -154,7 +154,7 @@ class Gateway:
             raise _Refused(500, "the model returned a non-finite score; nothing was decided", "model")
         explanations = self._explain(bundle, standardized) if explain else []
         latency_ms = (time.perf_counter() - started) * 1000
-        results = []
+        results: list[dict[str, Any]] = []
         version = str(served.version)
         for i, (tx, row, score) in enumerate(zip(transactions, rows, scores)):
             flagged = bool(score >= bundle.threshold)
@@ -341,6 +341,6 @@ def create_app(gateway: Gateway) -> Any:
             metrics.requests.labels(endpoint, str(status_code[0])).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
-    recorder.gateway = gateway  # type: ignore[attr-defined]
+    recorder.gateway = gateway
     return recorder
 

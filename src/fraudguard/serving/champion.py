@@ -31,7 +31,8 @@ from fraudguard.attestation import (
     served_digests,
 )
 from fraudguard.errors import FraudGuardError, ModelError, RegistryError
-from fraudguard.model import ModelBundle, load_bundle, sha256_file
+from fraudguard.files import sha256_file
+from fraudguard.model import ModelBundle, load_bundle
 from fraudguard.registry import get_version, newest_verdict, read_state
 from fraudguard.signing import Verifier
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import datetime as dt
@@ -94,7 +95,8 @@ class RedisFeatureStore:
         self.settings = featurize
         self.location = f"{_redacted(url)} (keys {settings.redis_key_prefix}:*)"
         self._p = settings.redis_key_prefix
-        self._db = redis.Redis.from_url(url, socket_timeout=settings.redis_timeout_s,
+        # Any: with decode_responses=True replies are str, which redis's type hints (bytes) cannot express.
+        self._db: Any = redis.Redis.from_url(url, socket_timeout=settings.redis_timeout_s,
                                         socket_connect_timeout=settings.redis_timeout_s, decode_responses=True)
         self._tx, self._label, self._meta = f"{self._p}:tx", f"{self._p}:label", f"{self._p}:meta"
         self._add = self._db.register_script(_ADD)

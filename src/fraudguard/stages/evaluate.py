@@ -6,10 +6,10 @@ models/evaluation.json, models/plots/pr_curve.json (for `dvc plots`) and models/
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from fraudguard.files import write_json
 from fraudguard.paths import ProjectPaths
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def run_evaluate(paths: ProjectPaths) -> dict[str, float]:
     points = pr_curve_points(test[TX_FRAUD].to_numpy(), bundle.predict_proba(test), PR_CURVE_MAX_POINTS)
 
     paths.plots_dir.mkdir(parents=True, exist_ok=True)
-    paths.evaluation.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    pr_curve_json_path(paths).write_text(json.dumps(points, indent=1) + "\n", encoding="utf-8")
+    write_json(paths.evaluation, metrics, sort_keys=True)
+    write_json(pr_curve_json_path(paths), points, indent=1)
     write_pr_curve_png(points, metrics["average_precision"], pr_curve_png_path(paths))
     logger.info("wrote %s, %s and %s", paths.evaluation, pr_curve_json_path(paths), pr_curve_png_path(paths))
     return metrics

@@ -7,10 +7,10 @@ transaction after the training period, unfiltered: the drift gate's and the moni
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from fraudguard.files import write_json
 from fraudguard.config import FeaturizeSettings, load_settings
 from fraudguard.data.io import read_transactions, write_transactions
 from fraudguard.features import compute_features, plan_split, recent_traffic, split_train_test, summarize_split
@@ -40,7 +40,7 @@ def run_featurize(input_path: Path, output_dir: Path, settings: FeaturizeSetting
     write_transactions(train, output_dir / TRAIN_FILE)
     write_transactions(test, output_dir / TEST_FILE)
     write_transactions(recent, output_dir / RECENT_FILE)
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(output_dir / SUMMARY_FILE, summary, sort_keys=True)
     logger.info(
         "%s; train: %d rows (fraud rate %.4f); test: %d rows (fraud rate %.4f), %d dropped as known compromised "
         "(test_filter=%s)", plan.describe(), summary["train"]["rows"], summary["train"]["fraud_rate"],

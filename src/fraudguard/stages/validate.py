@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fraudguard.files import write_json
 from fraudguard.config import Settings, load_settings
 from fraudguard.data.history import history_report, read_intake_record
 from fraudguard.data.io import file_md5, read_transactions, write_transactions
@@ -52,8 +52,7 @@ def run_validation(paths: ProjectPaths, settings: Settings) -> ValidationResult:
 
     report = _stage_report(result, files, paths, refused, settings)
     write_transactions(result.quarantined, paths.quarantine)
-    paths.validation_report.parent.mkdir(parents=True, exist_ok=True)
-    paths.validation_report.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(paths.validation_report, report, sort_keys=True)
     if refused is not None:
         # A stale validated file from an earlier run must not pass for this batch's output.
         paths.validated.unlink(missing_ok=True)

@@ -1,0 +1,90 @@
+"""The one place that runs the project's external tools, `dvc` and `bandit`, from code.
+
+Both run from this interpreter's environment (the venv), with a fixed argument list and no shell. One
+runner each, so every caller gets the same executable, the same environment and the same failure
+message (the tool's own last lines, naming the command and the directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess  # nosec B404 - runs the venv's own dvc and bandit with fixed argument lists, no shell
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fraudguard.errors import DataVersionError, StaticAnalysisError
+
+logger = logging.getLogger(__name__)
+
+# dvc prints this help footer under every error; it says nothing about the failure.
+_DVC_FOOTER = "Having any troubles?"
+# Bandit exits 1 when it finds issues; any other non-zero exit is a failure to scan.
+_BANDIT_OK_EXITS = (0, 1)
+
+
+def tool_path(name: str) -> str:
+    """The executable `name` from this interpreter's environment (the venv), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise DataVersionError(f"executable '{name}' not found next to {sys.executable} or on PATH")
+    return found
+
+
+def run_dvc(args: Sequence[str], cwd: Path, check: bool = True,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `dvc <args>` in `cwd` (env: os.environ unless given; analytics off); with check, a non-zero exit
+    raises DataVersionError with dvc's last lines."""
+    cmd = [tool_path("dvc"), *args]
+    run_env = {**(os.environ if env is None else env), "DVC_NO_ANALYTICS": "1"}
+    logger.debug("running %s in %s", " ".join(cmd), cwd)
+    proc = subprocess.run(cmd, cwd=cwd, env=run_env, capture_output=True, text=True, check=False)  # nosec B603 - fixed argv from our own code, no shell
+    if check and proc.returncode != 0:
+        message = [line for line in (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+                   if line.strip() and not line.startswith(_DVC_FOOTER)]
+        raise DataVersionError(
+            f"`dvc {' '.join(args)}` failed in {cwd} (exit {proc.returncode}): "
+            + (" ".join(message[-5:]) if message else "no output")
+        )
+    return proc
+
+
+def run_bandit(targets: Sequence[Path | str], report_path: Path, *, cwd: Path | None = None,
+               report_format: str = "json", extra_args: Sequence[str] = ()) -> Path:
+    """Run `bandit -r <targets>` (relative to cwd when given), writing its report in `report_format` to
+    report_path; StaticAnalysisError when bandit cannot run or scan (exit other than 0/1, or no report)."""
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        exe = tool_path("bandit")
+    except DataVersionError as exc:
+        raise StaticAnalysisError(f"bandit is not installed in this environment: {exc}") from exc
+    cmd = [exe, "-r", *map(str, targets), "-q", *extra_args,
+           "-f", report_format, "-o", str(report_path)]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)  # nosec B603 - fixed argv, no shell
+    except OSError as exc:
+        raise StaticAnalysisError(f"cannot run bandit: {exc}") from exc
+    if proc.returncode not in _BANDIT_OK_EXITS or not report_path.is_file():
+        raise StaticAnalysisError(
+            f"bandit exited {proc.returncode} scanning {', '.join(map(str, targets))} without a {report_format} "
+            f"report at {report_path}: {proc.stderr.strip()[-500:]}"
+        )
+    return report_path
+
+
+def read_bandit_report(report_path: Path) -> dict[str, Any]:
+    """Bandit's JSON report as a dict; StaticAnalysisError when it is not one."""
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StaticAnalysisError(f"{report_path}: bandit report is not readable JSON: {exc}") from exc
+    if not isinstance(report, dict):
+        raise StaticAnalysisError(f"{report_path}: bandit report is not a JSON object")
+    return report
