@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from fraudguard.config import StateSettings
@@ -17,6 +15,7 @@ from fraudguard.serving.redis_state import RedisFeatureStore
 from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction, StateUnavailable
 
 from local_services import RedisServer, free_port
+from state_samples import random_transactions, raw_transaction
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +42,16 @@ def open_store(redis_server, request):
         store.close()
 
 
-def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    times = pd.Timestamp("2024-04-01") + pd.to_timedelta(np.sort(rng.integers(0, 60 * 86400, n)), unit="s")
-    return pd.DataFrame({"TRANSACTION_ID": np.arange(n), "TX_DATETIME": times,
-                         "CUSTOMER_ID": rng.integers(0, 8, n), "TERMINAL_ID": rng.integers(0, 5, n),
-                         "TX_AMOUNT": rng.gamma(2.0, 40.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.2).astype(int)})
-
-
-def _raw(row) -> RawTransaction:
-    return RawTransaction(int(row.TRANSACTION_ID), row.TX_DATETIME.to_pydatetime(), int(row.CUSTOMER_ID),
-                          int(row.TERMINAL_ID), float(row.TX_AMOUNT))
-
-
 def test_redis_replay_equals_compute_features_and_the_sqlite_store(tmp_path, small_settings, open_store):
     settings = small_settings.featurize
-    offline = compute_features(_frame(150), settings)
+    offline = compute_features(random_transactions(150), settings)
     redis_store, sqlite_store = open_store(settings), FeatureStore(tmp_path / "s.sqlite", settings)
     delay = dt.timedelta(days=settings.label_delay_days)
     for row in offline.itertuples():
-        online = redis_store.features(_raw(row))
-        assert online == sqlite_store.features(_raw(row)), row.TRANSACTION_ID
+        online = redis_store.features(raw_transaction(row))
+        assert online == sqlite_store.features(raw_transaction(row)), row.TRANSACTION_ID
         for store in (redis_store, sqlite_store):
-            store.add(_raw(row))
+            store.add(raw_transaction(row))
             store.record_label(int(row.TRANSACTION_ID), bool(row.TX_FRAUD), row.TX_DATETIME.to_pydatetime() + delay)
         for name in feature_names(settings):
             expected = float(getattr(row, name))
@@ -108,11 +94,11 @@ def test_redis_state_survives_a_server_restart_and_refuses_other_windows(small_s
                                                                           redis_server):
     settings = small_settings.featurize
     store = open_store(settings)
-    assert store.bootstrap(_frame(50)) == 50
+    assert store.bootstrap(random_transactions(50)) == 50
     redis_server.stop()
     redis_server.start()  # the append-only file is read back
     again = open_store(settings)
-    assert again.count() == 50 and again.bootstrap(_frame(50)) == 0
+    assert again.count() == 50 and again.bootstrap(random_transactions(50)) == 0
     other = settings.model_copy(update={"label_delay_days": settings.label_delay_days + 1})
     with pytest.raises(DataError, match="new key prefix"):
         open_store(other)

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from fraudguard.errors import DataError
 from fraudguard.features import compute_features, feature_names, terminal_risk
 from fraudguard.serving.state import FeatureStore, RawTransaction
-
-
-def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    times = pd.Timestamp("2024-04-01") + pd.to_timedelta(np.sort(rng.integers(0, 60 * 86400, n)), unit="s")
-    return pd.DataFrame({"TRANSACTION_ID": np.arange(n), "TX_DATETIME": times,
-                         "CUSTOMER_ID": rng.integers(0, 8, n), "TERMINAL_ID": rng.integers(0, 5, n),
-                         "TX_AMOUNT": rng.gamma(2.0, 40.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.2).astype(int)})
-
-
-def _raw(row) -> RawTransaction:
-    return RawTransaction(int(row.TRANSACTION_ID), row.TX_DATETIME.to_pydatetime(), int(row.CUSTOMER_ID),
-                          int(row.TERMINAL_ID), float(row.TX_AMOUNT))
+from state_samples import random_transactions, raw_transaction
 
 
 def test_store_replay_equals_compute_features_with_labels_dated_at_the_delay(tmp_path, small_settings):
     settings = small_settings.featurize
-    frame = _frame()
+    frame = random_transactions()
     offline = compute_features(frame, settings)
     store = FeatureStore(tmp_path / "s.sqlite", settings)
     delay = dt.timedelta(days=settings.label_delay_days)
     for row in offline.itertuples():
-        online = store.features(_raw(row))
-        store.add(_raw(row))
+        online = store.features(raw_transaction(row))
+        store.add(raw_transaction(row))
         store.record_label(int(row.TRANSACTION_ID), bool(row.TX_FRAUD), row.TX_DATETIME.to_pydatetime() + delay)
         for name in feature_names(settings):
             expected = float(getattr(row, name))
@@ -57,10 +43,10 @@ def test_a_chargeback_counts_only_from_its_label_date(tmp_path, small_settings):
 def test_state_survives_reopening_and_refuses_other_windows(tmp_path, small_settings):
     settings = small_settings.featurize
     store = FeatureStore(tmp_path / "s.sqlite", settings)
-    assert store.bootstrap(_frame(50)) == 50
+    assert store.bootstrap(random_transactions(50)) == 50
     store.close()
     again = FeatureStore(tmp_path / "s.sqlite", settings)
-    assert again.count() == 50 and again.bootstrap(_frame(50)) == 0
+    assert again.count() == 50 and again.bootstrap(random_transactions(50)) == 0
     again.close()
     other = settings.model_copy(update={"label_delay_days": settings.label_delay_days + 1})
     with pytest.raises(DataError, match="bootstrap a new state file"):
