@@ -55,7 +55,7 @@ CALLS = {
     "validate": "import fraudguard.stages.validate as s\nSTART()\ns.main('.')\nSTOP()\n",
     "featurize": "import fraudguard.stages.featurize as s\nSTART()\ns.main('.')\nSTOP()\n",
     "train": "import fraudguard.stages.train as s\nSTART()\ns.main('.')\nSTOP()\n",
-    "evaluate": "import fraudguard.stages.evaluate as s\nSTART()\ns.main()\nSTOP()\n",
+    "evaluate": "import fraudguard.stages.evaluate as s\nSTART()\ns.main('.')\nSTOP()\n",
 }
 TIMER = """
 import importlib, json, logging, time

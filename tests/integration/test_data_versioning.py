@@ -313,7 +313,7 @@ def data_changes_verdict(paths: ProjectPaths, tmp_path: Path):
 
 
 def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_changed_history(origin, tmp_path):
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import validate as stage
 
     before = import_version_with_frauds(origin, tmp_path)
     attacked, flipped = flip_frauds(before)
@@ -327,7 +327,7 @@ def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_cha
     flips = quarantined[quarantined["reason"] == "changed_history"]
     assert sorted(flips[schema.TRANSACTION_ID].astype("int64")) == sorted(flipped)
 
-    report = run_validation(origin, load_settings(origin.params)).report
+    report = stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_).report
     stage_report = json.loads(origin.validation_report.read_text())
     assert stage_report["history"]["checked"] and stage_report["history"]["changed_history"] == len(flipped)
     assert stage_report["history"]["label_changes"] == 0
@@ -337,7 +337,7 @@ def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_cha
 
 
 def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowledged(origin, tmp_path):
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import validate as stage
 
     attacked, flipped = flip_frauds(import_version_with_frauds(origin, tmp_path), share=0.5)
     upload, relabel = tmp_path / "upload.csv", tmp_path / "relabel.csv"
@@ -351,7 +351,7 @@ def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowle
     assert (current_rows(origin)[schema.TX_FRAUD].astype("int64").to_numpy()
             == attacked[schema.TX_FRAUD].to_numpy()).all()
 
-    run_validation(origin, load_settings(origin.params))
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
     report = json.loads(origin.validation_report.read_text())
     assert report["history"]["label_changes"] == len(flipped)
     assert report["fraud_rate_change"]["exceeded"]

@@ -175,12 +175,12 @@ def validate(root: Path = ROOT_OPTION) -> None:
     from fraudguard.config import load_settings
     from fraudguard.logs import configure_logging
     from fraudguard.paths import ProjectPaths
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import validate as stage
 
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        result = run_validation(paths, load_settings(paths.params))
+        result = stage.run(stage.ValidatePaths.of(paths), stage.section_of(load_settings(paths.params)))
     except FraudGuardError as exc:
         _fail(exc)
     report = result.report
