@@ -69,7 +69,7 @@ def trained_project(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(small_params(REDTEAM_OVERRIDES), sort_keys=False))
     paths = ProjectPaths.at(root)
     settings = load_settings(paths.params)
-    simulate_raw_data(paths, settings)
+    simulate_raw_data(paths, settings.simulate)
     validate.run(validate.ValidatePaths.of(paths), validate.section_of(settings))
     featurize.run(featurize.FeaturizePaths.of(paths), featurize.section_of(settings))
     train.run(train.TrainPaths.of(paths), train.section_of(settings), progress=False)

@@ -67,7 +67,7 @@ def simulate(root: Path = ROOT_OPTION) -> None:
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        target = simulate_raw_data(paths, load_settings(paths.params))
+        target = simulate_raw_data(paths, load_settings(paths.params).simulate)
         frame = read_transactions(target)
     except FraudGuardError as exc:
         _fail(exc)
@@ -99,7 +99,7 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        outcome = import_data(path, paths, load_settings(paths.params), force=force,
+        outcome = import_data(path, paths, load_settings(paths.params).validate_, force=force,
                               follow_symlinks=follow_symlinks, relabels=relabel)
     except QuarantineShareExceeded as exc:
         _echo_reasons(exc.result.report, err=True)

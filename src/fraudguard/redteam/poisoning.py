@@ -144,7 +144,7 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
     stopped = ""
     report: dict = {}
     try:
-        outcome = import_data(incoming, paths, ctx.settings)
+        outcome = import_data(incoming, paths, ctx.settings.validate_)
         report = outcome.validation_report
     except QuarantineShareExceeded as exc:
         stopped = f"{CAUGHT_IMPORT_REFUSED}: {str(exc)[:300]}"
