@@ -202,7 +202,7 @@ def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promot
         return _finish(Completed, f"Unchanged v{record['version']}",
                        f"nothing changed: version {record['version']} (same weights, params and data) is "
                        "already the champion")
-    outcome, gate_run, approval = _gate_and_decide(root, workspace, settings, record["version"], promote)
+    outcome, approval = _gate_and_decide(root, workspace, settings, record["version"], promote)
 
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",
@@ -229,7 +229,7 @@ REGATE_ATTEMPTS = 3
 
 
 def _gate_and_decide(root: Path, workspace: Path, settings, version: int, promote: bool):
-    """(outcome, gate run, approval): prepare, every gate, approval when required, decide; re-gated when the
+    """(outcome, approval): prepare, every gate, approval when required, decide; re-gated when the
     champion changed under the gates. An approved run is not re-gated: the approval was for the old champion."""
     from fraudguard.registry import ChampionChanged
 
@@ -240,7 +240,7 @@ def _gate_and_decide(root: Path, workspace: Path, settings, version: int, promot
         if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):
             approval = await_approval(root, gate_run.version, settings.promotion.approval.timeout_s)
         try:
-            return decide_and_promote(root, settings, quote(gate_run), quote(gate_runs), approval), gate_run, approval
+            return decide_and_promote(root, settings, quote(gate_run), quote(gate_runs), approval), approval
         except ChampionChanged as exc:
             if approval is not None or attempt == REGATE_ATTEMPTS:
                 raise
