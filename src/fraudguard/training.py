@@ -6,7 +6,9 @@ a random start, or PGD) under the threat mask and projected onto the threat mode
 `train.adversarial.craft_batches` consecutive batches are crafted in one call against the weights at the
 first of them (1: against the current weights, batch by batch). ART's AdversarialTrainer passes no mask to
 generate(), hence this loop. With `train.early_stopping_patience`, training stops once the validation AP
-has not improved for that many epochs and the best epoch's weights are kept.
+has not improved for that many epochs and the best epoch's weights are kept. With `train.dilution`, copies of
+the rows at terminals with known frauds, their risk features diluted within threat_model.dilution, join the
+fit rows (dilution_copies).
 """
 
 from __future__ import annotations
@@ -148,6 +150,33 @@ def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(average_precision_score(labels, scores))
 
 
+def dilution_copies(fit_frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Training copies against terminal-risk dilution (train.dilution): rows at terminals with a known fraud
+    (frauds only, or every class), `copies` per row, each with its risk features diluted by a factor drawn
+    uniformly in [0, threat_model.dilution.max_added_volume_factor] (fraudguard.threat.dilute_terminal_risk),
+    labels kept. Empty when off. Seeded by train.seed."""
+    cfg, threat = settings.train.dilution, settings.threat_model.dilution
+    if cfg is None or not cfg.enabled or threat is None:
+        return fit_frame.iloc[0:0]
+    from fraudguard.threat import at_risky_terminal, dilute_terminal_risk
+
+    eligible = at_risky_terminal(fit_frame, threat)
+    if cfg.classes == "fraud":
+        eligible &= fit_frame[TX_FRAUD].to_numpy() == 1
+    rows = np.flatnonzero(eligible)
+    rng = np.random.default_rng(settings.train.seed)
+    whole, part = divmod(cfg.copies, 1.0)
+    picked = np.concatenate([np.tile(rows, int(whole)),
+                             rng.choice(rows, int(round(part * len(rows))), replace=False)]).astype(np.int64)
+    if picked.size == 0:
+        return fit_frame.iloc[0:0]
+    factors = rng.uniform(0.0, threat.max_added_volume_factor, picked.size)
+    copies = dilute_terminal_risk(fit_frame.iloc[picked].reset_index(drop=True), threat, factors)
+    logger.info("dilution copies: %d of %d rows at terminals with known frauds (%s), factors up to %g",
+                picked.size, int(eligible.sum()), cfg.classes, threat.max_added_volume_factor)
+    return copies
+
+
 def train_model(
     train_frame: pd.DataFrame,
     settings: Settings,
@@ -178,6 +207,11 @@ def train_model(
         raise DataError("training frame: no fraud in the fit part (before the validation slice)")
 
     standardizer = Standardizer.fit(fit_frame, settings.model.features)
+    # Appended after the standardizer is fitted: it describes real traffic, not the copies.
+    diluted = dilution_copies(fit_frame, settings)
+    if len(diluted):
+        fit_frame = pd.concat([fit_frame, diluted], ignore_index=True)
+        y_fit = _labels(fit_frame, "training frame")
     x_fit = torch.from_numpy(standardizer.transform(fit_frame))
     x_val = standardizer.transform(val_frame) if len(val_frame) else None
     y_fit_t = torch.from_numpy(y_fit)
@@ -273,6 +307,7 @@ def train_model(
     if best is not None:
         module.load_state_dict(best[2])
         extra = {"best_epoch": best[1], "best_val_average_precision": best[0]}
+    extra["dilution_copies"] = int(len(diluted))
 
     module.eval()
     bundle = ModelBundle(
