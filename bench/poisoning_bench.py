@@ -1,5 +1,6 @@
 """Poisoning benchmark: terminal-risk dilution against the model without the known-fraud counts (baseline),
-with them (counts), and with them plus training on diluted copies (hardened: train.dilution).
+with them (counts), and with them plus training on diluted copies (train.dilution) of the frauds (hardened,
+the default) or of every row (hardened_both) at terminals with known frauds.
 
 The attack (issue 11): small legitimate-labelled payments added at the terminals compromised (scenario 2)
 in the test period, `--share` of the rows (default 0.5 %), spread over every day each served frauds. For
@@ -60,12 +61,14 @@ def split(frame: pd.DataFrame, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     return split_train_test(compute_features(frame, settings.featurize), settings.featurize)
 
 
-def train(settings, features: list[str], frame: pd.DataFrame, dilution_training: bool):
+def train(settings, features: list[str], frame: pd.DataFrame, dilution_classes: str | None):
+    """The MLP on `frame` with these features; with train.dilution copies of `dilution_classes` (None: none)."""
+    from fraudguard.config import DilutionTrainingSettings
     from fraudguard.training import train_model
 
-    dilution = settings.train.dilution
-    if dilution is not None:
-        dilution = dilution.model_copy(update={"enabled": dilution_training and dilution.enabled})
+    dilution = DilutionTrainingSettings(enabled=dilution_classes is not None,
+                                        copies=settings.train.dilution.copies if settings.train.dilution else 1.0,
+                                        classes=dilution_classes or "fraud")
     local = settings.model_copy(update={
         "model": settings.model.model_copy(update={"features": features}),
         "train": settings.train.model_copy(update={"dilution": dilution})})
@@ -81,15 +84,21 @@ def in_budget_recall(settings, bundle, test: pd.DataFrame) -> float | None:
     return None if outcome is None or not outcome.n_attacked else outcome.robust_recall
 
 
-def score(settings, bundle, test: pd.DataFrame, terminals: set[int]) -> dict:
+def score(settings, bundle, test: pd.DataFrame, terminals: set[int], added: set[int]) -> dict:
+    """Recall on the frauds at the diluted terminals at 1 % FPR of these scores (the attacker's rows count as
+    legitimate) and at the model's own threshold; AP; the share of the attacker's rows the model flags."""
     from fraudguard.evaluation import average_precision
 
     scores = bundle.predict_proba(test)
     y = test[schema.TX_FRAUD].to_numpy().astype(int)
     threshold = float(np.quantile(scores[y == 0], 1 - settings.evaluate.fpr_for_recall))
     attacked = (y == 1) & test[schema.TERMINAL_ID].isin(terminals).to_numpy()
+    mine = test[schema.TRANSACTION_ID].isin(added).to_numpy()
     return {"recall_at_diluted_terminals": float((scores[attacked] > threshold).mean()) if attacked.any() else None,
+            "recall_at_diluted_terminals_model_threshold":
+                float((scores[attacked] >= bundle.threshold).mean()) if attacked.any() else None,
             "frauds_at_diluted_terminals": int(attacked.sum()),
+            "added_rows_flagged_share": float((scores[mine] >= bundle.threshold).mean()) if mine.any() else None,
             "average_precision": average_precision(y, scores)}
 
 
@@ -133,26 +142,30 @@ def main() -> None:
     hardened = list(settings.model.features)
     baseline = [f for f in hardened if "_NB_FRAUD_" not in f]
     results = {}
-    variants = (("baseline", baseline, False), ("counts", hardened, False), ("hardened", hardened, True))
-    for name, features, dilution_training in variants:
+    variants = (("baseline", baseline, None), ("counts", hardened, None), ("hardened", hardened, "fraud"),
+                ("hardened_both", hardened, "both"))
+    for name, features, dilution_classes in variants:
         for trained_on, frame in (("clean", clean_train), ("diluted", diluted_train)):
             start = time.perf_counter()
-            bundle = train(settings, features, frame, dilution_training)
+            bundle = train(settings, features, frame, dilution_classes)
             seconds = time.perf_counter() - start
             tests = (("clean", clean_test), ("diluted", diluted_test)) if trained_on == "clean" \
                 else (("diluted", diluted_test),)
             for scored_on, test in tests:
-                r = results[f"{name}.train_{trained_on}.test_{scored_on}"] = score(settings, bundle, test, terminals)
+                r = results[f"{name}.train_{trained_on}.test_{scored_on}"] = score(settings, bundle, test, terminals,
+                                                                                   added)
                 if scored_on == "clean":
                     r["in_budget_dilution_recall"] = in_budget_recall(settings, bundle, test)
-                print(f"{name:8s} trained on {trained_on:7s} scoring {scored_on:7s} test: recall at the diluted "
-                      f"terminals {r['recall_at_diluted_terminals']:.3f} ({r['frauds_at_diluted_terminals']} frauds), "
+                print(f"{name:13s} trained on {trained_on:7s} scoring {scored_on:7s} test: recall at the diluted "
+                      f"terminals {r['recall_at_diluted_terminals']:.3f} ({r['frauds_at_diluted_terminals']} frauds; "
+                      f"{r['recall_at_diluted_terminals_model_threshold']:.3f} at the model's threshold), "
                       f"AP {r['average_precision']:.3f}"
+                      + (f", added rows flagged {r['added_rows_flagged_share']:.3f}" if scored_on == "diluted" else "")
                       + (f", in-budget dilution recall {r['in_budget_dilution_recall']}" if scored_on == "clean" else "")
                       + f"  [training {seconds:.0f} s]")
     for trained_on in ("clean", "diluted"):
         b = results[f"baseline.train_{trained_on}.test_diluted"]["recall_at_diluted_terminals"]
-        for name in ("counts", "hardened"):
+        for name in ("counts", "hardened", "hardened_both"):
             h = results[f"{name}.train_{trained_on}.test_diluted"]["recall_at_diluted_terminals"]
             print(f"trained on {trained_on}, diluted test: recall at diluted terminals {name} / baseline = "
                   f"{h:.3f} / {b:.3f}" + (f" = {h / b:.2f}x" if b else ""))

@@ -160,20 +160,22 @@ def build_threat_model(threat_settings: "ThreatModelSettings", standardizer: "St
 
 def dilute_terminal_risk(frame: "pd.DataFrame", dilution: "DilutionThreatSettings",
                          factors: "np.ndarray | float") -> "pd.DataFrame":
-    """A copy of `frame` as if legitimate payments of `factors` (per row, or one for all) x each risk window's
-    volume had been added at the row's terminal: count' = round(count x (1 + factor)), risk' = risk x count /
+    """A copy of `frame` as if legitimate payments of `factors` (one for all, one per row, or one per row and
+    risk window in risk_features' order) x each risk window's volume had been added at the row's terminal: count' = round(count x (1 + factor)), risk' = risk x count /
     count' (the known frauds over more payments); every other column, the known-fraud counts included, kept.
     Raises ConfigError when a configured feature is missing from `frame`."""
     missing = sorted({*dilution.risk_features, *dilution.risk_features.values()} - set(frame.columns))
     if missing:
         raise ConfigError(f"threat_model.dilution.risk_features: the frame lacks {missing}")
-    factor = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(frame),))
+    windows = len(dilution.risk_features)
+    factor = np.asarray(factors, dtype=np.float64)
+    factor = np.broadcast_to(factor[:, None] if factor.ndim == 1 else factor, (len(frame), windows))
     if (factor < 0).any():
         raise ValueError("dilute_terminal_risk: factors must be >= 0")
     out = frame.copy()
-    for risk, count in dilution.risk_features.items():
+    for i, (risk, count) in enumerate(dilution.risk_features.items()):
         n = frame[count].to_numpy(dtype=np.float64)
-        diluted = np.rint(n * (1.0 + factor))
+        diluted = np.rint(n * (1.0 + factor[:, i]))
         share = np.divide(n, diluted, out=np.ones_like(n), where=diluted > 0)
         out[risk] = (frame[risk].to_numpy(dtype=np.float64) * share).astype(frame[risk].dtype)
         out[count] = diluted.astype(frame[count].dtype)

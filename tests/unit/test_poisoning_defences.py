@@ -17,6 +17,8 @@ from fraudguard.data.validation import (
     CHANGED_HISTORY,
     CONFLICTING_LABEL_DUPLICATE,
     LABEL_SCENARIO_MISMATCH,
+    TERMINAL_DILUTION,
+    terminal_dilution_mask,
     validate_transactions,
     volume_bursts,
 )
@@ -188,6 +190,47 @@ def test_validation_report_counts_bursts_without_quarantining_them(world, valida
     genuine_lost = result.quarantined[result.quarantined[schema.TRANSACTION_ID].isin(world[schema.TRANSACTION_ID])]
     assert len(genuine_lost) <= 0.001 * len(world)
     assert set(genuine_lost[schema.QUARANTINE_REASON]) <= {"amount_outlier", CONFLICTING_LABEL_DUPLICATE}
+
+
+# ------------------------------------------------------- dilution below the daily bursts (terminal_dilution)
+
+# Under validate.burst_min_daily_tx (no single day is a burst), yet several times a terminal's usual volume
+# here (~1.5 a day): beyond validate.dilution_factor. Dilution within that factor is the model's to withstand
+# (threat_model.dilution, the robustness gate's dilution recall).
+SPREAD_PER_DAY = 8
+
+
+def test_dilution_beyond_the_factor_but_below_the_daily_burst_rule_is_flagged_row_by_row(world, validate, settings):
+    added, attacked_days = dilution(world, per_day=SPREAD_PER_DAY)
+    attacked = pd.concat([world, added], ignore_index=True)
+    assert volume_bursts(attacked, settings.validate_).empty or \
+        len(volume_bursts(attacked, settings.validate_)) < 0.5 * len(attacked_days)
+    result = validate(attacked)
+    flagged = set(result.report["flagged_transaction_ids"][TERMINAL_DILUTION])
+    # Clearly beyond the factor: the added rows at terminals whose usual legitimate volume is under
+    # SPREAD_PER_DAY / (2 x dilution_factor) a day (busier terminals got a dilution the model must withstand).
+    days = (world[schema.TX_DATETIME].max() - world[schema.TX_DATETIME].min()).days + 1
+    usual = world[world[schema.TX_FRAUD] == 0].groupby(schema.TERMINAL_ID).size() / days
+    quiet = usual.index[usual < SPREAD_PER_DAY / (2 * settings.validate_.dilution_factor)]
+    beyond = set(added.loc[added[schema.TERMINAL_ID].isin(quiet), schema.TRANSACTION_ID])
+    assert len(beyond) >= 0.5 * len(added)
+    assert len(flagged & beyond) >= 0.9 * len(beyond)
+    assert result.report[TERMINAL_DILUTION]["rows"] == len(flagged)
+    # Flagged, never quarantined for it (a few added rows may be amount outliers of their customer), never a fraud.
+    assert not result.quarantined[schema.QUARANTINE_REASON].str.contains(TERMINAL_DILUTION).any()
+    assert not flagged & set(result.quarantined[schema.TRANSACTION_ID])
+    assert not attacked.loc[attacked[schema.TRANSACTION_ID].isin(flagged), schema.TX_FRAUD].any()
+
+
+def test_clean_world_has_few_rows_flagged_as_terminal_dilution(world, settings):
+    mask, summary = terminal_dilution_mask(world, settings.validate_)
+    assert summary["rows"] == int(mask.sum()) <= 0.01 * len(world)
+
+
+def test_legitimate_volume_that_follows_no_fraud_is_not_dilution(world, settings):
+    legit = world[world[schema.TX_FRAUD] == 0]
+    mask, summary = terminal_dilution_mask(legit, settings.validate_)
+    assert not mask.any() and summary == {"terminals": 0, "terminal_days": 0, "rows": 0}
 
 
 # ----------------------------------------------------------------------- live traffic (monitor)

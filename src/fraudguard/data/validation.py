@@ -202,7 +202,6 @@ def validate_transactions(
     diluting, report[TERMINAL_DILUTION] = terminal_dilution_mask(accepted, settings)
     if diluting.any():
         ids = accepted.loc[diluting.to_numpy(), schema.TRANSACTION_ID]
-        report["flagged"][TERMINAL_DILUTION] = int(len(ids))
         report["flagged_transaction_ids"][TERMINAL_DILUTION] = [int(i) for i in ids.iloc[:MAX_DILUTION_FLAGGED_IDS]]
     result = ValidationResult(
         accepted=accepted.reset_index(drop=True),
