@@ -44,8 +44,9 @@ REDTEAM_OVERRIDES = {
     },
 }
 
-# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. Label flip and
-# backdoor are stopped at intake (changed_history, conflicting_label_duplicate).
+# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. Label flip,
+# backdoor and terminal dilution are stopped at intake (changed_history, conflicting_label_duplicate,
+# terminal_dilution flags).
 MISSING_DEFENCE = {
     "split_payments": "split payments in the threat model and customer spend/count features over the "
                       "last hour and day",
