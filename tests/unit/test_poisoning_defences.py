@@ -280,3 +280,28 @@ def test_import_refuses_when_the_tracked_version_is_not_there_to_diff_against(wo
     world.head(50).to_parquet(upload)
     with pytest.raises(DataError, match="fraudguard data pull` first"):
         import_data(upload, paths, settings)
+
+
+def test_monitor_flags_live_dilution_at_a_terminal_with_recent_known_frauds(world, settings):
+    """Payments added on every live day (under the daily burst rule) at a terminal that had a known fraud in the
+    horizon before the log: named by the live terminal_dilution rule; the clean live days name almost nothing."""
+    from fraudguard.monitoring import live_terminal_dilution
+
+    cut = world[schema.TX_DATETIME].max().floor("D") - pd.Timedelta(days=settings.validate_.dilution_window_days)
+    history, live = world[world[schema.TX_DATETIME] < cut], world[world[schema.TX_DATETIME] >= cut]
+    clean = live_terminal_dilution(live, history, settings.validate_)
+    assert len(clean) <= 0.01 * live[schema.TERMINAL_ID].nunique()
+    recent = history[(history[schema.TX_DATETIME] >= cut - pd.Timedelta(days=settings.validate_.dilution_horizon_days))
+                     & (history[schema.TX_FRAUD] == 1)]
+    quiet = history[history[schema.TERMINAL_ID].isin(recent[schema.TERMINAL_ID])].groupby(schema.TERMINAL_ID).size()
+    terminal = int(quiet.idxmin())  # the quietest terminal with a recent fraud
+    template = live.head(1)
+    added = pd.concat([template.assign(**{schema.TERMINAL_ID: terminal,
+                                          schema.TX_DATETIME: cut + pd.Timedelta(days=d, hours=10 + j)})
+                       for d in range(settings.validate_.dilution_window_days) for j in range(SPREAD_PER_DAY // 2)],
+                      ignore_index=True)
+    diluted = live_terminal_dilution(pd.concat([live, added], ignore_index=True), history, settings.validate_)
+    assert terminal in {f["terminal_id"] for f in diluted}
+    assert terminal not in {f["terminal_id"] for f in clean}
+    # Without the labels of the history there is no known fraud to protect: nothing is named.
+    assert live_terminal_dilution(live, history.drop(columns=[schema.TX_FRAUD]), settings.validate_) == []
