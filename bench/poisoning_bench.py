@@ -1,12 +1,15 @@
-"""Poisoning benchmark: terminal-risk dilution against the model with and without the known-fraud counts.
+"""Poisoning benchmark: terminal-risk dilution against the model without the known-fraud counts (baseline),
+with them (counts), and with them plus training on diluted copies (train.dilution) of the frauds (hardened,
+the default) or of every row (hardened_both) at terminals with known frauds.
 
 The attack (issue 11): small legitimate-labelled payments added at the terminals compromised (scenario 2)
 in the test period, `--share` of the rows (default 0.5 %), spread over every day each served frauds. For
-each feature set (params.yaml's model.features, and the same without the TERMINAL_ID_NB_FRAUD_* counts)
-the MLP is trained on the clean data (scored on the clean and the diluted test period: a champion facing
+each variant (params.yaml's model.features without the TERMINAL_ID_NB_FRAUD_* counts; with them; with them and
+train.dilution) the MLP is trained on the clean data (scored on the clean and the diluted test period: a champion facing
 diluted traffic) and on the diluted data (scored on the diluted test period): recall (at the threshold of
 1 % FPR on the same scores) on the test frauds at the diluted terminals, and AP over the whole test split. Also printed: what validation flags (volume bursts)
-and quarantines on the diluted data. All figures from one run on the same data; the ratios compare
+and quarantines on the diluted data (volume bursts, terminal_dilution flags), and each clean-trained
+model's in-budget dilution recall (the robustness gate's dilution figure). All figures from one run on the same data; the ratios compare
 hardened to baseline in that run.
 
     .venv/bin/python bench/poisoning_bench.py [--params params.yaml] [--share 0.005] [--epochs N]
@@ -58,22 +61,44 @@ def split(frame: pd.DataFrame, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     return split_train_test(compute_features(frame, settings.featurize), settings.featurize)
 
 
-def train(settings, features: list[str], frame: pd.DataFrame):
+def train(settings, features: list[str], frame: pd.DataFrame, dilution_classes: str | None):
+    """The MLP on `frame` with these features; with train.dilution copies of `dilution_classes` (None: none)."""
+    from fraudguard.config import DilutionTrainingSettings
     from fraudguard.training import train_model
 
-    local = settings.model_copy(update={"model": settings.model.model_copy(update={"features": features})})
+    dilution = DilutionTrainingSettings(enabled=dilution_classes is not None,
+                                        copies=settings.train.dilution.copies if settings.train.dilution else 1.0,
+                                        classes=dilution_classes or "fraud")
+    local = settings.model_copy(update={
+        "model": settings.model.model_copy(update={"features": features}),
+        "train": settings.train.model_copy(update={"dilution": dilution})})
     return train_model(frame, local, progress=False).bundle
 
 
-def score(settings, bundle, test: pd.DataFrame, terminals: set[int]) -> dict:
+def in_budget_recall(settings, bundle, test: pd.DataFrame) -> float | None:
+    """Detected test frauds at terminals with known frauds still detected at every dilution factor the
+    robustness gate tries (threat_model.dilution's budget x 1/steps ... 1), on the clean test split."""
+    from fraudguard.gates.robustness import dilution_recall
+
+    outcome = dilution_recall(bundle, test, settings.threat_model, settings.gates.robustness)
+    return None if outcome is None or not outcome.n_attacked else outcome.robust_recall
+
+
+def score(settings, bundle, test: pd.DataFrame, terminals: set[int], added: set[int]) -> dict:
+    """Recall on the frauds at the diluted terminals at 1 % FPR of these scores (the attacker's rows count as
+    legitimate) and at the model's own threshold; AP; the share of the attacker's rows the model flags."""
     from fraudguard.evaluation import average_precision
 
     scores = bundle.predict_proba(test)
     y = test[schema.TX_FRAUD].to_numpy().astype(int)
     threshold = float(np.quantile(scores[y == 0], 1 - settings.evaluate.fpr_for_recall))
     attacked = (y == 1) & test[schema.TERMINAL_ID].isin(terminals).to_numpy()
+    mine = test[schema.TRANSACTION_ID].isin(added).to_numpy()
     return {"recall_at_diluted_terminals": float((scores[attacked] > threshold).mean()) if attacked.any() else None,
+            "recall_at_diluted_terminals_model_threshold":
+                float((scores[attacked] >= bundle.threshold).mean()) if attacked.any() else None,
             "frauds_at_diluted_terminals": int(attacked.sum()),
+            "added_rows_flagged_share": float((scores[mine] >= bundle.threshold).mean()) if mine.any() else None,
             "average_precision": average_precision(y, scores)}
 
 
@@ -106,29 +131,44 @@ def main() -> None:
     print(f"validation, diluted: {report['rows_quarantined']} quarantined {report['reasons']}, bursts "
           f"{report['volume_bursts']['terminal_days']} terminal-days / "
           f"{report['volume_bursts']['customer_days']} customer-days")
+    added = set(diluted[schema.TRANSACTION_ID]) - set(clean[schema.TRANSACTION_ID])
+    for name, rep in (("clean", clean_report), ("diluted", report)):
+        ids = set(rep["flagged_transaction_ids"].get("terminal_dilution", []))
+        print(f"terminal_dilution flags, {name}: {rep['terminal_dilution']}; of the {len(added)} added rows "
+              f"flagged: {len(ids & added)}")
 
     clean_train, clean_test = split(clean, settings)
     diluted_train, diluted_test = split(diluted, settings)
     hardened = list(settings.model.features)
     baseline = [f for f in hardened if "_NB_FRAUD_" not in f]
     results = {}
-    for name, features in (("baseline", baseline), ("hardened", hardened)):
+    variants = (("baseline", baseline, None), ("counts", hardened, None), ("hardened", hardened, "fraud"),
+                ("hardened_both", hardened, "both"))
+    for name, features, dilution_classes in variants:
         for trained_on, frame in (("clean", clean_train), ("diluted", diluted_train)):
             start = time.perf_counter()
-            bundle = train(settings, features, frame)
+            bundle = train(settings, features, frame, dilution_classes)
             seconds = time.perf_counter() - start
             tests = (("clean", clean_test), ("diluted", diluted_test)) if trained_on == "clean" \
                 else (("diluted", diluted_test),)
             for scored_on, test in tests:
-                r = results[f"{name}.train_{trained_on}.test_{scored_on}"] = score(settings, bundle, test, terminals)
-                print(f"{name:8s} trained on {trained_on:7s} scoring {scored_on:7s} test: recall at the diluted "
-                      f"terminals {r['recall_at_diluted_terminals']:.3f} ({r['frauds_at_diluted_terminals']} frauds), "
-                      f"AP {r['average_precision']:.3f}  [training {seconds:.0f} s]")
+                r = results[f"{name}.train_{trained_on}.test_{scored_on}"] = score(settings, bundle, test, terminals,
+                                                                                   added)
+                if scored_on == "clean":
+                    r["in_budget_dilution_recall"] = in_budget_recall(settings, bundle, test)
+                print(f"{name:13s} trained on {trained_on:7s} scoring {scored_on:7s} test: recall at the diluted "
+                      f"terminals {r['recall_at_diluted_terminals']:.3f} ({r['frauds_at_diluted_terminals']} frauds; "
+                      f"{r['recall_at_diluted_terminals_model_threshold']:.3f} at the model's threshold), "
+                      f"AP {r['average_precision']:.3f}"
+                      + (f", added rows flagged {r['added_rows_flagged_share']:.3f}" if scored_on == "diluted" else "")
+                      + (f", in-budget dilution recall {r['in_budget_dilution_recall']}" if scored_on == "clean" else "")
+                      + f"  [training {seconds:.0f} s]")
     for trained_on in ("clean", "diluted"):
         b = results[f"baseline.train_{trained_on}.test_diluted"]["recall_at_diluted_terminals"]
-        h = results[f"hardened.train_{trained_on}.test_diluted"]["recall_at_diluted_terminals"]
-        print(f"trained on {trained_on}, diluted test: recall at diluted terminals hardened / baseline = "
-              f"{h:.3f} / {b:.3f}" + (f" = {h / b:.2f}x" if b else ""))
+        for name in ("counts", "hardened", "hardened_both"):
+            h = results[f"{name}.train_{trained_on}.test_diluted"]["recall_at_diluted_terminals"]
+            print(f"trained on {trained_on}, diluted test: recall at diluted terminals {name} / baseline = "
+                  f"{h:.3f} / {b:.3f}" + (f" = {h / b:.2f}x" if b else ""))
     print("BENCH_JSON " + json.dumps(results))
 
 

@@ -97,6 +97,7 @@ def monitor(retrain_on_drift: bool | None = None):
             "live": None if live is None else {"decisions": live.n_decisions, "flag_rate": live.flag_rate,
                                                "drift_share": live.drift_share, "bursts": len(live.bursts),
                                                "relative_bursts": len(live.relative_bursts),
+                                               "terminal_dilution": len(live.terminal_dilution),
                                                "controlled_attribution_alert": live.controlled_attribution_alert}}
 
 

@@ -64,6 +64,14 @@ class ValidateSettings(_Strict):
     burst_factor: float = Field(default=3.0, gt=1)
     burst_min_daily_tx: int = Field(default=12, gt=0)
     burst_history_days: int = Field(default=30, gt=0)
+    # Terminal dilution (flagged, never quarantined): legitimate rows at a terminal dated in the
+    # dilution_horizon_days before one of its frauds (the rows its delayed risk windows count), where the
+    # terminal's legitimate count over dilution_window_days exceeds max(dilution_min_rows, dilution_factor x
+    # its median count over such windows when no fraud followed).
+    dilution_factor: float = Field(default=3.0, gt=1)
+    dilution_min_rows: int = Field(default=12, gt=0)
+    dilution_window_days: int = Field(default=7, gt=0)
+    dilution_horizon_days: int = Field(default=37, gt=0)
 
     @field_validator("min_timestamp")
     @classmethod
@@ -177,9 +185,21 @@ class DerivedFeatureSettings(_Strict):
     count: str
 
 
+class DilutionThreatSettings(_Strict):
+    """Terminal-risk dilution: the attacker adds legitimate-looking payments at a terminal, up to
+    max_added_volume_factor x the volume of each of its risk windows, so each risk (a fraud share) falls to
+    risk x count / count'; the window's count rises to count'; the known-fraud counts do not move."""
+
+    max_added_volume_factor: float = Field(gt=0)
+    # risk feature -> the transaction-count feature of the same window
+    risk_features: dict[str, str] = Field(min_length=1)
+
+
 class ThreatModelSettings(_Strict):
     controlled_features: dict[str, FeatureBounds] = Field(min_length=1)
     derived_features: dict[str, DerivedFeatureSettings] = Field(default_factory=dict)
+    # Poisoning-time capability (not an evasion budget): null leaves dilution out of the threat model.
+    dilution: DilutionThreatSettings | None = None
     epsilon: float = Field(gt=0)
     eps_step: float = Field(gt=0)
     pgd_iterations: int = Field(gt=0)
@@ -207,6 +227,15 @@ class AdversarialSettings(_Strict):
     craft_batches: int = Field(default=1, gt=0)
 
 
+class DilutionTrainingSettings(_Strict):
+    """Training copies of rows at terminals with known frauds, their risk features diluted as
+    threat_model.dilution allows (a factor drawn uniformly up to its budget), labels kept."""
+
+    enabled: bool
+    copies: float = Field(gt=0)   # copies per eligible row (fractions: a seeded random subset)
+    classes: Literal["both", "fraud"]
+
+
 class TrainSettings(_Strict):
     seed: int
     epochs: int = Field(gt=0)
@@ -220,6 +249,8 @@ class TrainSettings(_Strict):
     # Stop after this many epochs without a better validation AP and keep the best epoch's weights
     # (null: train every epoch, keep the last).
     early_stopping_patience: int | None = Field(default=None, gt=0)
+    # Off when absent; needs threat_model.dilution when enabled (checked in Settings).
+    dilution: DilutionTrainingSettings | None = None
 
     @model_validator(mode="after")
     def _early_stopping_needs_validation(self) -> "TrainSettings":
@@ -249,6 +280,10 @@ class RobustnessGateSettings(_Strict):
     max_attack_rows: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     seed: int
+    # Terminal-risk dilution at threat_model.dilution's budget: share of the detected frauds at terminals
+    # with known frauds still detected (gated only when the threat model has dilution and such frauds exist).
+    min_dilution_recall: float = Field(default=0.5, ge=0, le=1)
+    dilution_steps: int = Field(default=4, gt=0)  # factors tried: budget x 1/steps, 2/steps, ..., 1
 
     @field_validator("epsilons")
     @classmethod
@@ -494,6 +529,14 @@ class Settings(_Strict):
             raise ValueError(
                 f"threat_model.derived_features names features the model does not use: {unknown}"
             )
+        dilution = self.threat_model.dilution
+        if dilution is not None:
+            unknown = sorted(({*dilution.risk_features} | {*dilution.risk_features.values()})
+                             - set(self.model.features))
+            if unknown:
+                raise ValueError(f"threat_model.dilution.risk_features names features the model does not use: {unknown}")
+        if self.train.dilution is not None and self.train.dilution.enabled and dilution is None:
+            raise ValueError("train.dilution.enabled needs threat_model.dilution (the budget the copies are diluted within)")
         return self
 
     def as_params_dict(self) -> dict[str, Any]:

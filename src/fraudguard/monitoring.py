@@ -109,6 +109,8 @@ class LiveCheck:
     explained_version: int | None = None
     # Days a customer or terminal went far beyond its own history (validate's burst rule on live traffic).
     relative_bursts: tuple[dict, ...] = ()
+    # Terminals with recent known frauds whose live volume went beyond validate.dilution_factor x their usual.
+    terminal_dilution: tuple[dict, ...] = ()
 
     @property
     def drifted(self) -> bool:
@@ -168,6 +170,44 @@ def live_volume_bursts(decisions: "pd.DataFrame", history: "pd.DataFrame | None"
              "baseline": round(float(r.baseline), 3)} for r in bursts.itertuples(index=False)]
 
 
+def live_terminal_dilution(decisions: "pd.DataFrame", history: "pd.DataFrame | None",
+                           settings: "ValidateSettings") -> list[dict]:
+    """Validation's terminal_dilution rule turned to live traffic, where later frauds are not known yet: a
+    terminal with a known fraud (history's labels) in the dilution_horizon_days before the log starts, whose
+    decisions over a dilution_window_days window of the log exceed max(dilution_min_rows, dilution_factor x its
+    usual count: the median such window over that horizon of history). Payments added to lower its risk before
+    it serves more frauds show here whether or not they ever reach training. One entry per terminal (its
+    largest window), largest first."""
+    import numpy as np
+    import pandas as pd
+
+    from fraudguard.data import schema
+
+    if decisions.empty or history is None or history.empty or schema.TX_FRAUD not in history.columns:
+        return []
+    start = decisions[schema.TX_DATETIME].min().floor("D")
+    horizon, k = pd.Timedelta(days=settings.dilution_horizon_days), settings.dilution_window_days
+    past = history[(history[schema.TX_DATETIME] < start) & (history[schema.TX_DATETIME] >= start - horizon)]
+    risky = past.loc[past[schema.TX_FRAUD] == 1, schema.TERMINAL_ID].unique()
+    live = decisions[decisions[schema.TERMINAL_ID].isin(risky)]
+    if live.empty:
+        return []
+    columns = [schema.TX_DATETIME, schema.TERMINAL_ID]
+    rows = pd.concat([past.loc[past[schema.TERMINAL_ID].isin(risky), columns], live[columns]], ignore_index=True)
+    daily = rows.groupby([rows[schema.TERMINAL_ID], rows[schema.TX_DATETIME].dt.floor("D")]).size().unstack(0)
+    daily = daily.reindex(pd.date_range(start - horizon, daily.index.max(), freq="D")).fillna(0.0)
+    windows = daily.rolling(k, min_periods=k).sum()
+    usual = windows[windows.index < start].median().fillna(0.0)
+    over = windows[windows.index >= start]
+    over = over[over.gt(np.maximum(settings.dilution_min_rows, settings.dilution_factor * usual), axis=1)]
+    found = []
+    for terminal in over.columns[over.notna().any().to_numpy()]:
+        day = over[terminal].idxmax()
+        found.append({"terminal_id": int(terminal), "window_end": str(pd.Timestamp(day).date()),
+                      "count": int(over.at[day, terminal]), "usual": float(usual[terminal])})
+    return sorted(found, key=lambda f: -f["count"])
+
+
 def validated_history(root: Path) -> "pd.DataFrame | None":
     """The validated transactions (data/validated) as the entities' history for live bursts; None if absent."""
     import pandas as pd
@@ -176,7 +216,7 @@ def validated_history(root: Path) -> "pd.DataFrame | None":
     if not path.is_file():
         logger.info("%s absent: live bursts are judged against the prediction log's own days only", path)
         return None
-    return pd.read_parquet(path, columns=["TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID"])
+    return pd.read_parquet(path, columns=["TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_FRAUD"])
 
 
 def terminal_bursts(decisions: "pd.DataFrame", max_per_hour: int) -> list[dict]:
@@ -224,12 +264,15 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     flag_rate = float(current["decision"].astype(bool).mean())
     bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
     relative = live_volume_bursts(current, history, settings.validate_)
+    dilution = live_terminal_dilution(current, history, settings.validate_)
     bursts_file = report_dir / "live_bursts.json"
-    write_json(bursts_file, {"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000]}, indent=1)
+    write_json(bursts_file, {"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000],
+                             "terminal_dilution": dilution[:1000]}, indent=1)
     explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models")
     metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
-               "live_drifted_controlled": float(len(controlled)), "live_relative_bursts": float(len(relative))}
+               "live_drifted_controlled": float(len(controlled)), "live_relative_bursts": float(len(relative)),
+               "live_terminal_dilution": float(len(dilution))}
     if attribution is not None:
         metrics.update({"live_controlled_attribution_share": attribution.live_share,
                         "reference_controlled_attribution_share": attribution.reference_share,
@@ -248,7 +291,8 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
         mlflow.log_artifact(str(bursts_file), artifact_path="live")
     check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
                       comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id,
-                      attribution, explained_version, relative_bursts=tuple(relative))
+                      attribution, explained_version, relative_bursts=tuple(relative),
+                      terminal_dilution=tuple(dilution))
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
                 100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))

@@ -13,6 +13,10 @@ Two decisions, documented in the README as well:
 - Derived features (customer average amounts whose window includes the current transaction) are not
   free for the attacker, nor frozen: they follow their source exactly, avg' = avg + (amount' - amount)
   / count, with count the window's transaction count (unchanged by the amount).
+- Terminal-risk dilution (threat_model.dilution) is a poisoning capability, not an evasion of one
+  transaction: legitimate payments added at a terminal raise its window counts and lower its risk
+  features, never its known-fraud counts (dilute_terminal_risk). Training copies and the robustness gate
+  use it; validation flags dilution beyond the budget.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import numpy as np
 from fraudguard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fraudguard.config import ThreatModelSettings
+    import pandas as pd
+
+    from fraudguard.config import DilutionThreatSettings, ThreatModelSettings
     from fraudguard.model import Standardizer
 
 
@@ -150,3 +156,33 @@ def build_threat_model(threat_settings: "ThreatModelSettings", standardizer: "St
         eps_step=float(threat_settings.eps_step),
         pgd_iterations=int(threat_settings.pgd_iterations),
     )
+
+
+def dilute_terminal_risk(frame: "pd.DataFrame", dilution: "DilutionThreatSettings",
+                         factors: "np.ndarray | float") -> "pd.DataFrame":
+    """A copy of `frame` as if legitimate payments of `factors` (one for all, one per row, or one per row and
+    risk window in risk_features' order) x each risk window's volume had been added at the row's terminal: count' = round(count x (1 + factor)), risk' = risk x count /
+    count' (the known frauds over more payments); every other column, the known-fraud counts included, kept.
+    Raises ConfigError when a configured feature is missing from `frame`."""
+    missing = sorted({*dilution.risk_features, *dilution.risk_features.values()} - set(frame.columns))
+    if missing:
+        raise ConfigError(f"threat_model.dilution.risk_features: the frame lacks {missing}")
+    windows = len(dilution.risk_features)
+    factor = np.asarray(factors, dtype=np.float64)
+    factor = np.broadcast_to(factor[:, None] if factor.ndim == 1 else factor, (len(frame), windows))
+    if (factor < 0).any():
+        raise ValueError("dilute_terminal_risk: factors must be >= 0")
+    out = frame.copy()
+    for i, (risk, count) in enumerate(dilution.risk_features.items()):
+        n = frame[count].to_numpy(dtype=np.float64)
+        diluted = np.rint(n * (1.0 + factor[:, i]))
+        share = np.divide(n, diluted, out=np.ones_like(n), where=diluted > 0)
+        out[risk] = (frame[risk].to_numpy(dtype=np.float64) * share).astype(frame[risk].dtype)
+        out[count] = diluted.astype(frame[count].dtype)
+    return out
+
+
+def at_risky_terminal(frame: "pd.DataFrame", dilution: "DilutionThreatSettings") -> "np.ndarray":
+    """Rows whose terminal has a known fraud in some risk window (risk > 0): the rows dilution can move."""
+    risks = frame[list(dilution.risk_features)].to_numpy(dtype=np.float64)
+    return (risks > 0).any(axis=1)

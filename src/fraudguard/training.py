@@ -6,7 +6,9 @@ a random start, or PGD) under the threat mask and projected onto the threat mode
 `train.adversarial.craft_batches` consecutive batches are crafted in one call against the weights at the
 first of them (1: against the current weights, batch by batch). ART's AdversarialTrainer passes no mask to
 generate(), hence this loop. With `train.early_stopping_patience`, training stops once the validation AP
-has not improved for that many epochs and the best epoch's weights are kept.
+has not improved for that many epochs and the best epoch's weights are kept. With `train.dilution`, copies of
+the rows at terminals with known frauds, their risk features diluted within threat_model.dilution, join the
+fit rows (dilution_copies).
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ class PreparedData:
     x_val: np.ndarray | None
     y_val: np.ndarray
     labels_all: np.ndarray
+    n_dilution_copies: int = 0
 
     @property
     def n_fit(self) -> int:
@@ -253,6 +256,35 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def dilution_copies(fit_frame: pd.DataFrame, settings: Settings | TrainingParams) -> pd.DataFrame:
+    """Training copies against terminal-risk dilution (train.dilution): rows at terminals with a known fraud
+    (frauds only, or every class), `copies` per row, each risk window diluted by its own factor drawn
+    uniformly in [0, threat_model.dilution.max_added_volume_factor] (fraudguard.threat.dilute_terminal_risk),
+    labels kept. Empty when off. Seeded by train.seed."""
+    cfg, threat = settings.train.dilution, settings.threat_model.dilution
+    if cfg is None or not cfg.enabled or threat is None:
+        return fit_frame.iloc[0:0]
+    from fraudguard.threat import at_risky_terminal, dilute_terminal_risk
+
+    eligible = at_risky_terminal(fit_frame, threat)
+    if cfg.classes == "fraud":
+        eligible &= fit_frame[TX_FRAUD].to_numpy() == 1
+    rows = np.flatnonzero(eligible)
+    rng = np.random.default_rng(settings.train.seed)
+    whole, part = divmod(cfg.copies, 1.0)
+    picked = np.concatenate([np.tile(rows, int(whole)),
+                             rng.choice(rows, int(round(part * len(rows))), replace=False)]).astype(np.int64)
+    if picked.size == 0:
+        return fit_frame.iloc[0:0]
+    # One factor per risk window, drawn independently: the attacker may crowd the short windows (payments in
+    # the last days) or spread them over the long one; uniform factors alone left half the gap (bench).
+    factors = rng.uniform(0.0, threat.max_added_volume_factor, (picked.size, len(threat.risk_features)))
+    copies = dilute_terminal_risk(fit_frame.iloc[picked].reset_index(drop=True), threat, factors)
+    logger.info("dilution copies: %d of %d rows at terminals with known frauds (%s), factors up to %g",
+                picked.size, int(eligible.sum()), cfg.classes, threat.max_added_volume_factor)
+    return copies
+
+
 def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedData:
     """Check the labels, split off the later validation slice, fit the standardizer on the fit rows."""
     labels_all = _labels(train_frame, "training frame")
@@ -266,6 +298,11 @@ def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedD
     if y_fit.sum() == 0:
         raise DataError("training frame: no fraud in the fit part (before the validation slice)")
     standardizer = Standardizer.fit(fit_frame, params.model.features)
+    # Appended after the standardizer is fitted: it describes real traffic, not the copies.
+    diluted = dilution_copies(fit_frame, params)
+    if len(diluted):
+        fit_frame = pd.concat([fit_frame, diluted], ignore_index=True)
+        y_fit = _labels(fit_frame, "training frame")
     return PreparedData(
         standardizer=standardizer,
         x_fit=torch.from_numpy(standardizer.transform(fit_frame)),
@@ -273,6 +310,7 @@ def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedD
         x_val=standardizer.transform(val_frame) if len(val_frame) else None,
         y_val=y_val,
         labels_all=labels_all,
+        n_dilution_copies=int(len(diluted)),
     )
 
 
@@ -426,6 +464,7 @@ def train_model(
     if bar is not None:
         bar.close()
     extra = stopping.restore_best(trainee.module)
+    extra["dilution_copies"] = data.n_dilution_copies
 
     bundle, train_ap = finalize(trainee.module, train_frame, data, params)
     return TrainingResult(

@@ -19,8 +19,8 @@ LENIENT_GATES = {
     "gates": {
         "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
                     "non_inferiority_tolerance": 1.0},
-        "robustness": {"min_robust_recall": 0.0, "non_inferiority_tolerance": 1.0, "hopskipjump_samples": 5,
-                       "hopskipjump_max_iter": 2},
+        "robustness": {"min_robust_recall": 0.0, "min_dilution_recall": 0.0, "non_inferiority_tolerance": 1.0,
+                       "hopskipjump_samples": 5, "hopskipjump_max_iter": 2},
         "drift": {"drift_share_threshold": 1.0},
         "privacy": {"max_attack_auc": 1.0, "sample_size": 300},
     },

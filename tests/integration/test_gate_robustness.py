@@ -137,3 +137,33 @@ def test_attack_sweep_split_over_a_dask_local_cluster_gives_the_in_process_resul
     # 2 epsilons x (FGSM, PGD) + HopSkipJump = 5 attacks a model, candidate and champion, in each of the 2 runs.
     attacks = [task for task in stream.data if str(task["key"]).startswith("run_attack")]
     assert len(attacks) == 2 * 2 * 5, sorted(str(task["key"]) for task in stream.data)
+
+
+def test_dilution_trained_model_keeps_more_detected_frauds_under_dilution_than_one_leaning_on_the_risk(world, tmp_path):
+    """threat_model.dilution (legitimate payments added at a terminal, up to its budget x the window's volume):
+    a model without the known-fraud counts and without diluted training copies loses detected frauds at risky
+    terminals; the default (counts + train.dilution) keeps more. The gate reports both and blocks on the floor."""
+    from fraudguard.gates.robustness import dilution_recall
+
+    train, test, hardened = world
+    base = _settings()
+    features = [f for f in base.model.features if "_NB_FRAUD_" not in f]
+    leaning = train_model(train, base.model_copy(update={
+        "model": base.model.model_copy(update={"features": features}),
+        "train": base.train.model_copy(update={"dilution": base.train.dilution.model_copy(update={"enabled": False})}),
+    }), adversarial=False, progress=False).bundle
+    weak = dilution_recall(leaning, test, base.threat_model, base.gates.robustness)
+    strong = dilution_recall(hardened, test, base.threat_model, base.gates.robustness)
+    assert weak.n_attacked > 0 and strong.n_attacked > 0
+    assert strong.robust_recall > weak.robust_recall
+    context = GateContext(settings=base, train_features=train, test_features=test, newest_window=test,
+                          source_root=tmp_path, report_dir=tmp_path / "reports",
+                          champion=ModelUnderTest(hardened, version=3))
+    floor = base.gates.robustness.model_copy(update={"min_robust_recall": 0.0,
+                                                     "min_dilution_recall": strong.robust_recall})
+    blocked = run_robustness_gate(ModelUnderTest(leaning), context, floor)
+    assert not blocked.passed and "robust_recall.dilution" in blocked.reason
+    assert blocked.metrics["robust_recall.dilution"] == pytest.approx(weak.robust_recall)
+    assert blocked.metrics["champion.robust_recall.dilution"] == pytest.approx(strong.robust_recall)
+    report = json.loads((tmp_path / "reports" / "robustness.json").read_text())
+    assert report["dilution"]["candidate"]["n_still_detected"] == weak.n_still_detected

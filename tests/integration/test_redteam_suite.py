@@ -44,13 +44,10 @@ REDTEAM_OVERRIDES = {
     },
 }
 
-# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. Label flip and
-# backdoor are stopped at intake (changed_history, conflicting_label_duplicate).
+# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. Label flip,
+# backdoor and terminal dilution are stopped at intake (changed_history, conflicting_label_duplicate,
+# terminal_dilution flags).
 MISSING_DEFENCE = {
-    # In this world the target flags too few of the frauds at the diluted terminals for harm to be measured;
-    # volume bursts are reported per terminal-day (not naming the added rows) and the known-fraud counts recover
-    # only part of the recall (bench/poisoning_bench.py).
-    "terminal_dilution": "volume-burst flags that name the added rows, or training that resists dilution",
     "split_payments": "split payments in the threat model and customer spend/count features over the "
                       "last hour and day",
 }
@@ -97,21 +94,16 @@ def test_redteam_catches_attack(scorecard, attack):
 
 
 # Where each poisoning attack should be stopped: at intake, on the rows the attacker wrote (issue #11 section 3).
+# Dilution within threat_model.dilution's budget is not flagged there; the model is trained and gated to hold
+# under it (train.dilution, the robustness gate's dilution recall).
 INTAKE_DEFENCE = {
     "label_flip": "changed_history quarantine of a relabelled existing TRANSACTION_ID",
     "backdoor": "conflicting_label_duplicate quarantine of legitimate copies of known frauds",
-    "terminal_dilution": "volume-burst flags naming the added rows",
+    "terminal_dilution": "terminal_dilution flags naming the legitimate rows added before a terminal's frauds",
 }
 
 
-# Intake defences still missing (the others have landed and must hold).
-INTAKE_DEFENCE_MISSING = ("terminal_dilution",)
-
-
-@pytest.mark.parametrize("attack", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"no intake defence yet: {defence}"))
-    if name in INTAKE_DEFENCE_MISSING else name
-    for name, defence in INTAKE_DEFENCE.items()])
+@pytest.mark.parametrize("attack", list(INTAKE_DEFENCE))
 def test_poisoning_is_stopped_at_intake(scorecard, attack):
     """Not by a gate's margin on a worse model: the import refuses, quarantines or flags the poisoned rows."""
     result = scorecard.result(attack)

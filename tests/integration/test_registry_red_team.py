@@ -47,7 +47,8 @@ LENIENT_POLICY = {
     "gates": {
         "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
                     "non_inferiority_tolerance": 1.0},
-        "robustness": {"epsilons": [1.0], "min_robust_recall": 0.0, "non_inferiority_tolerance": 1.0,
+        "robustness": {"epsilons": [1.0], "min_robust_recall": 0.0, "min_dilution_recall": 0.0,
+                       "non_inferiority_tolerance": 1.0,
                        "hopskipjump_samples": 0, "max_attack_rows": 50},
         "drift": {"drift_share_threshold": 1.0},
         "static_analysis": {"paths": ["gatecheck"]},

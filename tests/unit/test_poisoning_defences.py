@@ -17,6 +17,8 @@ from fraudguard.data.validation import (
     CHANGED_HISTORY,
     CONFLICTING_LABEL_DUPLICATE,
     LABEL_SCENARIO_MISMATCH,
+    TERMINAL_DILUTION,
+    terminal_dilution_mask,
     validate_transactions,
     volume_bursts,
 )
@@ -190,6 +192,47 @@ def test_validation_report_counts_bursts_without_quarantining_them(world, valida
     assert set(genuine_lost[schema.QUARANTINE_REASON]) <= {"amount_outlier", CONFLICTING_LABEL_DUPLICATE}
 
 
+# ------------------------------------------------------- dilution below the daily bursts (terminal_dilution)
+
+# Under validate.burst_min_daily_tx (no single day is a burst), yet several times a terminal's usual volume
+# here (~1.5 a day): beyond validate.dilution_factor. Dilution within that factor is the model's to withstand
+# (threat_model.dilution, the robustness gate's dilution recall).
+SPREAD_PER_DAY = 8
+
+
+def test_dilution_beyond_the_factor_but_below_the_daily_burst_rule_is_flagged_row_by_row(world, validate, settings):
+    added, attacked_days = dilution(world, per_day=SPREAD_PER_DAY)
+    attacked = pd.concat([world, added], ignore_index=True)
+    assert volume_bursts(attacked, settings.validate_).empty or \
+        len(volume_bursts(attacked, settings.validate_)) < 0.5 * len(attacked_days)
+    result = validate(attacked)
+    flagged = set(result.report["flagged_transaction_ids"][TERMINAL_DILUTION])
+    # Clearly beyond the factor: the added rows at terminals whose usual legitimate volume is under
+    # SPREAD_PER_DAY / (2 x dilution_factor) a day (busier terminals got a dilution the model must withstand).
+    days = (world[schema.TX_DATETIME].max() - world[schema.TX_DATETIME].min()).days + 1
+    usual = world[world[schema.TX_FRAUD] == 0].groupby(schema.TERMINAL_ID).size() / days
+    quiet = usual.index[usual < SPREAD_PER_DAY / (2 * settings.validate_.dilution_factor)]
+    beyond = set(added.loc[added[schema.TERMINAL_ID].isin(quiet), schema.TRANSACTION_ID])
+    assert len(beyond) >= 0.5 * len(added)
+    assert len(flagged & beyond) >= 0.9 * len(beyond)
+    assert result.report[TERMINAL_DILUTION]["rows"] == len(flagged)
+    # Flagged, never quarantined for it (a few added rows may be amount outliers of their customer), never a fraud.
+    assert not result.quarantined[schema.QUARANTINE_REASON].str.contains(TERMINAL_DILUTION).any()
+    assert not flagged & set(result.quarantined[schema.TRANSACTION_ID])
+    assert not attacked.loc[attacked[schema.TRANSACTION_ID].isin(flagged), schema.TX_FRAUD].any()
+
+
+def test_clean_world_has_few_rows_flagged_as_terminal_dilution(world, settings):
+    mask, summary = terminal_dilution_mask(world, settings.validate_)
+    assert summary["rows"] == int(mask.sum()) <= 0.01 * len(world)
+
+
+def test_legitimate_volume_that_follows_no_fraud_is_not_dilution(world, settings):
+    legit = world[world[schema.TX_FRAUD] == 0]
+    mask, summary = terminal_dilution_mask(legit, settings.validate_)
+    assert not mask.any() and summary == {"terminals": 0, "terminal_days": 0, "rows": 0}
+
+
 # ----------------------------------------------------------------------- live traffic (monitor)
 
 def test_monitor_flags_a_terminal_far_beyond_its_own_history_on_live_traffic(world, settings):
@@ -237,3 +280,28 @@ def test_import_refuses_when_the_tracked_version_is_not_there_to_diff_against(wo
     world.head(50).to_parquet(upload)
     with pytest.raises(DataError, match="fraudguard data pull` first"):
         import_data(upload, paths, settings.validate_)
+
+
+def test_monitor_flags_live_dilution_at_a_terminal_with_recent_known_frauds(world, settings):
+    """Payments added on every live day (under the daily burst rule) at a terminal that had a known fraud in the
+    horizon before the log: named by the live terminal_dilution rule; the clean live days name almost nothing."""
+    from fraudguard.monitoring import live_terminal_dilution
+
+    cut = world[schema.TX_DATETIME].max().floor("D") - pd.Timedelta(days=settings.validate_.dilution_window_days)
+    history, live = world[world[schema.TX_DATETIME] < cut], world[world[schema.TX_DATETIME] >= cut]
+    clean = live_terminal_dilution(live, history, settings.validate_)
+    assert len(clean) <= 0.01 * live[schema.TERMINAL_ID].nunique()
+    recent = history[(history[schema.TX_DATETIME] >= cut - pd.Timedelta(days=settings.validate_.dilution_horizon_days))
+                     & (history[schema.TX_FRAUD] == 1)]
+    quiet = history[history[schema.TERMINAL_ID].isin(recent[schema.TERMINAL_ID])].groupby(schema.TERMINAL_ID).size()
+    terminal = int(quiet.idxmin())  # the quietest terminal with a recent fraud
+    template = live.head(1)
+    added = pd.concat([template.assign(**{schema.TERMINAL_ID: terminal,
+                                          schema.TX_DATETIME: cut + pd.Timedelta(days=d, hours=10 + j)})
+                       for d in range(settings.validate_.dilution_window_days) for j in range(SPREAD_PER_DAY // 2)],
+                      ignore_index=True)
+    diluted = live_terminal_dilution(pd.concat([live, added], ignore_index=True), history, settings.validate_)
+    assert terminal in {f["terminal_id"] for f in diluted}
+    assert terminal not in {f["terminal_id"] for f in clean}
+    # Without the labels of the history there is no known fraud to protect: nothing is named.
+    assert live_terminal_dilution(live, history.drop(columns=[schema.TX_FRAUD]), settings.validate_) == []

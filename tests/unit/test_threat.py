@@ -117,3 +117,53 @@ def test_a_derived_feature_must_follow_a_controlled_one():
                                                                        "count": COUNT_1}}}})
     with pytest.raises(ConfigError, match="not a controlled feature"):
         parse_settings(raw)
+
+
+# ------------------------------------------------------------------------------ terminal-risk dilution
+
+RISK_7, COUNT_7, FRAUDS_7 = "TERMINAL_ID_RISK_7DAY_WINDOW", "TERMINAL_ID_NB_TX_7DAY_WINDOW", \
+    "TERMINAL_ID_NB_FRAUD_7DAY_WINDOW"
+
+
+def _terminal_rows() -> pd.DataFrame:
+    return pd.DataFrame({COUNT_7: np.array([10, 4, 0], dtype=np.int32), FRAUDS_7: np.array([5, 0, 0], dtype=np.int32),
+                         RISK_7: np.array([0.5, 0.0, 0.0], dtype=np.float32),
+                         "TERMINAL_ID_RISK_1DAY_WINDOW": np.float32(0), "TERMINAL_ID_NB_TX_1DAY_WINDOW": np.int32(0),
+                         "TERMINAL_ID_RISK_30DAY_WINDOW": np.float32(0), "TERMINAL_ID_NB_TX_30DAY_WINDOW": np.int32(0)})
+
+
+def test_dilution_lowers_the_risk_to_the_known_frauds_over_more_payments_and_keeps_the_counts(small_settings):
+    from fraudguard.threat import dilute_terminal_risk
+
+    rows = _terminal_rows()
+    diluted = dilute_terminal_risk(rows, small_settings.threat_model.dilution, np.array([1.5, 2.0, 3.0]))
+    assert diluted[COUNT_7].tolist() == [25, 12, 0]
+    np.testing.assert_allclose(diluted[RISK_7], [5 / 25, 0.0, 0.0], rtol=1e-6)
+    assert diluted[FRAUDS_7].tolist() == rows[FRAUDS_7].tolist()   # the known frauds cannot be diluted
+    assert diluted.dtypes.equals(rows.dtypes)
+    pd.testing.assert_frame_equal(dilute_terminal_risk(rows, small_settings.threat_model.dilution, 0.0), rows)
+
+
+def test_only_rows_at_terminals_with_known_frauds_are_at_risk_of_dilution(small_settings):
+    from fraudguard.threat import at_risky_terminal
+
+    assert at_risky_terminal(_terminal_rows(), small_settings.threat_model.dilution).tolist() == [True, False, False]
+
+
+def test_dilution_of_a_frame_without_the_risk_features_is_a_config_error(small_settings):
+    from fraudguard.threat import dilute_terminal_risk
+
+    with pytest.raises(ConfigError, match="threat_model.dilution.risk_features"):
+        dilute_terminal_risk(_terminal_rows().drop(columns=[COUNT_7]), small_settings.threat_model.dilution, 1.0)
+
+
+def test_dilution_naming_a_feature_the_model_lacks_is_refused():
+    params = small_params({"threat_model": {"dilution": {"risk_features": {RISK_7: "NO_SUCH_COUNT"}}}})
+    with pytest.raises(ConfigError, match="threat_model.dilution.risk_features names features"):
+        parse_settings(params)
+
+
+def test_training_on_diluted_copies_needs_dilution_in_the_threat_model():
+    params = small_params({"threat_model": {"dilution": None}})
+    with pytest.raises(ConfigError, match="train.dilution.enabled needs threat_model.dilution"):
+        parse_settings(params)

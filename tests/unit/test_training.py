@@ -224,3 +224,29 @@ def test_early_stopping_without_patience_never_stops_and_keeps_the_last_weights(
     assert not any(stopping.should_stop(epoch, 1.0 / epoch, module) for epoch in range(1, 6))
     assert stopping.restore_best(module) == {}
     assert torch.equal(module.weight, last_weight)
+
+
+def test_dilution_copies_are_frauds_at_risky_terminals_with_lower_risk_and_the_same_fraud_counts(split):
+    from fraudguard.training import dilution_copies
+
+    settings = _settings()
+    train = split[0].reset_index(drop=True)
+    copies = dilution_copies(train, settings)
+    risks = list(settings.threat_model.dilution.risk_features)
+    risky_frauds = train[(train[TX_FRAUD] == 1) & (train[risks] > 0).any(axis=1)]
+    assert len(copies) == len(risky_frauds) > 0 and (copies[TX_FRAUD] == 1).all()
+    original = risky_frauds.reset_index(drop=True)
+    for risk, count in settings.threat_model.dilution.risk_features.items():
+        assert (copies[risk] <= original[risk]).all() and (copies[count] >= original[count]).all()
+        assert (copies[risk] < original[risk]).any()
+    frauds = [c for c in train.columns if "_NB_FRAUD_" in c]
+    pd.testing.assert_frame_equal(copies[frauds], original[frauds])
+
+
+def test_no_dilution_copies_when_training_on_them_is_off(split):
+    from fraudguard.training import dilution_copies
+
+    settings = _settings({"train": {"dilution": {"enabled": False}}})
+    assert dilution_copies(split[0], settings).empty
+    result = train_model(split[0], settings, adversarial=False, progress=False)
+    assert result.metrics()["dilution_copies"] == 0

@@ -53,6 +53,11 @@ def _echo_reasons(report: dict, err: bool = False) -> None:
     if bursts.get("customer_days") or bursts.get("terminal_days"):
         typer.echo(f"volume bursts flagged: {bursts['terminal_days']} terminal-day(s), "
                    f"{bursts['customer_days']} customer-day(s) (see the report)", err=err)
+    dilution = report.get("terminal_dilution") or {}
+    if dilution.get("rows"):
+        typer.echo(f"terminal dilution flagged: {dilution['rows']} legitimate row(s) at {dilution['terminals']} "
+                   "terminal(s) before their frauds, not quarantined (see the report's flagged_transaction_ids)",
+                   err=err)
 
 
 @app.command()

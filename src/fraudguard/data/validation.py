@@ -13,6 +13,7 @@ reason codes, and rows in = accepted + quarantined always.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,10 @@ QUARANTINE_COLUMNS = (schema.QUARANTINE_REASON,)
 VELOCITY_OFF = "off: no terminal-location table (set validate.terminal_locations to enable it)"
 # Flagged rows listed by TRANSACTION_ID in the report, per code, at most this many.
 MAX_FLAGGED_IDS = 100
+# Flagged, never quarantined: legitimate rows that dilute a terminal's risk (terminal_dilution_mask). Listed
+# up to this many, so a reviewer (and the red team) can tell the rows that dilute from the terminal's others.
+TERMINAL_DILUTION = "terminal_dilution"
+MAX_DILUTION_FLAGGED_IDS = 10_000
 
 ID_COLUMNS = (schema.TRANSACTION_ID, schema.CUSTOMER_ID, schema.TERMINAL_ID)
 LABEL_COLUMNS = (schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO)
@@ -194,6 +199,10 @@ def validate_transactions(
         code: [int(typed.at[i, schema.TRANSACTION_ID]) for i in rows[:MAX_FLAGGED_IDS]]
         for code, rows in flagged.items() if rows
     }
+    diluting, report[TERMINAL_DILUTION] = terminal_dilution_mask(accepted, settings)
+    if diluting.any():
+        ids = accepted.loc[diluting.to_numpy(), schema.TRANSACTION_ID]
+        report["flagged_transaction_ids"][TERMINAL_DILUTION] = [int(i) for i in ids.iloc[:MAX_DILUTION_FLAGGED_IDS]]
     result = ValidationResult(
         accepted=accepted.reset_index(drop=True),
         quarantined=quarantined.reset_index(drop=True),
@@ -427,6 +436,69 @@ def volume_bursts(df: pd.DataFrame, settings: ValidateSettings) -> pd.DataFrame:
         found += [(entity, int(wide.columns[c]), wide.index[r], int(daily[r, c]), float(before[r, c]))
                   for r, c in zip(rows, cols)]
     return pd.DataFrame(found, columns=columns)
+
+
+def terminal_dilution_mask(df: pd.DataFrame, settings: ValidateSettings) -> tuple[pd.Series, dict[str, Any]]:
+    """Legitimate rows that dilute a terminal's risk, and a summary (terminals, terminal_days, rows).
+
+    A row is flagged when it is legitimate, dated within dilution_horizon_days before a fraud at its terminal
+    (so that fraud's delayed risk windows count it), and inside a dilution_window_days window, also before a
+    fraud, in which the terminal's legitimate count exceeds max(dilution_min_rows, dilution_factor x the
+    terminal's usual count: the lower of its median over full windows that no fraud followed and over
+    those before its first fraud). Unlike a volume burst this needs no
+    single busy day: a terminal whose usual traffic doubles for weeks while it serves frauds is seen.
+    Flagged, never quarantined."""
+    none = pd.Series(False, index=df.index)
+    summary: dict[str, Any] = {"terminals": 0, "terminal_days": 0, "rows": 0}
+    if df.empty:
+        return none, summary
+    is_fraud = (df[schema.TX_FRAUD] == 1).to_numpy()
+    at_risk = df[schema.TERMINAL_ID].isin(df.loc[is_fraud, schema.TERMINAL_ID].unique()).to_numpy()
+    if not at_risk.any():
+        return none, summary
+    rows = df[at_risk]
+    day = rows[schema.TX_DATETIME].dt.floor("D")
+    first = day.min()
+    day_no = ((day - first) // pd.Timedelta(days=1)).to_numpy(dtype=np.int64)
+    terminals, col = np.unique(rows[schema.TERMINAL_ID].to_numpy(), return_inverse=True)
+    n_days = int(day_no.max()) + 1
+    fraud_rows = (rows[schema.TX_FRAUD] == 1).to_numpy()
+    legit = np.zeros((n_days, len(terminals)))
+    frauds = np.zeros((n_days, len(terminals)))
+    np.add.at(legit, (day_no[~fraud_rows], col[~fraud_rows]), 1.0)
+    np.add.at(frauds, (day_no[fraud_rows], col[fraud_rows]), 1.0)
+
+    def cumsum0(a: np.ndarray) -> np.ndarray:
+        return np.vstack([np.zeros((1, a.shape[1])), np.cumsum(a, axis=0)])
+
+    d = np.arange(n_days)
+    horizon, k = settings.dilution_horizon_days, settings.dilution_window_days
+    fcs, lcs = cumsum0(frauds), cumsum0(legit)
+    # A day's rows are counted by the risk windows of the frauds on it and the horizon after it.
+    before_fraud = (fcs[np.minimum(d + horizon + 1, n_days)] - fcs[d]) > 0
+    window = lcs[d + 1] - lcs[np.maximum(d + 1 - k, 0)]     # legitimate rows over (d - k, d]
+    full = (d >= k - 1)[:, None] & np.ones_like(window, dtype=bool)
+    # The usual count: the lower of the median over windows no fraud followed and over windows before the
+    # terminal's first fraud (dilution spread over quiet weeks too would otherwise raise the first).
+    first_fraud = np.argmax(frauds > 0, axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no such window
+        quiet = np.nanmedian(np.where(full & ~before_fraud, window, np.nan), axis=0)
+        early = np.nanmedian(np.where(full & (d[:, None] < first_fraud[None, :]), window, np.nan), axis=0)
+        usual = np.nanmedian(np.where(full, window, np.nan), axis=0)
+    lowest = np.fmin(quiet, early)
+    baseline = np.nan_to_num(np.where(np.isnan(lowest), usual, lowest), nan=0.0)
+    hot = before_fraud & (window > np.maximum(settings.dilution_min_rows, settings.dilution_factor * baseline))
+    # A day is flagged when a hot window covers it: some hot day in [day, day + k - 1].
+    hcs = cumsum0(hot.astype(np.float64))
+    covered = (hcs[np.minimum(d + k, n_days)] - hcs[d]) > 0
+    flagged_days = covered & before_fraud
+    hit = flagged_days[day_no, col] & ~fraud_rows
+    mask = none.copy()
+    mask.loc[rows.index[hit]] = True
+    summary = {"terminals": int(flagged_days.any(axis=0).sum()), "terminal_days": int(flagged_days.sum()),
+               "rows": int(hit.sum())}
+    return mask, summary
 
 
 def summarize_bursts(bursts: pd.DataFrame, limit: int = 20) -> dict[str, Any]:

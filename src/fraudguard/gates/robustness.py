@@ -3,7 +3,9 @@
 ART evasion attacks run on the fraud rows of the test split that the model DETECTS at its operating
 threshold, inside the threat model (attacker-controlled features only, within bounds and epsilon):
 FGSM and PGD (white-box) at each configured epsilon, HopSkipJump (decision-based, black-box) at the
-budget. Robust recall = share of those frauds still flagged after the attack.
+budget. Robust recall = share of those frauds still flagged after the attack. Terminal-risk dilution
+(threat_model.dilution, a poisoning capability) is measured beside them on the detected frauds at terminals
+with known frauds, with its own floor (min_dilution_recall).
 """
 
 from __future__ import annotations
@@ -189,6 +191,32 @@ def profile_robustness(
     return start_profile(bundle, frame, threat_settings, settings, executor).collect()
 
 
+DILUTION = "dilution"
+
+
+def dilution_recall(bundle: "ModelBundle", frame: "pd.DataFrame", threat_settings: "ThreatModelSettings",
+                    settings: "RobustnessGateSettings") -> AttackOutcome | None:
+    """Terminal-risk dilution (threat_model.dilution) against the frauds of `frame` that `bundle` detects at
+    terminals with known frauds: each is diluted at budget x 1/steps, 2/steps, ..., 1 and counts as still
+    detected when it is at every factor. None when the threat model has no dilution."""
+    from fraudguard.threat import at_risky_terminal, dilute_terminal_risk
+
+    dilution = threat_settings.dilution
+    if dilution is None:
+        return None
+    budget = dilution.max_added_volume_factor
+    frauds = frame[frame[TX_FRAUD].to_numpy() == 1]
+    frauds = frauds[at_risky_terminal(frauds, dilution)]
+    detected = frauds[bundle.predict_proba(frauds) >= bundle.threshold] if len(frauds) else frauds
+    still = np.ones(len(detected), dtype=bool)
+    for step in range(1, settings.dilution_steps + 1):
+        if not len(detected):
+            break
+        diluted = dilute_terminal_risk(detected, dilution, budget * step / settings.dilution_steps)
+        still &= bundle.predict_proba(diluted) >= bundle.threshold
+    return AttackOutcome(DILUTION, budget, len(detected), int(still.sum()))
+
+
 def _plot(path: Path, candidate: RobustnessProfile, champion: RobustnessProfile | None, floor: float) -> None:
     # The object API, not pyplot: gates may run in threads, and pyplot's global figure state is not safe there.
     from matplotlib.figure import Figure
@@ -260,6 +288,27 @@ def run_robustness_gate(
                     f"{gated} {value:.4f} < champion {champ_value:.4f}"
                     f" - tolerance {settings.non_inferiority_tolerance:.4f}"
                 )
+    # Dilution is a poisoning capability (no epsilon): its own figure and floor, gated when measurable.
+    cand_dil = dilution_recall(candidate.bundle, context.test_features, threat_settings, settings)
+    champ_dil = (dilution_recall(context.champion.bundle, context.test_features, threat_settings, settings)
+                 if context.champion is not None else None)
+    if cand_dil is not None:
+        metrics["dilution.n_attacked"] = float(cand_dil.n_attacked)
+        metrics["dilution.max_added_volume_factor"] = cand_dil.epsilon
+    if cand_dil is not None and cand_dil.n_attacked:
+        metrics["robust_recall.dilution"] = cand_dil.robust_recall
+        thresholds["min_dilution_recall"] = settings.min_dilution_recall
+        if cand_dil.robust_recall < settings.min_dilution_recall:
+            failures.append(f"robust_recall.dilution {cand_dil.robust_recall:.4f} < floor "
+                            f"{settings.min_dilution_recall:.4f} ({cand_dil.n_attacked} detected frauds at "
+                            f"terminals with known frauds, added volume up to {cand_dil.epsilon:g}x)")
+        if champ_dil is not None and champ_dil.n_attacked:
+            bar = champ_dil.robust_recall - settings.non_inferiority_tolerance
+            metrics["champion.robust_recall.dilution"] = champ_dil.robust_recall
+            thresholds["dilution_non_inferiority"] = bar
+            if cand_dil.robust_recall < bar:
+                failures.append(f"robust_recall.dilution {cand_dil.robust_recall:.4f} < champion "
+                                f"{champ_dil.robust_recall:.4f} - tolerance {settings.non_inferiority_tolerance:.4f}")
     if champ is not None:
         metrics.update(champ.metrics(prefix="champion."))
     # The gated figures first: the registry's gate table shows a gate's first few metrics.
@@ -269,6 +318,8 @@ def run_robustness_gate(
     passed = not failures
     reason = (
         f"{gated} {metrics['robust_recall_at_budget']:.4f} >= floor {settings.min_robust_recall:.4f}"
+        + (f", robust_recall.dilution {metrics['robust_recall.dilution']:.4f} >= floor "
+           f"{settings.min_dilution_recall:.4f}" if "robust_recall.dilution" in metrics else "")
         + (" and non-inferior to the champion" if champ is not None else " (no champion)")
         if passed
         else "; ".join(failures)
@@ -300,6 +351,8 @@ def run_robustness_gate(
         "thresholds": thresholds,
         "candidate": table(cand),
         "champion": table(champ),
+        "dilution": {"candidate": asdict(cand_dil) if cand_dil else None,
+                     "champion": asdict(champ_dil) if champ_dil else None},
         "champion_version": context.champion.version if context.champion else None,
     }, (report_png,))
 
