@@ -185,6 +185,8 @@ def train_model(
     n_features = len(standardizer.features)
     module = FraudMLP(n_features, settings.model.hidden_sizes, settings.model.dropout)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                 if cfg.lr_schedule == "cosine" else None)
     if cfg.class_weighting == "balanced":
         counts = np.bincount(y_fit, minlength=2).astype(np.float64)
         weight = torch.tensor(len(y_fit) / (2.0 * counts), dtype=torch.float32)
@@ -238,6 +240,8 @@ def train_model(
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(yb)
+        if scheduler is not None:
+            scheduler.step()
         seconds = time.perf_counter() - start
         entry: dict[str, Any] = {
             "epoch": epoch,
