@@ -240,12 +240,14 @@ def train_model(
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(yb)
+        learning_rate = float(optimizer.param_groups[0]["lr"])  # what this epoch's steps used
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - start
         entry: dict[str, Any] = {
             "epoch": epoch,
             "loss": loss_sum / n,
+            "learning_rate": learning_rate,
             "seconds": seconds,
             # CPU seconds of this process over the epoch: on a shared machine, wall time also counts waiting.
             "cpu_seconds": time.process_time() - cpu_start,
