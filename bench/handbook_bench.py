@@ -86,7 +86,9 @@ def timed_cmd(name: str, cmd: list[str], cwd: Path, env: dict[str, str], timeout
 
 def prepare_project(tmp: Path, scale: float) -> tuple[Path, dict[str, str]]:
     """Scratch project with the (scaled) handbook profile merged over its params.yaml, committed."""
-    root, env = make_temp_project(tmp, pull_data=False)
+    # With data/raw pulled, as in a user's checkout: `fraudguard data import` refuses to replace a tracked
+    # version it cannot see (it checks the import against it).
+    root, env = make_temp_project(tmp, pull_data=True)
     profile_path = tmp / "params.handbook.yaml"
     profile_path.write_text(yaml.safe_dump(scaled_profile(scale), sort_keys=False), encoding="utf-8")
     run_cmd([str(BIN / "fraudguard"), "ci", "profile", str(profile_path), "--record",

@@ -241,6 +241,9 @@ class TrainSettings(_Strict):
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     learning_rate: float = Field(gt=0)
+    # constant: learning_rate throughout; cosine: annealed from learning_rate to 0 over `epochs` (the last
+    # epochs take small steps, so the kept weights do not depend on where one noisy step landed).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(ge=0)
     class_weighting: Literal["balanced", "none"]
     adversarial: AdversarialSettings

@@ -197,6 +197,8 @@ class Trainee:
     module: FraudMLP
     optimizer: torch.optim.Optimizer
     loss_fn: torch.nn.Module
+    # train.lr_schedule cosine: the learning rate decays to 0 over train.epochs (None: constant).
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
 @dataclass
@@ -319,12 +321,14 @@ def build_model(data: PreparedData, params: TrainingParams) -> Trainee:
     cfg = params.train
     module = FraudMLP(len(data.standardizer.features), params.model.hidden_sizes, params.model.dropout)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                 if cfg.lr_schedule == "cosine" else None)
     if cfg.class_weighting == "balanced":
         counts = np.bincount(data.y_fit.numpy(), minlength=2).astype(np.float64)
         weight = torch.tensor(data.n_fit / (2.0 * counts), dtype=torch.float32)
     else:
         weight = None
-    return Trainee(module, optimizer, torch.nn.CrossEntropyLoss(weight=weight))
+    return Trainee(module, optimizer, torch.nn.CrossEntropyLoss(weight=weight), scheduler)
 
 
 def build_crafter(trainee: Trainee, threat: ThreatModel, cfg: TrainSettings) -> AdversarialCrafter:
@@ -440,10 +444,14 @@ def train_model(
         start, cpu_start = time.perf_counter(), time.process_time()
         order = torch.randperm(data.n_fit, generator=generator)
         loss, attack_seconds = train_one_epoch(trainee, data, order, cfg, crafter)
+        learning_rate = float(trainee.optimizer.param_groups[0]["lr"])  # what this epoch's steps used
+        if trainee.scheduler is not None:
+            trainee.scheduler.step()
         seconds = time.perf_counter() - start
         entry: dict[str, Any] = {
             "epoch": epoch,
             "loss": loss,
+            "learning_rate": learning_rate,
             "seconds": seconds,
             # CPU seconds of this process over the epoch: on a shared machine, wall time also counts waiting.
             "cpu_seconds": time.process_time() - cpu_start,

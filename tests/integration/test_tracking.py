@@ -343,3 +343,32 @@ def test_experiment_made_elsewhere_gets_the_kind_tag_on_first_use(registered, tm
     made = client.create_experiment("by-hand", artifact_location=(tmp_path / "art").as_uri())
     assert ensure_experiment(client, "by-hand") == made
     assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_registered_model_pins_exactly_the_installed_runtime_packages(registered):
+    import mlflow
+
+    from fraudguard.pyfunc_model import pinned_requirements
+
+    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/fraudguard/{registered['record'].version}")
+    pins = [line.strip() for line in Path(requirements).read_text().splitlines() if line.strip()]
+    assert sorted(pins) == sorted(pinned_requirements())
+
+
+def test_short_package_map_still_reports_a_pin_the_environment_does_not_satisfy_and_is_undone(caplog):
+    from mlflow.utils import requirements_utils
+
+    from fraudguard.pyfunc_model import _pinned_packages_map, pinned_requirements
+
+    built = requirements_utils._MODULES_TO_PACKAGES
+    requirements_utils._MODULES_TO_PACKAGES = None  # as in a fresh `fraudguard register` process
+    try:
+        with caplog.at_level("WARNING", logger="mlflow.utils.requirements_utils"), _pinned_packages_map():
+            requirements_utils.warn_dependency_requirement_mismatches(["numpy==0.0.1", *pinned_requirements()])
+            assert set(requirements_utils._MODULES_TO_PACKAGES) == {"mlflow", "torch", "numpy", "pandas",
+                                                                     "pyarrow", "pydantic", "yaml"}
+        assert "numpy (current: " in caplog.text and "required: numpy==0.0.1" in caplog.text
+        assert "pandas (current" not in caplog.text  # the installed pins are satisfied
+        assert requirements_utils._MODULES_TO_PACKAGES is None  # the full map is built as usual later
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = built

@@ -250,3 +250,28 @@ def test_no_dilution_copies_when_training_on_them_is_off(split):
     assert dilution_copies(split[0], settings).empty
     result = train_model(split[0], settings, adversarial=False, progress=False)
     assert result.metrics()["dilution_copies"] == 0
+
+
+def test_cosine_schedule_anneals_the_learning_rate_towards_zero_and_still_learns(split):
+    from sklearn.metrics import average_precision_score
+
+    epochs = 6
+    cosine = train_model(split[0], _settings({"train": {"epochs": epochs, "lr_schedule": "cosine"}}), progress=False)
+    rates = [h["learning_rate"] for h in cosine.history]
+    start = _settings().train.learning_rate
+    assert rates[0] == pytest.approx(start)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    assert rates[-1] < start / 10  # the last epoch takes small steps
+    test = split[1]
+    y = test[TX_FRAUD].to_numpy()
+    assert average_precision_score(y, cosine.bundle.predict_proba(test)) > 4 * y.mean()
+
+    constant = train_model(split[0], _settings({"train": {"epochs": 2, "lr_schedule": "constant"}}), progress=False)
+    assert [h["learning_rate"] for h in constant.history] == [start, start]
+
+
+def test_an_unknown_learning_rate_schedule_is_refused_by_name():
+    from fraudguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        _settings({"train": {"lr_schedule": "linear"}})
