@@ -140,6 +140,21 @@ def _adversarial_rows(labels: torch.Tensor, batch_size: int, ratio: float, class
     return torch.cat(picked) if picked else torch.empty(0, dtype=torch.long)
 
 
+def _with_split_payment_copies(x_fit: torch.Tensor, y_fit: torch.Tensor, fit_frame: pd.DataFrame,
+                               standardizer: Standardizer, settings: Settings) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The fit rows plus train.split_payments' copies of the fit frauds paid in k pieces (their last piece,
+    labelled fraud; fraudguard.splitting), standardized like the rest; and how many were added."""
+    from fraudguard.splitting import split_payment_training_rows
+
+    copies = split_payment_training_rows(fit_frame, settings)
+    if copies.empty:
+        return x_fit, y_fit, 0
+    logger.info("adding %d split-payment copies of %d fit frauds", len(copies), int((y_fit == 1).sum()))
+    x = torch.cat([x_fit, torch.from_numpy(standardizer.transform(copies))])
+    y = torch.cat([y_fit, torch.from_numpy(_labels(copies, "split-payment copies"))])
+    return x, y, len(copies)
+
+
 def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     from sklearn.metrics import average_precision_score
 
@@ -191,6 +206,8 @@ def train_model(
     else:
         weight = None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    # After the class weights: the copies add weight to the frauds rather than being balanced away.
+    x_fit, y_fit_t, n_split_copies = _with_split_payment_copies(x_fit, y_fit_t, fit_frame, standardizer, settings)
 
     threat = build_threat_model(settings.threat_model, standardizer)
     classifier = make_art_classifier(module, n_features) if adversarial else None
@@ -203,7 +220,7 @@ def train_model(
     )
 
     history: list[dict[str, Any]] = []
-    n = len(y_fit)
+    n = len(y_fit_t)
     epochs = range(1, cfg.epochs + 1)
     bar = None
     if progress:
@@ -269,10 +286,10 @@ def train_model(
                 break
     if bar is not None:
         bar.close()
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"split_payment_copies": n_split_copies} if n_split_copies else {}
     if best is not None:
         module.load_state_dict(best[2])
-        extra = {"best_epoch": best[1], "best_val_average_precision": best[0]}
+        extra.update({"best_epoch": best[1], "best_val_average_precision": best[0]})
 
     module.eval()
     bundle = ModelBundle(
