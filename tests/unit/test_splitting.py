@@ -86,16 +86,21 @@ def test_piece_features_refuse_a_piece_outside_the_split():
         piece_features(whole.iloc[:2], 3, 60.0, SETTINGS, pieces=[3])
 
 
-def test_training_copies_are_last_pieces_labelled_fraud_for_each_split_count():
+def test_training_copies_are_last_pieces_of_every_fraud_per_k_and_one_per_legitimate_row():
     settings = parse_settings(small_params({"featurize": {"windows_days": [1, 7], "windows_hours": [1]},
                                             "train": {"split_payments": {"enabled": True, "splits": [2, 3],
-                                                                         "copies": 2}}}))
+                                                                         "copies": 2, "legit_splits": [2, 10]}}}))
     fit = compute_features(_history(), settings.featurize)
     copies = split_payment_training_rows(fit, settings)
     n_frauds = int(fit["TX_FRAUD"].sum())
-    assert len(copies) == n_frauds * 2 * 2 and (copies["TX_FRAUD"] == 1).all()
+    frauds, legit = copies[copies["TX_FRAUD"] == 1], copies[copies["TX_FRAUD"] == 0]
+    assert len(frauds) == n_frauds * 2 * 2 and len(legit) == len(fit) - n_frauds
     assert list(copies.columns) == list(fit.columns)
-    assert set(copies["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] - 0) >= {2, 3}
+    # Last pieces: the hour count grew by k - 1 over the whole payment's (no other payment within 20 minutes).
+    grown = lambda rows: set(rows["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"].to_numpy()  # noqa: E731
+                             - fit.set_index("TRANSACTION_ID").loc[rows["TRANSACTION_ID"],
+                                                                   "CUSTOMER_ID_NB_TX_1HOUR_WINDOW"].to_numpy())
+    assert grown(frauds) == {1, 2} and grown(legit) == {1, 9}
     off = parse_settings(small_params({"train": {"split_payments": {"enabled": False}}}))
     assert split_payment_training_rows(fit, off).empty
 
