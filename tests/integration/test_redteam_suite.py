@@ -41,6 +41,9 @@ REDTEAM_OVERRIDES = {
         "backdoor": {"share": 1.0},
         "terminal_dilution": {"share_of_rows": 0.05},
         "boundary": {"samples": 3, "max_iter": 10},
+        # ~7 frauds are caught whole here, so one fraud is 0.14 of the share: the default 0.9 would demand all of
+        # them (measured 6 of 7 still flagged at k = 3 with the defence, 1 of 5 without it).
+        "split_payments": {"min_flagged_share": 0.8},
     },
 }
 
