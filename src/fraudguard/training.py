@@ -6,7 +6,9 @@ a random start, or PGD) under the threat mask and projected onto the threat mode
 `train.adversarial.craft_batches` consecutive batches are crafted in one call against the weights at the
 first of them (1: against the current weights, batch by batch). ART's AdversarialTrainer passes no mask to
 generate(), hence this loop. With `train.early_stopping_patience`, training stops once the validation AP
-has not improved for that many epochs and the best epoch's weights are kept.
+has not improved for that many epochs and the best epoch's weights are kept. With `train.split_payments`,
+the fit rows are joined by split-payment copies (fraudguard.splitting.split_payment_training_rows) after the
+class weights are set, so that the model learns to flag a fraud paid in pieces.
 """
 
 from __future__ import annotations
