@@ -20,6 +20,8 @@ from fraudguard.features import (
     compute_features,
     customer_avg_amount,
     customer_nb_tx,
+    customer_nb_tx_hours,
+    customer_spend_hours,
     feature_names,
     terminal_nb_fraud,
     terminal_nb_tx,
@@ -45,6 +47,10 @@ def naive_features(transactions: pd.DataFrame, settings: FeaturizeSettings) -> p
             window = cust[cust["TX_DATETIME"] > t - pd.Timedelta(days=w)]
             out[customer_nb_tx(w)] = len(window)
             out[customer_avg_amount(w)] = window["TX_AMOUNT"].mean()
+        for h in settings.windows_hours:
+            window = cust[cust["TX_DATETIME"] > t - pd.Timedelta(hours=h)]
+            out[customer_nb_tx_hours(h)] = len(window)
+            out[customer_spend_hours(h)] = window["TX_AMOUNT"].sum()
         term = by_terminal[tx["TERMINAL_ID"]]
         term = term[(term.index < position) & (term["TX_DATETIME"] <= t - delay)]
         for w in settings.windows_days:

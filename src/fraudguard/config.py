@@ -137,6 +137,9 @@ class SplitSettings(_Strict):
 
 class FeaturizeSettings(_Strict):
     windows_days: list[int] = Field(min_length=1)
+    # Customer windows in hours (count and spend): they see a payment split into pieces minutes apart.
+    # Shorter than every day window, so they need no more history or warm-up than the day windows.
+    windows_hours: list[int] = Field(default_factory=list)
     label_delay_days: int = Field(ge=0)
     night_end_hour: int = Field(ge=0, le=23)
     split: SplitSettings
@@ -152,6 +155,21 @@ class FeaturizeSettings(_Strict):
         if any(w <= 0 for w in windows) or len(set(windows)) != len(windows):
             raise ValueError(f"windows must be distinct positive day counts, got {windows}")
         return windows
+
+    @field_validator("windows_hours")
+    @classmethod
+    def _positive_distinct_hour_windows(cls, windows: list[int]) -> list[int]:
+        if any(w <= 0 for w in windows) or len(set(windows)) != len(windows):
+            raise ValueError(f"windows must be distinct positive hour counts, got {windows}")
+        return windows
+
+    @model_validator(mode="after")
+    def _hour_windows_within_day_windows(self) -> "FeaturizeSettings":
+        # The online state keeps a customer's history for the longest day window only.
+        if self.windows_hours and max(self.windows_hours) > 24 * max(self.windows_days):
+            raise ValueError(f"windows_hours {self.windows_hours} exceed the longest day window "
+                             f"({max(self.windows_days)} d)")
+        return self
 
     @property
     def warmup_days(self) -> int:
@@ -179,10 +197,19 @@ class FeatureBounds(_Strict):
 
 class DerivedFeatureSettings(_Strict):
     """A feature the attacker moves indirectly: a customer average whose window includes the current
-    transaction moves by (change of `source`) / `count` when the attacker changes `source`."""
+    transaction moves by (change of `source`) / `count` when the attacker changes `source`; a window sum
+    (no `count`) moves by the change itself."""
 
     source: str
-    count: str
+    count: str | None = None
+
+
+class SplitPaymentThreatSettings(_Strict):
+    """The attacker also chooses how many payments (2..max_splits) a fraud's total amount is paid in,
+    interval_s apart at the same terminal (fraudguard.splitting)."""
+
+    max_splits: int = Field(ge=2)
+    interval_s: float = Field(ge=0)
 
 
 class DilutionThreatSettings(_Strict):
@@ -200,6 +227,8 @@ class ThreatModelSettings(_Strict):
     derived_features: dict[str, DerivedFeatureSettings] = Field(default_factory=dict)
     # Poisoning-time capability (not an evasion budget): null leaves dilution out of the threat model.
     dilution: DilutionThreatSettings | None = None
+    # null: the attacker pays each fraud in one payment (the threat model before issue #11).
+    split_payments: SplitPaymentThreatSettings | None = None
     epsilon: float = Field(gt=0)
     eps_step: float = Field(gt=0)
     pgd_iterations: int = Field(gt=0)
@@ -234,6 +263,21 @@ class DilutionTrainingSettings(_Strict):
     enabled: bool
     copies: float = Field(gt=0)   # copies per eligible row (fractions: a seeded random subset)
     classes: Literal["both", "fraud"]
+class SplitPaymentTrainingSettings(_Strict):
+    """Training copies of each fit-part fraud split into k payments (its last piece, labelled fraud)."""
+
+    enabled: bool
+    splits: list[int] = Field(min_length=1)
+    copies: int = Field(ge=1)   # copies of each fraud's last piece per k: its weight in the loss
+    # Each legitimate fit row also gets one split copy, k drawn from these (empty: none).
+    legit_splits: list[int] = Field(default_factory=list)
+
+    @field_validator("splits", "legit_splits")
+    @classmethod
+    def _split_counts(cls, value: list[int]) -> list[int]:
+        if any(k < 2 for k in value) or len(set(value)) != len(value):
+            raise ValueError(f"split counts must be distinct and >= 2, got {value}")
+        return value
 
 
 class TrainSettings(_Strict):
@@ -254,6 +298,8 @@ class TrainSettings(_Strict):
     early_stopping_patience: int | None = Field(default=None, gt=0)
     # Off when absent; needs threat_model.dilution when enabled (checked in Settings).
     dilution: DilutionTrainingSettings | None = None
+    # null: no split-payment copies (fraudguard.splitting.split_payment_training_rows).
+    split_payments: SplitPaymentTrainingSettings | None = None
 
     @model_validator(mode="after")
     def _early_stopping_needs_validation(self) -> "TrainSettings":
@@ -274,6 +320,11 @@ class QualityGateSettings(_Strict):
     non_inferiority_tolerance: float = Field(ge=0)
 
 
+class SplitPaymentGateSettings(_Strict):
+    splits: int = Field(ge=2)                       # k the detected frauds are split into
+    min_flagged_share: float = Field(ge=0, le=1)    # of them, the share with a piece still flagged
+
+
 class RobustnessGateSettings(_Strict):
     epsilons: list[float] = Field(min_length=1)
     min_robust_recall: float = Field(ge=0, le=1)
@@ -287,6 +338,8 @@ class RobustnessGateSettings(_Strict):
     # with known frauds still detected (gated only when the threat model has dilution and such frauds exist).
     min_dilution_recall: float = Field(default=0.5, ge=0, le=1)
     dilution_steps: int = Field(default=4, gt=0)  # factors tried: budget x 1/steps, 2/steps, ..., 1
+    # null: no split-payment check (it needs threat_model.split_payments).
+    split_payments: SplitPaymentGateSettings | None = None
 
     @field_validator("epsilons")
     @classmethod
@@ -526,7 +579,7 @@ class Settings(_Strict):
             )
         derived = self.threat_model.derived_features
         unknown = sorted(
-            ({*derived} | {spec.count for spec in derived.values()}) - set(self.model.features)
+            ({*derived} | {spec.count for spec in derived.values() if spec.count is not None}) - set(self.model.features)
         )
         if unknown:
             raise ValueError(
@@ -540,7 +593,28 @@ class Settings(_Strict):
                 raise ValueError(f"threat_model.dilution.risk_features names features the model does not use: {unknown}")
         if self.train.dilution is not None and self.train.dilution.enabled and dilution is None:
             raise ValueError("train.dilution.enabled needs threat_model.dilution (the budget the copies are diluted within)")
+        self._split_counts_within_threat_model()
         return self
+
+    def _split_counts_within_threat_model(self) -> None:
+        """Training copies and the gate's check split into at most threat_model.split_payments.max_splits."""
+        threat = self.threat_model.split_payments
+        used = {"train.split_payments": self.train.split_payments is not None and self.train.split_payments.enabled,
+                "gates.robustness.split_payments": self.gates.robustness.split_payments is not None}
+        if threat is None:
+            named = [key for key, on in used.items() if on]
+            if named:
+                raise ValueError(f"{' and '.join(named)} need(s) threat_model.split_payments")
+            return
+        counts = {"train.split_payments.splits": list(self.train.split_payments.splits)
+                  if self.train.split_payments else [],
+                  "train.split_payments.legit_splits": list(self.train.split_payments.legit_splits)
+                  if self.train.split_payments else [],
+                  "gates.robustness.split_payments.splits": [self.gates.robustness.split_payments.splits]
+                  if self.gates.robustness.split_payments else []}
+        for key, ks in counts.items():
+            if any(k > threat.max_splits for k in ks):
+                raise ValueError(f"{key} {ks} exceed(s) threat_model.split_payments.max_splits {threat.max_splits}")
 
     def as_params_dict(self) -> dict[str, Any]:
         """The settings as plain data, with the same keys as params.yaml."""

@@ -7,7 +7,8 @@ of two cumulative sums. No per-row Python.
 Window semantics (t = the transaction's time, w = window, d = label delay, in days):
 
 * customer windows ``(t - w, t]``: the transactions of the card up to and including the current one
-  (pandas ``rolling('7D')`` semantics, as in the handbook);
+  (pandas ``rolling('7D')`` semantics, as in the handbook); day windows give a count and an average
+  amount, hour windows (featurize.windows_hours) a count and a total spend;
 * terminal windows ``(t - d - w, t - d]``: only transactions whose label is known at time t (a label
   arrives d days after its transaction). The current transaction's own label is never used, even
   when d = 0.
@@ -44,6 +45,7 @@ TX_DURING_WEEKEND = "TX_DURING_WEEKEND"
 TX_DURING_NIGHT = "TX_DURING_NIGHT"
 
 _DAY_NS = np.int64(86_400 * 10**9)
+_HOUR_NS = np.int64(3_600 * 10**9)
 
 
 def customer_nb_tx(window_days: int) -> str:
@@ -52,6 +54,17 @@ def customer_nb_tx(window_days: int) -> str:
 
 def customer_avg_amount(window_days: int) -> str:
     return f"{CUSTOMER_ID}_AVG_AMOUNT_{window_days}DAY_WINDOW"
+
+
+def customer_nb_tx_hours(window_hours: int) -> str:
+    """The card's transactions in the last `window_hours` hours, the current one included."""
+    return f"{CUSTOMER_ID}_NB_TX_{window_hours}HOUR_WINDOW"
+
+
+def customer_spend_hours(window_hours: int) -> str:
+    """The card's total amount in the last `window_hours` hours, the current one included: a payment split
+    into pieces minutes apart adds up here to the whole amount."""
+    return f"{CUSTOMER_ID}_SPEND_{window_hours}HOUR_WINDOW"
 
 
 def terminal_nb_tx(window_days: int) -> str:
@@ -76,12 +89,19 @@ def feature_names(settings: FeaturizeSettings) -> list[str]:
     for w in settings.windows_days:
         names += [terminal_nb_tx(w), terminal_risk(w)]
     names += [terminal_nb_fraud(w) for w in settings.windows_days]
+    for h in settings.windows_hours:
+        names += [customer_nb_tx_hours(h), customer_spend_hours(h)]
     return names
 
 
 def customer_window_offsets(settings: FeaturizeSettings) -> list[int]:
     """Per window w, the offset o in ns such that the customer window of a transaction at t is (t - o, t]."""
     return [int(w) * int(_DAY_NS) for w in settings.windows_days]
+
+
+def customer_hour_window_offsets(settings: FeaturizeSettings) -> list[int]:
+    """Per hour window h, the offset o in ns such that the customer window of a transaction at t is (t - o, t]."""
+    return [int(h) * int(_HOUR_NS) for h in settings.windows_hours]
 
 
 def terminal_window_offsets(settings: FeaturizeSettings) -> tuple[int, list[int]]:
@@ -99,6 +119,11 @@ def calendar_flags(weekday, hour, settings: FeaturizeSettings) -> tuple[np.ndarr
 def window_mean(sums, counts) -> np.ndarray:
     """A customer window's average amount (float64 sums over counts > 0), as float32."""
     return (np.asarray(sums, dtype=np.float64) / np.asarray(counts)).astype(np.float32)
+
+
+def window_spend(sums) -> np.ndarray:
+    """A customer window's total amount (float64 sums), as float32."""
+    return np.asarray(sums, dtype=np.float64).astype(np.float32)
 
 
 def window_fraud_count(frauds) -> np.ndarray:
@@ -134,6 +159,10 @@ def transaction_features(time_ns: int, weekday: int, hour: int, amount: float,
         total = (amounts_cs[n] - amounts_cs[start]) + float(amount)
         out[customer_nb_tx(w)] = count
         out[customer_avg_amount(w)] = float(window_mean(total, count))
+    for h, offset in zip(settings.windows_hours, customer_hour_window_offsets(settings)):
+        start = int(np.searchsorted(customer_times, time_ns - offset, side="right"))
+        out[customer_nb_tx_hours(h)] = n - start + 1
+        out[customer_spend_hours(h)] = float(window_spend((amounts_cs[n] - amounts_cs[start]) + float(amount)))
     terminal_times = np.asarray(terminal_times, dtype=np.int64)
     frauds_cs = _cumsum0(np.asarray(terminal_known_frauds, dtype=np.float64))
     end_offset, start_offsets = terminal_window_offsets(settings)
@@ -247,6 +276,12 @@ def compute_features(transactions: pd.DataFrame, settings: FeaturizeSettings) ->
         derived[customer_nb_tx(w)] = _scatter(cust.order, count, np.int32)
         derived[customer_avg_amount(w)] = _scatter(
             cust.order, window_mean(amount_cs[end] - amount_cs[start], count), np.float32)
+    hour_starts = cust.bounds([np.int64(o) for o in customer_hour_window_offsets(settings)])
+    for h, start in zip(settings.windows_hours, hour_starts):
+        end = row + 1
+        derived[customer_nb_tx_hours(h)] = _scatter(cust.order, end - start, np.int32)
+        derived[customer_spend_hours(h)] = _scatter(cust.order, window_spend(amount_cs[end] - amount_cs[start]),
+                                                    np.float32)
 
     # Terminal windows (t - d - w, t - d]: labels known at t only; never the current row's own label.
     end_offset, start_offsets = terminal_window_offsets(settings)

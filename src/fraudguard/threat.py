@@ -12,7 +12,8 @@ Two decisions, documented in the README as well:
   lies outside the configured bounds (it happened, after all) is never dragged further than eps.
 - Derived features (customer average amounts whose window includes the current transaction) are not
   free for the attacker, nor frozen: they follow their source exactly, avg' = avg + (amount' - amount)
-  / count, with count the window's transaction count (unchanged by the amount).
+  / count, with count the window's transaction count (unchanged by the amount); a window sum (the hour
+  spend) has no count: spend' = spend + (amount' - amount).
 - Terminal-risk dilution (threat_model.dilution) is a poisoning capability, not an evasion of one
   transaction: legitimate payments added at a terminal raise its window counts and lower its risk
   features, never its known-fraud counts (dilute_terminal_risk). Training copies and the robustness gate
@@ -130,20 +131,22 @@ def build_threat_model(threat_settings: "ThreatModelSettings", standardizer: "St
     index = {name: i for i, name in enumerate(features)}
     derived = []
     for name, spec in threat_settings.derived_features.items():
-        missing = [f for f in (name, spec.source, spec.count) if f not in index]
+        missing = [f for f in (name, spec.source, spec.count) if f is not None and f not in index]
         if missing:
             raise ConfigError(
                 f"threat_model.derived_features.{name} names features the model was not fitted on: {missing}"
             )
-        i, src, cnt = index[name], index[spec.source], index[spec.count]
+        i, src = index[name], index[spec.source]
+        # A window sum (no count) moves by the source's change itself: a constant count of 1 (mean 1, std 0).
+        cnt = index[spec.count] if spec.count is not None else src
         derived.append(DerivedFeature(
             index=i,
             source=src,
             count_index=cnt,
             source_std=float(standardizer.std[src]),
             std=float(standardizer.std[i]),
-            count_mean=float(standardizer.mean[cnt]),
-            count_std=float(standardizer.std[cnt]),
+            count_mean=float(standardizer.mean[cnt]) if spec.count is not None else 1.0,
+            count_std=float(standardizer.std[cnt]) if spec.count is not None else 0.0,
         ))
     return ThreatModel(
         derived=tuple(derived),

@@ -8,14 +8,16 @@ first of them (1: against the current weights, batch by batch). ART's Adversaria
 generate(), hence this loop. With `train.early_stopping_patience`, training stops once the validation AP
 has not improved for that many epochs and the best epoch's weights are kept. With `train.dilution`, copies of
 the rows at terminals with known frauds, their risk features diluted within threat_model.dilution, join the
-fit rows (dilution_copies).
+fit rows (dilution_copies). With `train.split_payments`, split-payment copies
+(fraudguard.splitting.split_payment_training_rows) join them after the class weights are set, so that the
+model learns to flag a fraud paid in pieces.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ import torch
 
 from fraudguard.attacks import make_art_classifier, masked_fgsm, masked_pgd
 from fraudguard.config import (
+    FeaturizeSettings,
     ModelSettings,
     Settings,
     ThreatModelSettings,
@@ -164,6 +167,8 @@ class TrainingParams:
     model: ModelSettings
     threat_model: ThreatModelSettings
     train: TrainSettings
+    # Split-payment copies recompute their pieces' window and calendar features (fraudguard.splitting).
+    featurize: FeaturizeSettings
     # The operating threshold is chosen at this false-positive rate on the training split.
     fpr_for_recall: float = params_key("evaluate.fpr_for_recall")
 
@@ -184,6 +189,18 @@ class PreparedData:
     y_val: np.ndarray
     labels_all: np.ndarray
     n_dilution_copies: int = 0
+    # Split-payment copies, standardized, held apart until the class weights are set (with_split_copies).
+    x_split: torch.Tensor | None = None
+    y_split: torch.Tensor | None = None
+    n_split_copies: int = 0
+
+    def with_split_copies(self) -> "PreparedData":
+        """The fit rows joined by the split-payment copies. Called after the class weights are set: the copies
+        add weight to the frauds rather than being balanced away."""
+        if self.x_split is None or self.y_split is None:
+            return self
+        return replace(self, x_fit=torch.cat([self.x_fit, self.x_split]), y_fit=torch.cat([self.y_fit, self.y_split]),
+                       x_split=None, y_split=None, n_split_copies=len(self.y_split))
 
     @property
     def n_fit(self) -> int:
@@ -287,6 +304,17 @@ def dilution_copies(fit_frame: pd.DataFrame, settings: Settings | TrainingParams
     return copies
 
 
+def split_payment_copies(fit_frame: pd.DataFrame, params: TrainingParams) -> pd.DataFrame:
+    """train.split_payments' copies of the fit rows paid in k pieces (fraudguard.splitting); empty when off."""
+    from fraudguard.splitting import split_payment_training_rows
+
+    copies = split_payment_training_rows(fit_frame, params)
+    if len(copies):
+        logger.info("split-payment copies: %d rows (%d fit frauds)", len(copies),
+                    int((fit_frame[TX_FRAUD].to_numpy() == 1).sum()))
+    return copies
+
+
 def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedData:
     """Check the labels, split off the later validation slice, fit the standardizer on the fit rows."""
     labels_all = _labels(train_frame, "training frame")
@@ -300,6 +328,7 @@ def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedD
     if y_fit.sum() == 0:
         raise DataError("training frame: no fraud in the fit part (before the validation slice)")
     standardizer = Standardizer.fit(fit_frame, params.model.features)
+    split = split_payment_copies(fit_frame, params)
     # Appended after the standardizer is fitted: it describes real traffic, not the copies.
     diluted = dilution_copies(fit_frame, params)
     if len(diluted):
@@ -313,6 +342,8 @@ def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedD
         y_val=y_val,
         labels_all=labels_all,
         n_dilution_copies=int(len(diluted)),
+        x_split=torch.from_numpy(standardizer.transform(split)) if len(split) else None,
+        y_split=torch.from_numpy(_labels(split, "split-payment copies")) if len(split) else None,
     )
 
 
@@ -421,6 +452,7 @@ def train_model(
 
     data = prepare_data(train_frame, params)
     trainee = build_model(data, params)
+    data = data.with_split_copies()
     threat = build_threat_model(params.threat_model, data.standardizer)
     crafter = build_crafter(trainee, threat, cfg) if adversarial else None
     attack = cfg.adversarial.attack if adversarial else None
@@ -473,6 +505,7 @@ def train_model(
         bar.close()
     extra = stopping.restore_best(trainee.module)
     extra["dilution_copies"] = data.n_dilution_copies
+    extra["split_payment_copies"] = data.n_split_copies
 
     bundle, train_ap = finalize(trainee.module, train_frame, data, params)
     return TrainingResult(

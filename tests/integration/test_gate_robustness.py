@@ -19,12 +19,14 @@ from fraudguard.training import train_model
 pytestmark = pytest.mark.slow
 
 # 300 cards: ~110 test frauds. At the default budget (0.5) nearly all this small model's detected frauds survive,
-# so the attacker here gets a budget of 3 standardized units on the controlled features.
+# so the attacker here gets a budget of 3 standardized units on the controlled features. The undefended model is
+# trained without split-payment copies either; the split check's floor is 0 unless a test sets it.
 WORLD = {
     "simulate": {"n_customers": 300, "n_terminals": 600},
     "threat_model": {"epsilon": 3.0, "eps_step": 0.6},
+    "train": {"split_payments": {"enabled": False}},
     "gates": {"robustness": {"epsilons": [0.75, 1.5, 3.0], "hopskipjump_samples": 10,
-                             "hopskipjump_max_iter": 5}},
+                             "hopskipjump_max_iter": 5, "split_payments": {"splits": 3, "min_flagged_share": 0.0}}},
 }
 
 
@@ -98,6 +100,32 @@ def test_gate_table_shows_the_gated_pgd_recall_at_the_budget(world, tmp_path):
     metrics_cell = row.rstrip(" |").rsplit("|", 1)[-1].strip()
     gated = result.metrics["robust_recall_at_budget"]
     assert metrics_cell.startswith(f"robust_recall.pgd.eps_3={gated:.3g}, champion.robust_recall_at_budget=")
+
+
+def test_split_payment_check_blocks_a_model_that_loses_split_frauds(world, tmp_path):
+    """Trained without split copies, the model lets most frauds through in 3 pieces: the check's floor blocks it."""
+    result = _run(world, tmp_path, min_robust_recall=0.0, hopskipjump_samples=0,
+                  split_payments={"splits": 3, "min_flagged_share": 0.9})
+    share = result.metrics["split_payments.flagged_share.k_3"]
+    assert not result.passed and share < 0.9
+    assert f"split_payments.flagged_share.k_3 {share:.4f} < floor 0.9000" in result.reason
+    assert result.thresholds["min_split_flagged_share"] == 0.9
+    assert json.loads(result.report_paths[0].read_text())["split_payments"]["split_payments.flagged_share.k_3"] == share
+
+
+def test_split_copies_in_training_keep_more_split_frauds_flagged(world, tmp_path):
+    """The defence: the same world trained with split-payment copies keeps a larger share of split frauds flagged."""
+    train, test, undefended = world
+    defended_settings = parse_settings(small_params({**WORLD, "train": {"split_payments": {"enabled": True}}}))
+    defended = train_model(train, defended_settings, adversarial=False, progress=False).bundle
+    shares = []
+    for bundle in (undefended, defended):
+        settings = _settings(min_robust_recall=0.0, hopskipjump_samples=0)
+        context = GateContext(settings=settings, train_features=train, test_features=test, newest_window=test,
+                              source_root=tmp_path, report_dir=tmp_path / "reports")
+        result = run_robustness_gate(ModelUnderTest(bundle), context, settings.gates.robustness)
+        shares.append(result.metrics["split_payments.flagged_share.k_3"])
+    assert shares[1] > shares[0], shares
 
 
 def test_robustness_gate_refuses_epsilons_beyond_the_attack_budget(world, tmp_path):

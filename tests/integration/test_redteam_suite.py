@@ -41,15 +41,16 @@ REDTEAM_OVERRIDES = {
         "backdoor": {"share": 1.0},
         "terminal_dilution": {"share_of_rows": 0.05},
         "boundary": {"samples": 3, "max_iter": 10},
+        # ~7 frauds are caught whole here, so one fraud is 0.14 of the share: the default 0.9 would demand all of
+        # them (measured 6 of 7 still flagged at k = 3 with the defence, 1 of 5 without it).
+        "split_payments": {"min_flagged_share": 0.8},
     },
 }
 
-# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should. Label flip,
-# backdoor and terminal dilution are stopped at intake (changed_history, conflicting_label_duplicate,
-# terminal_dilution flags).
+# Attacks today's pipeline does not catch, and the defence (issue #11 section 3) that should (none today:
+# label flip, backdoor and terminal dilution are stopped at intake by changed_history,
+# conflicting_label_duplicate and terminal_dilution flags; split payments by the hour windows and training copies).
 MISSING_DEFENCE = {
-    "split_payments": "split payments in the threat model and customer spend/count features over the "
-                      "last hour and day",
 }
 
 
@@ -145,26 +146,48 @@ def test_scorecard_verdicts_follow_their_evidence(scorecard):
         assert math.isfinite(result.baseline), result.name
 
 
-def test_redteam_cli_exits_1_on_an_uncaught_attack_and_logs_the_scorecard(trained_project, monkeypatch):
-    """Split payments are not caught today: exit 1, scorecard JSON written, an MLflow run in `redteam`."""
+@pytest.fixture(scope="module")
+def project_without_split_defence(trained_project, tmp_path_factory):
+    """The same project retrained without split-payment copies (the defence off): split payments get through."""
+    import shutil
+
+    from fraudguard.config import load_settings
+    from fraudguard.paths import ProjectPaths
+    from fraudguard.stages.train import run_train
+
+    root = tmp_path_factory.mktemp("redteam-undefended") / "project"
+    shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "reports"))
+    (root / "params.yaml").write_text(yaml.safe_dump(small_params(
+        {**REDTEAM_OVERRIDES, "train": {**REDTEAM_OVERRIDES["train"], "split_payments": {"enabled": False}}}),
+        sort_keys=False))
+    paths = ProjectPaths.at(root)
+    run_train(paths, load_settings(paths.params), progress=False)
+    return root
+
+
+def test_redteam_cli_exits_1_on_an_uncaught_attack_and_logs_the_scorecard(project_without_split_defence,
+                                                                           monkeypatch):
+    """Without the split-payment defence split payments are not caught: exit 1, scorecard JSON written, an
+    MLflow run in `redteam`."""
     import mlflow
     from mlflow import MlflowClient
 
     from fraudguard.cli import app
 
+    project = project_without_split_defence
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the project's own store, mlflow.db
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     try:
-        result = CliRunner().invoke(app, ["redteam", "--root", str(trained_project), "--attack", "split_payments",
+        result = CliRunner().invoke(app, ["redteam", "--root", str(project), "--attack", "split_payments",
                                           "--out", "reports/rt.json"])
     finally:  # the command points MLflow at the project's store process-wide: undo it for later tests
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
     assert result.exit_code == 1, result.output
     assert "NOT caught: split_payments" in result.output
-    card = json.loads((trained_project / "reports" / "rt.json").read_text())
+    card = json.loads((project / "reports" / "rt.json").read_text())
     assert [a["name"] for a in card["attacks"]] == ["split_payments"] and card["all_caught"] is False
-    client = MlflowClient(tracking_uri=f"sqlite:///{trained_project / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("redteam")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1

@@ -21,7 +21,7 @@ from fraudguard.features import (
 )
 
 SETTINGS = FeaturizeSettings(
-    windows_days=[1, 7, 30], label_delay_days=7, night_end_hour=6,
+    windows_days=[1, 7, 30], windows_hours=[1], label_delay_days=7, night_end_hour=6,
     split={"train_days": 10, "delay_gap_days": 3, "test_days": 5}, test_filter="handbook",
 )
 
@@ -187,6 +187,28 @@ def test_matches_handbook_pandas_rolling_on_random_data():
             np.testing.assert_array_equal(ours.loc[group["TRANSACTION_ID"], f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"], count)
             np.testing.assert_allclose(ours.loc[group["TRANSACTION_ID"], f"TERMINAL_ID_RISK_{w}DAY_WINDOW"],
                                        risk, rtol=1e-6, atol=1e-7)
+
+
+def test_hour_windows_match_pandas_rolling_count_and_sum_on_dense_random_data():
+    rng = np.random.default_rng(1)
+    n = 2000
+    frame = pd.DataFrame({
+        "TRANSACTION_ID": np.arange(n),
+        "TX_DATETIME": np.datetime64("2024-04-01") + rng.integers(0, 2 * 86400, n).astype("timedelta64[s]"),
+        "CUSTOMER_ID": rng.integers(0, 20, n), "TERMINAL_ID": rng.integers(0, 80, n),
+        "TX_AMOUNT": rng.gamma(2.0, 30.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.1).astype(int),
+    })
+    settings = SETTINGS.model_copy(update={"windows_hours": [1, 3]})
+    ours = compute_features(frame, settings).set_index("TRANSACTION_ID")
+    for _, group in frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"], kind="mergesort").groupby("CUSTOMER_ID"):
+        amounts = group.set_index("TX_DATETIME")["TX_AMOUNT"]
+        for h in settings.windows_hours:
+            count, total = amounts.rolling(f"{h}h").count(), amounts.rolling(f"{h}h").sum()
+            assert (count > 1).any()  # the data is dense enough for the windows to hold several payments
+            np.testing.assert_array_equal(ours.loc[group["TRANSACTION_ID"], f"CUSTOMER_ID_NB_TX_{h}HOUR_WINDOW"],
+                                          count.to_numpy())
+            np.testing.assert_allclose(ours.loc[group["TRANSACTION_ID"], f"CUSTOMER_ID_SPEND_{h}HOUR_WINDOW"],
+                                       total.to_numpy(), rtol=1e-6)
 
 
 def test_missing_column_raises_data_error_naming_it():

@@ -6,6 +6,10 @@ FGSM and PGD (white-box) at each configured epsilon, HopSkipJump (decision-based
 budget. Robust recall = share of those frauds still flagged after the attack. Terminal-risk dilution
 (threat_model.dilution, a poisoning capability) is measured beside them on the detected frauds at terminals
 with known frauds, with its own floor (min_dilution_recall).
+
+Split payments (gates.robustness.split_payments, with threat_model.split_payments): every detected fraud is
+paid in k pieces interval_s apart (fraudguard.splitting.piece_features recomputes their features); the
+share with a piece still flagged must reach min_flagged_share.
 """
 
 from __future__ import annotations
@@ -217,6 +221,27 @@ def dilution_recall(bundle: "ModelBundle", frame: "pd.DataFrame", threat_setting
     return AttackOutcome(DILUTION, budget, len(detected), int(still.sum()))
 
 
+def split_payment_check(bundle: "ModelBundle", frame: "pd.DataFrame", context: GateContext,
+                        settings: "RobustnessGateSettings") -> tuple[dict[str, float], str | None]:
+    """(metrics, failure or None) of the split-payment check on the frauds of `frame` that `bundle` detects;
+    no metrics when the check is off."""
+    from fraudguard.splitting import flagged_share_of_split
+
+    cfg, threat = settings.split_payments, context.settings.threat_model.split_payments
+    if cfg is None or threat is None:
+        return {}, None
+    frauds = frame[frame[TX_FRAUD].to_numpy() == 1]
+    detected = frauds[bundle.predict_proba(frauds) >= bundle.threshold]
+    key = f"split_payments.flagged_share.k_{cfg.splits}"
+    if detected.empty:
+        return {}, None  # the detection failure is reported by the gate already
+    share = flagged_share_of_split(bundle, detected, cfg.splits, threat.interval_s, context.settings.featurize)
+    metrics = {key: share, "split_payments.n_detected": float(len(detected))}
+    failure = (f"{key} {share:.4f} < floor {cfg.min_flagged_share:.4f}"
+               if share < cfg.min_flagged_share else None)
+    return metrics, failure
+
+
 def _plot(path: Path, candidate: RobustnessProfile, champion: RobustnessProfile | None, floor: float) -> None:
     # The object API, not pyplot: gates may run in threads, and pyplot's global figure state is not safe there.
     from matplotlib.figure import Figure
@@ -309,10 +334,18 @@ def run_robustness_gate(
             if cand_dil.robust_recall < bar:
                 failures.append(f"robust_recall.dilution {cand_dil.robust_recall:.4f} < champion "
                                 f"{champ_dil.robust_recall:.4f} - tolerance {settings.non_inferiority_tolerance:.4f}")
+    split_metrics, split_failure = split_payment_check(candidate.bundle, context.test_features, context, settings)
+    metrics.update(split_metrics)
+    if split_metrics and settings.split_payments is not None:
+        thresholds["min_split_flagged_share"] = settings.split_payments.min_flagged_share
+    if split_failure:
+        failures.append(split_failure)
     if champ is not None:
         metrics.update(champ.metrics(prefix="champion."))
     # The gated figures first: the registry's gate table shows a gate's first few metrics.
-    headline = (gated, "champion.robust_recall_at_budget", "robust_recall_worst_attack_at_budget")
+    headline = (gated, "champion.robust_recall_at_budget",
+                *[k for k in split_metrics if k.startswith("split_payments.flagged_share")],
+                "robust_recall_worst_attack_at_budget")
     metrics = {**{key: metrics[key] for key in headline if key in metrics}, **metrics}
 
     passed = not failures
@@ -321,6 +354,9 @@ def run_robustness_gate(
         + (f", robust_recall.dilution {metrics['robust_recall.dilution']:.4f} >= floor "
            f"{settings.min_dilution_recall:.4f}" if "robust_recall.dilution" in metrics else "")
         + (" and non-inferior to the champion" if champ is not None else " (no champion)")
+        + "".join(f"; {key} {value:.4f} >= floor {settings.split_payments.min_flagged_share:.4f}"
+                  for key, value in split_metrics.items()
+                  if key.startswith("split_payments.flagged_share") and settings.split_payments is not None)
         if passed
         else "; ".join(failures)
     )
@@ -354,6 +390,7 @@ def run_robustness_gate(
         "dilution": {"candidate": asdict(cand_dil) if cand_dil else None,
                      "champion": asdict(champ_dil) if champ_dil else None},
         "champion_version": context.champion.version if context.champion else None,
+        "split_payments": split_metrics or None,
     }, (report_png,))
 
 

@@ -12,30 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fraudguard.data.schema import TRANSACTION_ID, TX_AMOUNT, TX_DATETIME, TX_FRAUD
+from fraudguard.data.schema import TRANSACTION_ID, TX_FRAUD
 from fraudguard.redteam.base import CAUGHT_ROBUST, AttackResult, RedTeamContext
+from fraudguard.splitting import split_into_payments
+
+__all__ = ["split_into_payments", "flagged_share", "run_split_payments"]
 
 NAME = "split_payments"
 KIND = "split payments"
-
-
-def split_into_payments(transactions: pd.DataFrame, ids: np.ndarray, k: int, interval_s: float,
-                        first_new_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`transactions` with each row of `ids` replaced by k payments (amounts in cents summing to the
-    original; the first keeps its id and time); also the pieces' (TRANSACTION_ID, original id) map."""
-    chosen = transactions[transactions[TRANSACTION_ID].isin(ids)]
-    pieces = chosen.loc[chosen.index.repeat(k)].copy()
-    j = np.tile(np.arange(k), len(chosen))
-    cents = np.round(chosen[TX_AMOUNT].to_numpy() * 100).astype(np.int64)
-    base = np.repeat(cents // k, k)
-    remainder = np.repeat(cents % k, k)
-    pieces[TX_AMOUNT] = (base + (j < remainder)) / 100.0
-    pieces[TX_DATETIME] = pieces[TX_DATETIME] + pd.to_timedelta(j * interval_s, unit="s")
-    original = pieces[TRANSACTION_ID].to_numpy()
-    new_ids = first_new_id + np.arange(len(pieces), dtype=np.int64)
-    pieces[TRANSACTION_ID] = np.where(j == 0, original, new_ids)
-    out = pd.concat([transactions[~transactions[TRANSACTION_ID].isin(ids)], pieces], ignore_index=True)
-    return out, pd.DataFrame({TRANSACTION_ID: pieces[TRANSACTION_ID].to_numpy(), "original": original})
 
 
 def flagged_share(ctx: RedTeamContext, caught_ids: np.ndarray, k: int) -> float:
