@@ -41,9 +41,9 @@ REDTEAM_OVERRIDES = {
         "backdoor": {"share": 1.0},
         "terminal_dilution": {"share_of_rows": 0.05},
         "boundary": {"samples": 3, "max_iter": 10},
-        # ~7 frauds are caught whole here, so one fraud is 0.14 of the share: the default 0.9 would demand all of
-        # them (measured 6 of 7 still flagged at k = 3 with the defence, 1 of 5 without it).
-        "split_payments": {"min_flagged_share": 0.8},
+        # ~8 frauds are caught whole here, so one fraud is 0.125 of the share: the default 0.9 would demand all of
+        # them (measured 6 of 8 still flagged at k = 3 with the defence, 1 of 5 without it).
+        "split_payments": {"min_flagged_share": 0.7},
     },
 }
 
@@ -153,7 +153,7 @@ def project_without_split_defence(trained_project, tmp_path_factory):
 
     from fraudguard.config import load_settings
     from fraudguard.paths import ProjectPaths
-    from fraudguard.stages.train import run_train
+    from fraudguard.stages import train as train_stage
 
     root = tmp_path_factory.mktemp("redteam-undefended") / "project"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "reports"))
@@ -161,7 +161,8 @@ def project_without_split_defence(trained_project, tmp_path_factory):
         {**REDTEAM_OVERRIDES, "train": {**REDTEAM_OVERRIDES["train"], "split_payments": {"enabled": False}}}),
         sort_keys=False))
     paths = ProjectPaths.at(root)
-    run_train(paths, load_settings(paths.params), progress=False)
+    train_stage.run(train_stage.TrainPaths.of(paths), train_stage.section_of(load_settings(paths.params)),
+                    progress=False)
     return root
 
 
