@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import json
 import logging
@@ -30,18 +29,6 @@ def load_flow(root: Path, module: str, attribute: str) -> Any:
     return getattr(mod, attribute)
 
 
-def freeze_heap_at_exit() -> None:
-    """Keep the interpreter's shutdown from garbage-collecting everything torch, MLflow, ART, Evidently and
-    Prefect allocated: a few seconds on 2 cores, for memory the operating system takes back anyway.
-
-    gc.freeze() moves every object out of the collector's reach; exit handlers still run (Prefect's server
-    stop before this one, logging's flush after it) and nothing this command writes waits on a collection.
-    """
-    import gc
-
-    gc.freeze()
-
-
 def _prepare_local_prefect(root: Path) -> None:
     # A laptop run needs no Prefect server: an ephemeral one with its state inside the project.
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
@@ -62,9 +49,10 @@ def run(
 
     from fraudguard.logs import configure_logging
     from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
+    from fraudguard.shutdown import skip_final_collection
 
     root = root.resolve()
-    atexit.register(freeze_heap_at_exit)  # registered first, so it runs after every other exit handler
+    skip_final_collection()
     configure_logging()
     _prepare_local_prefect(root)
     overrides = {}
