@@ -51,11 +51,11 @@ CALLS = {
                 "from fraudguard.data.versioning import simulate_raw_data\n"
                 "from fraudguard.paths import ProjectPaths\n"
                 "p = ProjectPaths.at('.')\n"
-                "START()\nsimulate_raw_data(p, load_settings(p.params))\nSTOP()\n",
+                "START()\nsimulate_raw_data(p, load_settings(p.params).simulate)\nSTOP()\n",
     "validate": "import fraudguard.stages.validate as s\nSTART()\ns.main('.')\nSTOP()\n",
     "featurize": "import fraudguard.stages.featurize as s\nSTART()\ns.main('.')\nSTOP()\n",
     "train": "import fraudguard.stages.train as s\nSTART()\ns.main('.')\nSTOP()\n",
-    "evaluate": "import fraudguard.stages.evaluate as s\nSTART()\ns.main()\nSTOP()\n",
+    "evaluate": "import fraudguard.stages.evaluate as s\nSTART()\ns.main('.')\nSTOP()\n",
 }
 TIMER = """
 import importlib, json, logging, time

@@ -71,8 +71,8 @@ def compare_on_world(world: str, scale: float, overrides: dict[str, Any]) -> dic
         "k": settings.evaluate.card_precision_k, "fpr": settings.evaluate.fpr_for_recall,
         "epsilon": settings.threat_model.epsilon, "epochs_run": len(mlp.history),
         "best_epoch": mlp.extra.get("best_epoch"), "mlp_fit_s": round(mlp_s, 1), "lr_fit_s": round(lr_s, 1),
-        "mlp": evaluate_bundle(mlp.bundle, test, settings),
-        "lr": evaluate_bundle(lr_bundle, test, settings),
+        "mlp": evaluate_bundle(mlp.bundle, test, settings.evaluate, settings.threat_model),
+        "lr": evaluate_bundle(lr_bundle, test, settings.evaluate, settings.threat_model),
     }
     mlp_m, lr_m = out["mlp"], out["lr"]
     out["targets"] = {

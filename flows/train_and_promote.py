@@ -209,12 +209,7 @@ def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promot
         return _finish(Completed, f"Unchanged v{record['version']}",
                        f"nothing changed: version {record['version']} (same weights, params and data) is "
                        "already the champion")
-    gate_run = prepare_gates(root, workspace, settings, record["version"], promote)
-    gate_runs = run_gate_tasks(gate_run, settings.compute)
-    approval = None
-    if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):
-        approval = await_approval(root, gate_run.version, settings.promotion.approval.timeout_s)
-    outcome = decide_and_promote(root, settings, quote(gate_run), quote(gate_runs), approval)
+    outcome, approval = _gate_and_decide(root, workspace, settings, record["version"], promote)
 
     markdown = promotion_markdown(outcome, record, data_md5, stages)
     create_markdown_artifact(markdown=markdown, key="train-and-promote",
@@ -233,6 +228,32 @@ def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promot
                        f"dry run: version {version} passed every gate; champion unchanged ({before})")
     return _finish(Completed, f"Promoted v{version}",
                    f"version {version} is the new champion (was {before})")
+
+
+# Another host may move `champion` between this run's gates and its move (two workers promoting at once): the
+# promotion API then refuses the move (ChampionChanged) and the gates run again against the new champion.
+REGATE_ATTEMPTS = 3
+
+
+def _gate_and_decide(root: Path, workspace: Path, settings, version: int, promote: bool):
+    """(outcome, approval): prepare, every gate, approval when required, decide; re-gated when the
+    champion changed under the gates. An approved run is not re-gated: the approval was for the old champion."""
+    from fraudguard.registry import ChampionChanged
+
+    for attempt in range(1, REGATE_ATTEMPTS + 1):
+        gate_run = prepare_gates(root, workspace, settings, version, promote)
+        gate_runs = run_gate_tasks(gate_run, settings.compute)
+        approval = None
+        if promote and settings.promotion.approval.required and all(result.passed for result, _ in gate_runs):
+            approval = await_approval(root, gate_run.version, settings.promotion.approval.timeout_s)
+        try:
+            return decide_and_promote(root, settings, quote(gate_run), quote(gate_runs), approval), approval
+        except ChampionChanged as exc:
+            if approval is not None or attempt == REGATE_ATTEMPTS:
+                raise
+            get_run_logger().warning("%s: re-gating version %s against the new champion (attempt %d of %d)",
+                                     exc, version, attempt + 1, REGATE_ATTEMPTS)
+    raise AssertionError("unreachable")
 
 
 def _finish(state_cls, name: str, message: str):

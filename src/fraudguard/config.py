@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -554,3 +555,35 @@ def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         else:
             merged[key] = value
     return merged
+
+
+# A stage's section: a frozen dataclass of exactly the params it reads, one field per dvc.yaml `params:` entry.
+# A field holds the params.yaml section (or key) of its name, or the dotted key given with params_key(), so
+# the dataclass is at once what the stage's code can read and what dvc.yaml must declare (tests/unit/test_stages.py).
+SectionT = TypeVar("SectionT")
+
+
+def params_key(key: str) -> Any:
+    """A section-dataclass field holding params.yaml's dotted `key` (e.g. "evaluate.fpr_for_recall")."""
+    return dataclasses.field(metadata={"params_key": key})
+
+
+def section_keys(section_type: type) -> tuple[str, ...]:
+    """The params.yaml keys a section dataclass holds, in field order: dvc.yaml's `params:` for its stage."""
+    return tuple(f.metadata.get("params_key", f.name) for f in dataclasses.fields(section_type))
+
+
+def settings_value(settings: Settings, key: str) -> Any:
+    """The value at params.yaml's dotted `key` ("train.torch_threads", or a whole section: "validate")."""
+    value: Any = settings
+    for part in key.split("."):
+        # `validate` is a pydantic field alias (BaseModel.validate is taken); its attribute is validate_.
+        value = getattr(value, "validate_" if value is settings and part == "validate" else part)
+    return value
+
+
+def select_section(settings: Settings, section_type: type[SectionT]) -> SectionT:
+    """The section dataclass filled from settings, each field from its params key."""
+    names = [f.name for f in dataclasses.fields(section_type)]  # type: ignore[arg-type]
+    values = [settings_value(settings, key) for key in section_keys(section_type)]
+    return section_type(**dict(zip(names, values)))

@@ -16,7 +16,7 @@ from fraudguard.data.schema import CUSTOMER_ID, TX_DATETIME, TX_FRAUD
 from fraudguard.errors import DataError
 
 if TYPE_CHECKING:
-    from fraudguard.config import Settings
+    from fraudguard.config import EvaluateSettings, ThreatModelSettings
     from fraudguard.model import ModelBundle
     from fraudguard.threat import ThreatModel
 
@@ -177,31 +177,33 @@ def robust_average_precision(
 
 
 def ranking_metrics(
-    y: np.ndarray, scores: np.ndarray, frame: pd.DataFrame, settings: "Settings"
+    y: np.ndarray, scores: np.ndarray, frame: pd.DataFrame, evaluate: "EvaluateSettings"
 ) -> dict[str, float]:
     """The clean (no attack) metrics: roc_auc, average_precision, card_precision_at_k, recall_at_fpr."""
     return {
         "roc_auc": roc_auc(y, scores),
         "average_precision": average_precision(y, scores),
-        "card_precision_at_k": card_precision_at_k(frame, scores, settings.evaluate.card_precision_k),
-        "recall_at_fpr": recall_at_fpr(y, scores, settings.evaluate.fpr_for_recall),
+        "card_precision_at_k": card_precision_at_k(frame, scores, evaluate.card_precision_k),
+        "recall_at_fpr": recall_at_fpr(y, scores, evaluate.fpr_for_recall),
     }
 
 
-def evaluate_bundle(bundle: "ModelBundle", test_frame: pd.DataFrame, settings: "Settings") -> dict[str, float]:
-    """Every evaluation metric of `bundle` on `test_frame`, robust AP at the threat model's budget included."""
+def evaluate_bundle(bundle: "ModelBundle", test_frame: pd.DataFrame, evaluate: "EvaluateSettings",
+                    threat_model: "ThreatModelSettings") -> dict[str, float]:
+    """Every evaluation metric of `bundle` on `test_frame` (params: `evaluate`), robust AP at the budget of
+    `threat_model` included."""
     from fraudguard.threat import build_threat_model
 
     y = _labels(test_frame, "evaluate_bundle")
     scores = bundle.predict_proba(test_frame)
-    metrics = ranking_metrics(y, scores, test_frame, settings)
-    threat = build_threat_model(settings.threat_model, bundle.standardizer)
+    metrics = ranking_metrics(y, scores, test_frame, evaluate)
+    threat = build_threat_model(threat_model, bundle.standardizer)
     metrics["robust_average_precision"] = robust_average_precision(bundle, test_frame, threat)
     metrics["fraud_rate"] = float(y.mean())
     metrics["n_rows"] = float(len(test_frame))
     logger.info(
         "evaluated %d rows: AP %.3f, robust AP %.3f, CP@%d %.3f",
         len(test_frame), metrics["average_precision"], metrics["robust_average_precision"],
-        settings.evaluate.card_precision_k, metrics["card_precision_at_k"],
+        evaluate.card_precision_k, metrics["card_precision_at_k"],
     )
     return metrics

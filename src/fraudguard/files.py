@@ -1,8 +1,9 @@
-"""File helpers every module shares: the sha256 of a file and the one way to write a JSON file.
+"""File helpers every module shares: the sha256 of a file and the one way to write and read a JSON file.
 
 One helper each, so a digest computed at training time and one checked at load time can never differ
-by construction, and every JSON report the project writes has the same shape on disk (UTF-8, indented,
-newline-terminated, written whole or not at all).
+by construction, every JSON report the project writes has the same shape on disk (UTF-8, indented,
+newline-terminated, written whole or not at all), and every JSON record it reads back fails the same way:
+one line naming the file and what it should have held, raised as the caller's domain error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Callable
+
+from fraudguard.errors import FraudGuardError
 
 _BLOCK = 1 << 20
 
@@ -55,3 +58,18 @@ def write_json(path: Path | str, data: Any, *, sort_keys: bool = False, indent: 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_json_object(path: Path | str, what: str, error_type: type[FraudGuardError]) -> dict[str, Any]:
+    """The JSON object stored at `path`; `error_type` (one line naming the file and `what` it should hold,
+    e.g. "intake record") when the file cannot be read, is not JSON, or holds something other than an object."""
+    from fraudguard.data.io import clip_text
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error_type(f"{path}: unreadable {what} (not readable JSON): {clip_text(exc)}") from exc
+    if not isinstance(data, dict):
+        raise error_type(f"{path}: {what} is not a JSON object (got {type(data).__name__})")
+    return data

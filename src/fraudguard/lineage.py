@@ -22,7 +22,7 @@ import yaml
 
 from fraudguard.config import Settings
 from fraudguard.errors import DataVersionError, ModelError
-from fraudguard.files import sha256_file
+from fraudguard.files import read_json_object, sha256_file
 from fraudguard.names import (
     DATA_MD5_TAG,
     DVC_LOCK_SHA_TAG,
@@ -154,14 +154,9 @@ VALIDATION_LINEAGE_KEYS = tuple(f"{VALIDATION_TAG_PREFIX}{name}" for name in (
 def validation_lineage(report_path: Path) -> dict[str, str]:
     """VALIDATION_LINEAGE_KEYS from the validate stage's report ("absent" when there is none, "unchecked"
     for the history and fraud-rate change of data that did not come through `fraudguard data import`)."""
-    import json
-
     if not report_path.is_file():
         return {key: ABSENT for key in VALIDATION_LINEAGE_KEYS}
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataVersionError(f"{report_path}: unreadable validation report: {exc}") from exc
+    report = read_json_object(report_path, "validation report", DataVersionError)
     history = report.get("history") or {}
     change = report.get("fraud_rate_change") or {}
     bursts = report.get("volume_bursts") or {}

@@ -54,6 +54,11 @@ class ProjectPaths:
         return self.features_dir / "recent.parquet"
 
     @property
+    def features_summary(self) -> Path:
+        """The featurize stage's summary: dates, rows and fraud rate of each period."""
+        return self.features_dir / "summary.json"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
@@ -98,6 +103,15 @@ class ProjectPaths:
     @property
     def plots_dir(self) -> Path:
         return self.models_dir / "plots"
+
+    @property
+    def pr_curve_json(self) -> Path:
+        """The test split's precision-recall curve as points, for `dvc plots`."""
+        return self.plots_dir / "pr_curve.json"
+
+    @property
+    def pr_curve_png(self) -> Path:
+        return self.plots_dir / "pr_curve.png"
 
     @property
     def dvc_lock(self) -> Path:

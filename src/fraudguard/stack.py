@@ -513,15 +513,19 @@ def worker_env(state: StackState, worker_dir: Path) -> dict[str, str]:
     }
 
 
-def start_worker(state: StackState, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_worker(state: StackState, name: str, extra_env: dict[str, str] | None = None,
+                 limit: int | None = 1) -> subprocess.Popen:
+    """A process worker on the pool in its own directory (a host). `limit` flow runs at a time (None: no
+    limit); one by default, as a training run uses the host's cores: a second run waits for another host."""
     worker_dir = Path(state.base) / "workers" / name
     worker_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **worker_env(state, worker_dir), **(extra_env or {})}
     for leaked in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "FRAUDGUARD_PROJECT_DIR", "PWD"):
         env.pop(leaked, None)
     log = Path(state.base) / "logs" / f"worker-{name}.log"
-    return _spawn([_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", f"worker-{name}"],
-                  log, env, worker_dir)
+    limit_args = ["--limit", str(limit)] if limit else []
+    return _spawn([_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", f"worker-{name}",
+                   *limit_args], log, env, worker_dir)
 
 
 def _wait_workers_online(state: StackState, names: list[str], timeout_s: float = 120) -> None:
@@ -545,7 +549,8 @@ def _wait_workers_online(state: StackState, names: list[str], timeout_s: float =
 # ------------------------------------------------------------------------------------------ up / down
 
 def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port: int = 0, workers: int = 2,
-             artifacts: Path | None = None, worker_env_extra: dict[str, str] | None = None) -> StackState:
+             artifacts: Path | None = None, worker_env_extra: dict[str, str] | None = None,
+             worker_limit: int | None = 1) -> StackState:
     """Start every service (ports 0: free ones); on any failure stop what was started and raise StackError."""
     base = base.resolve()
     if (base / STATE_FILE).exists() and any(_alive(p) for p in StackState.load(base).pids.values()):
@@ -586,7 +591,7 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
         load_signer(base / "secrets" / "signing-key.pem")  # created once here, not raced by two workers
         names = [chr(ord("a") + i) for i in range(workers)]
         for name in names:
-            state.pids[f"worker-{name}"] = start_worker(state, name, worker_env_extra).pid
+            state.pids[f"worker-{name}"] = start_worker(state, name, worker_env_extra, worker_limit).pid
             state.workers.append(name)
             state.save()
         _wait_workers_online(state, names)
@@ -655,12 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("FRAUDGUARD_STACK_MLFLOW_PORT", 0)))
     parser.add_argument("--prefect-port", type=int, default=int(os.environ.get("FRAUDGUARD_STACK_PREFECT_PORT", 0)))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-limit", type=int, default=1,
+                        help="flow runs each worker runs at a time (0: no limit; default 1)")
     args = parser.parse_args(argv)
     base = Path(args.dir)
     try:
         if args.command == "up":
             state = stack_up(base, pg_port=args.pg_port, mlflow_port=args.mlflow_port,
-                             prefect_port=args.prefect_port, workers=args.workers)
+                             prefect_port=args.prefect_port, workers=args.workers,
+                             worker_limit=args.worker_limit or None)
             write_pipeline_env(state)
             print(describe(state))
         elif args.command == "down":

@@ -7,7 +7,6 @@ message (the tool's own last lines, naming the command and the directory).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fraudguard.errors import DataVersionError, StaticAnalysisError
+from fraudguard.files import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,4 @@ def run_bandit(targets: Sequence[Path | str], report_path: Path, *, cwd: Path | 
 
 def read_bandit_report(report_path: Path) -> dict[str, Any]:
     """Bandit's JSON report as a dict; StaticAnalysisError when it is not one."""
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StaticAnalysisError(f"{report_path}: bandit report is not readable JSON: {exc}") from exc
-    if not isinstance(report, dict):
-        raise StaticAnalysisError(f"{report_path}: bandit report is not a JSON object")
-    return report
+    return read_json_object(report_path, "bandit report", StaticAnalysisError)

@@ -391,8 +391,8 @@ def _log_files(paths: ProjectPaths, settings: "Settings", weights: Path, preproc
         (paths.evaluation, "metrics"),
         (paths.validation_report, "reports"),
         (paths.dvc_lock, "config"),
-        (paths.plots_dir / "pr_curve.png", "plots"),
-        (paths.plots_dir / "pr_curve.json", "plots"),
+        (paths.pr_curve_png, "plots"),
+        (paths.pr_curve_json, "plots"),
     ):
         if optional.is_file():
             mlflow.log_artifact(str(optional), artifact_dir)

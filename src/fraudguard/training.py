@@ -21,7 +21,14 @@ import pandas as pd
 import torch
 
 from fraudguard.attacks import make_art_classifier, masked_fgsm, masked_pgd
-from fraudguard.config import Settings
+from fraudguard.config import (
+    ModelSettings,
+    Settings,
+    ThreatModelSettings,
+    TrainSettings,
+    params_key,
+    select_section,
+)
 from fraudguard.data.schema import TX_DATETIME, TX_FRAUD
 from fraudguard.errors import DataError
 from fraudguard.model import FraudMLP, ModelBundle, Standardizer
@@ -148,62 +155,241 @@ def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(average_precision_score(labels, scores))
 
 
-def train_model(
-    train_frame: pd.DataFrame,
-    settings: Settings,
-    *,
-    adversarial: bool | None = None,
-    progress: bool = True,
-) -> TrainingResult:
-    """Train the MLP on `train_frame` (features + TX_FRAUD), adversarially augmented when `adversarial`
-    (default: settings.train.adversarial.enabled). Seeded; the standardizer sees the fit rows only."""
-    cfg = settings.train
-    adversarial = cfg.adversarial.enabled if adversarial is None else adversarial
-    adversarial = adversarial and cfg.adversarial.ratio > 0
-    torch.set_num_threads(cfg.torch_threads)
-    torch.manual_seed(cfg.seed)
-    # ART's random starts draw from numpy's global generator; seed it so runs repeat.
-    np.random.seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+@dataclass(frozen=True)
+class TrainingParams:
+    """What training reads from params.yaml, field for field the train stage's dvc.yaml `params:`."""
 
+    model: ModelSettings
+    threat_model: ThreatModelSettings
+    train: TrainSettings
+    # The operating threshold is chosen at this false-positive rate on the training split.
+    fpr_for_recall: float = params_key("evaluate.fpr_for_recall")
+
+    @classmethod
+    def of(cls, settings: Settings) -> "TrainingParams":
+        return select_section(settings, cls)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The training frame made tensors: fit rows standardized (the standardizer sees only them), the later
+    validation slice, and every row's label (for the threshold and train AP)."""
+
+    standardizer: Standardizer
+    x_fit: torch.Tensor
+    y_fit: torch.Tensor
+    x_val: np.ndarray | None
+    y_val: np.ndarray
+    labels_all: np.ndarray
+
+    @property
+    def n_fit(self) -> int:
+        return len(self.y_fit)
+
+
+@dataclass
+class Trainee:
+    """The module being trained, with its optimizer and loss."""
+
+    module: FraudMLP
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+
+
+@dataclass
+class AdversarialCrafter:
+    """Crafts the adversarial rows of a block of minibatches (train.adversarial) against the current weights."""
+
+    attack: str
+    classifier: Any
+    threat: ThreatModel
+    batch_size: int
+    ratio: float
+    classes: str
+
+    def craft(self, x_block: torch.Tensor, y_block: torch.Tensor) -> None:
+        """Replace, in place, the picked rows of x_block by their adversarial version."""
+        rows = _adversarial_rows(y_block, self.batch_size, self.ratio, self.classes)
+        if len(rows) > 0:
+            # One attack call for the block's minibatches, against the weights at its start.
+            x_adv = _attack_batch(self.attack, self.classifier, x_block[rows].numpy(), y_block[rows].numpy(),
+                                  self.threat)
+            x_block[rows] = torch.from_numpy(x_adv)
+
+
+@dataclass
+class EarlyStopping:
+    """Keeps the weights of the epoch with the best validation AP; says when `patience` epochs passed
+    without a better one (patience None: never stops, keeps nothing)."""
+
+    patience: int | None
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val AP, epoch, weights)
+
+    def should_stop(self, epoch: int, val_ap: float | None, module: torch.nn.Module) -> bool:
+        if self.patience is None or val_ap is None:
+            return False
+        if self.best is None or val_ap > self.best[0]:
+            self.best = (val_ap, epoch, {k: v.detach().clone() for k, v in module.state_dict().items()})
+            return False
+        if epoch - self.best[1] >= self.patience:
+            logger.info("early stop after epoch %d: val AP best at epoch %d (%.4f)", epoch, self.best[1],
+                        self.best[0])
+            return True
+        return False
+
+    def restore_best(self, module: torch.nn.Module) -> dict[str, Any]:
+        """Load the best epoch's weights into module; the figures that say so (none without a best epoch)."""
+        if self.best is None:
+            return {}
+        module.load_state_dict(self.best[2])
+        return {"best_epoch": self.best[1], "best_val_average_precision": self.best[0]}
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy's global generators; the generator that draws each epoch's row order."""
+    torch.manual_seed(seed)
+    # ART's random starts draw from numpy's global generator; seed it so runs repeat.
+    np.random.seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedData:
+    """Check the labels, split off the later validation slice, fit the standardizer on the fit rows."""
     labels_all = _labels(train_frame, "training frame")
     if labels_all.sum() == 0 or labels_all.sum() == labels_all.size:
         raise DataError(
             f"training frame: needs both classes, got {int(labels_all.sum())} fraud of {labels_all.size} rows"
         )
-    fit_frame, val_frame = split_validation(train_frame, cfg.validation_share)
+    fit_frame, val_frame = split_validation(train_frame, params.train.validation_share)
     y_fit = _labels(fit_frame, "training frame")
     y_val = _labels(val_frame, "validation slice")
     if y_fit.sum() == 0:
         raise DataError("training frame: no fraud in the fit part (before the validation slice)")
+    standardizer = Standardizer.fit(fit_frame, params.model.features)
+    return PreparedData(
+        standardizer=standardizer,
+        x_fit=torch.from_numpy(standardizer.transform(fit_frame)),
+        y_fit=torch.from_numpy(y_fit),
+        x_val=standardizer.transform(val_frame) if len(val_frame) else None,
+        y_val=y_val,
+        labels_all=labels_all,
+    )
 
-    standardizer = Standardizer.fit(fit_frame, settings.model.features)
-    x_fit = torch.from_numpy(standardizer.transform(fit_frame))
-    x_val = standardizer.transform(val_frame) if len(val_frame) else None
-    y_fit_t = torch.from_numpy(y_fit)
 
-    n_features = len(standardizer.features)
-    module = FraudMLP(n_features, settings.model.hidden_sizes, settings.model.dropout)
+def build_model(data: PreparedData, params: TrainingParams) -> Trainee:
+    """The MLP (initialised from torch's seeded generator), Adam, and the (class-weighted) loss."""
+    cfg = params.train
+    module = FraudMLP(len(data.standardizer.features), params.model.hidden_sizes, params.model.dropout)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if cfg.class_weighting == "balanced":
-        counts = np.bincount(y_fit, minlength=2).astype(np.float64)
-        weight = torch.tensor(len(y_fit) / (2.0 * counts), dtype=torch.float32)
+        counts = np.bincount(data.y_fit.numpy(), minlength=2).astype(np.float64)
+        weight = torch.tensor(data.n_fit / (2.0 * counts), dtype=torch.float32)
     else:
         weight = None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    return Trainee(module, optimizer, torch.nn.CrossEntropyLoss(weight=weight))
 
-    threat = build_threat_model(settings.threat_model, standardizer)
-    classifier = make_art_classifier(module, n_features) if adversarial else None
+
+def build_crafter(trainee: Trainee, threat: ThreatModel, cfg: TrainSettings) -> AdversarialCrafter:
+    """The crafter of train.adversarial's rows, attacking the trainee's module through ART."""
+    return AdversarialCrafter(
+        attack=cfg.adversarial.attack,
+        classifier=make_art_classifier(trainee.module, threat.n_features),
+        threat=threat,
+        batch_size=cfg.batch_size,
+        ratio=cfg.adversarial.ratio,
+        classes=cfg.adversarial.classes,
+    )
+
+
+def train_one_epoch(
+    trainee: Trainee, data: PreparedData, order: torch.Tensor, cfg: TrainSettings,
+    crafter: AdversarialCrafter | None,
+) -> tuple[float, float]:
+    """One pass over the fit rows in `order`, block by block of train.adversarial.craft_batches minibatches
+    (each block's adversarial rows crafted first); (mean loss, seconds spent crafting)."""
+    attack_seconds = 0.0
+    loss_sum = 0.0
+    block_rows = cfg.batch_size * cfg.adversarial.craft_batches
+    for block_first in range(0, data.n_fit, block_rows):
+        block = order[block_first:block_first + block_rows]
+        x_block, y_block = data.x_fit[block], data.y_fit[block]
+        if crafter is not None:
+            t0 = time.perf_counter()
+            crafter.craft(x_block, y_block)
+            attack_seconds += time.perf_counter() - t0
+        trainee.module.train()  # ART's gradient calls leave the module in eval mode
+        for first in range(0, len(block), cfg.batch_size):
+            xb, yb = x_block[first:first + cfg.batch_size], y_block[first:first + cfg.batch_size]
+            trainee.optimizer.zero_grad()  # ART's gradient calls also leave gradients on the parameters
+            loss = trainee.loss_fn(trainee.module(xb), yb)
+            loss.backward()
+            trainee.optimizer.step()
+            loss_sum += float(loss.detach()) * len(yb)
+    return loss_sum / data.n_fit, attack_seconds
+
+
+def validation_average_precision(module: torch.nn.Module, data: PreparedData) -> float | None:
+    """AP of the module on the validation slice (None without a slice, or with one class only)."""
+    if data.x_val is None:
+        return None
+    module.eval()
+    with torch.no_grad():
+        val_scores = torch.softmax(module(torch.from_numpy(data.x_val)), dim=1)[:, 1].numpy()
+    return _average_precision(data.y_val, val_scores)
+
+
+def finalize(
+    module: FraudMLP, train_frame: pd.DataFrame, data: PreparedData, params: TrainingParams
+) -> tuple[ModelBundle, float | None]:
+    """The bundle in eval mode, its threshold at evaluate.fpr_for_recall on the training split; its train AP."""
+    module.eval()
+    bundle = ModelBundle(
+        module=module,
+        standardizer=data.standardizer,
+        hidden_sizes=tuple(int(h) for h in params.model.hidden_sizes),
+        dropout=float(params.model.dropout),
+        threshold=0.5,
+    )
+    train_scores = bundle.predict_proba(train_frame)
+    bundle.threshold = threshold_at_fpr(train_scores, data.labels_all, params.fpr_for_recall)
+    train_ap = _average_precision(data.labels_all, train_scores)
+    logger.info(
+        "trained: train AP %.4f, threshold %.6f (FPR %.3f on the training split's legitimate rows)",
+        train_ap, bundle.threshold, params.fpr_for_recall,
+    )
+    return bundle, train_ap
+
+
+def train_model(
+    train_frame: pd.DataFrame,
+    settings: Settings | TrainingParams,
+    *,
+    adversarial: bool | None = None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train the MLP on `train_frame` (features + TX_FRAUD), adversarially augmented when `adversarial`
+    (default: train.adversarial.enabled). Seeded; the standardizer sees the fit rows only. `settings`: the
+    whole Settings or just the TrainingParams it reads."""
+    params = TrainingParams.of(settings) if isinstance(settings, Settings) else settings
+    cfg = params.train
+    adversarial = cfg.adversarial.enabled if adversarial is None else adversarial
+    adversarial = adversarial and cfg.adversarial.ratio > 0
+    torch.set_num_threads(cfg.torch_threads)
+    generator = seed_everything(cfg.seed)
+
+    data = prepare_data(train_frame, params)
+    trainee = build_model(data, params)
+    threat = build_threat_model(params.threat_model, data.standardizer)
+    crafter = build_crafter(trainee, threat, cfg) if adversarial else None
     attack = cfg.adversarial.attack if adversarial else None
     logger.info(
         "training on %d rows (%d fraud), validating on %d later rows; %s",
-        len(y_fit), int(y_fit.sum()), len(y_val),
+        data.n_fit, int(data.y_fit.sum()), len(data.y_val),
         f"adversarial augmentation: {attack}, ratio {cfg.adversarial.ratio}, eps {threat.epsilon}, "
         f"attacker controls {list(threat.controlled)}" if adversarial else "no adversarial augmentation",
     )
 
     history: list[dict[str, Any]] = []
-    n = len(y_fit)
     epochs = range(1, cfg.epochs + 1)
     bar = None
     if progress:
@@ -211,47 +397,22 @@ def train_model(
 
         bar = tqdm(epochs, desc="adversarial training" if adversarial else "training", unit="epoch")
         epochs = bar
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val AP, epoch, weights)
-    patience = cfg.early_stopping_patience
-    block_rows = cfg.batch_size * cfg.adversarial.craft_batches
+    stopping = EarlyStopping(cfg.early_stopping_patience)
     for epoch in epochs:
         start, cpu_start = time.perf_counter(), time.process_time()
-        attack_seconds = 0.0
-        loss_sum = 0.0
-        order = torch.randperm(n, generator=generator)
-        for block_first in range(0, n, block_rows):
-            block = order[block_first:block_first + block_rows]
-            x_block, y_block = x_fit[block], y_fit_t[block]
-            if classifier is not None and attack is not None:
-                t0 = time.perf_counter()
-                rows = _adversarial_rows(y_block, cfg.batch_size, cfg.adversarial.ratio, cfg.adversarial.classes)
-                if len(rows) > 0:
-                    # One attack call for the block's minibatches, against the weights at its start.
-                    x_adv = _attack_batch(attack, classifier, x_block[rows].numpy(), y_block[rows].numpy(), threat)
-                    x_block[rows] = torch.from_numpy(x_adv)
-                attack_seconds += time.perf_counter() - t0
-            module.train()  # ART's gradient calls leave the module in eval mode
-            for first in range(0, len(block), cfg.batch_size):
-                xb, yb = x_block[first:first + cfg.batch_size], y_block[first:first + cfg.batch_size]
-                optimizer.zero_grad()  # ART's gradient calls also leave gradients on the parameters
-                loss = loss_fn(module(xb), yb)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(yb)
+        order = torch.randperm(data.n_fit, generator=generator)
+        loss, attack_seconds = train_one_epoch(trainee, data, order, cfg, crafter)
         seconds = time.perf_counter() - start
         entry: dict[str, Any] = {
             "epoch": epoch,
-            "loss": loss_sum / n,
+            "loss": loss,
             "seconds": seconds,
             # CPU seconds of this process over the epoch: on a shared machine, wall time also counts waiting.
             "cpu_seconds": time.process_time() - cpu_start,
             "adversarial_seconds": attack_seconds,
         }
-        if x_val is not None:
-            module.eval()
-            with torch.no_grad():
-                val_scores = torch.softmax(module(torch.from_numpy(x_val)), dim=1)[:, 1].numpy()
-            entry["val_average_precision"] = _average_precision(y_val, val_scores)
+        if data.x_val is not None:
+            entry["val_average_precision"] = validation_average_precision(trainee.module, data)
         history.append(entry)
         logger.info(
             "epoch %d/%d: loss %.4f, %.2fs (%.2fs crafting adversarial rows), val AP %s",
@@ -260,35 +421,13 @@ def train_model(
         )
         if bar is not None:
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
-        val_ap = entry.get("val_average_precision")
-        if patience is not None and val_ap is not None:
-            if best is None or val_ap > best[0]:
-                best = (val_ap, epoch, {k: v.detach().clone() for k, v in module.state_dict().items()})
-            elif epoch - best[1] >= patience:
-                logger.info("early stop after epoch %d: val AP best at epoch %d (%.4f)", epoch, best[1], best[0])
-                break
+        if stopping.should_stop(epoch, entry.get("val_average_precision"), trainee.module):
+            break
     if bar is not None:
         bar.close()
-    extra: dict[str, Any] = {}
-    if best is not None:
-        module.load_state_dict(best[2])
-        extra = {"best_epoch": best[1], "best_val_average_precision": best[0]}
+    extra = stopping.restore_best(trainee.module)
 
-    module.eval()
-    bundle = ModelBundle(
-        module=module,
-        standardizer=standardizer,
-        hidden_sizes=tuple(int(h) for h in settings.model.hidden_sizes),
-        dropout=float(settings.model.dropout),
-        threshold=0.5,
-    )
-    train_scores = bundle.predict_proba(train_frame)
-    bundle.threshold = threshold_at_fpr(train_scores, labels_all, settings.evaluate.fpr_for_recall)
-    train_ap = _average_precision(labels_all, train_scores)
-    logger.info(
-        "trained: train AP %.4f, threshold %.6f (FPR %.3f on the training split's legitimate rows)",
-        train_ap, bundle.threshold, settings.evaluate.fpr_for_recall,
-    )
+    bundle, train_ap = finalize(trainee.module, train_frame, data, params)
     return TrainingResult(
         bundle=bundle,
         history=history,
@@ -296,9 +435,9 @@ def train_model(
         adversarial=adversarial,
         attack=attack,
         n_rows=int(len(train_frame)),
-        n_fit_rows=int(len(y_fit)),
-        n_validation_rows=int(len(y_val)),
-        fraud_rate=float(labels_all.mean()),
+        n_fit_rows=data.n_fit,
+        n_validation_rows=int(len(data.y_val)),
+        fraud_rate=float(data.labels_all.mean()),
         train_average_precision=float(train_ap) if train_ap is not None else float("nan"),
         extra=extra,
     )

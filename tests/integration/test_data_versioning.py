@@ -65,7 +65,7 @@ def origin(tmp_path) -> ProjectPaths:
     run_dvc(["init", "-q"], root)
     paths = ProjectPaths.at(root)
     paths.params.write_text(yaml.safe_dump(small_params(TINY)))
-    simulate_raw_data(paths, load_settings(paths.params))
+    simulate_raw_data(paths, load_settings(paths.params).simulate)
     track_raw_data(paths)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "data")
@@ -172,7 +172,7 @@ def test_import_validates_then_versions_the_file(origin, tmp_path):
     frame = current_rows(origin)
     frame.loc[0, schema.TX_AMOUNT] = 1.23
     frame.to_csv(upload, index=False)
-    outcome = import_data(upload, origin, load_settings(origin.params))
+    outcome = import_data(upload, origin, load_settings(origin.params).validate_)
     assert outcome.rows == len(frame)
     assert len(pd.read_parquet(outcome.raw_file)) == len(frame)
     assert outcome.md5 == tracked_md5(origin) != before
@@ -185,9 +185,9 @@ def test_import_removing_more_than_half_the_rows_needs_force(origin, tmp_path):
     upload = tmp_path / "upload.parquet"
     current_rows(origin).head(10).to_parquet(upload)
     with pytest.raises(DataError, match=r"upload.parquet: 10 rows would replace the \d+ rows.*--force"):
-        import_data(upload, origin, load_settings(origin.params))
+        import_data(upload, origin, load_settings(origin.params).validate_)
     assert snapshot(origin) == before
-    assert import_data(upload, origin, load_settings(origin.params), force=True).rows == 10
+    assert import_data(upload, origin, load_settings(origin.params).validate_, force=True).rows == 10
     assert tracked_md5(origin) == directory_md5(origin.raw_dir) != before[0]
 
 
@@ -207,7 +207,7 @@ def test_failed_dvc_add_leaves_raw_data_dvc_and_cache_as_they_were(origin, tmp_p
     blocker.write_text("not a directory")
     before = snapshot(origin)
     with pytest.raises(DataVersionError, match="dvc add"):
-        import_data(upload, origin, load_settings(origin.params))
+        import_data(upload, origin, load_settings(origin.params).validate_)
     assert snapshot(origin) == before  # the cache's file list included: no directory object left behind
     assert not list(origin.raw_dir.parent.glob(".import-staging-*"))
 
@@ -218,7 +218,7 @@ def test_import_with_a_broken_dvc_config_changes_nothing(origin, tmp_path):
     (origin.root / ".dvc" / "config.local").write_text("[core\nthis is not ini\n")
     before = snapshot(origin)
     with pytest.raises(DataVersionError):
-        import_data(upload, origin, load_settings(origin.params))
+        import_data(upload, origin, load_settings(origin.params).validate_)
     assert snapshot(origin) == before
 
 
@@ -229,7 +229,7 @@ def test_refused_import_writes_its_quarantine_report_and_says_where(origin, tmp_
     frame.loc[: len(frame) // 5, schema.TX_AMOUNT] = -1.0
     frame.to_csv(upload, index=False)
     with pytest.raises(QuarantineShareExceeded, match=r"quarantined rows in .*reports/import/quarantine.parquet"):
-        import_data(upload, origin, load_settings(origin.params))
+        import_data(upload, origin, load_settings(origin.params).validate_)
     assert snapshot(origin) == before
     quarantined = pd.read_parquet(origin.import_quarantine)
     assert len(quarantined) == len(frame) // 5 + 1
@@ -266,7 +266,7 @@ def test_import_of_a_file_missing_a_column_leaves_data_untouched(origin, tmp_pat
     upload = tmp_path / "upload.csv"
     pd.read_parquet(origin.raw_dir / "transactions.parquet").drop(columns=[schema.TX_FRAUD]).to_csv(upload)
     with pytest.raises(DataError, match="upload.csv: missing required column"):
-        import_data(upload, origin, load_settings(origin.params))
+        import_data(upload, origin, load_settings(origin.params).validate_)
     assert tracked_md5(origin) == before == directory_md5(origin.raw_dir)
 
 
@@ -296,7 +296,7 @@ def import_version_with_frauds(paths: ProjectPaths, tmp_path: Path, n_frauds: in
     frame.loc[: n_frauds - 1, [schema.TX_AMOUNT, schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = [300.0, 1, 1]
     upload = tmp_path / "with_frauds.parquet"
     frame.to_parquet(upload)
-    import_data(upload, paths, load_settings(paths.params))
+    import_data(upload, paths, load_settings(paths.params).validate_)
     return current_rows(paths)
 
 
@@ -313,13 +313,13 @@ def data_changes_verdict(paths: ProjectPaths, tmp_path: Path):
 
 
 def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_changed_history(origin, tmp_path):
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import validate as stage
 
     before = import_version_with_frauds(origin, tmp_path)
     attacked, flipped = flip_frauds(before)
     upload = tmp_path / "upload.csv"
     attacked.to_csv(upload, index=False)
-    outcome = import_data(upload, origin, load_settings(origin.params))
+    outcome = import_data(upload, origin, load_settings(origin.params).validate_)
     assert outcome.validation_report["reasons"]["changed_history"] == len(flipped)
     pd.testing.assert_series_equal(current_rows(origin)[schema.TX_FRAUD].astype("int64"),
                                    before[schema.TX_FRAUD].astype("int64"))
@@ -327,7 +327,7 @@ def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_cha
     flips = quarantined[quarantined["reason"] == "changed_history"]
     assert sorted(flips[schema.TRANSACTION_ID].astype("int64")) == sorted(flipped)
 
-    report = run_validation(origin, load_settings(origin.params)).report
+    report = stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_).report
     stage_report = json.loads(origin.validation_report.read_text())
     assert stage_report["history"]["checked"] and stage_report["history"]["changed_history"] == len(flipped)
     assert stage_report["history"]["label_changes"] == 0
@@ -337,7 +337,7 @@ def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_cha
 
 
 def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowledged(origin, tmp_path):
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import validate as stage
 
     attacked, flipped = flip_frauds(import_version_with_frauds(origin, tmp_path), share=0.5)
     upload, relabel = tmp_path / "upload.csv", tmp_path / "relabel.csv"
@@ -351,7 +351,7 @@ def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowle
     assert (current_rows(origin)[schema.TX_FRAUD].astype("int64").to_numpy()
             == attacked[schema.TX_FRAUD].to_numpy()).all()
 
-    run_validation(origin, load_settings(origin.params))
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
     report = json.loads(origin.validation_report.read_text())
     assert report["history"]["label_changes"] == len(flipped)
     assert report["fraud_rate_change"]["exceeded"]

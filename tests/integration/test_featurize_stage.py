@@ -33,6 +33,12 @@ def make_checkout(root: Path, extra: dict | None = None) -> ProjectPaths:
     return paths
 
 
+def run_stage(paths: ProjectPaths) -> dict:
+    """The stage's run on the checkout's params; summary.json's content."""
+    settings = parse_settings(yaml.safe_load(paths.params.read_text()))
+    return stage.run(stage.FeaturizePaths.of(paths), stage.section_of(settings)).report
+
+
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -40,7 +46,7 @@ def md5(path: Path) -> str:
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
     paths = make_checkout(tmp_path_factory.mktemp("checkout"))
-    summary = stage.main(paths.root)
+    summary = run_stage(paths)
     return paths, summary
 
 
@@ -48,7 +54,7 @@ def test_stage_writes_train_test_recent_and_summary(stage_run):
     paths, summary = stage_run
     train, test = pd.read_parquet(paths.train_features), pd.read_parquet(paths.test_features)
     recent = pd.read_parquet(paths.recent_features)
-    written = json.loads((paths.features_dir / stage.SUMMARY_FILE).read_text())
+    written = json.loads(paths.features_summary.read_text())
     assert written == summary
     assert summary["train"]["rows"] == len(train) > 0
     assert summary["test"]["rows"] == len(test) > 0
@@ -97,7 +103,7 @@ def test_stage_splits_by_explicit_dates(tmp_path):
     dates = {"train_days": None, "delay_gap_days": None, "test_days": None, "train_start": "2024-05-10",
              "train_end": "2024-05-31", "test_start": "2024-06-08", "test_end": "2024-06-14"}
     paths = make_checkout(tmp_path, {"featurize": {"split": dates}})
-    summary = stage.main(paths.root)
+    summary = run_stage(paths)
     assert (summary["train"]["first_day"], summary["train"]["last_day"]) == ("2024-05-10", "2024-05-31")
     assert (summary["test"]["first_day"], summary["test"]["last_day"]) == ("2024-06-08", "2024-06-14")
     assert summary["split_by"] == "dates"
@@ -118,15 +124,25 @@ def test_stage_is_deterministic(stage_run, tmp_path):
     paths, _ = stage_run
     again = make_checkout(tmp_path)
     stage.main(again.root)
-    for name in (stage.TRAIN_FILE, stage.TEST_FILE, stage.RECENT_FILE, stage.SUMMARY_FILE):
-        assert md5(again.features_dir / name) == md5(paths.features_dir / name), name
+    for first, second in zip(stage.FeaturizePaths.of(paths).outputs, stage.FeaturizePaths.of(again).outputs):
+        assert md5(second) == md5(first), first.name
 
 
 def test_stage_on_too_short_data_raises_data_error_and_writes_nothing(tmp_path):
     paths = make_checkout(tmp_path, {"featurize": {"split": {"train_days": 100}}})
     with pytest.raises(DataError, match=r"too short for the split.*At most 22 training day"):
-        stage.main(paths.root)
+        run_stage(paths)
     assert not paths.features_dir.exists()
+
+
+def test_stage_command_on_too_short_data_exits_1_with_one_line_naming_the_problem(tmp_path):
+    paths = make_checkout(tmp_path, {"featurize": {"split": {"train_days": 100}}})
+    done = subprocess.run([sys.executable, "-m", "fraudguard.stages.featurize"], cwd=paths.root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "too short for the split" in errors[0]
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

@@ -107,30 +107,91 @@ def _registry_state(client) -> tuple[set, dict]:
     return versions, {a: int(v) for a, v in client.get_registered_model("fraudguard").aliases.items()}
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_deployment_runs() -> dict[str, list[str]]:
+    """The README's `prefect deployment run` lines as argv, exactly as a reader copies them (comments dropped)."""
+    import shlex
+
+    runs = {}
+    for line in README.read_text().splitlines():
+        if line.startswith("prefect deployment run "):
+            argv = shlex.split(line, comments=True)
+            runs[line] = argv
+    return runs
+
+
+def _readme_run(stack, argv: list[str]) -> tuple[str, subprocess.CompletedProcess]:
+    """Run one README line as written (only the watch polling is made faster and bounded for the test)."""
+    root, env, _, logs = stack
+    cmd = [str(BIN / "prefect"), *argv[1:]]
+    if "--watch" in cmd:
+        cmd += ["--watch-interval", "2", "--watch-timeout", "600"]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=700)
+    out = proc.stdout + proc.stderr
+    match = UUID.search(out)
+    assert match, f"no flow run id in the output of {' '.join(argv)}:\n{out}"
+    return match.group(1), proc
+
+
+def _task_run_names(stack, flow_run_id: str) -> list[str]:
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    return [run["name"] for run in _api(stack, "POST", "/task_runs/filter", body)]
+
+
+def _readme_line(containing: str) -> list[str]:
+    lines = [argv for line, argv in readme_deployment_runs().items() if containing in line]
+    assert len(lines) == 1, f"README.md should hold one `prefect deployment run` line with {containing!r}"
+    return lines[0]
+
+
 def test_train_and_promote_then_rollback_through_deployments(prefect_stack):
+    """The README's Prefect walkthrough in its order, each `prefect deployment run` line run exactly as written:
+    a first champion, gates only, a second champion, a blocked-or-promoted override, a rollback to version 1."""
     from fraudguard.registry import read_audit_log
 
     _, _, mlflow_uri, _ = prefect_stack
-    first_id, _ = _deployment_run(prefect_stack, "train-and-promote/default", {})
-    assert _flow_run(prefect_stack, first_id)["state"]["type"] == "COMPLETED"
+    first_id, proc = _readme_run(prefect_stack, _readme_line("'train-and-promote/default' --watch"))
+    assert _flow_run(prefect_stack, first_id)["state"]["type"] == "COMPLETED", proc.stdout + proc.stderr
     client = _client(mlflow_uri)
     first = client.get_model_version_by_alias("fraudguard", "champion")
+    assert int(first.version) == 1
     assert first.tags["lineage.prefect_flow_run_id"] == first_id
+    assert "Promoted v1" in proc.stdout + proc.stderr  # --watch tells the outcome and the version
 
-    # A second candidate (another seed) becomes champion; its stages rerun, the data stages do not.
-    second_id, proc = _deployment_run(prefect_stack, "train-and-promote/default",
-                                      {"params_overrides": {"train": {"seed": 11}}})
-    assert _flow_run(prefect_stack, second_id)["state"]["type"] == "COMPLETED"
+    # Gates only: every gate runs as a Prefect task, even with nothing changed; champion stays.
+    gates_only_id, proc = _readme_run(prefect_stack, _readme_line("promote=false"))
+    state = _flow_run(prefect_stack, gates_only_id)["state"]
+    assert state["name"] == "Gates passed v1", state
+    assert state["name"] in proc.stdout + proc.stderr
+    gate_tasks = [name for name in _task_run_names(prefect_stack, gates_only_id) if name.startswith("gate-")]
+    assert len(gate_tasks) >= 5, gate_tasks
+    assert int(client.get_model_version_by_alias("fraudguard", "champion").version) == 1
+
+    # Another seed: a second champion; its stages rerun in a scratch copy, the data stages do not.
+    second_id, proc = _readme_run(prefect_stack, _readme_line('"seed": 11'))
+    assert _flow_run(prefect_stack, second_id)["state"]["name"] == "Promoted v2", proc.stdout + proc.stderr
     second = client.get_model_version_by_alias("fraudguard", "champion")
-    assert int(second.version) == int(first.version) + 1
+    assert int(second.version) == 2
     assert second.tags["lineage.prefect_flow_run_id"] == second_id
 
-    rollback_id, _ = _deployment_run(prefect_stack, "rollback/default", {"reason": "integration test rollback"})
-    assert _flow_run(prefect_stack, rollback_id)["state"]["type"] == "COMPLETED"
-    assert client.get_model_version_by_alias("fraudguard", "champion").version == first.version
+    # The 4-epoch override: blocked by quality on the default world; on this small lenient world it may
+    # pass. Either way the outcome is named, and champion moves only when the run says Promoted.
+    override_id, proc = _readme_run(prefect_stack, _readme_line('"epochs": 4'))
+    state = _flow_run(prefect_stack, override_id)["state"]
+    assert state["name"].startswith(("Promoted v3", "Blocked v3")), state
+    assert state["name"] in proc.stdout + proc.stderr
+    champion_now = int(client.get_model_version_by_alias("fraudguard", "champion").version)
+    assert champion_now == (3 if state["name"].startswith("Promoted") else 2)
+
+    # Rollback to version 1 with the README's reason, on its signed evidence.
+    rollback_id, proc = _readme_run(prefect_stack, _readme_line("'rollback/default'"))
+    assert _flow_run(prefect_stack, rollback_id)["state"]["type"] == "COMPLETED", proc.stdout + proc.stderr
+    assert int(client.get_model_version_by_alias("fraudguard", "champion").version) == 1
     last = read_audit_log(client, "fraudguard")[-1]
-    assert (last.action, last.from_version, last.to_version) == ("rollback", int(second.version), int(first.version))
-    assert "integration test rollback" in " ".join(last.reasons)
+    assert (last.action, last.from_version, last.to_version) == ("rollback", champion_now, 1)
+    assert "bad precision in production" in " ".join(last.reasons)
 
 
 def test_bad_params_fail_the_flow_run_and_leave_the_registry_as_it_was(prefect_stack):

@@ -62,19 +62,17 @@ def trained_project(tmp_path_factory):
     from fraudguard.config import load_settings
     from fraudguard.data.versioning import simulate_raw_data
     from fraudguard.paths import ProjectPaths
-    from fraudguard.stages.featurize import run_featurize
-    from fraudguard.stages.train import run_train
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import featurize, train, validate
 
     root = tmp_path_factory.mktemp("redteam") / "project"
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(small_params(REDTEAM_OVERRIDES), sort_keys=False))
     paths = ProjectPaths.at(root)
     settings = load_settings(paths.params)
-    simulate_raw_data(paths, settings)
-    run_validation(paths, settings)
-    run_featurize(paths.validated, paths.features_dir, settings.featurize)
-    run_train(paths, settings, progress=False)
+    simulate_raw_data(paths, settings.simulate)
+    validate.run(validate.ValidatePaths.of(paths), validate.section_of(settings))
+    featurize.run(featurize.FeaturizePaths.of(paths), featurize.section_of(settings))
+    train.run(train.TrainPaths.of(paths), train.section_of(settings), progress=False)
     return root
 
 

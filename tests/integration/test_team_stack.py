@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT, small_params
-from project_factory import run_checked
+from fraudguard.config import merge_overrides
+from project_factory import LENIENT_GATES, make_project, run_checked
 
 pytestmark = pytest.mark.slow
 
@@ -313,6 +314,155 @@ def test_rollback_deployment_clones_the_code_from_the_git_remote_on_a_worker(sta
     assert (last.action, last.phase, last.from_version) == ("rollback", "commit", champion)
     assert last.actor == f"prefect:{flow_run_id}"
     assert "rollback from a cloned checkout" in " ".join(last.reasons)
+
+
+TEAM_MODEL = "fraudguard-workers"  # its own registered model: the versions fixture's stand-in weights stay out
+SUBMITTED = re.compile(r"Worker '(worker-[a-z])' submitting flow run")
+TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _team_project(base: Path, env: dict[str, str]) -> tuple[Path, Path, Path, str]:
+    """(checkout, bare git remote, shared DVC remote, data.dvc's md5): a small project whose params name the
+    shared DVC remote, its data pushed there, its code pushed to the bare repository the workers clone."""
+    from fraudguard.data.versioning import tracked_md5
+    from fraudguard.paths import ProjectPaths
+
+    shared_dvc = base / "shared-dvc"  # stands in for shared storage (NFS, S3)
+    shared_dvc.mkdir()
+    checkout = make_project(base / "checkout", env, merge_overrides(LENIENT_GATES, {
+        "registry": {"model_name": TEAM_MODEL, "experiment": TEAM_MODEL},
+        "data_remote": {"url": str(shared_dvc)}}))
+    shutil.copy2(PROJECT_ROOT / "prefect.team.yaml", checkout / "prefect.team.yaml")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run_checked([*git, "add", "prefect.team.yaml"], checkout, env)
+    run_checked([*git, "commit", "-qm", "team deployments"], checkout, env)
+    run_checked([str(BIN / "fraudguard"), "data", "push", "--root", str(checkout)], checkout, env)
+    md5 = tracked_md5(ProjectPaths.at(checkout))
+    assert (shared_dvc / "files" / "md5" / md5[:2] / md5[2:]).is_file()  # the directory's manifest is there
+    bare = base / "remote.git"
+    run_checked(["git", "clone", "-q", "--bare", str(checkout), str(bare)], base, env)
+    # The clone carries the code, params.yaml and data.dvc, never the data (git-ignored, DVC-tracked).
+    listed = run_checked(["git", "ls-tree", "-r", "--name-only", "main"], bare, env).stdout.split()
+    assert "data.dvc" in listed and not any(name.startswith("data/raw/") for name in listed)
+    return checkout, bare, shared_dvc, md5
+
+
+def _wait_terminal(state, flow_run_ids: list[str], timeout_s: float = 1500) -> dict[str, dict]:
+    from fraudguard.stack import prefect_api
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = {}
+        for flow_run_id in flow_run_ids:
+            status, run = prefect_api(state, "GET", f"/flow_runs/{flow_run_id}")
+            assert status == 200, run
+            runs[flow_run_id] = run
+        if all(run["state"]["type"] in TERMINAL for run in runs.values()):
+            return runs
+        if time.monotonic() > deadline:
+            logs = "".join((Path(state.base) / "logs" / f"worker-{n}.log").read_text()[-3000:] for n in ("a", "b"))
+            raise AssertionError(f"flow runs not finished after {timeout_s:.0f}s: "
+                                 f"{[r['state'] for r in runs.values()]}\n--- workers:\n{logs}")
+        time.sleep(3)
+
+
+def _flow_run_logs(state, flow_run_id: str) -> list[str]:
+    from fraudguard.stack import prefect_api
+
+    status, logs = prefect_api(state, "POST", "/logs/filter",
+                               {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC",
+                                "limit": 200})
+    assert status == 200, logs
+    return [entry["message"] for entry in logs]
+
+
+def test_train_and_promote_from_both_workers_at_once_pulls_data_from_the_dvc_remote_and_ends_consistent(
+        stack, tmp_path):
+    """Two train-and-promote runs of the team deployment, started together: each worker (one run at a time)
+    clones the bare repository, pulls data/raw from the shared DVC remote, trains and gates; the promotion
+    API serialises the moves (a run whose champion changed under its gates re-gates), then a rollback."""
+    from fraudguard.attestation import load_attestation
+    from fraudguard.config import parse_settings
+    from fraudguard.promotion import rollback
+    from fraudguard.registry import champion_history, read_audit_log
+    from fraudguard.signing import load_signer
+    from fraudguard.stack import prefect_api
+    from fraudguard.verification import verify_registry
+
+    state, _ = stack
+    client = _client(state)
+    verifier = load_signer().verifier()
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    full_env.pop("FRAUDGUARD_PROJECT_DIR", None)
+    checkout, bare, shared_dvc, data_md5 = _team_project(tmp_path, full_env)
+    full_env["FRAUDGUARD_GIT_REMOTE"] = bare.as_uri()
+    run_checked([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.team.yaml"],
+                checkout, full_env)
+    status, deployment = prefect_api(state, "GET", "/deployments/name/train-and-promote/team")
+    assert status == 200, deployment
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == bare.as_uri()
+
+    # Two candidates (two seeds), scheduled at the same instant; each worker takes one (limit 1 per worker).
+    flow_run_ids = []
+    for seed in (31, 32):
+        status, run = prefect_api(state, "POST", f"/deployments/{deployment['id']}/create_flow_run",
+                                  {"parameters": {"params_overrides": {"train": {"seed": seed}}}})
+        assert status in (200, 201), run
+        flow_run_ids.append(run["id"])
+    started = time.monotonic()
+    runs = _wait_terminal(state, flow_run_ids)
+    print(f"two train-and-promote runs on two workers: {time.monotonic() - started:.0f} s")
+    logs = {flow_run_id: _flow_run_logs(state, flow_run_id) for flow_run_id in flow_run_ids}
+    for flow_run_id, run in runs.items():
+        assert run["state"]["type"] == "COMPLETED", (run["state"], logs[flow_run_id][-20:])
+        assert run["state"]["name"].startswith("Promoted v"), run["state"]
+
+    # Two workers: each flow run was submitted by a different one, and ran with that host's environment.
+    ran_on = {}
+    for flow_run_id in flow_run_ids:
+        submitted = {m.group(1) for line in logs[flow_run_id] if (m := SUBMITTED.search(line))}
+        assert len(submitted) == 1, logs[flow_run_id][:10]
+        ran_on[flow_run_id] = submitted.pop()
+    assert sorted(ran_on.values()) == ["worker-a", "worker-b"], ran_on
+    for flow_run_id, worker in ran_on.items():
+        assert flow_run_id in (Path(state.base) / "logs" / f"{worker}.log").read_text()
+        # The flow run signed its audit entries with its worker's anchor folder (the host's own state).
+        anchors = Path(state.base) / "workers" / worker.removeprefix("worker-") / "anchors"
+        assert any(p.is_file() for p in anchors.rglob("*")), f"{worker} wrote no audit anchor"
+
+    # Data came through the DVC remote: each clone's pull-data task pulled data.dvc's version, not the simulator.
+    for flow_run_id in flow_run_ids:
+        assert f"data/raw {data_md5} (remote)" in logs[flow_run_id], [m for m in logs[flow_run_id] if "data/raw" in m]
+        assert not any("regenerat" in line for line in logs[flow_run_id])
+
+    # The registry ends consistent: both candidates moved champion in turn, each gated against the champion
+    # it replaced (the later one re-gated if the earlier moved while its gates ran), and the chain verifies.
+    version_of = {mv.tags["lineage.prefect_flow_run_id"]: int(mv.version)
+                  for mv in client.search_model_versions(f"name='{TEAM_MODEL}'")}
+    versions = sorted(version_of[flow_run_id] for flow_run_id in flow_run_ids)
+    assert len(set(versions)) == 2
+    history = champion_history(client, TEAM_MODEL)
+    assert sorted(c.version for c in history) == versions
+    assert [c.previous for c in history] == [None, history[0].version]
+    assert int(client.get_model_version_by_alias(TEAM_MODEL, "champion").version) == history[-1].version
+    commits = [e for e in read_audit_log(client, TEAM_MODEL) if e.action == "promote" and e.phase == "commit"]
+    assert sorted(e.actor for e in commits) == sorted(f"prefect:{i}" for i in flow_run_ids)
+    for entry in commits:
+        mv = client.get_model_version(TEAM_MODEL, str(entry.to_version))
+        attestation = load_attestation(mv, entry.attestation, verifier)
+        assert attestation.predicate["champion_before"] == entry.from_version, (entry, attestation.predicate)
+    regated = [i for i in flow_run_ids if any("re-gating version" in line for line in logs[i])]
+    print(f"runs ran on {ran_on}; re-gated after ChampionChanged: {regated}")
+    report = verify_registry(client, TEAM_MODEL, verifier)
+    assert report.ok, report.problems
+
+    # Then a rollback through the same servers puts the first promoted candidate back.
+    settings = parse_settings(yaml.safe_load((checkout / "params.yaml").read_text()), source="team project")
+    outcome = rollback(client, settings, reason="two-worker rollback", actor="pipeline")
+    assert (outcome.from_version, outcome.to_version) == (history[1].version, history[0].version)
+    assert int(client.get_model_version_by_alias(TEAM_MODEL, "champion").version) == history[0].version
+    report = verify_registry(client, TEAM_MODEL, verifier)
+    assert report.ok, report.problems
 
 
 def test_admin_password_rotation_replaces_the_first_start_password(stack):

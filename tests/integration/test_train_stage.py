@@ -52,10 +52,12 @@ def test_train_stage_command_writes_a_loadable_bundle_and_its_metrics(project):
     assert bundle.predict_proba(train).shape == (len(train),)
 
 
-def test_train_stage_names_the_missing_features_file(tmp_path):
-    from fraudguard.errors import DataError
+def test_train_stage_names_the_missing_features_file_in_one_line_and_exits_1(tmp_path, caplog):
     from fraudguard.stages.train import main
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
-    with pytest.raises(DataError, match="train.parquet"):
+    with pytest.raises(SystemExit) as exited:
         main(tmp_path)
+    assert exited.value.code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "train.parquet: training features not found" in errors[0]

@@ -144,7 +144,7 @@ def test_robust_average_precision_equals_clean_ap_when_the_model_ignores_control
 
 def test_evaluate_bundle_reports_every_metric(small_settings):
     frame, bundle = _frame_and_bundle(small_settings, "TX_AMOUNT")
-    metrics = evaluate_bundle(bundle, frame, small_settings)
+    metrics = evaluate_bundle(bundle, frame, small_settings.evaluate, small_settings.threat_model)
     assert set(metrics) == {
         "roc_auc", "average_precision", "card_precision_at_k", "recall_at_fpr",
         "robust_average_precision", "fraud_rate", "n_rows",
@@ -161,7 +161,7 @@ def test_evaluate_stage_writes_metrics_and_a_thinned_pr_curve(small_settings, tm
 
     from fraudguard.model import save_bundle
     from fraudguard.paths import ProjectPaths
-    from fraudguard.stages.evaluate import run_evaluate
+    from fraudguard.stages import evaluate as stage
 
     frame, bundle = _frame_and_bundle(small_settings, "TX_AMOUNT")
     paths = ProjectPaths.at(tmp_path)
@@ -170,9 +170,10 @@ def test_evaluate_stage_writes_metrics_and_a_thinned_pr_curve(small_settings, tm
     paths.features_dir.mkdir(parents=True)
     frame.to_parquet(paths.test_features)
 
-    metrics = run_evaluate(paths)
+    summary = stage.run(stage.EvaluatePaths.of(paths), stage.section_of(small_settings))
 
-    assert json.loads(paths.evaluation.read_text()) == pytest.approx(metrics)
-    points = json.loads((paths.plots_dir / "pr_curve.json").read_text())
+    assert json.loads(paths.evaluation.read_text()) == pytest.approx(summary.metrics)
+    points = json.loads(paths.pr_curve_json.read_text())
+    assert points == summary.pr_curve
     assert 2 <= len(points) <= 200 and set(points[0]) == {"recall", "precision"}
-    assert (paths.plots_dir / "pr_curve.png").stat().st_size > 0
+    assert paths.pr_curve_png.stat().st_size > 0

@@ -1,4 +1,4 @@
-"""The shared file helpers: one sha256 of a file, one JSON writer."""
+"""The shared file helpers: one sha256 of a file, one JSON writer, one JSON-object reader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from fraudguard.files import finite_or_null, sha256_file, write_json
+from fraudguard.errors import DataError
+from fraudguard.files import finite_or_null, read_json_object, sha256_file, write_json
 
 
 def test_sha256_file_is_the_digest_of_the_bytes_across_read_blocks(tmp_path):
@@ -46,3 +47,31 @@ def test_write_json_uses_the_default_for_values_json_cannot_encode(tmp_path):
 def test_finite_or_null_turns_nan_and_infinities_into_null_at_any_depth():
     data = {"loss": math.nan, "history": [{"ap": math.inf}, {"ap": 0.5}], "n": 3, "t": (-math.inf, 1.0)}
     assert finite_or_null(data) == {"loss": None, "history": [{"ap": None}, {"ap": 0.5}], "n": 3, "t": [None, 1.0]}
+
+
+def test_read_json_object_returns_what_write_json_wrote(tmp_path):
+    record = {"source": "batch.csv", "rows": 3, "nested": {"a": [1, 2]}}
+    path = write_json(tmp_path / "record.json", record, sort_keys=True)
+    assert read_json_object(path, "intake record", DataError) == record
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("{not json", r"unreadable intake record \(not readable JSON\)"),
+     ("[1, 2]", r"intake record is not a JSON object \(got list\)"),
+     ('"text"', r"intake record is not a JSON object \(got str\)")],
+)
+def test_read_json_object_raises_the_callers_error_naming_the_file_and_the_problem(tmp_path, content, problem):
+    path = tmp_path / "record.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=problem) as raised:
+        read_json_object(path, "intake record", DataError)
+    message = str(raised.value)
+    assert message.startswith(str(path)) and "\n" not in message
+
+
+def test_read_json_object_of_a_missing_file_raises_the_callers_error(tmp_path):
+    from fraudguard.errors import StaticAnalysisError
+
+    with pytest.raises(StaticAnalysisError, match="missing.json: unreadable bandit report"):
+        read_json_object(tmp_path / "missing.json", "bandit report", StaticAnalysisError)

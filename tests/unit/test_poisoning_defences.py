@@ -236,4 +236,4 @@ def test_import_refuses_when_the_tracked_version_is_not_there_to_diff_against(wo
     upload = tmp_path / "upload.parquet"
     world.head(50).to_parquet(upload)
     with pytest.raises(DataError, match="fraudguard data pull` first"):
-        import_data(upload, paths, settings)
+        import_data(upload, paths, settings.validate_)

@@ -11,7 +11,7 @@ from fraudguard.config import Settings, parse_settings
 from fraudguard.data.schema import TX_DATETIME, TX_FRAUD
 from fraudguard.errors import DataError
 from fraudguard.model import save_bundle
-from fraudguard.training import split_validation, threshold_at_fpr, train_model
+from fraudguard.training import EarlyStopping, TrainingParams, split_validation, threshold_at_fpr, train_model
 
 from conftest import small_params
 
@@ -194,3 +194,33 @@ def test_early_stopping_without_a_validation_slice_is_refused():
 
     with pytest.raises(ConfigError, match="early_stopping_patience"):
         _settings({"train": {"early_stopping_patience": 3, "validation_share": 0.0}})
+
+
+def test_training_on_the_train_stage_section_gives_the_same_weights_as_on_the_whole_settings(split, trained):
+    # The train stage passes TrainingParams (what dvc.yaml declares); other callers pass Settings.
+    again = train_model(split[0], TrainingParams.of(_settings()), progress=False)
+    for name, tensor in trained.bundle.module.state_dict().items():
+        assert torch.equal(tensor, again.bundle.module.state_dict()[name]), name
+    assert again.bundle.threshold == trained.bundle.threshold
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_ap_and_restores_the_best_weights():
+    module = torch.nn.Linear(2, 2)
+    best_weight = module.weight.detach().clone()
+    stopping = EarlyStopping(patience=2)
+    assert not stopping.should_stop(1, 0.5, module)
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    assert not stopping.should_stop(2, 0.4, module)
+    assert stopping.should_stop(3, 0.45, module)
+    assert stopping.restore_best(module) == {"best_epoch": 1, "best_val_average_precision": 0.5}
+    assert torch.equal(module.weight, best_weight)
+
+
+def test_early_stopping_without_patience_never_stops_and_keeps_the_last_weights():
+    module = torch.nn.Linear(2, 2)
+    last_weight = module.weight.detach().clone()
+    stopping = EarlyStopping(patience=None)
+    assert not any(stopping.should_stop(epoch, 1.0 / epoch, module) for epoch in range(1, 6))
+    assert stopping.restore_best(module) == {}
+    assert torch.equal(module.weight, last_weight)

@@ -21,7 +21,7 @@ from fraudguard.data.validation import (
 )
 from fraudguard.errors import DataError
 from fraudguard.paths import ProjectPaths
-from fraudguard.stages.validate import run_validation
+from fraudguard.stages import validate as stage
 
 N_CLEAN = 10
 
@@ -256,7 +256,7 @@ def test_stage_writes_validated_quarantine_and_report(small_settings, tmp_path):
     frame = simulate_transactions(small_settings.simulate)
     frame.loc[5, schema.TX_AMOUNT] = -3.0
     paths = project(tmp_path, frame)
-    run_validation(paths, small_settings)
+    stage.run(stage.ValidatePaths.of(paths), small_settings.validate_)
     report = json.loads(paths.validation_report.read_text())
     assert report["rows_in"] == len(frame)
     assert report["reasons"]["negative_amount"] == 1
@@ -270,7 +270,7 @@ def test_refused_batch_still_writes_quarantine_and_report(small_settings, tmp_pa
     frame[schema.TX_AMOUNT] = -frame[schema.TX_AMOUNT] - 1
     paths = project(tmp_path, frame)
     with pytest.raises(DataError, match="data/raw/transactions.parquet: 100.0% of rows quarantined"):
-        run_validation(paths, small_settings)
+        stage.run(stage.ValidatePaths.of(paths), small_settings.validate_)
     assert json.loads(paths.validation_report.read_text())["passed"] is False
     assert len(read_transactions(paths.quarantine)) == len(frame)
     assert not paths.validated.exists()
@@ -455,7 +455,7 @@ def test_rows_in_equals_accepted_plus_quarantined_with_every_new_reason(settings
 
 def test_stage_report_says_velocity_is_off_without_a_location_table(small_settings, tmp_path):
     paths = project(tmp_path, history(12))
-    run_validation(paths, small_settings)
+    stage.run(stage.ValidatePaths.of(paths), small_settings.validate_)
     assert json.loads(paths.validation_report.read_text())["velocity_check"].startswith("off")
 
 
@@ -464,5 +464,5 @@ def test_stage_runs_velocity_with_the_configured_location_table(small_settings, 
     LOCATIONS_FAR.assign(**{schema.TERMINAL_ID: [1, 2]}).to_csv(tmp_path / "terminals.csv", index=False)
     settings = small_settings.model_copy(update={"validate_": small_settings.validate_.model_copy(
         update={"terminal_locations": Path("terminals.csv")})})
-    run_validation(paths, settings)
+    stage.run(stage.ValidatePaths.of(paths), settings.validate_)
     assert json.loads(paths.validation_report.read_text())["velocity_check"] == "on"

@@ -67,7 +67,7 @@ def simulate(root: Path = ROOT_OPTION) -> None:
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        target = simulate_raw_data(paths, load_settings(paths.params))
+        target = simulate_raw_data(paths, load_settings(paths.params).simulate)
         frame = read_transactions(target)
     except FraudGuardError as exc:
         _fail(exc)
@@ -99,7 +99,7 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        outcome = import_data(path, paths, load_settings(paths.params), force=force,
+        outcome = import_data(path, paths, load_settings(paths.params).validate_, force=force,
                               follow_symlinks=follow_symlinks, relabels=relabel)
     except QuarantineShareExceeded as exc:
         _echo_reasons(exc.result.report, err=True)
@@ -175,12 +175,12 @@ def validate(root: Path = ROOT_OPTION) -> None:
     from fraudguard.config import load_settings
     from fraudguard.logs import configure_logging
     from fraudguard.paths import ProjectPaths
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import validate as stage
 
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        result = run_validation(paths, load_settings(paths.params))
+        result = stage.run(stage.ValidatePaths.of(paths), stage.section_of(load_settings(paths.params)))
     except FraudGuardError as exc:
         _fail(exc)
     report = result.report

@@ -194,7 +194,7 @@ def summarize_data(root: Path) -> dict[str, Any]:
         out.update(rows_in=report.get("rows_in"), rows_accepted=report.get("rows_accepted"),
                    fraud_rate=round(float(report.get("fraud_rate", 0.0)), 5),
                    quarantined_by_reason=report.get("reasons", {}))
-    split = paths.features_dir / "summary.json"
+    split = paths.features_summary
     if split.is_file():
         doc = json.loads(split.read_text(encoding="utf-8"))
         for part in ("train", "test"):

@@ -10,7 +10,6 @@ reads into its report: label changes, changed rows kept, and the fraud rate of t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from fraudguard.data import schema
 from fraudguard.data.io import check_column_names, clip_text, read_transactions
 from fraudguard.data.validation import CHANGED_HISTORY, parse_columns
 from fraudguard.errors import DataError
-from fraudguard.files import write_json
+from fraudguard.files import read_json_object, write_json
 
 # Hidden, so the validate stage does not read it as transactions; inside data/raw, so DVC versions it
 # with the data it describes.
@@ -233,13 +232,7 @@ def read_intake_record(raw_dir: Path) -> dict[str, Any] | None:
     path = raw_dir / INTAKE_RECORD_NAME
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable intake record: {clip_text(exc)}") from exc
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: intake record is not a JSON object")
-    return record
+    return read_json_object(path, "intake record", DataError)
 
 
 def previous_version(raw_dir: Path) -> pd.DataFrame | None:

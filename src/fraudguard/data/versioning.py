@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fraudguard.config import DataRemoteSettings, Settings
+from fraudguard.config import DataRemoteSettings, Settings, SimulateSettings, ValidateSettings
 from fraudguard.data import schema
 from fraudguard.data.history import (
     CHANGED_HISTORY,
@@ -160,12 +160,12 @@ def track_raw_data(paths: ProjectPaths) -> str:
     return md5
 
 
-def simulate_raw_data(paths: ProjectPaths, settings: Settings) -> Path:
+def simulate_raw_data(paths: ProjectPaths, simulate: SimulateSettings) -> Path:
     """Write the simulator's data (params.yaml's `simulate`) to its output file; returns the path."""
     from fraudguard.data.simulator import simulate_transactions
 
-    target = _output_path(paths, settings)
-    write_transactions(simulate_transactions(settings.simulate), target)
+    target = _output_path(paths, simulate)
+    write_transactions(simulate_transactions(simulate), target)
     return target
 
 
@@ -190,10 +190,10 @@ def pull_data(paths: ProjectPaths, settings: Settings) -> PullOutcome:
     dvc_said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
     logger.warning("dvc pull found no copy of data/raw (%s) on remote %s: regenerating it with the simulator "
                    "(dvc: %s)", expected, remote, dvc_said[-1] if dvc_said else "no output")
-    return _regenerate(paths, settings, expected)
+    return _regenerate(paths, settings.simulate, expected)
 
 
-def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, force: bool = False,
+def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSettings, *, force: bool = False,
                 follow_symlinks: bool = False, relabels: Path | str | None = None) -> ImportOutcome:
     """Validate a raw-schema CSV/Parquet file, make it data/raw/transactions.parquet and version it.
 
@@ -218,11 +218,11 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
     path = Path(path)
     frame = read_transactions(path, follow_symlinks=follow_symlinks)
     relabel_list = load_relabels(relabels) if relabels is not None else None
-    frame, changed, record = _keep_history(paths, frame, relabel_list, settings)
-    locations = configured_terminal_locations(settings.validate_, paths.root)
+    frame, changed, record = _keep_history(paths, frame, relabel_list, validate)
+    locations = configured_terminal_locations(validate, paths.root)
     refused: QuarantineShareExceeded | None = None
     try:
-        result = validate_transactions(frame, settings.validate_, source=str(path),
+        result = validate_transactions(frame, validate, source=str(path),
                                        terminal_locations=locations)
     except QuarantineShareExceeded as exc:
         refused, result = exc, exc.result
@@ -241,7 +241,7 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
             f"with the import: move them out first"
         )
     current = _raw_row_count(paths)
-    max_loss = settings.validate_.max_import_row_loss_share
+    max_loss = validate.max_import_row_loss_share
     if current and len(frame) < current * (1 - max_loss) and not force:
         raise DataError(
             f"{path}: {len(frame)} rows would replace the {current} rows of {paths.raw_dir}, removing "
@@ -257,7 +257,7 @@ def import_data(path: Path | str, paths: ProjectPaths, settings: Settings, *, fo
                          quarantine_file=paths.import_quarantine, report_file=paths.import_report)
 
 
-def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, settings: Settings) -> tuple[Any, Any, dict]:
+def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, validate: ValidateSettings) -> tuple[Any, Any, dict]:
     """(the frame to store, the rows changing history, the intake record): see import_data."""
     import pandas as pd
 
@@ -284,7 +284,7 @@ def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, settings: Sett
     record["fraud_rate"] = raw_fraud_rate(frame)
     if record["previous_fraud_rate"] is not None:
         record["fraud_rate_change"] = fraud_rate_change(record["previous_fraud_rate"], record["fraud_rate"],
-                                                        settings.validate_.max_fraud_rate_change_factor)
+                                                        validate.max_fraud_rate_change_factor)
     return frame, changed, record
 
 
@@ -416,20 +416,20 @@ def _cache_object(cache: Path, md5: str) -> Path:
     return cache / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def _output_path(paths: ProjectPaths, settings: Settings) -> Path:
-    out = settings.simulate.output
+def _output_path(paths: ProjectPaths, simulate: SimulateSettings) -> Path:
+    out = simulate.output
     return out if out.is_absolute() else paths.root / out
 
 
-def _regenerate(paths: ProjectPaths, settings: Settings, expected: str) -> PullOutcome:
+def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str) -> PullOutcome:
     from fraudguard.data.simulator import simulate_transactions
 
-    target = _output_path(paths, settings)
+    target = _output_path(paths, simulate)
     try:
         rel = target.relative_to(paths.raw_dir)
     except ValueError as exc:
         raise DataVersionError(
-            f"simulate.output {settings.simulate.output} is not inside {paths.raw_dir}: cannot regenerate "
+            f"simulate.output {simulate.output} is not inside {paths.raw_dir}: cannot regenerate "
             f"the data data.dvc tracks"
         ) from exc
     if paths.raw_dir.exists() and any(paths.raw_dir.iterdir()):
@@ -445,7 +445,7 @@ def _regenerate(paths: ProjectPaths, settings: Settings, expected: str) -> PullO
     # Built beside data/raw (same filesystem, so the final rename is atomic), compared, then moved in.
     with tempfile.TemporaryDirectory(dir=paths.raw_dir.parent, prefix=".raw-regen-") as tmp:
         staged = Path(tmp) / "raw"
-        write_transactions(simulate_transactions(settings.simulate), staged / rel)
+        write_transactions(simulate_transactions(simulate), staged / rel)
         got = directory_md5(staged)
         if got != expected:
             raise DataVersionError(

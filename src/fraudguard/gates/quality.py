@@ -29,7 +29,7 @@ def score_quality(candidate: ModelUnderTest, context: GateContext) -> dict[str, 
     frame = context.test_features
     scores = candidate.bundle.predict_proba(frame)
     y = frame[TX_FRAUD].to_numpy().astype(int)
-    return ranking_metrics(y, scores, frame, context.settings)
+    return ranking_metrics(y, scores, frame, context.settings.evaluate)
 
 
 def run_quality_gate(

@@ -125,8 +125,7 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
     from fraudguard.data.io import read_transactions, write_transactions
     from fraudguard.data.validation import QuarantineShareExceeded
     from fraudguard.data.versioning import import_data
-    from fraudguard.stages.featurize import run_featurize
-    from fraudguard.stages.validate import run_validation
+    from fraudguard.stages import featurize, validate
     from fraudguard.training import train_model
 
     cfg = ctx.settings.redteam
@@ -145,7 +144,7 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
     stopped = ""
     report: dict = {}
     try:
-        outcome = import_data(incoming, paths, ctx.settings)
+        outcome = import_data(incoming, paths, ctx.settings.validate_)
         report = outcome.validation_report
     except QuarantineShareExceeded as exc:
         stopped = f"{CAUGHT_IMPORT_REFUSED}: {str(exc)[:300]}"
@@ -176,12 +175,12 @@ def run_poisoning(ctx: RedTeamContext, name: str, poison: Poison) -> AttackResul
 
     # The pipeline as DVC would run it, in the scratch copy.
     try:
-        validation = run_validation(paths, ctx.settings)
+        validation = validate.run(validate.ValidatePaths.of(paths), ctx.settings.validate_)
     except QuarantineShareExceeded as exc:
         caught.append(f"{CAUGHT_IMPORT_REFUSED} (validate stage): {str(exc)[:300]}")
         return AttackResult(name, KIND, tuple(caught), "recall on targeted frauds", baseline, baseline,
                             f"{poison.description}; the pipeline stopped at validate", details)
-    run_featurize(paths.validated, paths.features_dir, ctx.settings.featurize)
+    featurize.run(featurize.FeaturizePaths.of(paths), ctx.settings.featurize)
     train = pd.read_parquet(paths.train_features)
     test = pd.read_parquet(paths.test_features)
     recent = pd.read_parquet(paths.recent_features)

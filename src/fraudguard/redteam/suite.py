@@ -55,17 +55,16 @@ def build_context(root: Path, target: str, work_dir: Path, versioned: bool = Tru
     from fraudguard.data.io import read_transactions
     from fraudguard.features import compute_features, plan_split
     from fraudguard.redteam.scratch import make_scratch_project
-    from fraudguard.stages.featurize import run_featurize
-    from fraudguard.stages.validate import raw_files, run_validation
+    from fraudguard.stages import featurize, validate
 
     source = ProjectPaths.at(root)
     settings = load_settings(source.params)
     bundle, name = load_target(source, settings, target, work_dir)
     base = make_scratch_project(source, work_dir / "base", versioned=versioned)
-    frames = [read_transactions(f) for f in raw_files(base.raw_dir)]
+    frames = [read_transactions(f) for f in validate.raw_files(base.raw_dir)]
     raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    validation = run_validation(base, settings)
-    run_featurize(base.validated, base.features_dir, settings.featurize)
+    validation = validate.run(validate.ValidatePaths.of(base), settings.validate_)
+    featurize.run(featurize.FeaturizePaths.of(base), settings.featurize)
     plan = plan_split(compute_features(validation.accepted, settings.featurize), settings.featurize)
     return RedTeamContext(
         settings=settings, target=bundle, target_name=name, base=base, raw=raw, validated=validation.accepted,

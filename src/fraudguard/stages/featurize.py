@@ -8,55 +8,91 @@ transaction after the training period, unfiltered: the drift gate's and the moni
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fraudguard.files import write_json
-from fraudguard.config import FeaturizeSettings, load_settings
+from fraudguard.config import FeaturizeSettings, Settings
 from fraudguard.data.io import read_transactions, write_transactions
 from fraudguard.features import compute_features, plan_split, recent_traffic, split_train_test, summarize_split
-from fraudguard.logs import configure_logging
+from fraudguard.files import write_json
 from fraudguard.paths import ProjectPaths
+from fraudguard.stages import stage_main
 
 logger = logging.getLogger(__name__)
 
-TRAIN_FILE = "train.parquet"
-TEST_FILE = "test.parquet"
-RECENT_FILE = "recent.parquet"
-SUMMARY_FILE = "summary.json"
+PARAMS = ("featurize",)
 
 
-def run_featurize(input_path: Path, output_dir: Path, settings: FeaturizeSettings) -> dict:
-    """Featurize and split the transactions at input_path into output_dir; return the summary written."""
-    transactions = read_transactions(input_path)
-    logger.info("featurizing %d transactions from %s", len(transactions), input_path)
-    features = compute_features(transactions, settings)
-    plan = plan_split(features, settings)
-    train, test = split_train_test(features, settings, plan)
+def section_of(settings: Settings) -> FeaturizeSettings:
+    return settings.featurize
+
+
+@dataclass(frozen=True)
+class FeaturizePaths:
+    """The featurize stage's files: the validated transactions in; the three feature tables and the split
+    summary out."""
+
+    validated: Path
+    train: Path
+    test: Path
+    recent: Path
+    summary: Path
+
+    @classmethod
+    def of(cls, project: ProjectPaths) -> "FeaturizePaths":
+        return cls(project.validated, project.train_features, project.test_features, project.recent_features,
+                   project.features_summary)
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return self.train, self.test, self.recent, self.summary
+
+
+@dataclass(frozen=True)
+class FeaturizeSummary:
+    """The split the stage wrote: `report` is summary.json's content (dates, rows, fraud rate per period)."""
+
+    report: dict[str, Any]
+
+    @property
+    def train_rows(self) -> int:
+        return int(self.report["train"]["rows"])
+
+    @property
+    def test_rows(self) -> int:
+        return int(self.report["test"]["rows"])
+
+
+def run(paths: FeaturizePaths, section: FeaturizeSettings) -> FeaturizeSummary:
+    """Featurize and split the validated transactions, write the tables and the summary; return the summary.
+    Nothing is written when the data cannot be split (DataError)."""
+    transactions = read_transactions(paths.validated)
+    logger.info("featurizing %d transactions from %s", len(transactions), paths.validated)
+    features = compute_features(transactions, section)
+    plan = plan_split(features, section)
+    train, test = split_train_test(features, section, plan)
     recent = recent_traffic(features, plan)
-    summary = summarize_split(train, test, features, settings, plan)
+    summary = summarize_split(train, test, features, section, plan)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     # The transactions writer: byte-stable Parquet (no version metadata), so DVC hashes are reproducible.
-    write_transactions(train, output_dir / TRAIN_FILE)
-    write_transactions(test, output_dir / TEST_FILE)
-    write_transactions(recent, output_dir / RECENT_FILE)
-    write_json(output_dir / SUMMARY_FILE, summary, sort_keys=True)
+    write_transactions(train, paths.train)
+    write_transactions(test, paths.test)
+    write_transactions(recent, paths.recent)
+    write_json(paths.summary, summary, sort_keys=True)
     logger.info(
         "%s; train: %d rows (fraud rate %.4f); test: %d rows (fraud rate %.4f), %d dropped as known compromised "
         "(test_filter=%s)", plan.describe(), summary["train"]["rows"], summary["train"]["fraud_rate"],
         summary["test"]["rows"], summary["test"]["fraud_rate"], summary["test"]["rows_dropped_known_compromised"],
-        settings.test_filter,
+        section.test_filter,
     )
-    return summary
+    return FeaturizeSummary(summary)
 
 
-def main(root: Path | str = ".") -> dict:
-    """Run the stage inside the checkout at root, with its params.yaml `featurize` section."""
-    paths = ProjectPaths.at(root)
-    settings = load_settings(paths.params)
-    return run_featurize(paths.validated, paths.features_dir, settings.featurize)
+def main(root: Path | str = ".") -> None:
+    """Stage entry point: params.yaml's `featurize` section and the file layout of the project at `root`."""
+    stage_main(root, lambda project, settings: run(FeaturizePaths.of(project), section_of(settings)))
 
 
 if __name__ == "__main__":
-    configure_logging()
     main()

@@ -8,43 +8,76 @@ and models/training_history.json (one dict per epoch, keyed by `epoch`, for `dvc
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fraudguard.config import Settings, section_keys
+from fraudguard.errors import DataError
 from fraudguard.files import finite_or_null, write_json
-from fraudguard.config import Settings, load_settings
-from fraudguard.logs import configure_logging
 from fraudguard.paths import ProjectPaths
+from fraudguard.stages import stage_main
+from fraudguard.training import TrainingParams, TrainingResult, train_model
 
 logger = logging.getLogger(__name__)
 
+PARAMS = section_keys(TrainingParams)
 
-def run_train(paths: ProjectPaths, settings: Settings, progress: bool = True) -> dict[str, Any]:
-    """Train on the featurized train split under `paths`, write the model and its metrics; return them."""
+
+def section_of(settings: Settings) -> TrainingParams:
+    return TrainingParams.of(settings)
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """The train stage's files: the training features in; the bundle (weights, preprocessing), the training
+    metrics and the per-epoch history out."""
+
+    train_features: Path
+    weights: Path
+    preprocess: Path
+    metrics: Path
+    history: Path
+
+    @classmethod
+    def of(cls, project: ProjectPaths) -> "TrainPaths":
+        return cls(project.train_features, project.model_weights, project.preprocess, project.metrics,
+                   project.training_history)
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """The trained model: the training result, the sha256 of the weights written, and metrics.json's content."""
+
+    result: TrainingResult
+    weights_sha256: str
+    metrics: dict[str, Any]
+
+
+def run(paths: TrainPaths, section: TrainingParams, progress: bool = True) -> TrainSummary:
+    """Train on the training features, write the bundle, its metrics and history; return them."""
     from fraudguard.data.io import read_transactions
     from fraudguard.model import save_bundle
-    from fraudguard.training import train_model
 
-    train_frame = read_transactions(paths.train_features)
-    result = train_model(train_frame, settings, progress=progress)
-    sha256 = save_bundle(result.bundle, paths.model_weights, paths.preprocess)
+    if not paths.train_features.is_file():
+        raise DataError(f"{paths.train_features}: training features not found; run the featurize stage first")
+    result = train_model(read_transactions(paths.train_features), section, progress=progress)
+    sha256 = save_bundle(result.bundle, paths.weights, paths.preprocess)
     metrics = {**result.metrics(), "weights_sha256": sha256}
     write_json(paths.metrics, finite_or_null(metrics), sort_keys=True)
-    write_json(paths.training_history, finite_or_null(result.history), sort_keys=True)
+    write_json(paths.history, finite_or_null(result.history), sort_keys=True)
     logger.info(
         "wrote %s (sha256 %s), %s, %s and %s",
-        paths.model_weights, sha256[:12], paths.preprocess, paths.metrics, paths.training_history,
+        paths.weights, sha256[:12], paths.preprocess, paths.metrics, paths.history,
     )
-    return metrics
+    return TrainSummary(result, sha256, metrics)
 
 
-def main(root: Path | str = ".") -> dict[str, Any]:
-    """Run the stage inside the checkout at root, with its params.yaml `model`, `threat_model`, `train`."""
-    paths = ProjectPaths.at(root)
-    settings = load_settings(paths.params)
-    return run_train(paths, settings)
+def main(root: Path | str = ".") -> None:
+    """Stage entry point: params.yaml's `model`, `threat_model`, `train` and `evaluate.fpr_for_recall`, and
+    the file layout of the project at `root`."""
+    stage_main(root, lambda project, settings: run(TrainPaths.of(project), section_of(settings)))
 
 
 if __name__ == "__main__":
-    configure_logging()
     main()

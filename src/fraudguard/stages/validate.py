@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fraudguard.config import Settings, ValidateSettings
 from fraudguard.files import write_json
-from fraudguard.config import Settings, load_settings
 from fraudguard.data.history import history_report, read_intake_record
 from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.data.validation import (
@@ -18,10 +19,33 @@ from fraudguard.data.validation import (
     configured_terminal_locations,
     validate_transactions,
 )
-from fraudguard.errors import DataError, FraudGuardError
+from fraudguard.errors import DataError
 from fraudguard.paths import ProjectPaths
+from fraudguard.stages import stage_main
 
 logger = logging.getLogger(__name__)
+
+PARAMS = ("validate",)
+
+
+def section_of(settings: Settings) -> ValidateSettings:
+    return settings.validate_
+
+
+@dataclass(frozen=True)
+class ValidatePaths:
+    """The validate stage's files: every file of raw_dir in; the validated and quarantined rows and the report
+    out. root: what input names in the report and a relative terminal_locations path are relative to."""
+
+    root: Path
+    raw_dir: Path
+    validated: Path
+    quarantine: Path
+    report: Path
+
+    @classmethod
+    def of(cls, project: ProjectPaths) -> "ValidatePaths":
+        return cls(project.root, project.raw_dir, project.validated, project.quarantine, project.validation_report)
 
 
 def raw_files(raw_dir: Path) -> list[Path]:
@@ -34,42 +58,42 @@ def raw_files(raw_dir: Path) -> list[Path]:
     return files
 
 
-def run_validation(paths: ProjectPaths, settings: Settings) -> ValidationResult:
+def run(paths: ValidatePaths, section: ValidateSettings) -> ValidationResult:
     """Validate every raw file and write the validated, quarantine and report files. The quarantine
     file and report are written even when the batch is refused (DataError raised afterwards)."""
     files = raw_files(paths.raw_dir)
     frames = [read_transactions(f) for f in files]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     source = ", ".join(str(f.relative_to(paths.root)) for f in files)
-    locations = configured_terminal_locations(settings.validate_, paths.root)
+    locations = configured_terminal_locations(section, paths.root)
 
     refused: QuarantineShareExceeded | None = None
     try:
-        result = validate_transactions(frame, settings.validate_, source=source,
+        result = validate_transactions(frame, section, source=source,
                                        terminal_locations=locations)
     except QuarantineShareExceeded as exc:
         refused, result = exc, exc.result
 
-    report = _stage_report(result, files, paths, refused, settings)
+    report = _stage_report(result, files, paths, refused, section)
     write_transactions(result.quarantined, paths.quarantine)
-    write_json(paths.validation_report, report, sort_keys=True)
+    write_json(paths.report, report, sort_keys=True)
     if refused is not None:
         # A stale validated file from an earlier run must not pass for this batch's output.
         paths.validated.unlink(missing_ok=True)
         raise refused
     write_transactions(result.accepted, paths.validated)
     logger.info("validated %d rows: %d accepted, %d quarantined (report %s)", report["rows_in"],
-                report["rows_accepted"], report["rows_quarantined"], paths.validation_report)
+                report["rows_accepted"], report["rows_quarantined"], paths.report)
     return result
 
 
-def _stage_report(result: ValidationResult, files: list[Path], paths: ProjectPaths,
-                  refused: QuarantineShareExceeded | None, settings: Settings) -> dict[str, Any]:
+def _stage_report(result: ValidationResult, files: list[Path], paths: ValidatePaths,
+                  refused: QuarantineShareExceeded | None, section: ValidateSettings) -> dict[str, Any]:
     inputs = {str(f.relative_to(paths.root)): file_md5(f) for f in files}
     return {
         **result.report,
         **history_report(read_intake_record(paths.raw_dir), set(inputs.values()), result.report["fraud_rate"],
-                         settings.validate_.max_fraud_rate_change_factor),
+                         section.max_fraud_rate_change_factor),
         "passed": refused is None,
         "inputs": inputs,
     }
@@ -77,15 +101,7 @@ def _stage_report(result: ValidationResult, files: list[Path], paths: ProjectPat
 
 def main(root: Path | str = ".") -> None:
     """Stage entry point: params.yaml and the file layout of the project at `root`."""
-    from fraudguard.logs import configure_logging
-
-    configure_logging()
-    paths = ProjectPaths.at(root)
-    try:
-        run_validation(paths, load_settings(paths.params))
-    except FraudGuardError as exc:
-        logger.error("%s", exc)
-        raise SystemExit(1) from exc
+    stage_main(root, lambda project, settings: run(ValidatePaths.of(project), section_of(settings)))
 
 
 if __name__ == "__main__":
