@@ -44,22 +44,29 @@ def pull_data(root: Path, settings, data_revision: str | None) -> str:
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def reproduce(workspace: Path) -> dict[str, Any]:
+def reproduce(workspace: Path, settings) -> dict[str, Any]:
     from fraudguard.pipeline import reproduce_stages
+    from fraudguard.promotion import load_gate_libraries
 
-    outcome = reproduce_stages(workspace)
+    # The stages run in DVC's processes; meanwhile this one loads what the gates will need (torch, ART,
+    # scikit-learn, Evidently), which prepare-gates would otherwise load after registration.
+    outcome = reproduce_stages(workspace, meanwhile=lambda: load_gate_libraries(settings))
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}
 
 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register(root: Path, workspace: Path, settings, flow_run_id: str | None) -> dict[str, Any]:
-    """Register the workspace's outputs in root's store; the code revision recorded is root's."""
+    """Register the workspace's outputs in root's store; the code revision recorded is root's.
+
+    Runs right after dvc-repro in the same workspace: `dvc repro` has just made every stage's outputs match
+    dvc.lock (the weights are what these code, data and effective params produce), so the `dvc status`
+    check `fraudguard register` makes (pipeline.require_current_outputs) would only start DVC again to
+    prove the same thing.
+    """
     from fraudguard.names import CHAMPION_ALIAS
-    from fraudguard.pipeline import require_current_outputs
     from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
-    require_current_outputs(workspace)  # the weights are what these code, data and (effective) params produce
     client = configure_mlflow(root, settings)
     existing = find_identical_version(client, workspace, settings)
     if existing is not None:
@@ -196,7 +203,7 @@ def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promot
     """The flow after the data: stages in `workspace`, then register, gates and decision in root's store."""
     from fraudguard.reporting import champion_label, promotion_markdown
 
-    stages = reproduce(workspace)
+    stages = reproduce(workspace, settings)
     record = register(root, workspace, settings, flow_run.get_id())
     if record["is_champion"] and promote:
         return _finish(Completed, f"Unchanged v{record['version']}",

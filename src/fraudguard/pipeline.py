@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess  # nosec B404 - runs git with fixed argument lists (dvc goes through fraudguard.tools), no shell
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +40,31 @@ class ReproOutcome:
     seconds: float
 
 
-def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES) -> ReproOutcome:
-    """`dvc repro` the given stages (and what they depend on) in the project at `root`."""
+def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
+                     meanwhile: Callable[[], None] | None = None) -> ReproOutcome:
+    """`dvc repro` the given stages (and what they depend on) in the project at `root`.
+
+    meanwhile: work for this process while DVC runs the stages in their own processes (this one only waits
+    for them, and the stages leave a core free: training runs one torch thread). Best effort: an error in
+    it is logged, never raised; it does not change what DVC runs.
+    """
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     started = time.perf_counter()
     env = dict(os.environ)
     # Stage commands are `python -m fraudguard.stages.x`: make sure that python is this environment's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log.info("running dvc repro %s in %s", " ".join(stages), root)
-    # Not checked by run_dvc: a failed stage's traceback is in the whole output, not in dvc's last lines.
-    proc = run_dvc(["repro", *stages], root, check=False, env=env)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc-repro") as waiter:
+        # Not checked by run_dvc: a failed stage's traceback is in the whole output, not in dvc's last lines.
+        running = waiter.submit(run_dvc, ["repro", *stages], root, check=False, env=env)
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except Exception as exc:  # only a head start: whoever needs that work meets the error again
+                log.warning("work done while dvc repro ran failed: %s", exc)
+        proc = running.result()
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise DataVersionError(

@@ -186,6 +186,12 @@ def warm_imports(gates: Mapping[str, GateFn], extra: tuple[str, ...] = ()) -> No
             logger.warning("cannot pre-import %s for the gates: %s", name, exc)
 
 
+def load_gate_libraries(settings: "Settings") -> None:
+    """Import every configured gate and the libraries it needs (what `prepare` does before the gates run),
+    so a caller with idle time (the flow while DVC runs the stages) can do it ahead."""
+    warm_imports(discover_gates(settings), STANDARD_HEAVY_IMPORTS)
+
+
 def _run_one(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateContext,
              section: Any) -> tuple[GateResult, float]:
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import PROJECT_ROOT
 from fraudguard.errors import ConfigError, DataVersionError
-from fraudguard.pipeline import checkout_data_revision, override_workspace, validate_overrides
+from fraudguard.pipeline import checkout_data_revision, override_workspace, reproduce_stages, validate_overrides
 
 
 def _git(root: Path, *args: str) -> None:
@@ -107,3 +107,44 @@ def test_checkout_of_an_unknown_data_revision_names_it(tmp_path):
     (tmp_path / "data.dvc").write_text(_data_dvc("aaa.dir"))
     with pytest.raises(DataVersionError, match="no-such-rev"):
         checkout_data_revision(tmp_path, "no-such-rev")
+
+
+def _waiting_stage_project(root: Path) -> Path:
+    """A DVC project whose one stage succeeds only if the file `started` appears while it runs (60 s at most)."""
+    root.mkdir(parents=True)
+    (root / "stage.py").write_text(
+        "import pathlib, sys, time\n"
+        "marker = pathlib.Path('started')\n"
+        "for _ in range(600):\n"
+        "    if marker.exists():\n"
+        "        break\n"
+        "    time.sleep(0.1)\n"
+        "pathlib.Path('out.txt').write_text('done')\n"
+        "sys.exit(0 if marker.exists() else 1)\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"wait": {
+        "cmd": "python stage.py", "deps": ["stage.py"], "outs": ["out.txt"]}}}))
+    _git(root, "init", "-q")
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def test_reproduce_stages_does_the_meanwhile_work_while_dvc_runs_the_stages(tmp_path):
+    root = _waiting_stage_project(tmp_path / "project")
+
+    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda: (root / "started").write_text("x"))
+
+    assert outcome.ran == ("wait",)
+    assert (root / "out.txt").read_text() == "done"
+
+
+def test_a_failing_meanwhile_work_is_logged_and_the_stages_still_run(tmp_path, caplog):
+    root = _waiting_stage_project(tmp_path / "project")
+    (root / "started").write_text("x")
+
+    def broken() -> None:
+        raise RuntimeError("cannot import a gate library")
+
+    outcome = reproduce_stages(root, ("wait",), meanwhile=broken)
+
+    assert outcome.ran == ("wait",)
+    assert "cannot import a gate library" in caplog.text

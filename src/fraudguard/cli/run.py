@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 ROOT_OPTION = typer.Option(Path("."), "--root", help="Project root (holds params.yaml, dvc.yaml, flows/).")
 
@@ -45,8 +49,10 @@ def run(
 
     from fraudguard.logs import configure_logging
     from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
+    from fraudguard.shutdown import skip_final_collection
 
     root = root.resolve()
+    skip_final_collection()
     configure_logging()
     _prepare_local_prefect(root)
     overrides = {}
@@ -57,7 +63,22 @@ def run(
             raise typer.Exit(2)
         overrides[key] = yaml.safe_load(value)
     os.environ["FRAUDGUARD_PROJECT_DIR"] = str(root)
+    server = TemporaryServerStart.begin()
     flow = load_flow(root, "train_and_promote", "train_and_promote")
+    if server is not None:
+        # While the server boots (another interpreter that imports Prefect's server and migrates a fresh
+        # database), load here what the flow's tasks would otherwise load one after another.
+        import time
+
+        started = time.perf_counter()
+        preload_for_flow(root, overrides or None)
+        preloaded = time.perf_counter()
+        problem = server.wait()
+        logger.info("flow libraries and MLflow store loaded in %.1f s; temporary server ready %.1f s later",
+                    preloaded - started, time.perf_counter() - preloaded)
+        if problem:
+            typer.echo(f"error: Prefect's temporary API server did not start: {problem}", err=True)
+            raise typer.Exit(1)
     state = flow(promote=promote, params_overrides=overrides or None, return_state=True)
     summary = {"data": summarize_data(root), "registry": summarize_registry(root)}
     typer.echo("")
@@ -74,6 +95,92 @@ def run(
             except Exception as exc:  # show the cause, not a Prefect traceback
                 typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+
+
+class TemporaryServerStart:
+    """Prefect's temporary API server, started in a thread before the flow asks for it.
+
+    The flow's first API call starts the same server (one per process, SubprocessASGIServer's singleton)
+    and waits for it; started here, the main thread can do useful work during those seconds instead.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self.error: BaseException | None = None
+        self._server = server
+        self._thread = threading.Thread(target=self._start, name="prefect-temporary-server", daemon=True)
+
+    @classmethod
+    def begin(cls) -> "TemporaryServerStart | None":
+        """Start the server's boot now; None when a Prefect API is configured (no temporary server then)."""
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            return None
+        # Imported here, not in the thread: two threads importing Prefect's modules at once can deadlock.
+        from prefect.logging.configuration import ensure_logging_setup
+        from prefect.server.api.server import SubprocessASGIServer
+
+        ensure_logging_setup()  # what `import prefect` does: the server's start is logged as before
+
+        starting = cls(SubprocessASGIServer())
+        starting._thread.start()
+        return starting
+
+    def _start(self) -> None:
+        try:
+            self._server.start()  # waits up to PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+        except Exception as exc:  # reported by wait(), in the main thread
+            self.error = exc
+
+    def wait(self) -> str | None:
+        """Block until the server answers its health check; the reason (one line) when it never did."""
+        self._thread.join()
+        if self.error is None:
+            return None
+        return (str(self.error).strip().splitlines() or [type(self.error).__name__])[0][:300]
+
+
+# What register-model imports (MLflow, torch for the bundle, matplotlib for the loss curve), loaded while the
+# temporary server starts. The gates' libraries load later, while DVC runs the stages (flows/).
+FLOW_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
+                "fraudguard.tracking")
+
+
+def preload_for_flow(root: Path, overrides: dict[str, Any] | None) -> None:
+    """Import the libraries the flow's tasks need and open the MLflow store (creating its tables when new).
+
+    The same work the tasks would do later, done now so that it overlaps the server's start; each step is
+    best effort: on a failure the task that needs it meets the same error and reports it.
+    """
+    from fraudguard.pipeline import validate_overrides
+    from fraudguard.promotion import warm_imports
+    from fraudguard.tracking import configure_mlflow
+
+    try:
+        settings = validate_overrides(root / "params.yaml", overrides)
+    except Exception as exc:  # the flow's validate-params task reports it
+        logger.debug("preload skipped: %s", exc)
+        return
+    steps = (
+        ("imports", lambda: warm_imports({}, FLOW_IMPORTS)),
+        ("MLflow store", lambda: configure_mlflow(root, settings)),
+        ("installed-package map", _load_mlflow_package_map),
+    )
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            logger.debug("preload of %s failed (the task that needs it will report it): %s", what, exc)
+
+
+def _load_mlflow_package_map() -> None:
+    """MLflow maps installed packages to modules (importlib.metadata over every distribution) the first time
+    it checks a logged model's requirements; that map is cached per process, so build it now."""
+    from mlflow.utils import requirements_utils
+
+    init = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # private: absent means skip
+    if callable(init):
+        init()
 
 
 def summarize_data(root: Path) -> dict[str, Any]:

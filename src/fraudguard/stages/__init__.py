@@ -31,7 +31,11 @@ def stage_main(root: Path | str, run_stage: Callable[[ProjectPaths, Settings], o
     """A stage's entry point: logging on, params.yaml of the checkout at root read, run_stage called; a
     FraudGuardError (bad params, bad data) is logged as one line and exits with status 1, no traceback."""
     from fraudguard.logs import configure_logging
+    from fraudguard.shutdown import skip_final_collection
 
+    # A stage is a short-lived process under `dvc repro`: it exits without the interpreter's final garbage
+    # collection (about 0.8 s of the evaluate stage's wall time on 2 cores).
+    skip_final_collection()
     configure_logging()
     project = ProjectPaths.at(root)
     try:
