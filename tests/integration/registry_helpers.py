@@ -95,13 +95,13 @@ def promote_with_gates(client: MlflowClient, name: str, version: int, settings: 
 
 
 def feature_frame(settings: Settings, n: int, seed: int, amount_scale: float = 1.0) -> pd.DataFrame:
-    """A synthetic frame of the model features (amount columns scaled by `amount_scale`)."""
+    """A synthetic frame of the model features (amount and spend columns scaled by `amount_scale`)."""
     rng = np.random.default_rng(seed)
     data = {}
     for feature in settings.model.features:
         if feature in ("TX_DURING_WEEKEND", "TX_DURING_NIGHT"):
             data[feature] = rng.integers(0, 2, n).astype(float)
-        elif "AMOUNT" in feature:
+        elif "AMOUNT" in feature or "SPEND" in feature:  # money-valued: scaled with the amounts
             data[feature] = rng.gamma(2.0, 50.0, n) * amount_scale
         elif "RISK" in feature:
             data[feature] = rng.beta(1.0, 20.0, n)
