@@ -60,7 +60,7 @@ def set_up(tmp: Path) -> tuple[Path, dict[str, str], int]:
 
     _, repro_s = timed(reproduce_stages, root)
     settings = load_settings(root / "params.yaml")
-    client = configure_mlflow(root, settings)
+    client = configure_mlflow(root, settings.registry)
 
     def stand_in(gate: str):
         def run(candidate, context, section) -> GateResult:

@@ -37,7 +37,7 @@ def time_gates(client, root: Path, settings, version: int, label: str) -> dict[s
     report_dir = root / "reports" / "gates" / f"bench-v{version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     (candidate, context), context_s = timed(build_gate_context, client, root, settings, version, report_dir)
-    gates = discover_gates(settings)
+    gates = discover_gates(settings.gates)
     _, warm_s = timed(warm_imports, gates, STANDARD_HEAVY_IMPORTS)
     print(f"\n[{label}] version {version}; champion in context: "
           f"{context.champion.version if context.champion else 'none'}")
@@ -89,7 +89,7 @@ def main() -> None:
         outcome, repro_s = timed(reproduce_stages, root)
         print(f"temp project {root} (default params.yaml); dvc repro ran {list(outcome.ran)} in {repro_s:.1f} s")
         settings = load_settings(root / "params.yaml")
-        client = configure_mlflow(root, settings)
+        client = configure_mlflow(root, settings.registry)
         first, reg_s = timed(log_training_run, root, settings)
         print(f"registered version {first.version} in {reg_s:.1f} s")
         no_champion = time_gates(client, root, settings, first.version, "first candidate, no champion")

@@ -122,7 +122,7 @@ def main() -> None:
         _, repro_s = timed(reproduce_stages, root)
         settings = load_settings(root / "params.yaml")
         name = settings.registry.model_name
-        client = configure_mlflow(root, settings)
+        client = configure_mlflow(root, settings.registry)
         signer = load_signer()  # created here, inside the scratch dir, on first use
         verifier = signer.verifier()
 

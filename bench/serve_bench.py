@@ -71,7 +71,7 @@ def _setup(tmp: Path) -> tuple[Path, dict[str, str], pd.DataFrame, object]:
     params["serve"] = {"rate_limit_per_s": 100000, "rate_limit_burst": 100000, "reload_interval_s": 5}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     settings = load_settings(root / "params.yaml")
-    client = configure_mlflow(root, settings)
+    client = configure_mlflow(root, settings.registry)
     version = log_training_run(root, settings).version
     commit_params(root)
     report_dir = root / "reports" / "bench"

@@ -21,7 +21,7 @@ def pull_data(root: Path, settings) -> str:
     from fraudguard.data.versioning import pull_data as pull
     from fraudguard.paths import ProjectPaths
 
-    return pull(ProjectPaths.at(root), settings).md5
+    return pull(ProjectPaths.at(root), settings.data_remote, settings.simulate).md5
 
 
 @task(name="featurize", cache_policy=NO_CACHE)
@@ -36,7 +36,7 @@ def check_drift(root: Path, settings):
     from fraudguard.monitoring import check_champion_drift
     from fraudguard.tracking import configure_mlflow
 
-    return check_champion_drift(configure_mlflow(root, settings), root, settings)
+    return check_champion_drift(configure_mlflow(root, settings.registry), root, settings)
 
 
 @task(name="check-live-traffic", cache_policy=NO_CACHE)
@@ -50,7 +50,7 @@ def check_live(root: Path, settings):
     if not log.is_file():
         get_run_logger().info("no prediction log at %s: live traffic not checked", log)
         return None
-    return check_live_traffic(configure_mlflow(root, settings), log, settings, root / "reports" / "monitor",
+    return check_live_traffic(configure_mlflow(root, settings.registry), log, settings, root / "reports" / "monitor",
                               history=validated_history(root))
 
 

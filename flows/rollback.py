@@ -18,7 +18,7 @@ def rollback_champion(root: Path, to_version: int | None, reason: str | None):
     from fraudguard.tracking import configure_mlflow
 
     settings = load_settings(root / "params.yaml")
-    client = configure_mlflow(root, settings)
+    client = configure_mlflow(root, settings.registry)
     return rollback_registry(client, settings, to_version=to_version, reason=reason,
                              actor=f"prefect:{flow_run.get_id() or 'local'}")
 

@@ -38,7 +38,7 @@ def pull_data(root: Path, settings, data_revision: str | None) -> str:
     from fraudguard.pipeline import checkout_data_revision
 
     checkout_data_revision(root, data_revision)
-    outcome = pull(ProjectPaths.at(root), settings)
+    outcome = pull(ProjectPaths.at(root), settings.data_remote, settings.simulate)
     get_run_logger().info("data/raw %s (%s)", outcome.md5, outcome.source)
     return outcome.md5
 
@@ -50,7 +50,7 @@ def reproduce(workspace: Path, settings) -> dict[str, Any]:
 
     # The stages run in DVC's processes; meanwhile this one loads what the gates will need (torch, ART,
     # scikit-learn, Evidently), which prepare-gates would otherwise load after registration.
-    outcome = reproduce_stages(workspace, meanwhile=lambda: load_gate_libraries(settings))
+    outcome = reproduce_stages(workspace, meanwhile=lambda: load_gate_libraries(settings.gates))
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}
 
@@ -67,7 +67,7 @@ def register(root: Path, workspace: Path, settings, flow_run_id: str | None) -> 
     from fraudguard.names import CHAMPION_ALIAS
     from fraudguard.tracking import configure_mlflow, find_identical_version, log_training_run
 
-    client = configure_mlflow(root, settings)
+    client = configure_mlflow(root, settings.registry)
     existing = find_identical_version(client, workspace, settings)
     if existing is not None:
         mv = client.get_model_version(settings.registry.model_name, str(existing))
@@ -90,7 +90,7 @@ def prepare_gates(root: Path, workspace: Path, settings, version: int, promote: 
     from fraudguard.promotion import prepare
     from fraudguard.tracking import configure_mlflow
 
-    return prepare(configure_mlflow(root, settings), root, settings, version, promote=promote,
+    return prepare(configure_mlflow(root, settings.registry), root, settings, version, promote=promote,
                    workspace=workspace)
 
 
@@ -172,7 +172,7 @@ def decide_and_promote(root: Path, settings, gate_run, gate_runs: list, approval
     durations = {result.name: round(seconds, 3) for result, seconds in gate_runs}
     if approval is not None:
         results.append(approval_result(approval.approved, approval.reason))
-    return decide(configure_mlflow(root, settings), gate_run, results, durations,
+    return decide(configure_mlflow(root, settings.registry), gate_run, results, durations,
                   actor=f"prefect:{flow_run.get_id() or 'local'}",
                   approver=approval.approver if approval is not None and approval.approved else "")
 

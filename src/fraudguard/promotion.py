@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from fraudguard.config import Settings
+    from fraudguard.config import GatesSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +146,19 @@ class RollbackOutcome:
 
 # --------------------------------------------------------------------------------------- the gates
 
-def discover_gates(settings: "Settings") -> dict[str, GateFn]:
-    """gate name -> run function, one per `gates` section in params, from the table of gates
+def discover_gates(gates: "GatesSettings") -> dict[str, GateFn]:
+    """gate name -> run function, one per gate of params' `gates` section, from the table of gates
     (fraudguard.gates.table).
 
     A configured gate the table lacks becomes a gate that fails, never a silent skip.
     """
     from fraudguard.gates.table import GATE_TABLE
 
-    gates: dict[str, GateFn] = {}
-    for name in type(settings.gates).model_fields:
+    found: dict[str, GateFn] = {}
+    for name in type(gates).model_fields:
         gate = GATE_TABLE.get(name)
-        gates[name] = gate.run if gate is not None else _missing_gate(name, "not in fraudguard.gates.table")
-    return gates
+        found[name] = gate.run if gate is not None else _missing_gate(name, "not in fraudguard.gates.table")
+    return found
 
 
 def _missing_gate(name: str, problem: str) -> GateFn:
@@ -186,10 +186,10 @@ def warm_imports(gates: Mapping[str, GateFn], extra: tuple[str, ...] = ()) -> No
             logger.warning("cannot pre-import %s for the gates: %s", name, exc)
 
 
-def load_gate_libraries(settings: "Settings") -> None:
+def load_gate_libraries(gates: "GatesSettings") -> None:
     """Import every configured gate and the libraries it needs (what `prepare` does before the gates run),
     so a caller with idle time (the flow while DVC runs the stages) can do it ahead."""
-    warm_imports(discover_gates(settings), STANDARD_HEAVY_IMPORTS)
+    warm_imports(discover_gates(gates), STANDARD_HEAVY_IMPORTS)
 
 
 def _run_one(name: str, fn: GateFn, candidate: ModelUnderTest, context: GateContext,
@@ -419,7 +419,7 @@ def prepare(
         candidate = candidate or built_candidate
         context = context or built_context
     discovered = gates is None
-    gates = discover_gates(settings) if gates is None else dict(gates)
+    gates = discover_gates(settings.gates) if gates is None else dict(gates)
     warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
     return GateRun(model_name=name, version=version, champion_before=champion_before, candidate=candidate,
                    context=context, policy=policy, gates=gates, report_dir=report_dir, promote=promote,

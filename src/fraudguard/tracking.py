@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from fraudguard.config import Settings
+    from fraudguard.config import RegistrySettings, Settings
     from fraudguard.model import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     return (db.parent / ARTIFACTS_DIRNAME).resolve().as_uri()
 
 
-def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
+def configure_mlflow(root: Path | str, registry: "RegistrySettings") -> "MlflowClient":
     """Point MLflow (tracking and registry) at the project's store and make the experiment current.
 
     For entry points only (CLI commands, stage mains, flows): it sets process-wide MLflow state.
@@ -128,10 +128,10 @@ def configure_mlflow(root: Path | str, settings: "Settings") -> "MlflowClient":
     # Every call through the returned client is retried while the store is busy or unreachable.
     client = resilient(call_with_retries(MlflowClient, tracking_uri=uri, registry_uri=uri,
                                          what="opening the tracking store"))
-    experiment = call_with_retries(ensure_experiment, client, settings.registry.experiment,
-                                   what=f"opening experiment {settings.registry.experiment!r}")
+    experiment = call_with_retries(ensure_experiment, client, registry.experiment,
+                                   what=f"opening experiment {registry.experiment!r}")
     call_with_retries(mlflow.set_experiment, experiment_id=experiment, what="selecting the experiment")
-    logger.info("MLflow store %s, experiment %r", uri, settings.registry.experiment)
+    logger.info("MLflow store %s, experiment %r", uri, registry.experiment)
     return client
 
 
@@ -334,7 +334,7 @@ def log_training_run(
                                          settings.registry.reference_sample_seed)
             reference.to_parquet(tmp / "train_features.parquet", index=False)
             mlflow.log_artifact(str(tmp / "train_features.parquet"), Path(REFERENCE_ARTIFACT).parent.name)
-            version, model_id = _register_model(client, settings, weights, preprocess, tags,
+            version, model_id = _register_model(client, settings.registry, weights, preprocess, tags,
                                                 train_features.head(5))
             mlflow.set_tag(REGISTERED_VERSION_TAG, str(version))
             client.update_run(run_id, name=training_run_name(version, settings.train.seed, lineage))
@@ -405,13 +405,13 @@ def _log_files(paths: ProjectPaths, settings: "Settings", weights: Path, preproc
     mlflow.log_artifact(str(plot_loss_curve(history, tmp / "loss_curve.png")), "plots")
 
 
-def _register_model(client: "MlflowClient", settings: "Settings", weights: Path, preprocess: Path,
+def _register_model(client: "MlflowClient", registry: "RegistrySettings", weights: Path, preprocess: Path,
                     tags: dict[str, str], input_example: "pd.DataFrame") -> tuple[int, str]:
     """Log the pyfunc model in the active run as a new version, tagged; returns (version, model id)."""
     from fraudguard.model import load_bundle
     from fraudguard.pyfunc_model import log_pyfunc_model
 
-    model_name = settings.registry.model_name
+    model_name = registry.model_name
     bundle = load_bundle(weights, preprocess, expected_sha256=tags[WEIGHTS_SHA_TAG])
     model_info = log_pyfunc_model(
         bundle, weights, preprocess, tags[WEIGHTS_SHA_TAG], input_example,
@@ -496,7 +496,8 @@ def find_identical_version(client: "MlflowClient", root: Path | str, settings: "
     """The newest registered version built from exactly these weights, params and data, if any.
 
     A rerun in which DVC found every stage up to date produces no new model: the flow reuses that
-    version instead of registering a duplicate.
+    version instead of registering a duplicate. It takes the whole Settings because the params tag it
+    matches is the hash of the whole effective configuration (lineage.params_sha256).
     """
     from fraudguard.lineage import data_md5, params_sha256
     from fraudguard.files import sha256_file

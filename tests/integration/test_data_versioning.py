@@ -21,6 +21,7 @@ from fraudguard.data.validation import QuarantineShareExceeded
 from fraudguard.data.versioning import (
     DEFAULT_REMOTE_NAME,
     TEAM_REMOTE_NAME,
+    PullOutcome,
     directory_md5,
     ensure_default_remote,
     import_data,
@@ -95,10 +96,16 @@ def test_a_configured_default_remote_is_kept(origin, tmp_path):
     assert ensure_default_remote(origin) == "team"
 
 
+def pull_with_params(paths: ProjectPaths) -> PullOutcome:
+    """pull_data with the checkout's own params.yaml sections."""
+    settings = load_settings(paths.params)
+    return pull_data(paths, settings.data_remote, settings.simulate)
+
+
 def test_push_then_pull_on_a_fresh_clone_gets_the_remote_copy(origin, tmp_path):
     push_data(origin)
     fresh = clone(origin, tmp_path)
-    outcome = pull_data(fresh, load_settings(fresh.params))
+    outcome = pull_with_params(fresh)
     assert outcome.source == "remote"
     assert file_md5(fresh.raw_dir / "transactions.parquet") == file_md5(origin.raw_dir / "transactions.parquet")
 
@@ -118,7 +125,7 @@ def test_team_remote_in_params_carries_the_exact_data_version_to_another_host(or
     # Another host: its own clone and its own cache home, whose per-user fallback remote holds nothing.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "host-b-cache"))
     host_b = clone(origin, tmp_path, "host-b")
-    outcome = pull_data(host_b, load_settings(host_b.params))
+    outcome = pull_with_params(host_b)
     assert outcome.source == "remote"
     assert directory_md5(host_b.raw_dir) == tracked_md5(host_b) == tracked_md5(origin)
     assert file_md5(host_b.raw_dir / "transactions.parquet") == file_md5(origin.raw_dir / "transactions.parquet")
@@ -134,7 +141,7 @@ def test_team_remote_in_params_carries_the_exact_data_version_to_another_host(or
 
 def test_pull_without_remote_data_regenerates_the_tracked_version(origin, tmp_path):
     fresh = clone(origin, tmp_path)
-    outcome = pull_data(fresh, load_settings(fresh.params))
+    outcome = pull_with_params(fresh)
     assert outcome.source == "regenerated"
     assert directory_md5(fresh.raw_dir) == tracked_md5(fresh)
     # Committed into the clone's DVC cache, so it can be pushed from there.
@@ -146,7 +153,7 @@ def test_pull_refuses_regenerated_data_that_differs_from_data_dvc(origin, tmp_pa
     fresh.params.write_text(yaml.safe_dump(small_params({**TINY, "simulate": {**TINY["simulate"], "seed": 1}})))
     with pytest.raises(DataVersionError, match=r"regenerated data does not match data.dvc: expected "
                                                rf"{tracked_md5(fresh)}, got \w+\.dir"):
-        pull_data(fresh, load_settings(fresh.params))
+        pull_with_params(fresh)
     assert not fresh.raw_dir.exists()
 
 

@@ -233,7 +233,7 @@ def test_rollback_back_to_a_version_undoes_the_earlier_rollback():
 def test_gates_are_discovered_from_params_sections(small_settings):
     from fraudguard.gates.table import GATE_TABLE
 
-    gates = discover_gates(small_settings)
+    gates = discover_gates(small_settings.gates)
     assert list(gates) == list(small_settings.gates.model_dump())
     assert all(gates[name] == GATE_TABLE[name].run for name in gates)
 
@@ -255,7 +255,7 @@ def tracked_project(tmp_path, monkeypatch):
     for seed in (0, 1):
         write_pipeline_outputs(root, seed)
         settings = load_settings(root / "params.yaml")
-        client = configure_mlflow(root, settings)
+        client = configure_mlflow(root, settings.registry)
         versions.append(log_training_run(root, settings).version)
     commit_params(root)
     return client, root, settings, versions

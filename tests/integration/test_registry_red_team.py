@@ -87,7 +87,7 @@ def template(tmp_path_factory):
             params = _merge(yaml.safe_load((root / "params.yaml").read_text()), LENIENT_POLICY)
             (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             settings = load_settings(root / "params.yaml")
-            configure_mlflow(root, settings)  # sets MLflow's process-wide URI, which an earlier test may have set
+            configure_mlflow(root, settings.registry)  # sets MLflow's process-wide URI, which an earlier test may have set
             versions.append(log_training_run(root, settings, flow_run_id=None).version)
     finally:
         if previous is None:

@@ -122,7 +122,7 @@ def served(tmp_path_factory):
         for seed in (0, 1, 2):
             write_pipeline_outputs(root, seed, train)
             settings = load_settings(root / "params.yaml")
-            configure_mlflow(root, settings)
+            configure_mlflow(root, settings.registry)
             versions.append(log_training_run(root, settings, flow_run_id=None).version)
     finally:
         if previous is None:

@@ -91,7 +91,7 @@ def registered(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'store' / 'mlflow.db'}")
         (base / "store").mkdir()
-        client = configure_mlflow(root, settings)
+        client = configure_mlflow(root, settings.registry)
         record = log_training_run(root, settings)
         yield {"root": root, "base": base, "client": client, "record": record, "bundle": bundle,
                "settings": settings}

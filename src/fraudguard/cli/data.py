@@ -168,7 +168,8 @@ def pull(root: Path = ROOT_OPTION) -> None:
     configure_logging()
     try:
         paths = ProjectPaths.at(root)
-        outcome = pull_data(paths, load_settings(paths.params))
+        settings = load_settings(paths.params)
+        outcome = pull_data(paths, settings.data_remote, settings.simulate)
     except FraudGuardError as exc:
         _fail(exc)
     typer.echo(f"data/raw {outcome.md5}: {outcome.source}")

@@ -52,7 +52,7 @@ def register(
     try:
         settings = load_settings(params or root / "params.yaml")
         require_current_outputs(root)
-        configure_mlflow(root, settings)
+        configure_mlflow(root, settings.registry)
         record = log_training_run(root, settings, flow_run_id=flow_run_id)
     except FraudGuardError as exc:
         _fail(exc)
@@ -83,7 +83,7 @@ def lineage(
     root = root.resolve()
     try:
         settings = load_settings(params or root / "params.yaml")
-        client = configure_mlflow(root, settings)
+        client = configure_mlflow(root, settings.registry)
         tags = registered_version_tags(client, settings.registry.model_name, version)
     except FraudGuardError as exc:
         _fail(exc)

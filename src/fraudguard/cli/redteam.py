@@ -51,7 +51,7 @@ def redteam(
             from fraudguard.tracking import configure_mlflow
 
             settings = load_settings(root / "params.yaml")
-            run_id = log_scorecard(configure_mlflow(root, settings), settings.redteam.experiment, card, json_path)
+            run_id = log_scorecard(configure_mlflow(root, settings.registry), settings.redteam.experiment, card, json_path)
             typer.echo(f"MLflow run {run_id} in experiment {settings.redteam.experiment!r}")
     except FraudGuardError as exc:
         typer.echo(f"error: {str(exc)[:2000]}", err=True)

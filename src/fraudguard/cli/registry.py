@@ -37,7 +37,7 @@ def _open(root: Path) -> tuple["MlflowClient", "Settings"]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     root = root.resolve()
     settings = load_settings(root / "params.yaml")
-    return configure_mlflow(root, settings), settings
+    return configure_mlflow(root, settings.registry), settings
 
 
 def _fail(exc: Exception) -> None:

@@ -163,7 +163,7 @@ def preload_for_flow(root: Path, overrides: dict[str, Any] | None) -> None:
         return
     steps = (
         ("imports", lambda: warm_imports({}, FLOW_IMPORTS)),
-        ("MLflow store", lambda: configure_mlflow(root, settings)),
+        ("MLflow store", lambda: configure_mlflow(root, settings.registry)),
         ("installed-package map", _load_mlflow_package_map),
     )
     for what, step in steps:
@@ -212,7 +212,7 @@ def summarize_registry(root: Path) -> dict[str, Any]:
     from fraudguard.tracking import configure_mlflow
 
     settings = load_settings(root / "params.yaml")
-    client = configure_mlflow(root, settings)
+    client = configure_mlflow(root, settings.registry)
     name = settings.registry.model_name
     try:
         newest = newest_version(client, name)

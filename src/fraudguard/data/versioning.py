@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fraudguard.config import DataRemoteSettings, Settings, SimulateSettings, ValidateSettings
+from fraudguard.config import DataRemoteSettings, SimulateSettings, ValidateSettings
 from fraudguard.data import schema
 from fraudguard.data.history import (
     CHANGED_HISTORY,
@@ -178,19 +178,19 @@ def push_data(paths: ProjectPaths, remote: DataRemoteSettings | None = None) -> 
     return name
 
 
-def pull_data(paths: ProjectPaths, settings: Settings) -> PullOutcome:
+def pull_data(paths: ProjectPaths, remote: DataRemoteSettings, simulate: SimulateSettings) -> PullOutcome:
     """Make data/raw hold data.dvc's version: pull it, or (no remote has it) regenerate it with the
     simulator, refusing with DataVersionError if the regenerated md5 differs from data.dvc's."""
     expected = tracked_md5(paths)
-    remote = ensure_default_remote(paths, settings.data_remote)
+    remote_name = ensure_default_remote(paths, remote)
     proc = run_dvc(["pull", "--quiet", paths.raw_dvc_file.name], paths.root, check=False)
     if proc.returncode == 0 and paths.raw_dir.is_dir():
-        logger.info("pulled data/raw (%s) from remote %s", expected, remote)
+        logger.info("pulled data/raw (%s) from remote %s", expected, remote_name)
         return PullOutcome("remote", expected, paths.raw_dir)
     dvc_said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
     logger.warning("dvc pull found no copy of data/raw (%s) on remote %s: regenerating it with the simulator "
-                   "(dvc: %s)", expected, remote, dvc_said[-1] if dvc_said else "no output")
-    return _regenerate(paths, settings.simulate, expected)
+                   "(dvc: %s)", expected, remote_name, dvc_said[-1] if dvc_said else "no output")
+    return _regenerate(paths, simulate, expected)
 
 
 def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSettings, *, force: bool = False,

@@ -105,7 +105,7 @@ def configured_gates(ctx: RedTeamContext) -> dict:
     """The promotion's gates (fraudguard.promotion.discover_gates) but redteam.skip_gates."""
     from fraudguard.promotion import discover_gates
 
-    return {name: fn for name, fn in discover_gates(ctx.settings).items()
+    return {name: fn for name, fn in discover_gates(ctx.settings.gates).items()
             if name not in ctx.settings.redteam.skip_gates}
 
 

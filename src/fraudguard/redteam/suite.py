@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from fraudguard.errors import ConfigError, ModelError
 from fraudguard.paths import ProjectPaths
 from fraudguard.redteam.base import RedTeamContext
 from fraudguard.redteam.scorecard import Scorecard
 
+if TYPE_CHECKING:
+    from fraudguard.config import RegistrySettings
+    from fraudguard.model import ModelBundle
+
 logger = logging.getLogger(__name__)
 
 TARGETS = ("candidate", "champion")
 
 
-def load_target(paths: ProjectPaths, settings, target: str, work_dir: Path):
+def load_target(paths: ProjectPaths, registry: RegistrySettings, target: str, work_dir: Path) -> tuple[ModelBundle, str]:
     """(bundle, description) of the model attacked: the project's models/ (its sha256 checked against
     models/metrics.json) or the registry's champion (checked against its version's sha256 tag)."""
     import json
@@ -36,12 +40,12 @@ def load_target(paths: ProjectPaths, settings, target: str, work_dir: Path):
         from fraudguard.registry import get_champion_version
         from fraudguard.tracking import configure_mlflow, load_bundle_for_version
 
-        client = configure_mlflow(paths.root, settings)
-        version = get_champion_version(client, settings.registry.model_name)
+        client = configure_mlflow(paths.root, registry)
+        version = get_champion_version(client, registry.model_name)
         if version is None:
-            raise ModelError(f"model {settings.registry.model_name!r} has no champion to attack; "
+            raise ModelError(f"model {registry.model_name!r} has no champion to attack; "
                              "use --target candidate")
-        bundle = load_bundle_for_version(client, settings.registry.model_name, version, work_dir / "champion")
+        bundle = load_bundle_for_version(client, registry.model_name, version, work_dir / "champion")
         return bundle, f"champion (version {version})"
     raise ConfigError(f"unknown red-team target {target!r}; expected one of {', '.join(TARGETS)}")
 
@@ -59,7 +63,7 @@ def build_context(root: Path, target: str, work_dir: Path, versioned: bool = Tru
 
     source = ProjectPaths.at(root)
     settings = load_settings(source.params)
-    bundle, name = load_target(source, settings, target, work_dir)
+    bundle, name = load_target(source, settings.registry, target, work_dir)
     base = make_scratch_project(source, work_dir / "base", versioned=versioned)
     frames = [read_transactions(f) for f in validate.raw_files(base.raw_dir)]
     raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

@@ -11,7 +11,9 @@ from fraudguard.config import Settings
 
 
 def build_app(root: Path, settings: Settings, tracking_uri: str | None = None, api_clients=None) -> Any:
-    """The gateway's ASGI app for the project at `root` (store from $MLFLOW_TRACKING_URI or the project's)."""
+    """The gateway's ASGI app for the project at `root` (store from $MLFLOW_TRACKING_URI or the project's).
+
+    The whole Settings, because the Gateway reads the serve, validate, featurize and registry sections."""
     from mlflow import MlflowClient
 
     from fraudguard.serving.app import Gateway, create_app
