@@ -158,15 +158,19 @@ def test_own_label_never_used_even_without_label_delay():
     assert by_id(features, 1)["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1  # the earlier row only, not itself
 
 
-def test_matches_handbook_pandas_rolling_on_random_data():
-    rng = np.random.default_rng(0)
-    n = 3000
-    frame = pd.DataFrame({
+def random_transactions(n: int, days: int, customers: int, seed: int) -> pd.DataFrame:
+    """n raw transactions spread uniformly over `days` days, 80 terminals, ~10 % fraud."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
         "TRANSACTION_ID": np.arange(n),
-        "TX_DATETIME": np.datetime64("2024-04-01") + rng.integers(0, 60 * 86400, n).astype("timedelta64[s]"),
-        "CUSTOMER_ID": rng.integers(0, 50, n), "TERMINAL_ID": rng.integers(0, 80, n),
+        "TX_DATETIME": np.datetime64("2024-04-01") + rng.integers(0, days * 86400, n).astype("timedelta64[s]"),
+        "CUSTOMER_ID": rng.integers(0, customers, n), "TERMINAL_ID": rng.integers(0, 80, n),
         "TX_AMOUNT": rng.gamma(2.0, 30.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.1).astype(int),
     })
+
+
+def test_matches_handbook_pandas_rolling_on_random_data():
+    frame = random_transactions(3000, days=60, customers=50, seed=0)
     ours = compute_features(frame, SETTINGS).set_index("TRANSACTION_ID")
     delay = SETTINGS.label_delay_days
     for _, group in frame.sort_values("TX_DATETIME", kind="mergesort").groupby("CUSTOMER_ID"):
@@ -190,14 +194,7 @@ def test_matches_handbook_pandas_rolling_on_random_data():
 
 
 def test_hour_windows_match_pandas_rolling_count_and_sum_on_dense_random_data():
-    rng = np.random.default_rng(1)
-    n = 2000
-    frame = pd.DataFrame({
-        "TRANSACTION_ID": np.arange(n),
-        "TX_DATETIME": np.datetime64("2024-04-01") + rng.integers(0, 2 * 86400, n).astype("timedelta64[s]"),
-        "CUSTOMER_ID": rng.integers(0, 20, n), "TERMINAL_ID": rng.integers(0, 80, n),
-        "TX_AMOUNT": rng.gamma(2.0, 30.0, n).round(2), "TX_FRAUD": (rng.random(n) < 0.1).astype(int),
-    })
+    frame = random_transactions(2000, days=2, customers=20, seed=1)
     settings = SETTINGS.model_copy(update={"windows_hours": [1, 3]})
     ours = compute_features(frame, settings).set_index("TRANSACTION_ID")
     for _, group in frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"], kind="mergesort").groupby("CUSTOMER_ID"):
