@@ -2,7 +2,9 @@
 
 Both run from this interpreter's environment (the venv), with a fixed argument list and no shell. One
 runner each, so every caller gets the same executable, the same environment and the same failure
-message (the tool's own last lines, naming the command and the directory).
+message (the tool's own last lines, naming the command and the directory). `dvc_repo` is DVC's Python
+API on a project, for callers that would otherwise start a `dvc` interpreter (1-2 s each) to read its
+config, pull or commit.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import os
 import shutil
 import subprocess  # nosec B404 - runs the venv's own dvc and bandit with fixed argument lists, no shell
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fraudguard.errors import DataVersionError, StaticAnalysisError
 from fraudguard.files import read_json_object
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,24 @@ def run_dvc(args: Sequence[str], cwd: Path, check: bool = True,
             + (" ".join(message[-5:]) if message else "no output")
         )
     return proc
+
+
+@contextmanager
+def dvc_repo(root: Path) -> Iterator["Repo"]:
+    """DVC's Python API (`dvc.repo.Repo`) on the DVC project at root, closed when the block ends; DVC's own
+    errors raised in the block (DvcException) become DataVersionError naming the directory and DVC's words.
+
+    The same code the `dvc` command runs, in this process: no interpreter start, no second import of DVC.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    except DvcException as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise DataVersionError(f"DVC in {root}: {exc}{cause}") from exc
 
 
 def run_bandit(targets: Sequence[Path | str], report_path: Path, *, cwd: Path | None = None,
