@@ -223,7 +223,7 @@ class EarlyPrefectServer:
 
     def stop(self) -> None:
         """Terminate the server (as Prefect stops its temporary server: 5 s, then kill)."""
-        import subprocess  # nosec B404
+        import subprocess  # nosec B404 - only for TimeoutExpired: the process is the one _spawn started
 
         if self.process is None:
             return
