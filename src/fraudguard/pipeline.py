@@ -28,6 +28,12 @@ from fraudguard.tools import run_dvc
 log = logging.getLogger(__name__)
 
 PIPELINE_STAGES = ("validate", "featurize", "train", "evaluate")
+# What the stages import when they run in this process (reproduce_stages), in the order they need it: the
+# stage modules and the libraries their run()s import lazily. A caller with idle time loads them ahead.
+STAGE_IMPORTS = ("dvc.repo", "fraudguard.data.versioning", "fraudguard.data.simulator",
+                 "fraudguard.stages.validate", "fraudguard.stages.featurize", "fraudguard.stages.train",
+                 "fraudguard.model", "fraudguard.evaluation", "fraudguard.attacks", "sklearn.metrics",
+                 "matplotlib.figure", "fraudguard.stages.evaluate")
 _SKIPPED = re.compile(r"Stage '([\w-]+)' didn't change, skipping")
 
 
@@ -307,6 +313,7 @@ def checkout_data_revision(root: Path, revision: str | None) -> str:
 
 __all__ = [
     "PIPELINE_STAGES",
+    "STAGE_IMPORTS",
     "ReproOutcome",
     "ConfigError",
     "checkout_data_revision",

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,11 +79,11 @@ def run(
         import time
 
         started = time.perf_counter()
-        preload_for_flow(root, overrides or None)
+        left = preload_for_flow(root, overrides or None, until=server.ready)
         preloaded = time.perf_counter()
         problem = server.wait()
-        logger.info("flow libraries and MLflow store loaded in %.1f s; temporary server ready %.1f s later",
-                    preloaded - started, time.perf_counter() - preloaded)
+        logger.info("loaded ahead in %.1f s (left to the flow: %s); temporary server ready %.1f s later",
+                    preloaded - started, ", ".join(left) or "nothing", time.perf_counter() - preloaded)
         if problem:
             typer.echo(f"error: Prefect's temporary API server did not start: {problem}", err=True)
             raise typer.Exit(1)
@@ -180,8 +181,8 @@ class EarlyPrefectServer:
         server._spawn()
         os.environ["PREFECT_API_URL"] = server.api_url
         atexit.register(server.stop)
-        logger.info("Starting temporary server on http://127.0.0.1:%d (Prefect's API for this run, started before "
-                    "the CLI loads Prefect; stopped when it exits)", server.port)
+        _announce("Starting temporary server on http://127.0.0.1:%d (Prefect's API for this run, started before "
+                  "the CLI loads Prefect; stopped when it exits)", server.port)
         return server
 
     def _spawn(self) -> None:
@@ -194,6 +195,19 @@ class EarlyPrefectServer:
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env=self._env)
+
+    def ready(self) -> bool:
+        """Whether the server answers its health check now (does not wait)."""
+        import urllib.error
+        import urllib.request
+
+        if self.process is None or self.process.poll() is not None:
+            return True  # nothing to wait for: wait() reports why
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:  # nosec B310 - our http://127.0.0.1 URL
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def wait(self) -> str | None:
         """Block until the server answers its health check; the reason (one line) when it never did."""
@@ -227,7 +241,7 @@ class EarlyPrefectServer:
 
         if self.process is None:
             return
-        logger.info("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        _announce("Stopping temporary server on http://127.0.0.1:%d", self.port)
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
@@ -235,6 +249,15 @@ class EarlyPrefectServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def _announce(message: str, *args: object) -> None:
+    """Log on the logger Prefect's own temporary server announces itself on ("prefect"), at Prefect's log level:
+    the CLI's quiet default (WARNING) must not hide the server's start and stop, as Prefect's do not."""
+    announcer = logging.getLogger("prefect")
+    if announcer.level == logging.NOTSET:  # Prefect not configured yet: what its set-up will apply
+        announcer.setLevel(os.environ.get("PREFECT_LOGGING_LEVEL", "INFO").upper())
+    announcer.info(message, *args)
 
 
 def _free_port() -> int:
@@ -288,6 +311,10 @@ class TemporaryServerStart:
         except Exception as exc:  # reported by wait(), in the main thread
             self.error = exc
 
+    def ready(self) -> bool:
+        """Whether the start is over (ready or failed: wait() says which); does not wait."""
+        return not self._thread.is_alive()
+
     def wait(self) -> str | None:
         """Block until the server answers its health check; the reason (one line) when it never did."""
         self._thread.join()
@@ -296,37 +323,44 @@ class TemporaryServerStart:
         return (str(self.error).strip().splitlines() or [type(self.error).__name__])[0][:300]
 
 
-# What register-model imports (MLflow, torch for the bundle, matplotlib for the loss curve), loaded while the
-# temporary server starts. The gates' libraries load later, while DVC runs the stages (flows/).
+# What register-model imports (MLflow, torch for the bundle, matplotlib for the loss curve).
 FLOW_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
                 "fraudguard.tracking")
 
 
-def preload_for_flow(root: Path, overrides: dict[str, Any] | None) -> None:
-    """Import the libraries the flow's tasks need and open the MLflow store (creating its tables when new).
+def preload_for_flow(root: Path, overrides: dict[str, Any] | None,
+                     until: Callable[[], bool] = lambda: False) -> list[str]:
+    """Load what the flow's tasks will need, in the order they need it, until `until()` says to stop (the
+    temporary server is ready); returns what was left (the tasks load it when they get there).
 
-    The same work the tasks would do later, done now so that it overlaps the server's start; each step is
-    best effort: on a failure the task that needs it meets the same error and reports it.
+    In order: the stages' libraries (pull-data and dvc-repro run first), MLflow and the store (creating its
+    tables when new: register-model), MLflow's installed-package map, the gates' libraries (prepare-gates).
+    The same work the tasks would do later, done while the process would otherwise wait; each step is best
+    effort: on a failure the task that needs it meets the same error and reports it.
     """
-    from fraudguard.pipeline import validate_overrides
-    from fraudguard.promotion import warm_imports
+    from fraudguard.pipeline import STAGE_IMPORTS, validate_overrides
+    from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, discover_gates, warm_imports
     from fraudguard.tracking import configure_mlflow
 
     try:
         settings = validate_overrides(root / "params.yaml", overrides)
     except Exception as exc:  # the flow's validate-params task reports it
         logger.debug("preload skipped: %s", exc)
-        return
-    steps = (
-        ("imports", lambda: warm_imports({}, FLOW_IMPORTS)),
+        return ["everything (params do not validate)"]
+    steps: list[tuple[str, Callable[[], object]]] = [
+        *((name, lambda name=name: warm_imports({}, (name,))) for name in (*STAGE_IMPORTS, *FLOW_IMPORTS)),
         ("MLflow store", lambda: configure_mlflow(root, settings.registry)),
         ("installed-package map", _load_mlflow_package_map),
-    )
-    for what, step in steps:
+        ("gate libraries", lambda: warm_imports(discover_gates(settings.gates), STANDARD_HEAVY_IMPORTS)),
+    ]
+    for index, (what, step) in enumerate(steps):
+        if until():
+            return [name for name, _ in steps[index:]]
         try:
             step()
         except Exception as exc:
             logger.debug("preload of %s failed (the task that needs it will report it): %s", what, exc)
+    return []
 
 
 def _load_mlflow_package_map() -> None:
