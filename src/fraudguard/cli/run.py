@@ -347,11 +347,14 @@ def preload_for_flow(root: Path, overrides: dict[str, Any] | None,
     except Exception as exc:  # the flow's validate-params task reports it
         logger.debug("preload skipped: %s", exc)
         return ["everything (params do not validate)"]
+    # One module a step, so that loading stops soon after the server answers: what is left loads in the
+    # flow, the gates' libraries while the stages run (flows/train_and_promote.py).
     steps: list[tuple[str, Callable[[], object]]] = [
         *((name, lambda name=name: warm_imports({}, (name,))) for name in (*STAGE_IMPORTS, *FLOW_IMPORTS)),
         ("MLflow store", lambda: configure_mlflow(root, settings.registry)),
         ("installed-package map", _load_mlflow_package_map),
-        ("gate libraries", lambda: warm_imports(discover_gates(settings.gates), STANDARD_HEAVY_IMPORTS)),
+        ("gate modules", lambda: discover_gates(settings.gates)),
+        *((name, lambda name=name: warm_imports({}, (name,))) for name in STANDARD_HEAVY_IMPORTS),
     ]
     for index, (what, step) in enumerate(steps):
         if until():
