@@ -68,6 +68,7 @@ def dvc_repo(root: Path) -> Iterator["Repo"]:
     errors raised in the block (DvcException) become DataVersionError naming the directory and DVC's words.
 
     The same code the `dvc` command runs, in this process: no interpreter start, no second import of DVC.
+    DVC reads relative targets against the process's working directory, not root: give absolute paths.
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo

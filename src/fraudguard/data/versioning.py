@@ -214,7 +214,7 @@ def pull_data(paths: ProjectPaths, remote: DataRemoteSettings, simulate: Simulat
     with dvc_repo(paths.root) as repo:
         remote_name = ensure_default_remote(paths, remote, repo)
         try:
-            repo.pull(targets=[paths.raw_dvc_file.name])
+            repo.pull(targets=[str(paths.raw_dvc_file)])  # absolute: DVC reads targets against the cwd
             problem = None
         except DvcException as exc:  # no copy on the remote (or no remote reachable): regenerate
             problem = f"{exc}" + (f" ({exc.__cause__})" if exc.__cause__ is not None else "")
@@ -468,7 +468,7 @@ def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str, 
     if paths.raw_dir.exists() and any(paths.raw_dir.iterdir()):
         present = directory_md5(paths.raw_dir)
         if present == expected:
-            repo.commit(paths.raw_dvc_file.name, force=True)
+            repo.commit(str(paths.raw_dvc_file), force=True)
             return PullOutcome("present", expected, paths.raw_dir)
         raise DataVersionError(
             f"{paths.raw_dir} holds data ({present}) that is neither data.dvc's version ({expected}) nor "
@@ -489,6 +489,6 @@ def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str, 
         if paths.raw_dir.exists():
             paths.raw_dir.rmdir()  # empty, checked above
         os.replace(staged, paths.raw_dir)
-    repo.commit(paths.raw_dvc_file.name, force=True)  # `dvc commit --force data.dvc`: data/raw into the cache
+    repo.commit(str(paths.raw_dvc_file), force=True)  # `dvc commit --force data.dvc`: data/raw into the cache
     logger.info("regenerated data/raw, md5 %s matches data.dvc", expected)
     return PullOutcome("regenerated", expected, paths.raw_dir)
