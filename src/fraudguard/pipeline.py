@@ -23,7 +23,7 @@ import yaml
 
 from fraudguard.config import Settings, load_settings, merge_overrides, parse_settings
 from fraudguard.errors import ConfigError, DataVersionError
-from fraudguard.tools import run_dvc
+from fraudguard.tools import dvc_console_quiet, run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _repro_in_process(root: Path, stages: tuple[str, ...]) -> tuple[tuple[str, .
     run_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     skips = _SkipLog()
     dvc_logger = logging.getLogger("dvc")
-    with _REPRO_LOCK:
+    with _REPRO_LOCK, dvc_console_quiet():  # DVC's lines stay out of the caller's output, as before
         dvc_stage_run.cmd_run = run_stage_cmd
         dvc_logger.addHandler(skips)
         cwd = os.getcwd()

@@ -74,11 +74,32 @@ def dvc_repo(root: Path) -> Iterator["Repo"]:
     from dvc.repo import Repo
 
     try:
-        with Repo(str(root)) as repo:
+        with dvc_console_quiet(), Repo(str(root)) as repo:
             yield repo
     except DvcException as exc:
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
         raise DataVersionError(f"DVC in {root}: {exc}{cause}") from exc
+
+
+@contextmanager
+def dvc_console_quiet() -> Iterator[None]:
+    """DVC's own console output off for the block: importing DVC gives its `dvc` logger stdout/stderr
+    handlers (and it propagates to ours), so its progress lines ("Updating lock file", "To track the changes
+    with git, run: ...") would land in the caller's output, which the `dvc` command's captured output never
+    did. Handlers and propagation are restored afterwards; a handler added in the block still sees the records."""
+    import dvc.logger  # noqa: F401 - installs DVC's handlers now, so the block starts from them
+
+    dvc_logger = logging.getLogger("dvc")
+    handlers, propagate = list(dvc_logger.handlers), dvc_logger.propagate
+    for handler in handlers:
+        dvc_logger.removeHandler(handler)
+    dvc_logger.propagate = False
+    try:
+        yield
+    finally:
+        dvc_logger.propagate = propagate
+        for handler in handlers:
+            dvc_logger.addHandler(handler)
 
 
 def run_bandit(targets: Sequence[Path | str], report_path: Path, *, cwd: Path | None = None,
