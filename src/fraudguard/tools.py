@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # dvc prints this help footer under every error; it says nothing about the failure.
 _DVC_FOOTER = "Having any troubles?"
+# The loggers DVC gives console handlers when it is imported (dvc.logger.setup).
+_DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
 # Bandit exits 1 when it finds issues; any other non-zero exit is a failure to scan.
 _BANDIT_OK_EXITS = (0, 1)
 
@@ -89,17 +91,20 @@ def dvc_console_quiet() -> Iterator[None]:
     did. Handlers and propagation are restored afterwards; a handler added in the block still sees the records."""
     import dvc.logger  # noqa: F401 - installs DVC's handlers now, so the block starts from them
 
-    dvc_logger = logging.getLogger("dvc")
-    handlers, propagate = list(dvc_logger.handlers), dvc_logger.propagate
-    for handler in handlers:
-        dvc_logger.removeHandler(handler)
-    dvc_logger.propagate = False
+    saved = []
+    for name in _DVC_LOGGERS:
+        dvc_logger = logging.getLogger(name)
+        saved.append((dvc_logger, list(dvc_logger.handlers), dvc_logger.propagate))
+        for handler in list(dvc_logger.handlers):
+            dvc_logger.removeHandler(handler)
+        dvc_logger.propagate = False
     try:
         yield
     finally:
-        dvc_logger.propagate = propagate
-        for handler in handlers:
-            dvc_logger.addHandler(handler)
+        for dvc_logger, handlers, propagate in saved:
+            dvc_logger.propagate = propagate
+            for handler in handlers:
+                dvc_logger.addHandler(handler)
 
 
 def run_bandit(targets: Sequence[Path | str], report_path: Path, *, cwd: Path | None = None,
