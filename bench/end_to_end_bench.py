@@ -17,7 +17,8 @@ How each figure is obtained:
                  orchestration, DVC bookkeeping, MLflow tracking and registry, gate context and reports.
   timeline       the run's own log timestamps cut it into start-up, Prefect server start, each flow task
                  and wrap-up, so the non-compute time can be located.
-Issue targets: total under 3 min on 2 cores; non-compute under 15% of total.
+Issue targets: total under 3 min on 2 cores; non-compute at most 25% of total (issue 14 §5; an earlier
+issue asked for 15%).
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def run_timeline(stderr: str, started: float, ended: float) -> list[tuple[str, f
     segments = [*(f"task {name}" for name in TASKS_BEFORE_GATES), f"{n_gates} gate tasks (concurrent)",
                 *(f"task {name}" for name in TASKS_AFTER_GATES)]
     ends = [*before, gates_end, *task_ends[len(before) + n_gates:]]
-    points = [("start-up: interpreter, CLI and Prefect imports, flow file", started, marks["server"]),
-              ("Prefect temporary API server start", marks["server"], marks["flow"])]
+    # `fraudguard run` starts the server first, then imports Prefect, the flow and the stages', MLflow's and
+    # the gates' libraries while it boots: the second segment holds both.
+    points = [("start-up: interpreter, CLI, until the server's start", started, marks["server"]),
+              ("Prefect temporary API server start (CLI loads meanwhile)", marks["server"], marks["flow"])]
     previous = marks["flow"]
     for label, end in zip(segments, ends):
         points.append((label, previous, end))
@@ -192,7 +195,7 @@ def main() -> None:
         print(f"compute          {all_compute:7.1f} s   (stages {stage_compute:.1f} + data {data_compute:.1f} "
               f"+ gates {gates_wall:.1f})")
         print(f"non-compute      {non_compute:7.1f} s   = {share:.1%} of total "
-              f"(target < 15%: {'met' if share < 0.15 else 'NOT met'})")
+              f"(target <= 25%: {'met' if share <= 0.25 else 'NOT met'})")
         print(f"  counting the simulator as overhead too (strict: compute = stages + gates only): "
               f"{strict_share:.1%}")
         print(f"cores usable: {len(os.sched_getaffinity(0))}; load avg (1 min) {os.getloadavg()[0]:.2f}")
@@ -212,7 +215,7 @@ def main() -> None:
             "timeline_s": {label: round(v, 2) for label, v in timeline} if timeline else None,
             "train_epochs_sum_s": round(epochs_s, 2),
             "total_target_met": total < 180,
-            "share_target_met": share < 0.15,
+            "share_target_met": share <= 0.25,
         }
     print_bench_json(figures)
 

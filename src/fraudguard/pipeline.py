@@ -1,4 +1,4 @@
-"""Running the DVC stages from code: the one place that asks `dvc repro` (through fraudguard.tools.run_dvc).
+"""Running the DVC stages from code: the one place that asks for `dvc repro` (DVC's Python API, in process).
 
 Prefect tasks, `fraudguard run` and CI call these, so that DVC (not our code) decides what is stale
 and caches stage outputs.
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess  # nosec B404 - runs git with fixed argument lists (dvc goes through fraudguard.tools), no shell
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,13 +23,18 @@ import yaml
 
 from fraudguard.config import Settings, load_settings, merge_overrides, parse_settings
 from fraudguard.errors import ConfigError, DataVersionError
-from fraudguard.tools import run_dvc
+from fraudguard.tools import dvc_console_quiet, run_dvc
 
 log = logging.getLogger(__name__)
 
 PIPELINE_STAGES = ("validate", "featurize", "train", "evaluate")
+# What the stages import when they run in this process (reproduce_stages), in the order they need it: the
+# stage modules and the libraries their run()s import lazily. A caller with idle time loads them ahead.
+STAGE_IMPORTS = ("dvc.repo", "fraudguard.data.versioning", "fraudguard.data.simulator",
+                 "fraudguard.stages.validate", "fraudguard.stages.featurize", "fraudguard.stages.train",
+                 "fraudguard.model", "fraudguard.evaluation", "fraudguard.attacks", "sklearn.metrics",
+                 "matplotlib.figure", "fraudguard.stages.evaluate")
 _SKIPPED = re.compile(r"Stage '([\w-]+)' didn't change, skipping")
-_RAN = re.compile(r"Running stage '([\w-]+)'")
 
 
 @dataclass(frozen=True)
@@ -42,40 +48,155 @@ class ReproOutcome:
 
 def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
                      meanwhile: Callable[[], None] | None = None) -> ReproOutcome:
-    """`dvc repro` the given stages (and what they depend on) in the project at `root`.
+    """`dvc repro` the given stages (and what they depend on) in the project at `root`, in this process.
 
-    meanwhile: work for this process while DVC runs the stages in their own processes (this one only waits
-    for them, and the stages leave a core free: training runs one torch thread). Best effort: an error in
-    it is logged, never raised; it does not change what DVC runs.
+    DVC's Python API decides what is stale, runs the stale stages, writes dvc.lock, caches the outputs and
+    uses its run-cache exactly as the `dvc repro` command does; a stage whose command is
+    `python -m fraudguard.stages.<name>` runs as that module's main() in this process (its libraries are
+    loaded once, not in a new interpreter per stage), any other command in DVC's own runner.
+
+    meanwhile: other work for this process while the stages run (in a second thread; the training leaves a
+    core free: it runs one torch thread). Best effort: an error in it is logged, never raised; it does not
+    change what DVC runs. A failed stage raises DataVersionError naming it; its outputs are not committed.
     """
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     started = time.perf_counter()
-    env = dict(os.environ)
-    # Stage commands are `python -m fraudguard.stages.x`: make sure that python is this environment's.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log.info("running dvc repro %s in %s", " ".join(stages), root)
+    log.info("running dvc repro %s in %s (stages in this process)", " ".join(stages), root)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc-repro") as waiter:
-        # Not checked by run_dvc: a failed stage's traceback is in the whole output, not in dvc's last lines.
-        running = waiter.submit(run_dvc, ["repro", *stages], root, check=False, env=env)
+        running = waiter.submit(_repro_in_process, Path(root), stages)
         if meanwhile is not None:
             try:
                 meanwhile()
             except Exception as exc:  # only a head start: whoever needs that work meets the error again
                 log.warning("work done while dvc repro ran failed: %s", exc)
-        proc = running.result()
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise DataVersionError(
-            f"dvc repro {' '.join(stages)} failed in {root} (exit {proc.returncode}):\n{output[-4000:]}"
-        )
-    ran = tuple(dict.fromkeys(_RAN.findall(output)))
-    skipped = tuple(dict.fromkeys(_SKIPPED.findall(output)))
+        ran, skipped = running.result()
     outcome = ReproOutcome(ran=ran, skipped=skipped, seconds=time.perf_counter() - started)
     log.info("dvc repro: ran %s, up to date %s (%.1f s)", list(ran) or "none", list(skipped) or "none",
              outcome.seconds)
     return outcome
+
+
+# The stage commands run in this process: exactly `python -m fraudguard.stages.<name>` (dvc.yaml's shape).
+_IN_PROCESS_CMD = re.compile(r"^\s*python3?\s+-m\s+(fraudguard\.stages\.\w+)\s*$")
+# One in-process repro at a time: it swaps DVC's module-level command runner and the process's cwd.
+_REPRO_LOCK = threading.Lock()
+
+
+class _StageFailed(Exception):
+    """A stage's main() failed in this process; carries the stage and the reason for the caller's message."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"stage '{stage}' failed: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class _SkipLog(logging.Handler):
+    """Collects the stages DVC reports as up to date ("Stage 'x' didn't change, skipping")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.skipped: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            match = _SKIPPED.search(record.getMessage())
+        except Exception:  # a malformed record from DVC is not ours to fail on
+            return
+        if match:
+            self.skipped.append(match.group(1))
+
+
+def _repro_in_process(root: Path, stages: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(stages run, stages up to date) of `dvc repro <stages>` through DVC's API in this thread."""
+    import dvc.stage.run as dvc_stage_run
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    ran: list[str] = []
+    failures: list[_StageFailed] = []
+    original = dvc_stage_run.cmd_run
+    this_thread = threading.get_ident()
+
+    def run_stage_cmd(stage: Any, dry: bool = False, run_env: dict[str, str] | None = None) -> None:
+        match = _IN_PROCESS_CMD.match(stage.cmd) if isinstance(stage.cmd, str) else None
+        if match is None or dry or threading.get_ident() != this_thread:
+            if not dry:
+                ran.append(stage.addressing)
+            return original(stage, dry=dry, run_env=run_env)
+        log.info("Running stage '%s': %s (in this process)", stage.addressing, stage.cmd)
+        ran.append(stage.addressing)
+        try:
+            _call_stage_main(match.group(1), Path(stage.wdir))
+        except _StageFailed as exc:
+            failed = _StageFailed(stage.addressing, exc.reason)
+            failures.append(failed)
+            raise StageCmdFailedError(stage.cmd, 1) from failed
+
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    # Stage commands that fall back to DVC's runner find this environment's python first.
+    run_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    skips = _SkipLog()
+    dvc_logger = logging.getLogger("dvc")
+    with _REPRO_LOCK, dvc_console_quiet():  # DVC's lines stay out of the caller's output, as before
+        dvc_stage_run.cmd_run = run_stage_cmd
+        dvc_logger.addHandler(skips)
+        cwd = os.getcwd()
+        try:
+            # DVC reads targets and names stages relative to the working directory, as `dvc repro` run in root.
+            os.chdir(root)
+            with Repo(str(root)) as repo:
+                repo.reproduce(list(stages), run_env=run_env)
+        except DvcException as exc:
+            if failures:
+                raise DataVersionError(
+                    f"dvc repro {' '.join(stages)} failed in {root}: {failures[-1]}; its outputs are not "
+                    f"committed (dvc.lock unchanged for it)") from failures[-1]
+            cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+            raise DataVersionError(f"dvc repro {' '.join(stages)} failed in {root}: {exc}{cause}") from exc
+        finally:
+            os.chdir(cwd)
+            dvc_logger.removeHandler(skips)
+            dvc_stage_run.cmd_run = original
+    return tuple(dict.fromkeys(ran)), tuple(dict.fromkeys(s for s in skips.skipped if s not in ran))
+
+
+def _call_stage_main(module_name: str, wdir: Path) -> None:
+    """`python -m <module_name>` with cwd wdir, as a call: the module's main(wdir) in this process.
+
+    What the stage changes in the process is put back afterwards: the working directory, the root logger's
+    handlers and level (stage_main configures logging), torch's intra-op thread count (train and evaluate
+    set it). A FraudGuardError (stage_main's exit status 1) or any other exception becomes _StageFailed.
+    """
+    import importlib
+
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    cwd = os.getcwd()
+    try:
+        os.chdir(wdir)
+        module = importlib.import_module(module_name)
+        module.main(str(wdir))
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            cause = exc.__cause__
+            raise _StageFailed(module_name, str(cause) if cause is not None else f"exit status {exc.code}") from exc
+    except Exception as exc:
+        log.error("stage %s raised:", module_name, exc_info=True)
+        raise _StageFailed(module_name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        os.chdir(cwd)
+        for handler in list(root_logger.handlers):
+            if handler not in handlers:
+                root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+        if torch is not None and torch_threads is not None:
+            torch.set_num_threads(torch_threads)
 
 
 def validate_overrides(params_path: Path, overrides: dict[str, Any] | None) -> Settings:
@@ -192,6 +313,7 @@ def checkout_data_revision(root: Path, revision: str | None) -> str:
 
 __all__ = [
     "PIPELINE_STAGES",
+    "STAGE_IMPORTS",
     "ReproOutcome",
     "ConfigError",
     "checkout_data_revision",

@@ -2,7 +2,9 @@
 
 Both run from this interpreter's environment (the venv), with a fixed argument list and no shell. One
 runner each, so every caller gets the same executable, the same environment and the same failure
-message (the tool's own last lines, naming the command and the directory).
+message (the tool's own last lines, naming the command and the directory). `dvc_repo` is DVC's Python
+API on a project, for callers that would otherwise start a `dvc` interpreter (1-2 s each) to read its
+config, pull or commit.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ import os
 import shutil
 import subprocess  # nosec B404 - runs the venv's own dvc and bandit with fixed argument lists, no shell
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fraudguard.errors import DataVersionError, StaticAnalysisError
 from fraudguard.files import read_json_object
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 logger = logging.getLogger(__name__)
 
 # dvc prints this help footer under every error; it says nothing about the failure.
 _DVC_FOOTER = "Having any troubles?"
+# The loggers DVC gives console handlers when it is imported (dvc.logger.setup).
+_DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
 # Bandit exits 1 when it finds issues; any other non-zero exit is a failure to scan.
 _BANDIT_OK_EXITS = (0, 1)
 
@@ -54,6 +62,49 @@ def run_dvc(args: Sequence[str], cwd: Path, check: bool = True,
             + (" ".join(message[-5:]) if message else "no output")
         )
     return proc
+
+
+@contextmanager
+def dvc_repo(root: Path) -> Iterator["Repo"]:
+    """DVC's Python API (`dvc.repo.Repo`) on the DVC project at root, closed when the block ends; DVC's own
+    errors raised in the block (DvcException) become DataVersionError naming the directory and DVC's words.
+
+    The same code the `dvc` command runs, in this process: no interpreter start, no second import of DVC.
+    DVC reads relative targets against the process's working directory, not root: give absolute paths.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with dvc_console_quiet(), Repo(str(root)) as repo:
+            yield repo
+    except DvcException as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise DataVersionError(f"DVC in {root}: {exc}{cause}") from exc
+
+
+@contextmanager
+def dvc_console_quiet() -> Iterator[None]:
+    """DVC's own console output off for the block: importing DVC gives its `dvc` logger stdout/stderr
+    handlers (and it propagates to ours), so its progress lines ("Updating lock file", "To track the changes
+    with git, run: ...") would land in the caller's output, which the `dvc` command's captured output never
+    did. Handlers and propagation are restored afterwards; a handler added in the block still sees the records."""
+    import dvc.logger  # noqa: F401 - installs DVC's handlers now, so the block starts from them
+
+    saved = []
+    for name in _DVC_LOGGERS:
+        dvc_logger = logging.getLogger(name)
+        saved.append((dvc_logger, list(dvc_logger.handlers), dvc_logger.propagate))
+        for handler in list(dvc_logger.handlers):
+            dvc_logger.removeHandler(handler)
+        dvc_logger.propagate = False
+    try:
+        yield
+    finally:
+        for dvc_logger, handlers, propagate in saved:
+            dvc_logger.propagate = propagate
+            for handler in handlers:
+                dvc_logger.addHandler(handler)
 
 
 def run_bandit(targets: Sequence[Path | str], report_path: Path, *, cwd: Path | None = None,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from fraudguard.cli.run import TemporaryServerStart
@@ -46,3 +51,49 @@ def test_the_server_started_ahead_is_the_one_prefect_clients_then_use(tmp_path):
             SubprocessASGIServer().stop()
             if harness_server is not None:
                 SubprocessASGIServer._instances[None] = harness_server
+
+
+def test_the_server_launched_before_prefect_is_imported_serves_prefects_client(tmp_path):
+    # A fresh interpreter, as `fraudguard run` is: Prefect not imported yet, nothing configured.
+    code = textwrap.dedent("""
+        import sys
+        from fraudguard.cli.run import EarlyPrefectServer
+        server = EarlyPrefectServer.launch()
+        assert server is not None and "prefect" not in sys.modules
+        assert server.wait() is None
+        from prefect.client.orchestration import get_client
+        with get_client(sync_client=True) as client:
+            assert client.api_url == server.api_url + "/", (client.api_url, server.api_url)
+            assert client.api_healthcheck() is None
+        # Prefect's clients use it through PREFECT_API_URL: its server package is never loaded here.
+        assert "prefect.server.api.server" not in sys.modules
+        process = server.process
+        server.stop()
+        assert process.poll() is not None
+        print("SERVED", server.api_url)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "SERVED http://127.0.0.1:" in proc.stdout
+
+
+def test_a_server_process_that_dies_before_answering_is_reported_in_one_line(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from fraudguard.cli.run import EarlyPrefectServer
+
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    server = EarlyPrefectServer(Path(spec.origin).parent.parent, timeout_s=30)
+    server._spawn()
+    assert server.process is not None
+    server.process.kill()
+    server.process.wait()
+
+    problem = server.wait()
+
+    assert problem is not None and "exited with status" in problem and "\n" not in problem

@@ -7,10 +7,14 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import subprocess
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,6 @@ def run(
     import yaml
 
     from fraudguard.logs import configure_logging
-    from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
     from fraudguard.shutdown import skip_final_collection
 
     root = root.resolve()
@@ -63,7 +66,12 @@ def run(
             raise typer.Exit(2)
         overrides[key] = yaml.safe_load(value)
     os.environ["FRAUDGUARD_PROJECT_DIR"] = str(root)
-    server = TemporaryServerStart.begin()
+    # First, before Prefect itself is imported here: the API server's interpreter boots (about 7 s quiet)
+    # while this one imports Prefect, the flow, MLflow and torch. Prefect's own way (below) when a server or
+    # profile is configured.
+    server: EarlyPrefectServer | TemporaryServerStart | None = EarlyPrefectServer.launch()
+    if server is None:
+        server = TemporaryServerStart.begin()
     flow = load_flow(root, "train_and_promote", "train_and_promote")
     if server is not None:
         # While the server boots (another interpreter that imports Prefect's server and migrates a fresh
@@ -71,15 +79,17 @@ def run(
         import time
 
         started = time.perf_counter()
-        preload_for_flow(root, overrides or None)
+        left = preload_for_flow(root, overrides or None, until=server.ready)
         preloaded = time.perf_counter()
         problem = server.wait()
-        logger.info("flow libraries and MLflow store loaded in %.1f s; temporary server ready %.1f s later",
-                    preloaded - started, time.perf_counter() - preloaded)
+        logger.info("loaded ahead in %.1f s (left to the flow: %s); temporary server ready %.1f s later",
+                    preloaded - started, ", ".join(left) or "nothing", time.perf_counter() - preloaded)
         if problem:
             typer.echo(f"error: Prefect's temporary API server did not start: {problem}", err=True)
             raise typer.Exit(1)
     state = flow(promote=promote, params_overrides=overrides or None, return_state=True)
+    from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
+
     summary = {"data": summarize_data(root), "registry": summarize_registry(root)}
     typer.echo("")
     typer.echo(f"flow run: {state.name}: {state.message or ''}")
@@ -95,6 +105,175 @@ def run(
             except Exception as exc:  # show the cause, not a Prefect traceback
                 typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+
+
+# Settings that make Prefect talk to a configured server, or change how its temporary one runs: with any of
+# them, `fraudguard run` leaves the server to Prefect (TemporaryServerStart, or none at all).
+_PREFECT_CONFIG_FILES = ("prefect.toml", ".env")
+_FALSE = ("0", "false", "no", "off")
+
+
+def prefect_is_configured(cwd: Path) -> bool:
+    """Whether Prefect settings other than this process's environment could apply: an API URL or profile
+    chosen in the environment, a profiles file with a profile that sets anything, a prefect.toml or .env in
+    the working directory, or a [tool.prefect] table in its pyproject.toml. Read without importing Prefect."""
+    import tomllib
+
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_PROFILE"):
+        return True
+    if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "true").lower() in _FALSE:
+        return True
+    if any((cwd / name).is_file() for name in _PREFECT_CONFIG_FILES):
+        return True
+    pyproject = cwd / "pyproject.toml"
+    try:
+        if pyproject.is_file() and "prefect" in tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}):
+            return True
+        home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+        profiles_path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+        if profiles_path.is_file():
+            profiles = tomllib.loads(profiles_path.read_text(encoding="utf-8"))
+            active = profiles.get("profiles", {}).get(profiles.get("active", "ephemeral"), {})
+            # Prefect's default profile only turns the temporary server on.
+            if {k: str(v).lower() for k, v in active.items()} not in ({}, {"PREFECT_SERVER_EPHEMERAL_ENABLED": "true"}):
+                return True
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return True  # cannot tell: Prefect's own way
+    return False
+
+
+class EarlyPrefectServer:
+    """Prefect's temporary API server, started by `fraudguard run` before it imports Prefect.
+
+    The same command Prefect's temporary server runs (uvicorn serving `prefect.server.api.server:create_app`
+    with the UI off, on a free port of 8000-8999, the database under PREFECT_HOME); this process then points
+    PREFECT_API_URL at it, so Prefect's clients use it without importing Prefect's server package here, and
+    stops it at exit. Only when no Prefect server or profile is configured (prefect_is_configured) and
+    Prefect is not yet imported in this process (its settings are read once, at import).
+    """
+
+    def __init__(self, app_dir: Path, timeout_s: float) -> None:
+        self.app_dir = app_dir
+        self.timeout_s = timeout_s
+        self.port = 0
+        self.process: "subprocess.Popen[bytes] | None" = None
+        self._env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1"}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @classmethod
+    def launch(cls, cwd: Path | None = None) -> "EarlyPrefectServer | None":
+        """Start the server's process now; None when Prefect is configured or already imported here."""
+        import atexit
+        import importlib.util
+        import sys
+
+        if "prefect" in sys.modules or prefect_is_configured(cwd or Path.cwd()):
+            return None
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or spec.origin is None:
+            return None
+        timeout_s = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+        server = cls(Path(spec.origin).parent.parent, timeout_s)
+        server._spawn()
+        os.environ["PREFECT_API_URL"] = server.api_url
+        atexit.register(server.stop)
+        _announce("Starting temporary server on http://127.0.0.1:%d (Prefect's API for this run, started before "
+                  "the CLI loads Prefect; stopped when it exits)", server.port)
+        return server
+
+    def _spawn(self) -> None:
+        import subprocess  # nosec B404 - this interpreter's uvicorn with a fixed argument list, no shell
+        import sys
+
+        self.port = _free_port()
+        self.process = subprocess.Popen(  # nosec B603 - fixed argv, no shell
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(self.app_dir), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=self._env)
+
+    def ready(self) -> bool:
+        """Whether the server answers its health check now (does not wait)."""
+        import urllib.error
+        import urllib.request
+
+        if self.process is None or self.process.poll() is not None:
+            return True  # nothing to wait for: wait() reports why
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:  # nosec B310 - our http://127.0.0.1 URL
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait(self) -> str | None:
+        """Block until the server answers its health check; the reason (one line) when it never did."""
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code == 3:  # uvicorn could not bind: another process took the port meanwhile
+                self._spawn()
+                os.environ["PREFECT_API_URL"] = self.api_url
+                continue
+            if code is not None:
+                return f"the server process exited with status {code} before answering"
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as response:  # nosec B310 - our http://127.0.0.1 URL
+                    if response.status == 200:
+                        return None
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        return (f"no answer from {self.api_url}/health within {self.timeout_s:.0f} s "
+                "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+
+    def stop(self) -> None:
+        """Terminate the server (as Prefect stops its temporary server: 5 s, then kill)."""
+        import subprocess  # nosec B404 - only for TimeoutExpired: the process is the one _spawn started
+
+        if self.process is None:
+            return
+        _announce("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def _announce(message: str, *args: object) -> None:
+    """Log on the logger Prefect's own temporary server announces itself on ("prefect"), at Prefect's log level:
+    the CLI's quiet default (WARNING) must not hide the server's start and stop, as Prefect's do not."""
+    announcer = logging.getLogger("prefect")
+    if announcer.level == logging.NOTSET:  # Prefect not configured yet: what its set-up will apply
+        announcer.setLevel(os.environ.get("PREFECT_LOGGING_LEVEL", "INFO").upper())
+    announcer.info(message, *args)
+
+
+def _free_port() -> int:
+    """A port of 8000-8999 that 127.0.0.1 can bind now (Prefect's range for its temporary server)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        port = random.randint(8000, 8999)  # nosec B311 - picking a port, not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 8000-8999 for Prefect's temporary server")
 
 
 class TemporaryServerStart:
@@ -132,6 +311,10 @@ class TemporaryServerStart:
         except Exception as exc:  # reported by wait(), in the main thread
             self.error = exc
 
+    def ready(self) -> bool:
+        """Whether the start is over (ready or failed: wait() says which); does not wait."""
+        return not self._thread.is_alive()
+
     def wait(self) -> str | None:
         """Block until the server answers its health check; the reason (one line) when it never did."""
         self._thread.join()
@@ -140,37 +323,47 @@ class TemporaryServerStart:
         return (str(self.error).strip().splitlines() or [type(self.error).__name__])[0][:300]
 
 
-# What register-model imports (MLflow, torch for the bundle, matplotlib for the loss curve), loaded while the
-# temporary server starts. The gates' libraries load later, while DVC runs the stages (flows/).
+# What register-model imports (MLflow, torch for the bundle, matplotlib for the loss curve).
 FLOW_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
                 "fraudguard.tracking")
 
 
-def preload_for_flow(root: Path, overrides: dict[str, Any] | None) -> None:
-    """Import the libraries the flow's tasks need and open the MLflow store (creating its tables when new).
+def preload_for_flow(root: Path, overrides: dict[str, Any] | None,
+                     until: Callable[[], bool] = lambda: False) -> list[str]:
+    """Load what the flow's tasks will need, in the order they need it, until `until()` says to stop (the
+    temporary server is ready); returns what was left (the tasks load it when they get there).
 
-    The same work the tasks would do later, done now so that it overlaps the server's start; each step is
-    best effort: on a failure the task that needs it meets the same error and reports it.
+    In order: the stages' libraries (pull-data and dvc-repro run first), MLflow and the store (creating its
+    tables when new: register-model), MLflow's installed-package map, the gates' libraries (prepare-gates).
+    The same work the tasks would do later, done while the process would otherwise wait; each step is best
+    effort: on a failure the task that needs it meets the same error and reports it.
     """
-    from fraudguard.pipeline import validate_overrides
-    from fraudguard.promotion import warm_imports
+    from fraudguard.pipeline import STAGE_IMPORTS, validate_overrides
+    from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, discover_gates, warm_imports
     from fraudguard.tracking import configure_mlflow
 
     try:
         settings = validate_overrides(root / "params.yaml", overrides)
     except Exception as exc:  # the flow's validate-params task reports it
         logger.debug("preload skipped: %s", exc)
-        return
-    steps = (
-        ("imports", lambda: warm_imports({}, FLOW_IMPORTS)),
+        return ["everything (params do not validate)"]
+    # One module a step, so that loading stops soon after the server answers: what is left loads in the
+    # flow, the gates' libraries while the stages run (flows/train_and_promote.py).
+    steps: list[tuple[str, Callable[[], object]]] = [
+        *((name, lambda name=name: warm_imports({}, (name,))) for name in (*STAGE_IMPORTS, *FLOW_IMPORTS)),
         ("MLflow store", lambda: configure_mlflow(root, settings.registry)),
         ("installed-package map", _load_mlflow_package_map),
-    )
-    for what, step in steps:
+        ("gate modules", lambda: discover_gates(settings.gates)),
+        *((name, lambda name=name: warm_imports({}, (name,))) for name in STANDARD_HEAVY_IMPORTS),
+    ]
+    for index, (what, step) in enumerate(steps):
+        if until():
+            return [name for name, _ in steps[index:]]
         try:
             step()
         except Exception as exc:
             logger.debug("preload of %s failed (the task that needs it will report it): %s", what, exc)
+    return []
 
 
 def _load_mlflow_package_map() -> None:

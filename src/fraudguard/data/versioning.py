@@ -1,4 +1,5 @@
-"""DVC versioning of data/raw (tracked by data.dvc at the repo root), through the real `dvc` CLI.
+"""DVC versioning of data/raw (tracked by data.dvc at the repo root), through DVC itself: its Python API in
+this process for the remote's set-up, pull and commit (fraudguard.tools.dvc_repo), the `dvc` CLI elsewhere.
 
 The remote is params.yaml's `data_remote.url` when set (a team's shared storage: every clone, every worker
 host uses it, applied as the default remote in .dvc/config.local). Unset, a fresh clone needs no set-up: a
@@ -13,9 +14,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -36,7 +39,10 @@ from fraudguard.data.io import file_md5, read_transactions, write_transactions
 from fraudguard.errors import DataError, DataVersionError
 from fraudguard.files import write_json
 from fraudguard.paths import ProjectPaths
-from fraudguard.tools import run_dvc
+from fraudguard.tools import dvc_repo, run_dvc
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 logger = logging.getLogger(__name__)
 
@@ -85,34 +91,53 @@ def remote_url(paths: ProjectPaths, url: str) -> str:
     return str(path if path.is_absolute() else (paths.root / path).resolve())
 
 
-def configure_remote(paths: ProjectPaths, remote: DataRemoteSettings) -> str | None:
-    """Make `remote.url` this checkout's default DVC remote (`dvc remote add --local -d -f`), in the
-    git-ignored .dvc/config.local so a clone's work tree stays clean; its name, or None when no URL is set."""
+def configure_remote(paths: ProjectPaths, remote: DataRemoteSettings, repo: "Repo | None" = None) -> str | None:
+    """Make `remote.url` this checkout's default DVC remote (what `dvc remote add --local -d -f` does), in the
+    git-ignored .dvc/config.local so a clone's work tree stays clean; its name, or None when no URL is set.
+    repo: an open `tools.dvc_repo` handle to use (default: one opened for this call)."""
     if remote.url is None:
         return None
     url = remote_url(paths, remote.url)
-    run_dvc(["remote", "add", "--local", "--default", "--force", TEAM_REMOTE_NAME, url], paths.root)
+    with _repo_handle(paths, repo) as dvc:
+        _set_local_default_remote(dvc, TEAM_REMOTE_NAME, url)
     logger.info("DVC remote %s: %s (params.yaml data_remote.url)", TEAM_REMOTE_NAME, url)
     return TEAM_REMOTE_NAME
 
 
-def ensure_default_remote(paths: ProjectPaths, remote: DataRemoteSettings | None = None) -> str:
+def ensure_default_remote(paths: ProjectPaths, remote: DataRemoteSettings | None = None,
+                          repo: "Repo | None" = None) -> str:
     """The name of the default DVC remote: params.yaml's data_remote.url when set (applied every time, so a
     changed URL takes effect); else the configured default, else the local cache-dir remote (added to
-    .dvc/config.local, so nothing changes for anyone else)."""
-    team = configure_remote(paths, remote) if remote is not None else None
-    if team is not None:
-        return team
-    proc = run_dvc(["remote", "default"], paths.root, check=False)
-    name = proc.stdout.strip()
-    if proc.returncode == 0 and name:
-        return name
-    local_dir = default_remote_dir()
-    local_dir.mkdir(parents=True, exist_ok=True)
-    run_dvc(["remote", "add", "--local", "--default", "--force", DEFAULT_REMOTE_NAME, str(local_dir)],
-            paths.root)
+    .dvc/config.local, so nothing changes for anyone else). repo: an open `tools.dvc_repo` handle to use."""
+    with _repo_handle(paths, repo) as dvc:
+        team = configure_remote(paths, remote, dvc) if remote is not None else None
+        if team is not None:
+            return team
+        name = dvc.config["core"].get("remote")  # what `dvc remote default` prints
+        if name:
+            return str(name)
+        local_dir = default_remote_dir()
+        local_dir.mkdir(parents=True, exist_ok=True)
+        _set_local_default_remote(dvc, DEFAULT_REMOTE_NAME, str(local_dir))
     logger.info("no default DVC remote configured: using %s (%s)", DEFAULT_REMOTE_NAME, remote)
     return DEFAULT_REMOTE_NAME
+
+
+@contextmanager
+def _repo_handle(paths: ProjectPaths, repo: "Repo | None") -> Iterator["Repo"]:
+    """`repo` when the caller holds one open, else a `tools.dvc_repo` on the project for this block."""
+    if repo is not None:
+        yield repo
+        return
+    with dvc_repo(paths.root) as opened:
+        yield opened
+
+
+def _set_local_default_remote(repo: "Repo", name: str, url: str) -> None:
+    """`dvc remote add --local --default --force <name> <url>` through DVC's config API."""
+    with repo.config.edit("local") as conf:
+        conf["remote"][name] = {"url": url}
+        conf["core"]["remote"] = name
 
 
 def tracked_md5(paths: ProjectPaths) -> str:
@@ -181,16 +206,24 @@ def push_data(paths: ProjectPaths, remote: DataRemoteSettings | None = None) -> 
 def pull_data(paths: ProjectPaths, remote: DataRemoteSettings, simulate: SimulateSettings) -> PullOutcome:
     """Make data/raw hold data.dvc's version: pull it, or (no remote has it) regenerate it with the
     simulator, refusing with DataVersionError if the regenerated md5 differs from data.dvc's."""
+    from dvc.exceptions import DvcException
+
     expected = tracked_md5(paths)
-    remote_name = ensure_default_remote(paths, remote)
-    proc = run_dvc(["pull", "--quiet", paths.raw_dvc_file.name], paths.root, check=False)
-    if proc.returncode == 0 and paths.raw_dir.is_dir():
-        logger.info("pulled data/raw (%s) from remote %s", expected, remote_name)
-        return PullOutcome("remote", expected, paths.raw_dir)
-    dvc_said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-    logger.warning("dvc pull found no copy of data/raw (%s) on remote %s: regenerating it with the simulator "
-                   "(dvc: %s)", expected, remote_name, dvc_said[-1] if dvc_said else "no output")
-    return _regenerate(paths, simulate, expected)
+    # One DVC handle in this process for the remote's set-up, the pull and the commit after a regeneration
+    # (each was a `dvc` interpreter of its own: 1-2 s apiece).
+    with dvc_repo(paths.root) as repo:
+        remote_name = ensure_default_remote(paths, remote, repo)
+        try:
+            repo.pull(targets=[str(paths.raw_dvc_file)])  # absolute: DVC reads targets against the cwd
+            problem = None
+        except DvcException as exc:  # no copy on the remote (or no remote reachable): regenerate
+            problem = f"{exc}" + (f" ({exc.__cause__})" if exc.__cause__ is not None else "")
+        if problem is None and paths.raw_dir.is_dir():
+            logger.info("pulled data/raw (%s) from remote %s", expected, remote_name)
+            return PullOutcome("remote", expected, paths.raw_dir)
+        logger.warning("dvc pull found no copy of data/raw (%s) on remote %s: regenerating it with the "
+                       "simulator (dvc: %s)", expected, remote_name, (problem or "no data/raw").splitlines()[-1])
+        return _regenerate(paths, simulate, expected, repo)
 
 
 def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSettings, *, force: bool = False,
@@ -421,7 +454,7 @@ def _output_path(paths: ProjectPaths, simulate: SimulateSettings) -> Path:
     return out if out.is_absolute() else paths.root / out
 
 
-def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str) -> PullOutcome:
+def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str, repo: "Repo") -> PullOutcome:
     from fraudguard.data.simulator import simulate_transactions
 
     target = _output_path(paths, simulate)
@@ -435,7 +468,7 @@ def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str) 
     if paths.raw_dir.exists() and any(paths.raw_dir.iterdir()):
         present = directory_md5(paths.raw_dir)
         if present == expected:
-            run_dvc(["commit", "--force", "--quiet", paths.raw_dvc_file.name], paths.root)
+            repo.commit(str(paths.raw_dvc_file), force=True)
             return PullOutcome("present", expected, paths.raw_dir)
         raise DataVersionError(
             f"{paths.raw_dir} holds data ({present}) that is neither data.dvc's version ({expected}) nor "
@@ -456,6 +489,6 @@ def _regenerate(paths: ProjectPaths, simulate: SimulateSettings, expected: str) 
         if paths.raw_dir.exists():
             paths.raw_dir.rmdir()  # empty, checked above
         os.replace(staged, paths.raw_dir)
-    run_dvc(["commit", "--force", "--quiet", paths.raw_dvc_file.name], paths.root)
+    repo.commit(str(paths.raw_dvc_file), force=True)  # `dvc commit --force data.dvc`: data/raw into the cache
     logger.info("regenerated data/raw, md5 %s matches data.dvc", expected)
     return PullOutcome("regenerated", expected, paths.raw_dir)

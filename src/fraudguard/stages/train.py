@@ -54,13 +54,19 @@ class TrainSummary:
     metrics: dict[str, Any]
 
 
-def run(paths: TrainPaths, section: TrainingParams, progress: bool = True) -> TrainSummary:
-    """Train on the training features, write the bundle, its metrics and history; return them."""
+def run(paths: TrainPaths, section: TrainingParams, progress: bool | None = None) -> TrainSummary:
+    """Train on the training features, write the bundle, its metrics and history; return them.
+
+    progress: the per-epoch progress bar; default only when stderr is a terminal (under `fraudguard run` or
+    a CI log it would be hundreds of redrawn lines among the log lines)."""
+    import sys
+
     from fraudguard.data.io import read_transactions
     from fraudguard.model import save_bundle
 
     if not paths.train_features.is_file():
         raise DataError(f"{paths.train_features}: training features not found; run the featurize stage first")
+    progress = sys.stderr.isatty() if progress is None else progress
     result = train_model(read_transactions(paths.train_features), section, progress=progress)
     sha256 = save_bundle(result.bundle, paths.weights, paths.preprocess)
     metrics = {**result.metrics(), "weights_sha256": sha256}
