@@ -265,6 +265,9 @@ class AdversarialSettings(_Strict):
     # PGD iterations when crafting training rows with attack pgd (null: threat_model.pgd_iterations, the
     # evaluation's); fewer iterations craft faster. The attack's step stays threat_model.eps_step.
     pgd_iterations: int | None = Field(default=None, gt=0)
+    # Training rows are crafted at threat_model.epsilon x this (a margin above the attacker's budget when > 1);
+    # the budget that evaluation and the gates attack with does not change.
+    craft_epsilon_scale: float = Field(default=1.0, gt=0)
 
 
 class DilutionTrainingSettings(_Strict):

@@ -132,15 +132,17 @@ def split_validation(frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, p
 
 def _attack_batch(
     attack: str, classifier: Any, x: np.ndarray, y: np.ndarray, threat: ThreatModel,
-    pgd_iterations: int | None = None,
+    pgd_iterations: int | None = None, epsilon_scale: float = 1.0,
 ) -> np.ndarray:
+    eps = threat.epsilon * epsilon_scale
     if attack == "fgsm":
-        return masked_fgsm(classifier, x, y, threat, threat.epsilon, random_start=False, batch_size=len(x))
+        return masked_fgsm(classifier, x, y, threat, eps, random_start=False, batch_size=len(x))
     if attack == "fgsm_random_start":
-        return masked_fgsm(classifier, x, y, threat, threat.epsilon, random_start=True, batch_size=len(x))
+        return masked_fgsm(classifier, x, y, threat, eps, random_start=True, batch_size=len(x))
     if attack == "pgd":
+        # The step scales with the budget, so that the iterations reach the ball's edge as they do at scale 1.
         return masked_pgd(
-            classifier, x, y, threat, threat.epsilon, threat.eps_step,
+            classifier, x, y, threat, eps, threat.eps_step * epsilon_scale,
             threat.pgd_iterations if pgd_iterations is None else pgd_iterations, batch_size=len(x),
         )
     raise ValueError(f"unknown adversarial attack {attack!r}")
@@ -235,6 +237,7 @@ class AdversarialCrafter:
     ratio: float
     classes: str
     pgd_iterations: int | None = None
+    epsilon_scale: float = 1.0
 
     def craft(self, x_block: torch.Tensor, y_block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_block with its picked rows replaced by their adversarial version, a copy; which rows were
@@ -245,7 +248,7 @@ class AdversarialCrafter:
         if len(rows) > 0:
             # One attack call for the block's minibatches, against the weights at its start.
             x_adv = _attack_batch(self.attack, self.classifier, x_block[rows].numpy(), y_block[rows].numpy(),
-                                  self.threat, self.pgd_iterations)
+                                  self.threat, self.pgd_iterations, self.epsilon_scale)
             x_adv_block[rows] = torch.from_numpy(x_adv)
             picked[rows] = True
         return x_adv_block, picked
@@ -385,6 +388,7 @@ def build_crafter(trainee: Trainee, threat: ThreatModel, cfg: TrainSettings) -> 
         ratio=cfg.adversarial.ratio,
         classes=cfg.adversarial.classes,
         pgd_iterations=cfg.adversarial.pgd_iterations,
+        epsilon_scale=cfg.adversarial.craft_epsilon_scale,
     )
 
 

@@ -392,3 +392,18 @@ def test_early_stopping_on_robust_ap_keeps_the_epoch_with_the_best_attacked_vali
     _, validation = split_validation(split[0], settings.train.validation_share)
     threat = build_threat_model(settings.threat_model, result.bundle.standardizer)
     assert robust_average_precision(result.bundle, validation, threat) == pytest.approx(max(robust), abs=1e-6)
+
+
+def test_craft_epsilon_scale_crafts_training_rows_beyond_the_budget_within_its_margin(split):
+    from fraudguard.threat import build_threat_model
+    from fraudguard.training import build_crafter, build_model, prepare_data
+
+    params = TrainingParams.of(_settings({"train": {"adversarial": {"attack": "fgsm", "craft_epsilon_scale": 1.5}}}))
+    data = prepare_data(split[0], params)
+    threat = build_threat_model(params.threat_model, data.standardizer)
+    crafter = build_crafter(build_model(data, params), threat, params.train)
+    x_block, y_block = data.x_fit[:2048], data.y_fit[:2048]
+    x_adv, picked = crafter.craft(x_block, y_block)
+    moved = (x_adv[picked] - x_block[picked]).abs().numpy()[:, threat.mask > 0]
+    assert moved.max() > threat.epsilon * 1.01
+    assert moved.max() <= threat.epsilon * 1.5 + 1e-5
