@@ -254,6 +254,20 @@ class AdversarialSettings(_Strict):
     # Adversarial rows for this many consecutive minibatches are crafted in one attack call, against the
     # weights at the first of them: one ART call per minibatch costs more than the step itself at scale.
     craft_batches: int = Field(default=1, gt=0)
+    # replace: the picked rows are trained on in their adversarial version only (cross-entropy).
+    # trades (Zhang et al. 2019): cross-entropy plus trades_beta x KL(p(x) || p(x_adv)) over the picked rows,
+    # which asks the model to score a row and its attacked version alike rather than to fit the attacked one.
+    objective: Literal["replace", "trades"] = "replace"
+    trades_beta: float = Field(default=1.0, ge=0)
+    # trades only: the cross-entropy term on the clean rows (the paper) or on the batch with its picked rows
+    # replaced by their adversarial version (as `replace` trains).
+    trades_cross_entropy: Literal["clean", "adversarial"] = "clean"
+    # PGD iterations when crafting training rows with attack pgd (null: threat_model.pgd_iterations, the
+    # evaluation's); fewer iterations craft faster. The attack's step stays threat_model.eps_step.
+    pgd_iterations: int | None = Field(default=None, gt=0)
+    # Training rows are crafted at threat_model.epsilon x this (a margin above the attacker's budget when > 1);
+    # the budget that evaluation and the gates attack with does not change.
+    craft_epsilon_scale: float = Field(default=1.0, gt=0)
 
 
 class DilutionTrainingSettings(_Strict):
@@ -296,6 +310,9 @@ class TrainSettings(_Strict):
     # Stop after this many epochs without a better validation AP and keep the best epoch's weights
     # (null: train every epoch, keep the last).
     early_stopping_patience: int | None = Field(default=None, gt=0)
+    # What early stopping keeps the best of: the validation AP, or the validation AP once the validation
+    # frauds are attacked with masked PGD at threat_model's budget (robust AP, as evaluate measures it).
+    early_stopping_metric: Literal["average_precision", "robust_average_precision"] = "average_precision"
     # Off when absent; needs threat_model.dilution when enabled (checked in Settings).
     dilution: DilutionTrainingSettings | None = None
     # null: no split-payment copies (fraudguard.splitting.split_payment_training_rows).

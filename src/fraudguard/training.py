@@ -5,8 +5,12 @@ with `classes: both`; labels kept) is replaced by its adversarial version, craft
 a random start, or PGD) under the threat mask and projected onto the threat model. The rows of
 `train.adversarial.craft_batches` consecutive batches are crafted in one call against the weights at the
 first of them (1: against the current weights, batch by batch). ART's AdversarialTrainer passes no mask to
-generate(), hence this loop. With `train.early_stopping_patience`, training stops once the validation AP
-has not improved for that many epochs and the best epoch's weights are kept. With `train.dilution`, copies of
+generate(), hence this loop. With `train.adversarial.objective: trades`, the picked rows are not replaced: the
+loss is the cross-entropy (on the clean batch, or on the batch with them replaced) plus trades_beta x the KL
+divergence between the model's clean and adversarial predictions on them (TRADES, Zhang et al. 2019). With
+`train.early_stopping_patience`, training stops once the validation AP (or, with
+`train.early_stopping_metric: robust_average_precision`, the AP once the validation frauds are attacked with
+masked PGD at the budget) has not improved for that many epochs and the best epoch's weights are kept. With `train.dilution`, copies of
 the rows at terminals with known frauds, their risk features diluted within threat_model.dilution, join the
 fit rows (dilution_copies). With `train.split_payments`, split-payment copies
 (fraudguard.splitting.split_payment_training_rows) join them after the class weights are set, so that the
@@ -26,6 +30,7 @@ import torch
 
 from fraudguard.attacks import make_art_classifier, masked_fgsm, masked_pgd
 from fraudguard.config import (
+    AdversarialSettings,
     FeaturizeSettings,
     ModelSettings,
     Settings,
@@ -126,16 +131,19 @@ def split_validation(frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, p
 
 
 def _attack_batch(
-    attack: str, classifier: Any, x: np.ndarray, y: np.ndarray, threat: ThreatModel
+    attack: str, classifier: Any, x: np.ndarray, y: np.ndarray, threat: ThreatModel,
+    pgd_iterations: int | None = None, epsilon_scale: float = 1.0,
 ) -> np.ndarray:
+    eps = threat.epsilon * epsilon_scale
     if attack == "fgsm":
-        return masked_fgsm(classifier, x, y, threat, threat.epsilon, random_start=False, batch_size=len(x))
+        return masked_fgsm(classifier, x, y, threat, eps, random_start=False, batch_size=len(x))
     if attack == "fgsm_random_start":
-        return masked_fgsm(classifier, x, y, threat, threat.epsilon, random_start=True, batch_size=len(x))
+        return masked_fgsm(classifier, x, y, threat, eps, random_start=True, batch_size=len(x))
     if attack == "pgd":
+        # The step scales with the budget, so that the iterations reach the ball's edge as they do at scale 1.
         return masked_pgd(
-            classifier, x, y, threat, threat.epsilon, threat.eps_step, threat.pgd_iterations,
-            batch_size=len(x),
+            classifier, x, y, threat, eps, threat.eps_step * epsilon_scale,
+            threat.pgd_iterations if pgd_iterations is None else pgd_iterations, batch_size=len(x),
         )
     raise ValueError(f"unknown adversarial attack {attack!r}")
 
@@ -228,24 +236,32 @@ class AdversarialCrafter:
     batch_size: int
     ratio: float
     classes: str
+    pgd_iterations: int | None = None
+    epsilon_scale: float = 1.0
 
-    def craft(self, x_block: torch.Tensor, y_block: torch.Tensor) -> None:
-        """Replace, in place, the picked rows of x_block by their adversarial version."""
+    def craft(self, x_block: torch.Tensor, y_block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_block with its picked rows replaced by their adversarial version, a copy; which rows were
+        picked, a boolean mask). x_block itself is left as it is."""
         rows = _adversarial_rows(y_block, self.batch_size, self.ratio, self.classes)
+        x_adv_block = x_block.clone()
+        picked = torch.zeros(len(y_block), dtype=torch.bool)
         if len(rows) > 0:
             # One attack call for the block's minibatches, against the weights at its start.
             x_adv = _attack_batch(self.attack, self.classifier, x_block[rows].numpy(), y_block[rows].numpy(),
-                                  self.threat)
-            x_block[rows] = torch.from_numpy(x_adv)
+                                  self.threat, self.pgd_iterations, self.epsilon_scale)
+            x_adv_block[rows] = torch.from_numpy(x_adv)
+            picked[rows] = True
+        return x_adv_block, picked
 
 
 @dataclass
 class EarlyStopping:
-    """Keeps the weights of the epoch with the best validation AP; says when `patience` epochs passed
-    without a better one (patience None: never stops, keeps nothing)."""
+    """Keeps the weights of the epoch with the best validation figure (AP or robust AP: train.early_stopping_
+    metric); says when `patience` epochs passed without a better one (patience None: never stops, keeps nothing)."""
 
     patience: int | None
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val AP, epoch, weights)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val figure, epoch, weights)
+    metric: str = "average_precision"  # names the figure in restore_best's keys
 
     def should_stop(self, epoch: int, val_ap: float | None, module: torch.nn.Module) -> bool:
         if self.patience is None or val_ap is None:
@@ -254,8 +270,8 @@ class EarlyStopping:
             self.best = (val_ap, epoch, {k: v.detach().clone() for k, v in module.state_dict().items()})
             return False
         if epoch - self.best[1] >= self.patience:
-            logger.info("early stop after epoch %d: val AP best at epoch %d (%.4f)", epoch, self.best[1],
-                        self.best[0])
+            logger.info("early stop after epoch %d: val %s best at epoch %d (%.4f)", epoch, self.metric,
+                        self.best[1], self.best[0])
             return True
         return False
 
@@ -264,7 +280,7 @@ class EarlyStopping:
         if self.best is None:
             return {}
         module.load_state_dict(self.best[2])
-        return {"best_epoch": self.best[1], "best_val_average_precision": self.best[0]}
+        return {"best_epoch": self.best[1], f"best_val_{self.metric}": self.best[0]}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -371,7 +387,34 @@ def build_crafter(trainee: Trainee, threat: ThreatModel, cfg: TrainSettings) -> 
         batch_size=cfg.batch_size,
         ratio=cfg.adversarial.ratio,
         classes=cfg.adversarial.classes,
+        pgd_iterations=cfg.adversarial.pgd_iterations,
+        epsilon_scale=cfg.adversarial.craft_epsilon_scale,
     )
+
+
+def trades_loss(
+    trainee: Trainee, x_clean: torch.Tensor, x_adv: torch.Tensor, picked: torch.Tensor, y: torch.Tensor,
+    cfg: AdversarialSettings,
+) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019): cross-entropy (on x_clean, or on x_adv with trades_cross_entropy
+    adversarial) plus trades_beta x KL(p(x_clean) || p(x_adv)) summed over the picked rows, divided by the
+    batch size (the paper's batch mean when every row is picked)."""
+    logits_clean = trainee.module(x_clean)
+    if cfg.trades_cross_entropy == "clean":
+        cross_entropy = trainee.loss_fn(logits_clean, y)
+        logits_adv = trainee.module(x_adv[picked]) if bool(picked.any()) else None
+    else:
+        logits_all_adv = trainee.module(x_adv)
+        cross_entropy = trainee.loss_fn(logits_all_adv, y)
+        logits_adv = logits_all_adv[picked]
+    if logits_adv is None or len(logits_adv) == 0 or cfg.trades_beta == 0:
+        return cross_entropy
+    log_p_adv = torch.log_softmax(logits_adv, dim=1)
+    log_p_clean = torch.log_softmax(logits_clean[picked], dim=1)
+    # KL(p_clean || p_adv) = sum p_clean (log p_clean - log p_adv); gradients flow through both sides, as in
+    # the paper's reference code.
+    kl = torch.nn.functional.kl_div(log_p_adv, log_p_clean, reduction="sum", log_target=True)
+    return cross_entropy + cfg.trades_beta * kl / len(y)
 
 
 def train_one_epoch(
@@ -386,15 +429,21 @@ def train_one_epoch(
     for block_first in range(0, data.n_fit, block_rows):
         block = order[block_first:block_first + block_rows]
         x_block, y_block = data.x_fit[block], data.y_fit[block]
+        x_adv_block, picked = x_block, torch.zeros(len(block), dtype=torch.bool)
         if crafter is not None:
             t0 = time.perf_counter()
-            crafter.craft(x_block, y_block)
+            x_adv_block, picked = crafter.craft(x_block, y_block)
             attack_seconds += time.perf_counter() - t0
+        trades = crafter is not None and cfg.adversarial.objective == "trades"
         trainee.module.train()  # ART's gradient calls leave the module in eval mode
         for first in range(0, len(block), cfg.batch_size):
-            xb, yb = x_block[first:first + cfg.batch_size], y_block[first:first + cfg.batch_size]
+            batch = slice(first, first + cfg.batch_size)
+            yb = y_block[batch]
             trainee.optimizer.zero_grad()  # ART's gradient calls also leave gradients on the parameters
-            loss = trainee.loss_fn(trainee.module(xb), yb)
+            if trades:
+                loss = trades_loss(trainee, x_block[batch], x_adv_block[batch], picked[batch], yb, cfg.adversarial)
+            else:
+                loss = trainee.loss_fn(trainee.module(x_adv_block[batch]), yb)
             loss.backward()
             trainee.optimizer.step()
             loss_sum += float(loss.detach()) * len(yb)
@@ -409,6 +458,27 @@ def validation_average_precision(module: torch.nn.Module, data: PreparedData) ->
     with torch.no_grad():
         val_scores = torch.softmax(module(torch.from_numpy(data.x_val)), dim=1)[:, 1].numpy()
     return _average_precision(data.y_val, val_scores)
+
+
+def validation_robust_average_precision(
+    module: FraudMLP, data: PreparedData, threat: ThreatModel
+) -> float | None:
+    """AP on the validation slice once its frauds are attacked with masked PGD at the threat model's budget
+    (fraudguard.evaluation.robust_average_precision's attack; legitimate rows keep their clean scores)."""
+    if data.x_val is None or data.y_val.size == 0 or data.y_val.min() == data.y_val.max():
+        return None
+    module.eval()
+    x_val = data.x_val
+    with torch.no_grad():
+        scores = torch.softmax(module(torch.from_numpy(x_val)), dim=1)[:, 1].numpy()
+    fraud = np.flatnonzero(data.y_val == 1)
+    classifier = make_art_classifier(module, threat.n_features)
+    x_adv = masked_pgd(classifier, x_val[fraud], data.y_val[fraud], threat, threat.epsilon, threat.eps_step,
+                       threat.pgd_iterations, batch_size=max(len(fraud), 1))
+    module.eval()
+    with torch.no_grad():
+        scores[fraud] = torch.softmax(module(torch.from_numpy(x_adv)), dim=1)[:, 1].numpy()
+    return _average_precision(data.y_val, scores)
 
 
 def finalize(
@@ -471,7 +541,7 @@ def train_model(
 
         bar = tqdm(epochs, desc="adversarial training" if adversarial else "training", unit="epoch")
         epochs = bar
-    stopping = EarlyStopping(cfg.early_stopping_patience)
+    stopping = EarlyStopping(cfg.early_stopping_patience, metric=cfg.early_stopping_metric)
     for epoch in epochs:
         start, cpu_start = time.perf_counter(), time.process_time()
         order = torch.randperm(data.n_fit, generator=generator)
@@ -491,6 +561,9 @@ def train_model(
         }
         if data.x_val is not None:
             entry["val_average_precision"] = validation_average_precision(trainee.module, data)
+            if cfg.early_stopping_metric == "robust_average_precision":
+                entry["val_robust_average_precision"] = validation_robust_average_precision(
+                    trainee.module, data, threat)
         history.append(entry)
         logger.info(
             "epoch %d/%d: loss %.4f, %.2fs (%.2fs crafting adversarial rows), val AP %s",
@@ -499,7 +572,7 @@ def train_model(
         )
         if bar is not None:
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
-        if stopping.should_stop(epoch, entry.get("val_average_precision"), trainee.module):
+        if stopping.should_stop(epoch, entry.get("val_" + cfg.early_stopping_metric), trainee.module):
             break
     if bar is not None:
         bar.close()

@@ -52,6 +52,8 @@ def test_an_ill_typed_value_names_the_key_and_shows_the_value():
     ({"validate": {"min_customer_history": 1}}, "validate.min_customer_history"),
     ({"serve": {"port": 70000}}, "serve.port"),
     ({"monitor": {"retrain_deployment": "no-slash"}}, "monitor.retrain_deployment"),
+    ({"train": {"adversarial": {"trades_beta": -1.0}}}, "train.adversarial.trades_beta"),
+    ({"train": {"adversarial": {"pgd_iterations": 0}}}, "train.adversarial.pgd_iterations"),
 ])
 def test_an_out_of_range_value_names_the_key_and_the_value(overrides, key):
     message = _refused(overrides)
@@ -64,6 +66,26 @@ def test_an_out_of_range_value_names_the_key_and_the_value(overrides, key):
 
 def test_a_choice_outside_its_list_is_refused():
     assert "key 'train.adversarial.attack'" in _refused({"train": {"adversarial": {"attack": "cw"}}})
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"train": {"adversarial": {"objective": "mart"}}}, "train.adversarial.objective"),
+    ({"train": {"adversarial": {"trades_cross_entropy": "both"}}}, "train.adversarial.trades_cross_entropy"),
+    ({"train": {"early_stopping_metric": "roc_auc"}}, "train.early_stopping_metric"),
+])
+def test_a_robust_training_choice_outside_its_list_is_named(overrides, key):
+    assert f"key '{key}'" in _refused(overrides)
+
+
+def test_robust_training_keys_default_to_replacing_rows_and_stopping_on_clean_ap():
+    raw = small_params()
+    for key in ("objective", "trades_beta", "trades_cross_entropy", "pgd_iterations"):
+        raw["train"]["adversarial"].pop(key, None)
+    raw["train"].pop("early_stopping_metric", None)
+    train = parse_settings(raw).train
+    assert train.adversarial.objective == "replace"
+    assert train.adversarial.pgd_iterations is None
+    assert train.early_stopping_metric == "average_precision"
 
 
 def test_non_positive_robustness_epsilons_are_refused():

@@ -275,3 +275,135 @@ def test_an_unknown_learning_rate_schedule_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="lr_schedule"):
         _settings({"train": {"lr_schedule": "linear"}})
+
+
+def _trainee(n_features: int = 3):
+    from fraudguard.model import FraudMLP
+    from fraudguard.training import Trainee
+
+    torch.manual_seed(0)
+    module = FraudMLP(n_features, [8], 0.0)
+    return Trainee(module, torch.optim.Adam(module.parameters()), torch.nn.CrossEntropyLoss())
+
+
+def _adversarial_cfg(**values):
+    return _settings({"train": {"adversarial": {"objective": "trades", **values}}}).train.adversarial
+
+
+def test_trades_loss_is_the_cross_entropy_when_adversarial_rows_score_like_their_clean_rows():
+    from fraudguard.training import trades_loss
+
+    trainee = _trainee()
+    x = torch.randn(6, 3)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    picked = y == 1
+    loss = trades_loss(trainee, x, x.clone(), picked, y, _adversarial_cfg(trades_beta=5.0))
+    with torch.no_grad():
+        expected = float(trainee.loss_fn(trainee.module(x), y))
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_trades_loss_adds_beta_times_the_kl_of_the_picked_rows_over_the_batch():
+    from fraudguard.training import trades_loss
+
+    trainee = _trainee()
+    x = torch.randn(6, 3)
+    x_adv = x.clone()
+    picked = torch.tensor([False, True, False, True, False, False])
+    x_adv[picked] += 2.0
+    x_adv[~picked] -= 3.0  # unpicked rows: ignored by the KL term, and by the clean cross-entropy
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    with torch.no_grad():
+        p_clean = torch.softmax(trainee.module(x[picked]), dim=1)
+        p_adv = torch.softmax(trainee.module(x_adv[picked]), dim=1)
+        kl = float((p_clean * (p_clean.log() - p_adv.log())).sum())
+        ce_clean = float(trainee.loss_fn(trainee.module(x), y))
+        ce_adv = float(trainee.loss_fn(trainee.module(x_adv), y))
+    assert kl > 0
+    clean = trades_loss(trainee, x, x_adv, picked, y, _adversarial_cfg(trades_beta=2.0))
+    assert float(clean.detach()) == pytest.approx(ce_clean + 2.0 * kl / 6, rel=1e-5)
+    on_adv = trades_loss(trainee, x, x_adv, picked, y,
+                         _adversarial_cfg(trades_beta=2.0, trades_cross_entropy="adversarial"))
+    assert float(on_adv.detach()) == pytest.approx(ce_adv + 2.0 * kl / 6, rel=1e-5)
+    no_kl = trades_loss(trainee, x, x_adv, picked, y, _adversarial_cfg(trades_beta=0.0))
+    assert float(no_kl.detach()) == pytest.approx(ce_clean, rel=1e-6)
+
+
+def test_crafter_returns_a_copy_with_only_the_picked_rows_attacked_and_leaves_the_block_as_it_was(split):
+    from fraudguard.threat import build_threat_model
+    from fraudguard.training import build_crafter, build_model, prepare_data
+
+    params = TrainingParams.of(_settings())
+    data = prepare_data(split[0], params)
+    trainee = build_model(data, params)
+    crafter = build_crafter(trainee, build_threat_model(params.threat_model, data.standardizer), params.train)
+    x_block, y_block = data.x_fit[:2048].clone(), data.y_fit[:2048]
+    before = x_block.clone()
+    x_adv, picked = crafter.craft(x_block, y_block)
+    assert torch.equal(x_block, before)
+    assert torch.equal(picked, y_block == 1)  # classes fraud, ratio 1
+    assert torch.equal(x_adv[~picked], x_block[~picked])
+    assert (x_adv[picked] != x_block[picked]).any(dim=1).all()
+
+
+def test_pgd_iterations_of_the_train_section_set_the_crafting_attacks_iterations(split):
+    from fraudguard.attacks import masked_pgd
+    from fraudguard.threat import build_threat_model
+    from fraudguard.training import build_crafter, build_model, prepare_data
+
+    params = TrainingParams.of(_settings({"train": {"adversarial": {"attack": "pgd", "pgd_iterations": 2}}}))
+    data = prepare_data(split[0], params)
+    trainee = build_model(data, params)
+    threat = build_threat_model(params.threat_model, data.standardizer)
+    crafter = build_crafter(trainee, threat, params.train)
+    x_block, y_block = data.x_fit[:512], data.y_fit[:512]
+    x_adv, picked = crafter.craft(x_block, y_block)
+    frauds = x_block[picked].numpy()
+    for iterations, same in ((2, True), (params.threat_model.pgd_iterations, False)):
+        expected = masked_pgd(crafter.classifier, frauds, np.ones(len(frauds)), threat, threat.epsilon,
+                              threat.eps_step, iterations, batch_size=len(frauds))
+        assert np.allclose(x_adv[picked].numpy(), expected, atol=1e-6) is same
+
+
+def test_trades_training_learns_and_differs_from_replacing_the_rows(split, trained):
+    from sklearn.metrics import average_precision_score
+
+    settings = _settings({"train": {"adversarial": {"objective": "trades", "trades_beta": 2.0,
+                                                    "trades_cross_entropy": "adversarial"}}})
+    result = train_model(split[0], settings, progress=False)
+    test = split[1]
+    y = test[TX_FRAUD].to_numpy()
+    assert average_precision_score(y, result.bundle.predict_proba(test)) > 4 * y.mean()
+    assert not torch.equal(result.bundle.module.state_dict()["net.0.weight"],
+                           trained.bundle.module.state_dict()["net.0.weight"])
+
+
+def test_early_stopping_on_robust_ap_keeps_the_epoch_with_the_best_attacked_validation_ap(split):
+    from fraudguard.evaluation import robust_average_precision
+    from fraudguard.threat import build_threat_model
+
+    settings = _settings({"train": {"epochs": 6, "early_stopping_patience": 2, "learning_rate": 0.01,
+                                    "early_stopping_metric": "robust_average_precision"}})
+    result = train_model(split[0], settings, progress=False)
+    robust = [h["val_robust_average_precision"] for h in result.history]
+    best_epoch = result.extra["best_epoch"]
+    assert robust[best_epoch - 1] == max(robust) == result.extra["best_val_robust_average_precision"]
+    # The figure is the evaluation's robust AP of the kept weights on the validation slice.
+    _, validation = split_validation(split[0], settings.train.validation_share)
+    threat = build_threat_model(settings.threat_model, result.bundle.standardizer)
+    assert robust_average_precision(result.bundle, validation, threat) == pytest.approx(max(robust), abs=1e-6)
+
+
+def test_craft_epsilon_scale_crafts_training_rows_beyond_the_budget_within_its_margin(split):
+    from fraudguard.threat import build_threat_model
+    from fraudguard.training import build_crafter, build_model, prepare_data
+
+    params = TrainingParams.of(_settings({"train": {"adversarial": {"attack": "fgsm", "craft_epsilon_scale": 1.5}}}))
+    data = prepare_data(split[0], params)
+    threat = build_threat_model(params.threat_model, data.standardizer)
+    crafter = build_crafter(build_model(data, params), threat, params.train)
+    x_block, y_block = data.x_fit[:2048], data.y_fit[:2048]
+    x_adv, picked = crafter.craft(x_block, y_block)
+    moved = (x_adv[picked] - x_block[picked]).abs().numpy()[:, threat.mask > 0]
+    assert moved.max() > threat.epsilon * 1.01
+    assert moved.max() <= threat.epsilon * 1.5 + 1e-5
