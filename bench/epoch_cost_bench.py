@@ -14,14 +14,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_project import print_bench_json  # noqa: E402
-from model_quality_bench import world_settings  # noqa: E402
+from model_quality_bench import parse_set_options, world_settings  # noqa: E402
 
 
 def main() -> None:
@@ -36,12 +34,7 @@ def main() -> None:
     from fraudguard.features import compute_features, plan_split, split_train_test
     from fraudguard.training import train_model
 
-    overrides: dict[str, Any] = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected dotted.key=value")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_set_options(parser, args.overrides)
     overrides["train.epochs"] = args.epochs
     settings = world_settings(args.world, 1.0, overrides)
     features = compute_features(simulate_transactions(settings.simulate), settings.featurize)

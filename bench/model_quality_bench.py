@@ -120,6 +120,17 @@ def write_results_section(table: str, command: str, overrides: dict[str, Any], w
     RESULTS_MD.write_text(text, encoding="utf-8")
 
 
+def parse_set_options(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """`-S dotted.key=YAML value` options as an overrides mapping; a malformed one is a usage error."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected dotted.key=value")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", nargs="+", choices=("default", "handbook"), default=["default", "handbook"])
@@ -130,12 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    overrides: dict[str, Any] = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected dotted.key=value")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_set_options(parser, args.overrides)
 
     results = []
     for world in args.worlds:
