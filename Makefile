@@ -17,7 +17,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -c "import fraudguard, torch, mlflow, prefect, dvc, art, evidently"
 	touch $@
 
-install: $(VENV)/.installed
+# Prefect's schema, migrated once: `fraudguard run` copies it into each new project's Prefect home.
+$(VENV)/.prefect-db: $(VENV)/.installed
+	$(BIN)/python -m fraudguard.prefect_database create
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/.prefect-db
 
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fraudguard run

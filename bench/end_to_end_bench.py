@@ -1,7 +1,12 @@
 """End-to-end cost of `fraudguard run` (cold: fresh project copy, no DVC cache or remote copy of the data,
 new MLflow store, new Prefect home), split into compute and everything else.
 
-    python bench/end_to_end_bench.py [--keep]
+    python bench/end_to_end_bench.py [--keep] [--no-prefect-template]
+
+Cold means: a fresh project copy, no DVC cache or remote copy of the data, a new MLflow store and a new
+Prefect home. What `make install` prepared stays, as for a user's first run: the virtualenv and the migrated
+empty Prefect database that `fraudguard run` copies into a new Prefect home (fraudguard.prefect_database);
+--no-prefect-template makes the temporary server migrate a new database itself, as before that template.
 
 How each figure is obtained:
   total          wall time of the `fraudguard run --root <tmp project>` subprocess (default params.yaml).
@@ -140,18 +145,23 @@ def run_timeline(stderr: str, started: float, ended: float) -> list[tuple[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temp project (path printed)")
+    parser.add_argument("--no-prefect-template", action="store_true",
+                        help="no migrated Prefect database: the temporary server creates its own")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     with scratch_dir("fraudguard-e2e-bench-", args.keep) as tmp:
         root, env = make_temp_project(tmp, pull_data=False)
+        if args.no_prefect_template:
+            env["FRAUDGUARD_PREFECT_DB_TEMPLATE"] = ""
         start, wall_start = time.perf_counter(), time.time()
         proc = run_cmd([str(BIN / "fraudguard"), "run", "--root", str(root)], root, env, timeout=1800)
         total = time.perf_counter() - start
         timeline = run_timeline(proc.stderr, wall_start, time.time())
         output = proc.stdout + proc.stderr
         state = next((line for line in proc.stdout.splitlines() if line.startswith("flow run:")), "flow run: ?")
-        print(f"`fraudguard run --root {root}` (cold, default params): {total:.1f} s; {state}")
+        template = "no Prefect database template" if args.no_prefect_template else "Prefect database from make install"
+        print(f"`fraudguard run --root {root}` (cold, default params, {template}): {total:.1f} s; {state}")
         repro_match = re.findall(r"dvc repro: ran .*?\(([\d.]+) s\)", output)
         repro_wall = float(repro_match[-1]) if repro_match else None
 

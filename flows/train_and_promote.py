@@ -44,13 +44,14 @@ def pull_data(root: Path, settings, data_revision: str | None) -> str:
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def reproduce(workspace: Path, settings) -> dict[str, Any]:
+def reproduce(root: Path, workspace: Path, settings) -> dict[str, Any]:
+    from fraudguard import preload
     from fraudguard.pipeline import reproduce_stages
-    from fraudguard.promotion import load_gate_libraries
 
-    # The stages run in DVC's processes; meanwhile this one loads what the gates will need (torch, ART,
-    # scikit-learn, Evidently), which prepare-gates would otherwise load after registration.
-    outcome = reproduce_stages(workspace, meanwhile=lambda: load_gate_libraries(settings.gates))
+    # While the training runs (one torch thread), load what register-model and the gates need: MLflow and
+    # root's store, the gates' libraries; those tasks would otherwise load them one after another.
+    steps = preload.after_stages(root, settings.registry, settings.gates)
+    outcome = reproduce_stages(workspace, meanwhile=lambda: preload.run_steps(steps), meanwhile_from="train")
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}
 
@@ -203,7 +204,7 @@ def _train_and_gate(root: Path, workspace: Path, settings, data_md5: str, promot
     """The flow after the data: stages in `workspace`, then register, gates and decision in root's store."""
     from fraudguard.reporting import champion_label, promotion_markdown
 
-    stages = reproduce(workspace, settings)
+    stages = reproduce(root, workspace, settings)
     record = register(root, workspace, settings, flow_run.get_id())
     if record["is_champion"] and promote:
         return _finish(Completed, f"Unchanged v{record['version']}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Iterator
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 def in_dask_worker() -> bool:
     """True inside a task a Dask worker is running (the flow's DaskTaskRunner put the gate there)."""
+    if "distributed" not in sys.modules:  # a Dask worker has it loaded; importing it to ask costs ~1 s
+        return False
     try:
         from distributed import get_worker
     except ImportError:

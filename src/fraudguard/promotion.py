@@ -70,7 +70,8 @@ logger = logging.getLogger(__name__)
 # Libraries the standard gates import lazily (the union of the table's heavy_imports, kept as a constant so
 # the benchmark can name it without importing the gates). Their first import must not race in two gate
 # threads: ART's circular imports deadlock (`_DeadlockError: art.attacks.inference`) when imported concurrently.
-STANDARD_HEAVY_IMPORTS = ("torch", "sklearn", "art", "evidently")
+# Not Evidently: the drift gate runs it in its own interpreter (gates/drift.py, run_comparisons).
+STANDARD_HEAVY_IMPORTS = ("torch", "sklearn", "art")
 GATE_SECTION_TITLE = "## Gate verdicts"
 _MAX_DESCRIPTION_CHARS = 4900  # model_versions.description is VARCHAR(5000) in SQL stores
 _MAX_TAG_REASON_CHARS = 2000

@@ -85,3 +85,30 @@ def test_a_simulated_world_without_drift_passes_with_a_drift_share_near_zero(tmp
     # fortnight holds an active compromise is chance, and Evidently's test flags it. Still far below the gate.
     assert result.metrics["drift_share_newest_window"] <= 0.15
     assert result.metrics["drifted_controlled_newest_window"] == 0.0
+
+
+def test_reports_run_in_a_separate_interpreter_give_the_same_figures_as_here(tmp_path, settings):
+    from fraudguard.gates.drift import _job, run_comparisons
+
+    features = list(settings.model.features)
+    reference = feature_frame(settings, 3000, seed=1)
+    current = feature_frame(settings, 1000, seed=2, amount_scale=3.0)
+    jobs = [_job(reference, current, features, 0.2, tmp_path / where / "drift.html", "newest_window")
+            for where in ("here", "separate")]
+
+    [here] = run_comparisons(jobs[:1], here=True)
+    [separate] = run_comparisons(jobs[1:], here=False)
+
+    assert (separate.drift_share, separate.drifted_columns) == (here.drift_share, here.drifted_columns)
+    assert "TX_AMOUNT" in separate.drifted_columns
+    assert "<html" in (tmp_path / "separate" / "drift.html").read_text()[:2000].lower()
+
+
+def test_a_bad_input_fails_with_its_name_before_any_interpreter_starts(tmp_path, settings):
+    from fraudguard.errors import DataError
+    from fraudguard.gates.drift import compare_features
+
+    reference = feature_frame(settings, 100, seed=1).drop(columns=["TX_AMOUNT"])
+    with pytest.raises(DataError, match="TX_AMOUNT"):
+        compare_features(reference, feature_frame(settings, 100, seed=2), list(settings.model.features), 0.2,
+                         tmp_path / "drift.html", "newest_window")

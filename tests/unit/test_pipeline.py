@@ -137,6 +137,42 @@ def test_reproduce_stages_does_the_meanwhile_work_while_dvc_runs_the_stages(tmp_
     assert (root / "out.txt").read_text() == "done"
 
 
+def _two_stage_project(root: Path) -> Path:
+    """`early` records whether the file `started` existed while it ran; `late` (after it) waits for that file."""
+    root = _waiting_stage_project(root)
+    (root / "early.py").write_text(
+        "import pathlib, time\n"
+        "time.sleep(1.0)\n"
+        "pathlib.Path('early.txt').write_text('seen' if pathlib.Path('started').exists() else 'not seen')\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "early": {"cmd": "python early.py", "deps": ["early.py"], "outs": ["early.txt"]},
+        "wait": {"cmd": "python stage.py", "deps": ["stage.py", "early.txt"], "outs": ["out.txt"]}}}))
+    return root
+
+
+def test_meanwhile_work_waits_for_the_named_stage_to_start(tmp_path):
+    root = _two_stage_project(tmp_path / "project")
+
+    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda: (root / "started").write_text("x"),
+                               meanwhile_from="wait")
+
+    assert outcome.ran == ("early", "wait")
+    assert (root / "early.txt").read_text() == "not seen"
+    assert (root / "out.txt").read_text() == "done"
+
+
+def test_meanwhile_work_still_runs_when_the_named_stage_is_up_to_date(tmp_path):
+    root = _two_stage_project(tmp_path / "project")
+    reproduce_stages(root, ("wait",), meanwhile=lambda: (root / "started").write_text("x"), meanwhile_from="wait")
+    calls: list[str] = []
+
+    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda: calls.append("done"), meanwhile_from="wait")
+
+    assert outcome.ran == ()
+    assert set(outcome.skipped) == {"early", "wait"}
+    assert calls == ["done"]
+
+
 def test_a_failing_meanwhile_work_is_logged_and_the_stages_still_run(tmp_path, caplog):
     root = _waiting_stage_project(tmp_path / "project")
     (root / "started").write_text("x")

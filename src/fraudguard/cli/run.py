@@ -177,6 +177,10 @@ class EarlyPrefectServer:
         if spec is None or spec.origin is None:
             return None
         timeout_s = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+        from fraudguard.prefect_database import seed_prefect_database
+
+        # A new home would make the server migrate a new database first (~5.5 s): copy the one migrated at install.
+        seed_prefect_database(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser())
         server = cls(Path(spec.origin).parent.parent, timeout_s)
         server._spawn()
         os.environ["PREFECT_API_URL"] = server.api_url
@@ -323,57 +327,22 @@ class TemporaryServerStart:
         return (str(self.error).strip().splitlines() or [type(self.error).__name__])[0][:300]
 
 
-# What register-model imports (MLflow, torch for the bundle, matplotlib for the loss curve).
-FLOW_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
-                "fraudguard.tracking")
-
-
 def preload_for_flow(root: Path, overrides: dict[str, Any] | None,
                      until: Callable[[], bool] = lambda: False) -> list[str]:
-    """Load what the flow's tasks will need, in the order they need it, until `until()` says to stop (the
-    temporary server is ready); returns what was left (the tasks load it when they get there).
-
-    In order: the stages' libraries (pull-data and dvc-repro run first), MLflow and the store (creating its
-    tables when new: register-model), MLflow's installed-package map, the gates' libraries (prepare-gates).
-    The same work the tasks would do later, done while the process would otherwise wait; each step is best
-    effort: on a failure the task that needs it meets the same error and reports it.
+    """Load what the flow's tasks will need, in the order they need it (fraudguard.preload: the stages', then
+    registration's and the gates'), until `until()` says to stop (the temporary server is ready); returns
+    what was left: the flow loads it while the training runs (flows/train_and_promote.py).
     """
-    from fraudguard.pipeline import STAGE_IMPORTS, validate_overrides
-    from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, discover_gates, warm_imports
-    from fraudguard.tracking import configure_mlflow
+    from fraudguard import preload
+    from fraudguard.pipeline import validate_overrides
 
     try:
         settings = validate_overrides(root / "params.yaml", overrides)
     except Exception as exc:  # the flow's validate-params task reports it
         logger.debug("preload skipped: %s", exc)
         return ["everything (params do not validate)"]
-    # One module a step, so that loading stops soon after the server answers: what is left loads in the
-    # flow, the gates' libraries while the stages run (flows/train_and_promote.py).
-    steps: list[tuple[str, Callable[[], object]]] = [
-        *((name, lambda name=name: warm_imports({}, (name,))) for name in (*STAGE_IMPORTS, *FLOW_IMPORTS)),
-        ("MLflow store", lambda: configure_mlflow(root, settings.registry)),
-        ("installed-package map", _load_mlflow_package_map),
-        ("gate modules", lambda: discover_gates(settings.gates)),
-        *((name, lambda name=name: warm_imports({}, (name,))) for name in STANDARD_HEAVY_IMPORTS),
-    ]
-    for index, (what, step) in enumerate(steps):
-        if until():
-            return [name for name, _ in steps[index:]]
-        try:
-            step()
-        except Exception as exc:
-            logger.debug("preload of %s failed (the task that needs it will report it): %s", what, exc)
-    return []
-
-
-def _load_mlflow_package_map() -> None:
-    """MLflow maps installed packages to modules (importlib.metadata over every distribution) the first time
-    it checks a logged model's requirements; that map is cached per process, so build it now."""
-    from mlflow.utils import requirements_utils
-
-    init = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # private: absent means skip
-    if callable(init):
-        init()
+    steps = [*preload.before_stages(), *preload.after_stages(root, settings.registry, settings.gates)]
+    return preload.run_steps(steps, until)
 
 
 def summarize_data(root: Path) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""What the train-and-promote flow loads ahead, while the process would otherwise wait.
+
+Two moments have idle time: `fraudguard run` waiting for Prefect's temporary server to boot (another process),
+and the training stage (one torch thread: the second core is free). Loading there what the flow's tasks would
+load one after another takes it off the run's critical path (issue 14 §5, bench/end_to_end_bench.py):
+  before_stages  what pull-data and dvc-repro need first: DVC and the stages' libraries;
+  after_stages   what register-model and the gates need: MLflow and the project's store (created when new),
+                 MLflow's installed-package map, plotting, the gate modules and their libraries.
+Each step is best effort: on a failure the task that needs it meets the same error and reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fraudguard.config import GatesSettings, RegistrySettings
+
+logger = logging.getLogger(__name__)
+
+Step = tuple[str, Callable[[], object]]
+
+# DVC and the stages' modules, in the order the flow uses them (pull-data, then the stages).
+STAGE_IMPORTS = ("dvc.repo", "fraudguard.data.versioning", "fraudguard.data.simulator",
+                 "fraudguard.stages.validate", "fraudguard.stages.featurize", "fraudguard.stages.train",
+                 "fraudguard.model", "fraudguard.evaluation", "fraudguard.attacks", "sklearn.metrics",
+                 "fraudguard.stages.evaluate")
+# What register-model imports: MLflow, torch for the bundle, matplotlib for the loss curve (and the evaluate
+# stage's PR curve: matplotlib builds its font cache on first use, ~1.5 s on a new machine).
+REGISTER_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
+                    "fraudguard.tracking")
+
+
+def _import_step(name: str) -> Step:
+    def load() -> None:
+        from fraudguard.promotion import warm_imports
+
+        warm_imports({}, (name,))
+
+    return name, load
+
+
+def before_stages() -> list[Step]:
+    """Steps for the stages: one module a step, so a caller can stop soon after its wait is over."""
+    return [_import_step(name) for name in STAGE_IMPORTS]
+
+
+def after_stages(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
+    """Steps for registration and the gates: MLflow, the store at root (its tables created when new), the
+    package map MLflow builds when it checks a logged model's requirements, the gates and their libraries."""
+    from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, discover_gates
+    from fraudguard.tracking import configure_mlflow
+
+    return [
+        *(_import_step(name) for name in REGISTER_IMPORTS),
+        ("MLflow store", lambda: configure_mlflow(root, registry)),
+        ("installed-package map", load_mlflow_package_map),
+        ("gate modules", lambda: discover_gates(gates)),
+        *(_import_step(name) for name in STANDARD_HEAVY_IMPORTS),
+    ]
+
+
+def run_steps(steps: list[Step], until: Callable[[], bool] = lambda: False) -> list[str]:
+    """Run the steps in order until `until()` is true; the names of the steps left undone."""
+    for index, (what, step) in enumerate(steps):
+        if until():
+            return [name for name, _ in steps[index:]]
+        try:
+            step()
+        except Exception as exc:
+            logger.debug("preload of %s failed (the task that needs it will report it): %s", what, exc)
+    return []
+
+
+def load_mlflow_package_map() -> None:
+    """MLflow maps installed packages to modules (importlib.metadata over every distribution) the first time
+    it checks a logged model's requirements; that map is cached per process, so build it now."""
+    from mlflow.utils import requirements_utils
+
+    init = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # private: absent means skip
+    if callable(init):
+        init()
