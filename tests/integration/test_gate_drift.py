@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +114,31 @@ def test_a_bad_input_fails_with_its_name_before_any_interpreter_starts(tmp_path,
     with pytest.raises(DataError, match="TX_AMOUNT"):
         compare_features(reference, feature_frame(settings, 100, seed=2), list(settings.model.features), 0.2,
                          tmp_path / "drift.html", "newest_window")
+
+
+def test_an_interpreter_started_ahead_runs_the_reports_and_this_one_never_loads_evidently(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from fraudguard.config import parse_settings\n"
+        "from fraudguard.gates import drift\n"
+        "from conftest import small_params\n"
+        "from registry_helpers import feature_frame\n"
+        "settings = parse_settings(small_params({}))\n"
+        "drift.start_evidently_interpreter()\n"
+        "started = drift._ready_interpreter\n"
+        "features = list(settings.model.features)\n"
+        f"out = {str(tmp_path)!r}\n"
+        "[c] = drift.run_comparisons([drift._job(feature_frame(settings, 3000, seed=1),\n"
+        "    feature_frame(settings, 1000, seed=2, amount_scale=3.0), features, 0.2, Path(out) / 'd.html', 'w')])\n"
+        "assert started is not None and drift._ready_interpreter is started\n"
+        "assert 'evidently' not in sys.modules, 'Evidently was loaded here'\n"
+        "print('DRIFTED', ','.join(c.drifted_columns))\n")
+    here = Path(__file__).resolve().parent
+    proc = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TX_AMOUNT" in proc.stdout.split("DRIFTED", 1)[1]
+    assert "<html" in (tmp_path / "d.html").read_text()[:2000].lower()

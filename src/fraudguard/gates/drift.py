@@ -18,6 +18,8 @@ from fraudguard.errors import DataError
 from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     import pandas as pd
 
     from fraudguard.config import DriftGateSettings
@@ -98,6 +100,38 @@ def _evidently_drift(job: _DriftJob) -> DriftComparison:
                            job.report_path)
 
 
+# The interpreter start_evidently_interpreter() started ahead, Evidently loaded in it (process-wide, like MLflow's
+# tracking URI: set by an entry point, the flow, never by library code).
+_ready_interpreter: "ProcessPoolExecutor | None" = None
+
+
+def _load_evidently() -> None:
+    import evidently  # noqa: F401
+
+
+def _new_interpreter() -> "ProcessPoolExecutor":
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller has threads (Prefect's, the other gates'), which fork does not copy safely.
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def start_evidently_interpreter() -> None:
+    """Start now the interpreter run_comparisons will use, and load Evidently in it: for an entry point with idle
+    time ahead (the flow, as the training starts: one torch thread leaves the second core free). Does nothing
+    when this interpreter has Evidently loaded (it then runs the reports) or one was started already."""
+    global _ready_interpreter
+    if _ready_interpreter is not None or "evidently" in sys.modules:
+        return
+    import atexit
+
+    interpreter = _new_interpreter()
+    interpreter.submit(_load_evidently)
+    atexit.register(interpreter.shutdown, wait=False, cancel_futures=True)
+    _ready_interpreter = interpreter
+
+
 def run_comparisons(jobs: list[_DriftJob], here: bool | None = None) -> list[DriftComparison]:
     """Evidently on each job: in this interpreter when it has Evidently loaded already (or `here` is True),
     otherwise (or `here` is False) in one new interpreter for all of them.
@@ -107,13 +141,18 @@ def run_comparisons(jobs: list[_DriftJob], here: bool | None = None) -> list[Dri
     (threads of the same flow) and the training before them need. In a separate interpreter they run beside
     them on the second core. Same inputs, same seeded sampling: the same figures either way.
     """
-    if here or (here is None and "evidently" in sys.modules):
+    global _ready_interpreter
+    if here or (here is None and "evidently" in sys.modules and _ready_interpreter is None):
         return [_evidently_drift(job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    if _ready_interpreter is not None:
+        from concurrent.futures.process import BrokenProcessPool
 
-    # spawn, not fork: the caller has threads (Prefect's, the other gates'), which fork does not copy safely.
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as interpreter:
+        try:
+            return list(_ready_interpreter.map(_evidently_drift, jobs))
+        except BrokenProcessPool as exc:  # the interpreter died (killed, out of memory): a new one below
+            logger.warning("the interpreter started for Evidently is gone (%s): starting another", exc)
+            _ready_interpreter = None
+    with _new_interpreter() as interpreter:
         return list(interpreter.map(_evidently_drift, jobs))
 
 
