@@ -4,9 +4,9 @@ Two moments have idle time: `fraudguard run` waiting for Prefect's temporary ser
 and the training stage (one torch thread: the second core is free). Loading there what the flow's tasks would
 load one after another takes it off the run's critical path (issue 14 §5, bench/end_to_end_bench.py):
   before_stages  what pull-data and dvc-repro need first: DVC and the stages' libraries;
-  after_stages   what register-model and the gates need: the drift gate's interpreter (Evidently loads there,
-                 on the free core), MLflow and the project's store (created when new), MLflow's installed-package
-                 map, plotting, the gate modules and their libraries.
+  after_stages   what register-model and the gates need: MLflow and the project's store (created when new),
+                 MLflow's installed-package map, plotting, the gate modules and their libraries;
+  during_training  the same, after starting the drift gate's interpreter (Evidently loads there, on the free core).
 Each step is best effort: on a failure the task that needs it meets the same error and reports it.
 """
 
@@ -52,18 +52,24 @@ def before_stages() -> list[Step]:
 def after_stages(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
     """Steps for registration and the gates: MLflow, the store at root (its tables created when new), the
     package map MLflow builds when it checks a logged model's requirements, the gates and their libraries."""
-    from fraudguard.gates.drift import start_evidently_interpreter
     from fraudguard.promotion import STANDARD_HEAVY_IMPORTS, discover_gates
     from fraudguard.tracking import configure_mlflow
 
     return [
-        ("Evidently's interpreter", start_evidently_interpreter),
         *(_import_step(name) for name in REGISTER_IMPORTS),
         ("MLflow store", lambda: configure_mlflow(root, registry)),
         ("installed-package map", load_mlflow_package_map),
         ("gate modules", lambda: discover_gates(gates)),
         *(_import_step(name) for name in STANDARD_HEAVY_IMPORTS),
     ]
+
+
+def during_training(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
+    """after_stages, first starting the drift gate's own interpreter (Evidently loads there). Only while the
+    training runs: during the temporary server's boot it would be a third busy process on two cores."""
+    from fraudguard.gates.drift import start_evidently_interpreter
+
+    return [("Evidently's interpreter", start_evidently_interpreter), *after_stages(root, registry, gates)]
 
 
 def run_steps(steps: list[Step], until: Callable[[], bool] = lambda: False) -> list[str]:

@@ -118,7 +118,7 @@ def _new_interpreter() -> "ProcessPoolExecutor":
 
 
 def start_evidently_interpreter() -> None:
-    """Start now the interpreter run_comparisons will use, and load Evidently in it: for an entry point with idle
+    """Start now the interpreter the next run_comparisons will use, and load Evidently in it: for an entry point with idle
     time ahead (the flow, as the training starts: one torch thread leaves the second core free). Does nothing
     when this interpreter has Evidently loaded (it then runs the reports) or one was started already."""
     global _ready_interpreter
@@ -147,11 +147,15 @@ def run_comparisons(jobs: list[_DriftJob], here: bool | None = None) -> list[Dri
     if _ready_interpreter is not None:
         from concurrent.futures.process import BrokenProcessPool
 
+        ready, _ready_interpreter = _ready_interpreter, None
         try:
-            return list(_ready_interpreter.map(_evidently_drift, jobs))
+            return list(ready.map(_evidently_drift, jobs))
         except BrokenProcessPool as exc:  # the interpreter died (killed, out of memory): a new one below
             logger.warning("the interpreter started for Evidently is gone (%s): starting another", exc)
-            _ready_interpreter = None
+        finally:
+            # Started for one gate run. Its exit (finalizing Evidently's modules, ~1.5 s) then overlaps the other
+            # gates, instead of holding up this process's exit, which waits for it.
+            ready.shutdown(wait=False)
     with _new_interpreter() as interpreter:
         return list(interpreter.map(_evidently_drift, jobs))
 
