@@ -65,11 +65,39 @@ def after_stages(root: Path, registry: "RegistrySettings", gates: "GatesSettings
 
 
 def during_training(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
-    """after_stages, first starting the drift gate's own interpreter (Evidently loads there). Only while the
-    training runs: during the temporary server's boot it would be a third busy process on two cores."""
+    """after_stages, after the work that can run in other interpreters, on the core the training leaves free:
+    the drift gate's own interpreter (Evidently loads there), and a short-lived one that creates the MLflow
+    store's tables and matplotlib's font cache (written once, then only read here). This thread waits for the
+    latter without holding the interpreter lock the training needs. Only while the training runs: during the
+    temporary server's boot they would be a third busy process on two cores."""
     from fraudguard.gates.drift import start_evidently_interpreter
 
-    return [("Evidently's interpreter", start_evidently_interpreter), *after_stages(root, registry, gates)]
+    return [("Evidently's interpreter", start_evidently_interpreter),
+            ("MLflow store and font cache, in another interpreter", lambda: prepare_elsewhere(root, registry)),
+            *after_stages(root, registry, gates)]
+
+
+def prepare_elsewhere(root: Path, registry: "RegistrySettings", timeout_s: float = 300) -> None:
+    """Run `python -m fraudguard.preload prepare ROOT REGISTRY_JSON` and wait for it (best effort: a failure
+    is logged; the task that needs the store or the fonts then does that work itself)."""
+    import subprocess  # nosec B404 - this interpreter, a fixed module, no shell
+    import sys
+
+    proc = subprocess.run(  # nosec B603 - fixed argv, no shell
+        [sys.executable, "-m", "fraudguard.preload", "prepare", str(root), registry.model_dump_json()],
+        capture_output=True, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        logger.warning("preparing the MLflow store and font cache elsewhere failed (exit %s): %s",
+                       proc.returncode, tail[0])
+
+
+def _prepare(root: Path, registry_json: str) -> None:
+    from fraudguard.config import RegistrySettings
+    from fraudguard.tracking import configure_mlflow
+
+    configure_mlflow(root, RegistrySettings.model_validate_json(registry_json))  # creates the tables when new
+    import matplotlib.font_manager  # noqa: F401 - builds and saves the font cache when there is none
 
 
 def run_steps(steps: list[Step], until: Callable[[], bool] = lambda: False) -> list[str]:
@@ -92,3 +120,12 @@ def load_mlflow_package_map() -> None:
     init = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # private: absent means skip
     if callable(init):
         init()
+
+
+if __name__ == "__main__":  # pragma: no cover - run by prepare_elsewhere, tested through it
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "prepare":
+        print("usage: python -m fraudguard.preload prepare ROOT REGISTRY_JSON", file=sys.stderr)
+        sys.exit(2)
+    _prepare(Path(sys.argv[2]), sys.argv[3])
