@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudguard.prefect_database import TEMPLATE_ENV, create_template, seed_prefect_database
+from fraudguard.prefect_database import MEMO_FILE, TEMPLATE_ENV, create_template, memo_path, seed_prefect_database
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +19,20 @@ def template(tmp_path_factory) -> Path:
     return create_template(tmp_path_factory.mktemp("template") / "prefect.db")
 
 
-def test_template_holds_prefects_migrated_schema_and_no_rows_but_its_revision(template):
+def test_template_holds_prefects_schema_and_block_types_and_nothing_of_a_run(template):
     with sqlite3.connect(template) as db:
         tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         filled = {name: db.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}
         (revision,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
         journal = db.execute("PRAGMA journal_mode").fetchone()[0]
     assert {"flow_run", "task_run", "deployment", "block_document"} <= set(tables)
-    assert {name for name, rows in filled.items() if rows} == {"alembic_version"}  # no keys, no runs
+    # Prefect's built-in block types and schemas; no runs, no flows, no configuration (its keys are per home).
+    assert {name for name, rows in filled.items() if rows} <= {"alembic_version", "block_type", "block_schema",
+                                                                "block_schema_reference"}
+    assert filled["block_type"] > 0
     assert revision and journal == "delete"  # one closed file, nothing in a side WAL
     assert not list(template.parent.glob("*.tmp"))
+    assert "block_auto_registration" in memo_path(template).read_text()
 
 
 def test_seeding_copies_the_template_only_where_prefect_would_create_a_new_database(template, tmp_path,
@@ -40,6 +44,7 @@ def test_seeding_copies_the_template_only_where_prefect_would_create_a_new_datab
 
     assert seed_prefect_database(home) == home / "prefect.db"
     assert (home / "prefect.db").read_bytes() == template.read_bytes()
+    assert (home / MEMO_FILE).read_bytes() == memo_path(template).read_bytes()
 
     (home / "prefect.db").write_bytes(b"a database with runs in it")
     assert seed_prefect_database(home) is None  # an existing database is never replaced

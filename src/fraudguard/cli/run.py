@@ -152,13 +152,14 @@ class EarlyPrefectServer:
     Prefect is not yet imported in this process (its settings are read once, at import).
     """
 
-    def __init__(self, app_dir: Path, timeout_s: float) -> None:
-        self.app_dir = app_dir
+    def __init__(self, home: Path, timeout_s: float) -> None:
+        from fraudguard.prefect_database import temporary_server_env
+
+        self.home = home
         self.timeout_s = timeout_s
         self.port = 0
         self.process: "subprocess.Popen[bytes] | None" = None
-        self._env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1"}
+        self._env = temporary_server_env(home)
 
     @property
     def api_url(self) -> str:
@@ -179,9 +180,12 @@ class EarlyPrefectServer:
         timeout_s = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
         from fraudguard.prefect_database import seed_prefect_database
 
-        # A new home would make the server migrate a new database first (~5.5 s): copy the one migrated at install.
-        seed_prefect_database(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser())
-        server = cls(Path(spec.origin).parent.parent, timeout_s)
+        # A new home would make the server migrate a new database and register Prefect's block types first
+        # (~8 s): copy the database (and Prefect's memo of that registration) prepared at install.
+        home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser().resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        seed_prefect_database(home)
+        server = cls(home, timeout_s)
         server._spawn()
         os.environ["PREFECT_API_URL"] = server.api_url
         atexit.register(server.stop)
@@ -191,14 +195,13 @@ class EarlyPrefectServer:
 
     def _spawn(self) -> None:
         import subprocess  # nosec B404 - this interpreter's uvicorn with a fixed argument list, no shell
-        import sys
+
+        from fraudguard.prefect_database import temporary_server_argv
 
         self.port = _free_port()
-        self.process = subprocess.Popen(  # nosec B603 - fixed argv, no shell
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(self.app_dir), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=self._env)
+        # In its home: the database URL is relative to it (prefect_database.HOME_DATABASE_URL).
+        self.process = subprocess.Popen(temporary_server_argv(self.port), cwd=self.home,  # nosec B603 - fixed argv
+                                        env=self._env)
 
     def ready(self) -> bool:
         """Whether the server answers its health check now (does not wait)."""
