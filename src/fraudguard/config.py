@@ -182,6 +182,8 @@ class ModelSettings(_Strict):
     features: list[str] = Field(min_length=1)
     hidden_sizes: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
+    # Wide-and-deep: a linear term on every input added to the MLP's logits (docs/model.md "Robust AP").
+    linear_term: bool = False
 
 
 class FeatureBounds(_Strict):
@@ -313,6 +315,13 @@ class TrainSettings(_Strict):
     # What early stopping keeps the best of: the validation AP, or the validation AP once the validation
     # frauds are attacked with masked PGD at threat_model's budget (robust AP, as evaluate measures it).
     early_stopping_metric: Literal["average_precision", "robust_average_precision"] = "average_precision"
+    # Margin-gradient penalty: weight x (epsilon x the first-order drop of the fraud margin, logit(fraud) -
+    # logit(legit), under the threat model: |slope along the amount and its derived features| + |slope along
+    # each other controlled feature|)^2, summed over the penalized rows (frauds, or every row with `both`) / batch
+    # size, added to each step's loss. Unlike adversarial cross-entropy it does not fade on confidently scored
+    # rows, whose margin drop is what costs ranking. 0: off.
+    gradient_penalty: float = Field(default=0.0, ge=0)
+    gradient_penalty_classes: Literal["both", "fraud"] = "fraud"
     # Off when absent; needs threat_model.dilution when enabled (checked in Settings).
     dilution: DilutionTrainingSettings | None = None
     # null: no split-payment copies (fraudguard.splitting.split_payment_training_rows).

@@ -25,9 +25,13 @@ _PREDICT_CHUNK = 65536
 
 
 class FraudMLP(torch.nn.Module):
-    """ReLU MLP returning two logits (legit, fraud): ART handles 2-logit models with cross-entropy best."""
+    """ReLU MLP returning two logits (legit, fraud): ART handles 2-logit models with cross-entropy best.
+    With `linear_term`, a linear term on every input is added to the logits (wide-and-deep): the model holds a
+    logistic regression as a special case."""
 
-    def __init__(self, n_features: int, hidden_sizes: Sequence[int], dropout: float):
+    linear: torch.nn.Linear | None
+
+    def __init__(self, n_features: int, hidden_sizes: Sequence[int], dropout: float, linear_term: bool = False):
         super().__init__()
         if n_features <= 0:
             raise ValueError(f"n_features must be > 0, got {n_features}")
@@ -38,10 +42,13 @@ class FraudMLP(torch.nn.Module):
             width = int(size)
         layers.append(torch.nn.Linear(width, 2))
         self.net = torch.nn.Sequential(*layers)
+        self.linear = torch.nn.Linear(n_features, 2) if linear_term else None
         self.n_features = n_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.linear is None:
+            return self.net(x)
+        return self.net(x) + self.linear(x)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ class ModelBundle:
     hidden_sizes: tuple[int, ...]
     dropout: float
     threshold: float
+    linear_term: bool = False  # model.linear_term: a linear term on every input added to the MLP's logits
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -151,13 +159,16 @@ class ModelBundle:
 
     def preprocess_dict(self) -> dict[str, Any]:
         """What preprocess.json holds."""
-        return {
+        out = {
             "format_version": PREPROCESS_FORMAT_VERSION,
             **self.standardizer.to_dict(),
             "hidden_sizes": [int(h) for h in self.hidden_sizes],
             "dropout": float(self.dropout),
             "threshold": float(self.threshold),
         }
+        if self.linear_term:  # written only when on: a plain MLP's file stays byte for byte what it was
+            out["linear_term"] = True
+        return out
 
 
 def save_bundle(bundle: ModelBundle, weights_path: Path, preprocess_path: Path) -> str:
@@ -200,6 +211,9 @@ def load_bundle(
         hidden_sizes = tuple(int(h) for h in meta["hidden_sizes"])
         dropout = float(meta["dropout"])
         threshold = float(meta["threshold"])
+        linear_term = meta.get("linear_term", False)
+        if not isinstance(linear_term, bool):
+            raise ModelError(f"linear_term must be true or false, got {linear_term!r}")
     except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise ModelError(f"{preprocess_path}: malformed preprocessing file: {exc}") from exc
     if not math.isfinite(threshold):
@@ -208,7 +222,7 @@ def load_bundle(
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types (pickle, zip, runtime) for a bad file
         raise ModelError(f"{weights_path}: not a loadable weights-only state_dict: {exc}") from exc
-    module = FraudMLP(len(standardizer.features), hidden_sizes, dropout)
+    module = FraudMLP(len(standardizer.features), hidden_sizes, dropout, linear_term=linear_term)
     try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -222,4 +236,5 @@ def load_bundle(
         hidden_sizes=hidden_sizes,
         dropout=dropout,
         threshold=threshold,
+        linear_term=linear_term,
     )

@@ -283,6 +283,40 @@ class EarlyStopping:
         return {"best_epoch": self.best[1], f"best_val_{self.metric}": self.best[0]}
 
 
+@dataclass
+class MarginGradientPenalty:
+    """train.gradient_penalty: weight x (eps x first-order worst-case drop of the fraud margin)^2 under the
+    threat model, summed over the penalized rows and divided by the batch size."""
+
+    threat: ThreatModel
+    weight: float
+    classes: str
+
+    def first_order_drop(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Per row: sum over controlled features c of |d margin / d c|, where moving the amount also moves its
+        derived features (by source_std / (count x std) each, as ThreatModel.project does); differentiable."""
+        x = x.detach().clone().requires_grad_(True)
+        logits = module(x)
+        margin = logits[:, 1] - logits[:, 0]
+        (grad,) = torch.autograd.grad(margin.sum(), x, create_graph=True)
+        drop = torch.zeros(len(x), dtype=grad.dtype)
+        for c in np.flatnonzero(self.threat.mask > 0):
+            slope = grad[:, int(c)]
+            for d in self.threat.derived:
+                if d.source == c:
+                    count = torch.clamp(torch.round(x.detach()[:, d.count_index] * d.count_std + d.count_mean), min=1.0)
+                    slope = slope + grad[:, d.index] * (d.source_std / d.std) / count
+            drop = drop + slope.abs()
+        return drop
+
+    def loss(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rows = torch.nonzero(y == 1).flatten() if self.classes == "fraud" else torch.arange(len(y))
+        if len(rows) == 0 or self.weight == 0:
+            return torch.zeros(())
+        drop = self.first_order_drop(module, x[rows])
+        return self.weight * ((self.threat.epsilon * drop) ** 2).sum() / len(y)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch and numpy's global generators; the generator that draws each epoch's row order."""
     torch.manual_seed(seed)
@@ -366,7 +400,8 @@ def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedD
 def build_model(data: PreparedData, params: TrainingParams) -> Trainee:
     """The MLP (initialised from torch's seeded generator), Adam, and the (class-weighted) loss."""
     cfg = params.train
-    module = FraudMLP(len(data.standardizer.features), params.model.hidden_sizes, params.model.dropout)
+    module = FraudMLP(len(data.standardizer.features), params.model.hidden_sizes, params.model.dropout,
+                      linear_term=params.model.linear_term)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.lr_schedule == "cosine" else None)
@@ -419,10 +454,11 @@ def trades_loss(
 
 def train_one_epoch(
     trainee: Trainee, data: PreparedData, order: torch.Tensor, cfg: TrainSettings,
-    crafter: AdversarialCrafter | None,
+    crafter: AdversarialCrafter | None, penalty: MarginGradientPenalty | None = None,
 ) -> tuple[float, float]:
     """One pass over the fit rows in `order`, block by block of train.adversarial.craft_batches minibatches
-    (each block's adversarial rows crafted first); (mean loss, seconds spent crafting)."""
+    (each block's adversarial rows crafted first; train.gradient_penalty added to each step's loss at the
+    rows it trains on); (mean loss, seconds spent crafting)."""
     attack_seconds = 0.0
     loss_sum = 0.0
     block_rows = cfg.batch_size * cfg.adversarial.craft_batches
@@ -444,6 +480,8 @@ def train_one_epoch(
                 loss = trades_loss(trainee, x_block[batch], x_adv_block[batch], picked[batch], yb, cfg.adversarial)
             else:
                 loss = trainee.loss_fn(trainee.module(x_adv_block[batch]), yb)
+            if penalty is not None:
+                loss = loss + penalty.loss(trainee.module, x_adv_block[batch], yb)
             loss.backward()
             trainee.optimizer.step()
             loss_sum += float(loss.detach()) * len(yb)
@@ -492,6 +530,7 @@ def finalize(
         hidden_sizes=tuple(int(h) for h in params.model.hidden_sizes),
         dropout=float(params.model.dropout),
         threshold=0.5,
+        linear_term=params.model.linear_term,
     )
     train_scores = bundle.predict_proba(train_frame)
     bundle.threshold = threshold_at_fpr(train_scores, data.labels_all, params.fpr_for_recall)
@@ -525,6 +564,8 @@ def train_model(
     data = data.with_split_copies()
     threat = build_threat_model(params.threat_model, data.standardizer)
     crafter = build_crafter(trainee, threat, cfg) if adversarial else None
+    penalty = (MarginGradientPenalty(threat, cfg.gradient_penalty, cfg.gradient_penalty_classes)
+               if cfg.gradient_penalty > 0 else None)
     attack = cfg.adversarial.attack if adversarial else None
     logger.info(
         "training on %d rows (%d fraud), validating on %d later rows; %s",
@@ -545,7 +586,7 @@ def train_model(
     for epoch in epochs:
         start, cpu_start = time.perf_counter(), time.process_time()
         order = torch.randperm(data.n_fit, generator=generator)
-        loss, attack_seconds = train_one_epoch(trainee, data, order, cfg, crafter)
+        loss, attack_seconds = train_one_epoch(trainee, data, order, cfg, crafter, penalty)
         learning_rate = float(trainee.optimizer.param_groups[0]["lr"])  # what this epoch's steps used
         if trainee.scheduler is not None:
             trainee.scheduler.step()

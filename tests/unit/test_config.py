@@ -54,6 +54,7 @@ def test_an_ill_typed_value_names_the_key_and_shows_the_value():
     ({"monitor": {"retrain_deployment": "no-slash"}}, "monitor.retrain_deployment"),
     ({"train": {"adversarial": {"trades_beta": -1.0}}}, "train.adversarial.trades_beta"),
     ({"train": {"adversarial": {"pgd_iterations": 0}}}, "train.adversarial.pgd_iterations"),
+    ({"train": {"gradient_penalty": -0.5}}, "train.gradient_penalty"),
 ])
 def test_an_out_of_range_value_names_the_key_and_the_value(overrides, key):
     message = _refused(overrides)
@@ -72,6 +73,7 @@ def test_a_choice_outside_its_list_is_refused():
     ({"train": {"adversarial": {"objective": "mart"}}}, "train.adversarial.objective"),
     ({"train": {"adversarial": {"trades_cross_entropy": "both"}}}, "train.adversarial.trades_cross_entropy"),
     ({"train": {"early_stopping_metric": "roc_auc"}}, "train.early_stopping_metric"),
+    ({"train": {"gradient_penalty_classes": "legit"}}, "train.gradient_penalty_classes"),
 ])
 def test_a_robust_training_choice_outside_its_list_is_named(overrides, key):
     assert f"key '{key}'" in _refused(overrides)
@@ -86,6 +88,15 @@ def test_robust_training_keys_default_to_replacing_rows_and_stopping_on_clean_ap
     assert train.adversarial.objective == "replace"
     assert train.adversarial.pgd_iterations is None
     assert train.early_stopping_metric == "average_precision"
+
+
+def test_linear_term_and_gradient_penalty_default_to_off():
+    raw = small_params()
+    raw["model"].pop("linear_term", None)
+    raw["train"].pop("gradient_penalty", None)
+    settings = parse_settings(raw)
+    assert settings.model.linear_term is False
+    assert settings.train.gradient_penalty == 0.0
 
 
 def test_non_positive_robustness_epsilons_are_refused():

@@ -126,3 +126,42 @@ def test_predict_flags_rows_at_or_above_the_threshold():
     scores = bundle.predict_proba(frame)
     bundle.threshold = float(np.median(scores))
     np.testing.assert_array_equal(bundle.predict(frame), scores >= bundle.threshold)
+
+
+def test_linear_term_mlp_adds_a_linear_term_on_every_input_to_the_mlps_logits():
+    torch.manual_seed(0)
+    module = FraudMLP(n_features=4, hidden_sizes=[8], dropout=0.0, linear_term=True).eval()
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(module(x), module.net(x) + module.linear(x))
+        module.net[-1].weight.zero_()
+        module.net[-1].bias.zero_()
+        assert torch.allclose(module(x), x @ module.linear.weight.T + module.linear.bias)
+
+
+def test_plain_mlp_has_no_linear_term_and_its_preprocess_json_no_linear_term_key(tmp_path):
+    bundle = _bundle()
+    assert bundle.module.linear is None
+    save_bundle(bundle, tmp_path / "model.pt", tmp_path / "preprocess.json")
+    assert "linear_term" not in json.loads((tmp_path / "preprocess.json").read_text())
+
+
+def test_linear_term_bundle_round_trips_and_scores_the_same_after_loading(tmp_path):
+    torch.manual_seed(1)
+    module = FraudMLP(len(FEATURES), (8, 4), 0.1, linear_term=True).eval()
+    bundle = ModelBundle(module=module, standardizer=Standardizer.fit(_frame(200, 1), FEATURES),
+                         hidden_sizes=(8, 4), dropout=0.1, threshold=0.37, linear_term=True)
+    save_bundle(bundle, tmp_path / "model.pt", tmp_path / "preprocess.json")
+    loaded = load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+    assert loaded.linear_term and loaded.module.linear is not None
+    frame = _frame(30, 5)
+    assert np.array_equal(loaded.predict_proba(frame), bundle.predict_proba(frame))
+
+
+def test_load_bundle_refuses_a_linear_term_flag_that_is_not_a_boolean(tmp_path):
+    save_bundle(_bundle(), tmp_path / "model.pt", tmp_path / "preprocess.json")
+    meta = json.loads((tmp_path / "preprocess.json").read_text())
+    meta["linear_term"] = "yes"
+    (tmp_path / "preprocess.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="linear_term must be true or false"):
+        load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")

@@ -407,3 +407,63 @@ def test_craft_epsilon_scale_crafts_training_rows_beyond_the_budget_within_its_m
     moved = (x_adv[picked] - x_block[picked]).abs().numpy()[:, threat.mask > 0]
     assert moved.max() > threat.epsilon * 1.01
     assert moved.max() <= threat.epsilon * 1.5 + 1e-5
+
+
+def _penalty_threat():
+    from fraudguard.threat import DerivedFeature, ThreatModel
+
+    # amount (controlled), its customer average (derived, count in column 2), a count, a flag (controlled)
+    derived = DerivedFeature(index=1, source=0, count_index=2, source_std=40.0, std=20.0, count_mean=3.0,
+                             count_std=2.0)
+    return ThreatModel(features=("A", "AVG", "N", "F"), controlled=("A", "F"),
+                       mask=np.array([1, 0, 0, 1], dtype=np.float32), lower=np.full(4, -np.inf, dtype=np.float32),
+                       upper=np.full(4, np.inf, dtype=np.float32), epsilon=0.5, eps_step=0.1, pgd_iterations=5,
+                       derived=(derived,))
+
+
+def test_gradient_penalty_drop_is_the_margins_slope_along_the_amount_with_its_average_plus_the_flags():
+    from fraudguard.model import FraudMLP
+    from fraudguard.training import MarginGradientPenalty
+
+    torch.manual_seed(3)
+    module = FraudMLP(4, [16], 0.0).eval()
+    x = torch.randn(6, 4, dtype=torch.float32)
+    x[:, 2] = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0])  # counts 1, 3, 4, 5, 7, 9
+    penalty = MarginGradientPenalty(_penalty_threat(), weight=2.0, classes="fraud")
+
+    def margin(z):
+        with torch.no_grad():
+            out = module(z.double().float())
+        return (out[:, 1] - out[:, 0]).double()
+
+    count = torch.clamp(torch.round(x[:, 2] * 2.0 + 3.0), min=1.0)
+    along_amount = torch.zeros_like(x)
+    along_amount[:, 0] = 1.0
+    along_amount[:, 1] = (40.0 / 20.0) / count  # the average moves by d / count, in its own std units
+    along_flag = torch.zeros_like(x)
+    along_flag[:, 3] = 1.0
+    h = 1e-3
+    expected = sum(((margin(x + h * v) - margin(x - h * v)) / (2 * h)).abs() for v in (along_amount, along_flag))
+    drop = penalty.first_order_drop(module, x).detach().double()
+    assert torch.allclose(drop, expected, rtol=1e-2, atol=1e-3)
+
+    y = torch.tensor([1, 0, 1, 0, 0, 0])
+    loss = penalty.loss(module, x, y)
+    assert float(loss.detach()) == pytest.approx(2.0 * float(((0.5 * drop[[0, 2]]) ** 2).sum()) / 6, rel=1e-5)
+    assert float(MarginGradientPenalty(_penalty_threat(), 2.0, "fraud").loss(module, x, torch.zeros(6, dtype=torch.long))) == 0.0
+
+
+def test_gradient_penalty_training_flattens_the_fraud_margin_along_what_the_attacker_controls(split, trained):
+    from fraudguard.threat import build_threat_model
+    from fraudguard.training import MarginGradientPenalty
+
+    penalized = train_model(split[0], _settings({"train": {"gradient_penalty": 5.0}}), progress=False)
+    test = split[1]
+    frauds = test[test[TX_FRAUD] == 1]
+
+    def mean_drop(bundle):
+        threat = build_threat_model(_settings().threat_model, bundle.standardizer)
+        x = torch.from_numpy(bundle.standardizer.transform(frauds))
+        return float(MarginGradientPenalty(threat, 1.0, "fraud").first_order_drop(bundle.module, x).mean())
+
+    assert mean_drop(penalized.bundle) < 0.7 * mean_drop(trained.bundle)
