@@ -48,10 +48,9 @@ def reproduce(root: Path, workspace: Path, settings) -> dict[str, Any]:
     from fraudguard import preload
     from fraudguard.pipeline import reproduce_stages
 
-    # While the training runs (one torch thread), load what register-model and the gates need: Evidently in the
-    # drift gate's own interpreter, MLflow and root's store, the gates' libraries; those tasks would otherwise
-    # load them one after another.
-    steps = preload.during_training(root, settings.registry, settings.gates)
+    # While the training runs (one torch thread), other interpreters prepare what register-model and the gates
+    # need: Evidently in the drift gate's own, root's MLflow store and the font cache in a short-lived one.
+    steps = preload.during_training(root, settings.registry)
     outcome = reproduce_stages(workspace, meanwhile=lambda: preload.run_steps(steps), meanwhile_from="train")
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}

@@ -6,7 +6,8 @@ load one after another takes it off the run's critical path (issue 14 §5, bench
   before_stages  what pull-data and dvc-repro need first: DVC and the stages' libraries;
   after_stages   what register-model and the gates need: MLflow and the project's store (created when new),
                  MLflow's installed-package map, plotting, the gate modules and their libraries;
-  during_training  the same, after starting the drift gate's interpreter (Evidently loads there, on the free core).
+  during_training  only work in other interpreters: the drift gate's (Evidently loads there) and the MLflow
+                 store's tables and matplotlib's font cache, made in a short-lived one.
 Each step is best effort: on a failure the task that needs it meets the same error and reports it.
 """
 
@@ -64,17 +65,18 @@ def after_stages(root: Path, registry: "RegistrySettings", gates: "GatesSettings
     ]
 
 
-def during_training(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
-    """after_stages, after the work that can run in other interpreters, on the core the training leaves free:
-    the drift gate's own interpreter (Evidently loads there), and a short-lived one that creates the MLflow
-    store's tables and matplotlib's font cache (written once, then only read here). This thread waits for the
-    latter without holding the interpreter lock the training needs. Only while the training runs: during the
-    temporary server's boot they would be a third busy process on two cores."""
+def during_training(root: Path, registry: "RegistrySettings") -> list[Step]:
+    """What can run in other interpreters while the training runs, on the core it leaves free: the drift gate's
+    own interpreter (Evidently loads there), and a short-lived one that creates the MLflow store's tables and
+    matplotlib's font cache (written once, then only read here); this thread waits for it without holding the
+    interpreter lock. Nothing is imported in this process meanwhile: a second thread loading modules beside
+    the training's Python loop made the repro task 6 to 11 s longer than the stages' compute (the two
+    threads hand the lock back and forth); registration and the gates import what they use afterwards. Not
+    during the temporary server's boot either: a third busy process on two cores."""
     from fraudguard.gates.drift import start_evidently_interpreter
 
     return [("Evidently's interpreter", start_evidently_interpreter),
-            ("MLflow store and font cache, in another interpreter", lambda: prepare_elsewhere(root, registry)),
-            *after_stages(root, registry, gates)]
+            ("MLflow store and font cache, in another interpreter", lambda: prepare_elsewhere(root, registry))]
 
 
 def prepare_elsewhere(root: Path, registry: "RegistrySettings", timeout_s: float = 300) -> None:

@@ -35,7 +35,6 @@ def test_a_failure_elsewhere_is_logged_not_raised(tmp_path, monkeypatch, caplog)
     assert "preparing the MLflow store and font cache elsewhere failed" in caplog.text
 
 
-def test_the_training_time_steps_start_the_other_interpreters_first(tmp_path, small_settings):
-    names = [name for name, _ in during_training(tmp_path, small_settings.registry, small_settings.gates)]
-    assert names[:2] == ["Evidently's interpreter", "MLflow store and font cache, in another interpreter"]
-    assert "MLflow store" in names and "gate modules" in names
+def test_the_training_time_steps_only_start_other_interpreters(tmp_path, small_settings):
+    names = [name for name, _ in during_training(tmp_path, small_settings.registry)]
+    assert names == ["Evidently's interpreter", "MLflow store and font cache, in another interpreter"]
