@@ -122,7 +122,9 @@ def start_evidently_interpreter() -> None:
     time ahead (the flow, as the training starts: one torch thread leaves the second core free). Does nothing
     when this interpreter has Evidently loaded (it then runs the reports) or one was started already."""
     global _ready_interpreter
-    if _ready_interpreter is not None or "evidently" in sys.modules:
+    import multiprocessing
+
+    if _ready_interpreter is not None or "evidently" in sys.modules or multiprocessing.current_process().daemon:
         return
     import atexit
 
@@ -142,7 +144,11 @@ def run_comparisons(jobs: list[_DriftJob], here: bool | None = None) -> list[Dri
     them on the second core. Same inputs, same seeded sampling: the same figures either way.
     """
     global _ready_interpreter
-    if here or (here is None and "evidently" in sys.modules and _ready_interpreter is None):
+    import multiprocessing
+
+    # A daemonic process (a Dask worker's, when the gates run on prefect-dask) may not start children.
+    if here or multiprocessing.current_process().daemon or (
+            here is None and "evidently" in sys.modules and _ready_interpreter is None):
         return [_evidently_drift(job) for job in jobs]
     if _ready_interpreter is not None:
         from concurrent.futures.process import BrokenProcessPool
