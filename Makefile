@@ -18,9 +18,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 # Prefect's schema, migrated once: `fraudguard run` copies it into each new project's Prefect home.
+# Only a speed-up: when it cannot be made, `fraudguard run` lets Prefect create its database as before.
 $(VENV)/.prefect-db: $(VENV)/.installed
-	$(BIN)/python -m fraudguard.prefect_database create
-	touch $@
+	if $(BIN)/python -m fraudguard.prefect_database create; then touch $@; \
+	else echo "warning: no Prefect database template (fraudguard run will migrate a new one itself)"; fi
 
 install: $(VENV)/.installed $(VENV)/.prefect-db
 
