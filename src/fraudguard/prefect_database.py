@@ -97,13 +97,15 @@ def create_template(target: Path, timeout_s: float = 600) -> Path:
                if key not in ("PREFECT_API_URL", "PREFECT_PROFILE", *DATABASE_URL_ENVS)}
         env = temporary_server_env(home, {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
         port = _free_port()
-        server = subprocess.Popen(temporary_server_argv(port), cwd=home, env=env,  # nosec B603 - fixed argv
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log_path = home / "server.log"  # a file, not a pipe: a server that writes much never blocks on it
+        with log_path.open("wb") as log:
+            server = subprocess.Popen(temporary_server_argv(port), cwd=home, env=env,  # nosec B603 - fixed argv
+                                      stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.monotonic() + timeout_s
             while True:
                 if server.poll() is not None:
-                    tail = (server.stderr.read().decode(errors="replace") if server.stderr else "").strip()
+                    tail = log_path.read_text(encoding="utf-8", errors="replace").strip()
                     raise RuntimeError(f"Prefect's server exited {server.returncode} while preparing the template: "
                                        f"{(tail.splitlines() or ['no output'])[-1]}")
                 try:
