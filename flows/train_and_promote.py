@@ -48,10 +48,12 @@ def reproduce(root: Path, workspace: Path, settings) -> dict[str, Any]:
     from fraudguard import preload
     from fraudguard.pipeline import reproduce_stages
 
-    # While the training runs (one torch thread), other interpreters prepare what register-model and the gates
-    # need: Evidently in the drift gate's own, root's MLflow store and the font cache in a short-lived one.
-    steps = preload.during_training(root, settings.registry)
-    outcome = reproduce_stages(workspace, meanwhile=lambda: preload.run_steps(steps), meanwhile_from="train")
+    # While the training runs (one torch thread), what register-model and the gates need is prepared: Evidently
+    # in the drift gate's interpreter, and the rest here when the training runs in fraudguard.stage_interpreter
+    # (otherwise root's MLflow store and the font cache in a short-lived interpreter).
+    steps = preload.during_training(root, settings.registry, settings.gates)
+    outcome = reproduce_stages(workspace, meanwhile=lambda: preload.run_during_training(steps),
+                               meanwhile_from="train")
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}
 

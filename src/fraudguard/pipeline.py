@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from fraudguard import stage_interpreter
 from fraudguard.config import Settings, load_settings, merge_overrides, parse_settings
 from fraudguard.errors import ConfigError, DataVersionError
 from fraudguard.tools import dvc_console_quiet, run_dvc
@@ -79,7 +80,10 @@ def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
                 meanwhile()
             except Exception as exc:  # only a head start: whoever needs that work meets the error again
                 log.warning("work done while dvc repro ran failed: %s", exc)
-        ran, skipped = running.result()
+        try:
+            ran, skipped = running.result()
+        finally:
+            stage_interpreter.release()  # started for this repro; it holds the training's data
     outcome = ReproOutcome(ran=ran, skipped=skipped, seconds=time.perf_counter() - started)
     log.info("dvc repro: ran %s, up to date %s (%.1f s)", list(ran) or "none", list(skipped) or "none",
              outcome.seconds)
@@ -138,10 +142,18 @@ def _repro_in_process(root: Path, stages: tuple[str, ...],
                 ran.append(stage.addressing)
                 stage_starts(stage.addressing)
             return original(stage, dry=dry, run_env=run_env)
-        log.info("Running stage '%s': %s (in this process)", stage.addressing, stage.cmd)
         ran.append(stage.addressing)
         try:
-            _call_stage_main(match.group(1), Path(stage.wdir), lambda: stage_starts(stage.addressing))
+            if stage_interpreter.takes(stage.addressing):
+                log.info("Running stage '%s': %s (in the stage interpreter started ahead)", stage.addressing,
+                         stage.cmd)
+                stage_starts(stage.addressing)
+                reason = stage_interpreter.run_stage(stage.addressing, match.group(1), Path(stage.wdir))
+                if reason is not None:
+                    raise _StageFailed(stage.addressing, reason)
+            else:
+                log.info("Running stage '%s': %s (in this process)", stage.addressing, stage.cmd)
+                _call_stage_main(match.group(1), Path(stage.wdir), lambda: stage_starts(stage.addressing))
         except _StageFailed as exc:
             failed = _StageFailed(stage.addressing, exc.reason)
             failures.append(failed)

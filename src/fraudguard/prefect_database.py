@@ -64,66 +64,152 @@ def temporary_server_argv(port: int) -> list[str]:
             "--log-level", "error", "--lifespan", "on"]
 
 
-def temporary_server_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+# A database just copied from the template is migrated and has Prefect's block types: the server need not check
+# either on start (~0.5 s of its boot: the migration check, loading every Prefect collection to hash the blocks).
+SEEDED_DATABASE_SETTINGS = {"PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+                            "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+                            "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+
+
+def temporary_server_env(home: Path, base: dict[str, str] | None = None, seeded: bool = False) -> dict[str, str]:
     """The temporary server's environment (run it with cwd=home): UI off, Prefect's ephemeral-server flags,
-    the home's database at HOME_DATABASE_URL unless another database is configured."""
+    the home's database at HOME_DATABASE_URL unless another database is configured; seeded: the home's
+    database was just copied from the template (seed_prefect_database), so the start-up checks are skipped."""
     env = dict(os.environ if base is None else base)
     env.update(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1",
                PREFECT__SERVER_FINAL="1")
     if not any(env.get(name) for name in DATABASE_URL_ENVS):
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = HOME_DATABASE_URL
+        if seeded:
+            env.update(SEEDED_DATABASE_SETTINGS)
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port of 8000-8999 that 127.0.0.1 can bind now (Prefect's range for its temporary server)."""
+    import random
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    for _ in range(50):
+        port = random.randint(8000, 8999)  # nosec B311 - picking a port, not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the range is busy: any free port
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class TemporaryServer:
+    """Prefect's temporary API server as a process of ours: the command Prefect's own temporary server runs
+    (temporary_server_argv) in `home` with `env`, on a free port; a health check that does not wait (ready),
+    one that does (wait), and stop. `fraudguard run` (cli.run.EarlyPrefectServer) and create_template use it.
+    log_path: the server's stderr goes to that file (read for the reason when it exits early); otherwise to
+    this process's stderr."""
+
+    def __init__(self, home: Path, timeout_s: float, env: dict[str, str], log_path: Path | None = None) -> None:
+        self.home = home
+        self.timeout_s = timeout_s
+        self.port = 0
+        self.process: "subprocess.Popen[bytes] | None" = None
+        self._env = env
+        self._log_path = log_path
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        self.port = free_port()
+        # In its home: the database URL is relative to it (HOME_DATABASE_URL).
+        if self._log_path is None:
+            self.process = subprocess.Popen(temporary_server_argv(self.port), cwd=self.home,  # nosec B603 - fixed argv
+                                            env=self._env)
+            return
+        # A file, not a pipe: a server that writes much never blocks on it.
+        with self._log_path.open("ab") as log:
+            self.process = subprocess.Popen(temporary_server_argv(self.port), cwd=self.home,  # nosec B603 - fixed argv
+                                            env=self._env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def ready(self) -> bool:
+        """Whether the server answers its health check now (does not wait); also true when its process has
+        ended (there is nothing to wait for: wait() says why)."""
+        if self.process is None or self.process.poll() is not None:
+            return True
+        return self._answers(timeout_s=1)
+
+    def _answers(self, timeout_s: float) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=timeout_s) as response:  # nosec B310 - our http://127.0.0.1 URL
+                return bool(response.status == 200)
+        except OSError:  # refused, reset or timed out: not up yet
+            return False
+
+    def wait(self) -> str | None:
+        """Block until the server answers its health check; the reason (one line) when it never did."""
+        import time
+
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None, "start() first"
+            code = self.process.poll()
+            if code == 3:  # uvicorn could not bind: another process took the port meanwhile
+                self.start()
+                self.port_changed()
+                continue
+            if code is not None:
+                return f"the server process exited with status {code} before answering{self._log_tail()}"
+            if self._answers(timeout_s=5):
+                return None
+            time.sleep(0.02)
+        return (f"no answer from {self.api_url}/health within {self.timeout_s:.0f} s "
+                "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+
+    def port_changed(self) -> None:
+        """Called when wait() restarted the server on another port (a subclass may publish the new URL)."""
+
+    def _log_tail(self) -> str:
+        if self._log_path is None or not self._log_path.is_file():
+            return ""
+        lines = self._log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return f": {lines[-1]}" if lines else ""
+
+    def stop(self) -> None:
+        """Terminate the server (as Prefect stops its temporary server: 5 s, then kill)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
 
 def create_template(target: Path, timeout_s: float = 600) -> Path:
     """Boot Prefect's temporary server once in a scratch home (it migrates the new database and registers the
     block types), stop it, and store its database at `target` as one closed SQLite file, with Prefect's memo
     beside it (<target>.memo.toml). Replaced atomically: a crash leaves the old template or none."""
-    import time
-    import urllib.request
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="prefect-home-") as scratch:
         home = Path(scratch)
         env = {key: value for key, value in os.environ.items()
                if key not in ("PREFECT_API_URL", "PREFECT_PROFILE", *DATABASE_URL_ENVS)}
         env = temporary_server_env(home, {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
-        port = _free_port()
-        log_path = home / "server.log"  # a file, not a pipe: a server that writes much never blocks on it
-        with log_path.open("wb") as log:
-            server = subprocess.Popen(temporary_server_argv(port), cwd=home, env=env,  # nosec B603 - fixed argv
-                                      stdout=subprocess.DEVNULL, stderr=log)
+        server = TemporaryServer(home, timeout_s, env, log_path=home / "server.log")
+        server.start()
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if server.poll() is not None:
-                    tail = log_path.read_text(encoding="utf-8", errors="replace").strip()
-                    raise RuntimeError(f"Prefect's server exited {server.returncode} while preparing the template: "
-                                       f"{(tail.splitlines() or ['no output'])[-1]}")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as answer:  # nosec B310 - our http://127.0.0.1 URL
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Prefect's server did not answer within {timeout_s:.0f} s")
-                time.sleep(0.2)
+            problem = server.wait()
+            if problem is not None:
+                raise RuntimeError(f"Prefect's server did not start while preparing the template: {problem}")
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            server.stop()
         staging = target.with_name(f".{target.name}.tmp")
         staging.unlink(missing_ok=True)
         # SQLite's backup API: one consistent file with the WAL folded in, whatever state the source is in.

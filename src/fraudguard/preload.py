@@ -3,11 +3,13 @@
 Two moments have idle time: `fraudguard run` waiting for Prefect's temporary server to boot (another process),
 and the training stage (one torch thread: the second core is free). Loading there what the flow's tasks would
 load one after another takes it off the run's critical path (issue 14 §5, bench/end_to_end_bench.py):
-  before_stages  what pull-data and dvc-repro need first: DVC and the stages' libraries;
+  before_stages  what pull-data and dvc-repro need first: DVC and the libraries of the stages run here;
   after_stages   what register-model and the gates need: MLflow and the project's store (created when new),
                  MLflow's installed-package map, plotting, the gate modules and their libraries;
-  during_training  only work in other interpreters: the drift gate's (Evidently loads there) and the MLflow
-                 store's tables and matplotlib's font cache, made in a short-lived one.
+  during_training  when the training runs in fraudguard.stage_interpreter (`fraudguard run` starts one):
+                 the drift gate's interpreter (Evidently loads there) and after_stages here, as this
+                 interpreter only waits. When the training runs here: only work in other interpreters, the
+                 drift gate's and a short-lived one making the MLflow store's tables and matplotlib's font cache.
 Each step is best effort: on a failure the task that needs it meets the same error and reports it.
 """
 
@@ -27,13 +29,22 @@ Step = tuple[str, Callable[[], object]]
 
 # DVC and the stages' modules, in the order the flow uses them (pull-data, then the stages).
 STAGE_IMPORTS = ("dvc.repo", "fraudguard.data.versioning", "fraudguard.data.simulator",
-                 "fraudguard.stages.validate", "fraudguard.stages.featurize", "fraudguard.stages.train",
-                 "fraudguard.model", "fraudguard.evaluation", "fraudguard.attacks", "sklearn.metrics",
-                 "fraudguard.stages.evaluate")
+                 "fraudguard.stages.validate", "fraudguard.stages.featurize")
+# The train and evaluate stages' (torch, ART, scikit-learn): not needed here when fraudguard.stage_interpreter
+# runs those stages.
+HEAVY_STAGE_IMPORTS = ("fraudguard.stages.train", "fraudguard.model", "fraudguard.evaluation", "fraudguard.attacks",
+                       "sklearn.metrics", "fraudguard.stages.evaluate")
 # What register-model imports: MLflow, torch for the bundle, matplotlib for the loss curve (and the evaluate
 # stage's PR curve: matplotlib builds its font cache on first use, ~1.5 s on a new machine).
 REGISTER_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
                     "fraudguard.tracking")
+
+# Steps that start another interpreter (which keeps its creator's CPU priority).
+EVIDENTLY_STEP = "Evidently's interpreter"
+PREPARE_ELSEWHERE_STEP = "MLflow store and font cache, in another interpreter"
+INTERPRETER_STEPS = frozenset({EVIDENTLY_STEP, PREPARE_ELSEWHERE_STEP})
+# matplotlib builds its font cache (and saves it) the first time its font manager loads.
+FONT_CACHE_IMPORTS = ("matplotlib.font_manager",)
 
 
 def _import_step(name: str) -> Step:
@@ -46,8 +57,12 @@ def _import_step(name: str) -> Step:
 
 
 def before_stages() -> list[Step]:
-    """Steps for the stages: one module a step, so a caller can stop soon after its wait is over."""
-    return [_import_step(name) for name in STAGE_IMPORTS]
+    """Steps for the stages that run in this interpreter: one module a step, so a caller can stop soon after
+    its wait is over."""
+    from fraudguard import stage_interpreter
+
+    heavy = () if stage_interpreter.takes("train") and stage_interpreter.takes("evaluate") else HEAVY_STAGE_IMPORTS
+    return [_import_step(name) for name in (*STAGE_IMPORTS, *heavy)]
 
 
 def after_stages(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
@@ -65,7 +80,20 @@ def after_stages(root: Path, registry: "RegistrySettings", gates: "GatesSettings
     ]
 
 
-def during_training(root: Path, registry: "RegistrySettings") -> list[Step]:
+def while_server_boots(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
+    """What `fraudguard run` loads while Prefect's temporary server boots: the stages' libraries, then (when the
+    training runs here) registration's and the gates'. When fraudguard.stage_interpreter runs the training,
+    registration's and the gates' are left to the training's time (during_training), when this interpreter
+    is idle: loading them now would only compete for the two cores with the server's boot and the stage
+    interpreter's own loading."""
+    from fraudguard import stage_interpreter
+
+    if stage_interpreter.takes("train"):
+        return before_stages()
+    return [*before_stages(), *after_stages(root, registry, gates)]
+
+
+def during_training(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
     """What can run in other interpreters while the training runs, on the core it leaves free: the drift gate's
     own interpreter (Evidently loads there), and a short-lived one that creates the MLflow store's tables and
     matplotlib's font cache (written once, then only read here); this thread waits for it without holding the
@@ -73,10 +101,16 @@ def during_training(root: Path, registry: "RegistrySettings") -> list[Step]:
     the training's Python loop made the repro task 6 to 11 s longer than the stages' compute (the two
     threads hand the lock back and forth); registration and the gates import what they use afterwards. Not
     during the temporary server's boot either: a third busy process on two cores."""
+    from fraudguard import stage_interpreter
     from fraudguard.gates.drift import start_evidently_interpreter
 
-    return [("Evidently's interpreter", start_evidently_interpreter),
-            ("MLflow store and font cache, in another interpreter", lambda: prepare_elsewhere(root, registry))]
+    if stage_interpreter.takes("train"):
+        # The training runs in another interpreter: this one is idle meanwhile, and loads here what registration
+        # and the gates need (no lock shared with the training), the font cache included.
+        return [(EVIDENTLY_STEP, start_evidently_interpreter), *after_stages(root, registry, gates),
+                *(_import_step(name) for name in FONT_CACHE_IMPORTS)]
+    return [(EVIDENTLY_STEP, start_evidently_interpreter),
+            (PREPARE_ELSEWHERE_STEP, lambda: prepare_elsewhere(root, registry))]
 
 
 def prepare_elsewhere(root: Path, registry: "RegistrySettings", timeout_s: float = 300) -> None:
@@ -95,11 +129,25 @@ def prepare_elsewhere(root: Path, registry: "RegistrySettings", timeout_s: float
 
 
 def _prepare(root: Path, registry_json: str) -> None:
+    import importlib
+
     from fraudguard.config import RegistrySettings
     from fraudguard.tracking import configure_mlflow
 
     configure_mlflow(root, RegistrySettings.model_validate_json(registry_json))  # creates the tables when new
-    import matplotlib.font_manager  # noqa: F401 - builds and saves the font cache when there is none
+    for name in FONT_CACHE_IMPORTS:  # builds and saves the font cache when there is none
+        importlib.import_module(name)
+
+
+def run_during_training(steps: list[Step]) -> list[str]:
+    """during_training's steps: those that start an interpreter here (a process inherits its creator's
+    priority, and the drift gate's reports run in that one later), the loading ones at lower CPU priority
+    (fraudguard.priority), so that the training keeps its core and the loading takes what is left."""
+    from fraudguard.priority import run_in_background_priority
+
+    starting = [step for step in steps if step[0] in INTERPRETER_STEPS]
+    loading = [step for step in steps if step[0] not in INTERPRETER_STEPS]
+    return [*run_steps(starting), *run_in_background_priority(lambda: run_steps(loading))]
 
 
 def run_steps(steps: list[Step], until: Callable[[], bool] = lambda: False) -> list[str]:

@@ -103,3 +103,42 @@ def test_a_failing_stage_raises_naming_it_and_nothing_after_it_is_run_or_recorde
     assert not (project / "models" / "model.pt").exists()
     assert logging.getLogger().handlers == root_handlers
     assert sys.modules["dvc.stage.run"].cmd_run.__module__ == "dvc.stage.run"  # DVC's runner is back
+
+
+def test_stages_run_in_the_stage_interpreter_write_the_same_weights_and_lock_as_in_process(project, tmp_path,
+                                                                                           caplog):
+    from fraudguard import stage_interpreter
+
+    here = make_project(tmp_path / "here", _env(), WORLD)
+    reproduce_stages(here)
+    assert stage_interpreter.start()
+    assert stage_interpreter.takes("train") and stage_interpreter.takes("evaluate")
+    caplog.set_level(logging.INFO, logger="fraudguard.pipeline")
+
+    outcome = reproduce_stages(project)
+
+    assert outcome.ran == PIPELINE_STAGES
+    elsewhere = {line.split("'")[1] for line in caplog.messages if "in the stage interpreter started ahead" in line}
+    assert elsewhere == {"train", "evaluate"}
+    assert _sha256(project / "models" / "model.pt") == _sha256(here / "models" / "model.pt")
+    assert _lock_without_timings(project) == _lock_without_timings(here)
+    assert _untimed_metrics(project) == _untimed_metrics(here)
+    assert not stage_interpreter.takes("train")  # released with the repro: it held the training's data
+
+
+def test_a_stage_failing_in_the_stage_interpreter_raises_naming_it_and_is_not_recorded(project):
+    from fraudguard import stage_interpreter
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["validate"]["max_quarantine_share"] = 0.0  # the simulated data always has rows to quarantine
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stage_interpreter.start(stages=("validate",), warm_imports=())
+
+    with pytest.raises(DataVersionError) as raised:
+        reproduce_stages(project)
+
+    message = str(raised.value)
+    assert "stage 'validate' failed" in message and "quarantine" in message
+    assert not (project / "dvc.lock").exists()
+    assert not (project / "data" / "features").exists()
+    assert not stage_interpreter.takes("validate")

@@ -95,3 +95,46 @@ def test_prefects_server_starts_on_a_seeded_home_and_records_runs(template, tmp_
     with sqlite3.connect(home / "prefect.db") as db:
         names = [name for (name,) in db.execute("SELECT name FROM flow")]
     assert names == ["seeded-home-check"]
+
+
+def test_the_temporary_server_on_a_just_seeded_home_skips_its_start_up_checks_and_records_runs(template, tmp_path,
+                                                                                           monkeypatch):
+    from fraudguard.prefect_database import SEEDED_DATABASE_SETTINGS, TemporaryServer, temporary_server_env
+
+    monkeypatch.setenv(TEMPLATE_ENV, str(template))
+    for name in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    assert seed_prefect_database(home) is not None
+    env = temporary_server_env(home, {"PATH": str(Path(sys.executable).parent),
+                                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}, seeded=True)
+    assert SEEDED_DATABASE_SETTINGS.items() <= env.items()
+    server = TemporaryServer(home, 180, env, log_path=tmp_path / "server.log")
+    server.start()
+    try:
+        assert server.wait() is None, (tmp_path / "server.log").read_text()
+        script = ("from prefect import flow, task\n"
+                  "@task\n"
+                  "def double(x):\n    return 2 * x\n"
+                  "@flow(name='seeded-temporary-server-check')\n"
+                  "def check():\n    return double(21)\n"
+                  "assert check() == 42\n")
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
+                       env={**env, "PREFECT_API_URL": server.api_url})
+    finally:
+        server.stop()
+    with sqlite3.connect(home / "prefect.db") as db:
+        flows = [name for (name,) in db.execute("SELECT name FROM flow")]
+        states = [state for (state,) in db.execute("SELECT state_type FROM flow_run")]
+    assert flows == ["seeded-temporary-server-check"] and states == ["COMPLETED"]
+
+
+def test_an_existing_database_keeps_prefects_start_up_checks(tmp_path):
+    from fraudguard.prefect_database import SEEDED_DATABASE_SETTINGS, temporary_server_env
+
+    env = temporary_server_env(tmp_path, {}, seeded=False)
+    assert not set(SEEDED_DATABASE_SETTINGS) & set(env)
+    # Another database configured: nothing of ours applies, seeded or not.
+    other = temporary_server_env(tmp_path, {"PREFECT_SERVER_DATABASE_CONNECTION_URL": "postgresql+asyncpg://db/p"},
+                                 seeded=True)
+    assert not set(SEEDED_DATABASE_SETTINGS) & set(other)

@@ -36,5 +36,5 @@ def test_a_failure_elsewhere_is_logged_not_raised(tmp_path, monkeypatch, caplog)
 
 
 def test_the_training_time_steps_only_start_other_interpreters(tmp_path, small_settings):
-    names = [name for name, _ in during_training(tmp_path, small_settings.registry)]
+    names = [name for name, _ in during_training(tmp_path, small_settings.registry, small_settings.gates)]
     assert names == ["Evidently's interpreter", "MLflow store and font cache, in another interpreter"]

@@ -89,7 +89,7 @@ def test_a_server_process_that_dies_before_answering_is_reported_in_one_line(tmp
     spec = importlib.util.find_spec("prefect")
     assert spec is not None and spec.origin is not None
     server = EarlyPrefectServer(Path(spec.origin).parent.parent, timeout_s=30)
-    server._spawn()
+    server.start()
     assert server.process is not None
     server.process.kill()
     server.process.wait()

@@ -7,14 +7,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
-if TYPE_CHECKING:
-    import subprocess
+from fraudguard.prefect_database import TemporaryServer, seed_prefect_database, temporary_server_env
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ def run(
     server: EarlyPrefectServer | TemporaryServerStart | None = EarlyPrefectServer.launch()
     if server is None:
         server = TemporaryServerStart.begin()
+    # Then the interpreter that will run the train and evaluate stages: it loads torch, ART and scikit-learn on
+    # the second core while the server boots and this one loads Prefect; while it trains, this one loads what
+    # registration and the gates need (fraudguard.stage_interpreter).
+    from fraudguard import stage_interpreter
+
+    stage_interpreter.start()
     flow = load_flow(root, "train_and_promote", "train_and_promote")
     if server is not None:
         # While the server boots (another interpreter that imports Prefect's server and migrates a fresh
@@ -87,7 +93,8 @@ def run(
         if problem:
             typer.echo(f"error: Prefect's temporary API server did not start: {problem}", err=True)
             raise typer.Exit(1)
-    state = flow(promote=promote, params_overrides=overrides or None, return_state=True)
+    with _without_heartbeats_on(server):
+        state = flow(promote=promote, params_overrides=overrides or None, return_state=True)
     from fraudguard.reporting import LOCAL_UI, UI_VIEW_QUERY
 
     summary = {"data": summarize_data(root), "registry": summarize_registry(root)}
@@ -105,6 +112,21 @@ def run(
             except Exception as exc:  # show the cause, not a Prefect traceback
                 typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+
+
+@contextmanager
+def _without_heartbeats_on(server: "EarlyPrefectServer | TemporaryServerStart | None") -> Iterator[None]:
+    """No flow-run heartbeats on the server this command started and stops: it lives exactly as long as this
+    process, so nothing can ever act on a missing heartbeat. Prefect's heartbeat thread sleeps in one-second
+    steps and the engine joins it at the flow's end (~0.5 s of every run). Kept when set explicitly
+    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY) or on any other server."""
+    if not isinstance(server, EarlyPrefectServer) or os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 # Settings that make Prefect talk to a configured server, or change how its temporary one runs: with any of
@@ -142,28 +164,18 @@ def prefect_is_configured(cwd: Path) -> bool:
     return False
 
 
-class EarlyPrefectServer:
+class EarlyPrefectServer(TemporaryServer):
     """Prefect's temporary API server, started by `fraudguard run` before it imports Prefect.
 
-    The same command Prefect's temporary server runs (uvicorn serving `prefect.server.api.server:create_app`
-    with the UI off, on a free port of 8000-8999, the database under PREFECT_HOME); this process then points
-    PREFECT_API_URL at it, so Prefect's clients use it without importing Prefect's server package here, and
-    stops it at exit. Only when no Prefect server or profile is configured (prefect_is_configured) and
-    Prefect is not yet imported in this process (its settings are read once, at import).
+    fraudguard.prefect_database.TemporaryServer (the command Prefect's temporary server runs, UI off, a free
+    port of 8000-8999, the database under PREFECT_HOME); this process then points PREFECT_API_URL at it, so
+    Prefect's clients use it without importing Prefect's server package here, and stops it at exit. Only when
+    no Prefect server or profile is configured (prefect_is_configured) and Prefect is not yet imported in this
+    process (its settings are read once, at import).
     """
 
-    def __init__(self, home: Path, timeout_s: float) -> None:
-        from fraudguard.prefect_database import temporary_server_env
-
-        self.home = home
-        self.timeout_s = timeout_s
-        self.port = 0
-        self.process: "subprocess.Popen[bytes] | None" = None
-        self._env = temporary_server_env(home)
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+    def __init__(self, home: Path, timeout_s: float, seeded: bool = False) -> None:
+        super().__init__(home, timeout_s, temporary_server_env(home, seeded=seeded))
 
     @classmethod
     def launch(cls, cwd: Path | None = None) -> "EarlyPrefectServer | None":
@@ -178,84 +190,26 @@ class EarlyPrefectServer:
         if spec is None or spec.origin is None:
             return None
         timeout_s = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
-        from fraudguard.prefect_database import seed_prefect_database
-
         # A new home would make the server migrate a new database and register Prefect's block types first
         # (~8 s): copy the database (and Prefect's memo of that registration) prepared at install.
         home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser().resolve()
         home.mkdir(parents=True, exist_ok=True)
-        seed_prefect_database(home)
-        server = cls(home, timeout_s)
-        server._spawn()
-        os.environ["PREFECT_API_URL"] = server.api_url
+        seeded = seed_prefect_database(home) is not None
+        server = cls(home, timeout_s, seeded=seeded)
+        server.start()
+        server.port_changed()
         atexit.register(server.stop)
         _announce("Starting temporary server on http://127.0.0.1:%d (Prefect's API for this run, started before "
                   "the CLI loads Prefect; stopped when it exits)", server.port)
         return server
 
-    def _spawn(self) -> None:
-        import subprocess  # nosec B404 - this interpreter's uvicorn with a fixed argument list, no shell
-
-        from fraudguard.prefect_database import temporary_server_argv
-
-        self.port = _free_port()
-        # In its home: the database URL is relative to it (prefect_database.HOME_DATABASE_URL).
-        self.process = subprocess.Popen(temporary_server_argv(self.port), cwd=self.home,  # nosec B603 - fixed argv
-                                        env=self._env)
-
-    def ready(self) -> bool:
-        """Whether the server answers its health check now (does not wait)."""
-        import urllib.error
-        import urllib.request
-
-        if self.process is None or self.process.poll() is not None:
-            return True  # nothing to wait for: wait() reports why
-        try:
-            with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as response:  # nosec B310 - our http://127.0.0.1 URL
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def wait(self) -> str | None:
-        """Block until the server answers its health check; the reason (one line) when it never did."""
-        import time
-        import urllib.error
-        import urllib.request
-
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            code = self.process.poll()
-            if code == 3:  # uvicorn could not bind: another process took the port meanwhile
-                self._spawn()
-                os.environ["PREFECT_API_URL"] = self.api_url
-                continue
-            if code is not None:
-                return f"the server process exited with status {code} before answering"
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as response:  # nosec B310 - our http://127.0.0.1 URL
-                    if response.status == 200:
-                        return None
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        return (f"no answer from {self.api_url}/health within {self.timeout_s:.0f} s "
-                "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+    def port_changed(self) -> None:
+        os.environ["PREFECT_API_URL"] = self.api_url
 
     def stop(self) -> None:
-        """Terminate the server (as Prefect stops its temporary server: 5 s, then kill)."""
-        import subprocess  # nosec B404 - only for TimeoutExpired: the process is the one _spawn started
-
-        if self.process is None:
-            return
-        _announce("Stopping temporary server on http://127.0.0.1:%d", self.port)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        if self.process is not None:
+            _announce("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        super().stop()
 
 
 def _announce(message: str, *args: object) -> None:
@@ -265,22 +219,6 @@ def _announce(message: str, *args: object) -> None:
     if announcer.level == logging.NOTSET:  # Prefect not configured yet: what its set-up will apply
         announcer.setLevel(os.environ.get("PREFECT_LOGGING_LEVEL", "INFO").upper())
     announcer.info(message, *args)
-
-
-def _free_port() -> int:
-    """A port of 8000-8999 that 127.0.0.1 can bind now (Prefect's range for its temporary server)."""
-    import random
-    import socket
-
-    for _ in range(50):
-        port = random.randint(8000, 8999)  # nosec B311 - picking a port, not a secret
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8000-8999 for Prefect's temporary server")
 
 
 class TemporaryServerStart:
@@ -332,9 +270,9 @@ class TemporaryServerStart:
 
 def preload_for_flow(root: Path, overrides: dict[str, Any] | None,
                      until: Callable[[], bool] = lambda: False) -> list[str]:
-    """Load what the flow's tasks will need, in the order they need it (fraudguard.preload: the stages', then
-    registration's and the gates'), until `until()` says to stop (the temporary server is ready); returns
-    what was left: the flow loads it while the training runs (flows/train_and_promote.py).
+    """Load what the flow's tasks will need first (fraudguard.preload.while_server_boots), until `until()` says
+    to stop (the temporary server is ready); returns what was left: the flow loads it while the training
+    runs (flows/train_and_promote.py).
     """
     from fraudguard import preload
     from fraudguard.pipeline import validate_overrides
@@ -344,8 +282,7 @@ def preload_for_flow(root: Path, overrides: dict[str, Any] | None,
     except Exception as exc:  # the flow's validate-params task reports it
         logger.debug("preload skipped: %s", exc)
         return ["everything (params do not validate)"]
-    steps = [*preload.before_stages(), *preload.after_stages(root, settings.registry, settings.gates)]
-    return preload.run_steps(steps, until)
+    return preload.run_steps(preload.while_server_boots(root, settings.registry, settings.gates), until)
 
 
 def summarize_data(root: Path) -> dict[str, Any]:

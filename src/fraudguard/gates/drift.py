@@ -106,7 +106,13 @@ _ready_interpreter: "ProcessPoolExecutor | None" = None
 
 
 def _load_evidently() -> None:
-    import evidently  # noqa: F401
+    """Evidently's import, at lower priority (fraudguard.priority): it runs beside the training; the reports
+    later run in this interpreter's main thread at normal priority."""
+    import importlib
+
+    from fraudguard.priority import run_in_background_priority
+
+    run_in_background_priority(lambda: importlib.import_module("evidently"))
 
 
 def _new_interpreter() -> "ProcessPoolExecutor":
@@ -134,6 +140,15 @@ def start_evidently_interpreter() -> None:
     _ready_interpreter = interpreter
 
 
+def _stop_now(interpreter: "ProcessPoolExecutor") -> None:
+    """Stop an interpreter started for one gate run, its reports written: terminated, not asked to exit, as a
+    normal exit finalizes Evidently's modules (~1.5 s) and this process's own exit waits for it (the drift
+    gate is often the last to finish)."""
+    for process in list((getattr(interpreter, "_processes", None) or {}).values()):  # stdlib's: no public API in 3.11
+        process.terminate()
+    interpreter.shutdown(wait=False)
+
+
 def run_comparisons(jobs: list[_DriftJob], here: bool | None = None) -> list[DriftComparison]:
     """Evidently on each job: in this interpreter when it has Evidently loaded already (or `here` is True),
     otherwise (or `here` is False) in one new interpreter for all of them.
@@ -159,9 +174,7 @@ def run_comparisons(jobs: list[_DriftJob], here: bool | None = None) -> list[Dri
         except BrokenProcessPool as exc:  # the interpreter died (killed, out of memory): a new one below
             logger.warning("the interpreter started for Evidently is gone (%s): starting another", exc)
         finally:
-            # Started for one gate run. Its exit (finalizing Evidently's modules, ~1.5 s) then overlaps the other
-            # gates, instead of holding up this process's exit, which waits for it.
-            ready.shutdown(wait=False)
+            _stop_now(ready)
     with _new_interpreter() as interpreter:
         return list(interpreter.map(_evidently_drift, jobs))
 
