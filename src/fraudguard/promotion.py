@@ -39,6 +39,7 @@ from fraudguard.files import write_json
 from fraudguard.gates.base import GateContext, GateFn, GateResult, ModelUnderTest
 from fraudguard.paths import ProjectPaths
 from fraudguard.policy import GatePolicy, committed_policy, policy_from_settings
+from fraudguard.reporting import GATE_SECTION_TITLE, MAX_DESCRIPTION_CHARS, champion_label, gate_table_markdown
 from fraudguard.registry import (
     BLOCKED_REASONS_TAG,
     GATE_TAG_PREFIX,
@@ -72,8 +73,6 @@ logger = logging.getLogger(__name__)
 # threads: ART's circular imports deadlock (`_DeadlockError: art.attacks.inference`) when imported concurrently.
 # Not Evidently: the drift gate runs it in its own interpreter (gates/drift.py, run_comparisons).
 STANDARD_HEAVY_IMPORTS = ("torch", "sklearn", "art")
-GATE_SECTION_TITLE = "## Gate verdicts"
-_MAX_DESCRIPTION_CHARS = 4900  # model_versions.description is VARCHAR(5000) in SQL stores
 _MAX_TAG_REASON_CHARS = 2000
 
 
@@ -121,8 +120,6 @@ class PromotionOutcome:
 
     def summary(self) -> str:
         """One line: the version and what happened to it."""
-        from fraudguard.reporting import champion_label
-
         before = champion_label(self.champion_before)
         if self.blocked:
             reasons = "; ".join(f"{r.name}: {r.reason}" for r in self.results if not r.passed)
@@ -274,30 +271,9 @@ def build_gate_context(
 
 # ------------------------------------------------------------------------------------ the records
 
-def _fmt_metrics(metrics: Mapping[str, float], limit: int = 4) -> str:
-    items = list(metrics.items())[:limit]
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
-
-
-def gate_table_markdown(version: int, results: tuple[GateResult, ...]) -> str:
-    """The gate verdicts as a markdown table, compact enough for a model version description."""
-    verdict = "all gates passed" if all(r.passed for r in results) else \
-        "BLOCKED by " + ", ".join(r.name for r in results if not r.passed)
-    lines = [GATE_SECTION_TITLE, "", f"Version {version}: {verdict}.", "",
-             "| Gate | Verdict | Reason | Metrics |", "|---|---|---|---|"]
-    budget = max(60, (_MAX_DESCRIPTION_CHARS - 600) // max(1, len(results)) - 80)
-    for r in results:
-        reason = " ".join(r.reason.split()).replace("|", "/")
-        metrics = _fmt_metrics(r.metrics).replace("|", "/")
-        if len(reason) > budget * 2 // 3:
-            reason = reason[: budget * 2 // 3 - 3] + "..."
-        lines.append(f"| {r.name} | {'passed' if r.passed else '**failed**'} | {reason} | {metrics[: budget // 3]} |")
-    return "\n".join(lines)
-
-
 def _describe(client: "MlflowClient", name: str, version: int, existing: str | None, table: str) -> None:
     head = (existing or "").split(GATE_SECTION_TITLE, 1)[0].rstrip()
-    room = _MAX_DESCRIPTION_CHARS - len(table) - 2
+    room = MAX_DESCRIPTION_CHARS - len(table) - 2
     head = head[:max(0, room)]
     client.update_model_version(name, str(version), description=(head + "\n\n" + table).strip())
 

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from fraudguard.promotion import PromotionOutcome
+    from fraudguard.gates.base import GateResult
+
+
+class PromotionVerdict(Protocol):
+    """What promotion_markdown reads of a promotion attempt (fraudguard.promotion.PromotionOutcome); a protocol,
+    so that this module of summaries does not depend on the promotion module, which uses its tables."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def dry_run(self) -> bool: ...
+    @property
+    def champion_before(self) -> int | None: ...
+    @property
+    def champion_after(self) -> int | None: ...
+    @property
+    def results(self) -> "tuple[GateResult, ...]": ...
+    @property
+    def failed_gates(self) -> list[str]: ...
 
 
 # MLflow 3.17's UI opens an experiment on its GenAI pages (traces overview) unless the URL, or the browser's
@@ -14,6 +32,9 @@ if TYPE_CHECKING:
 # Every link fraudguard hands out picks that view.
 UI_VIEW_QUERY = "?workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+# The gate table's heading in a model version's description (promotion replaces the section below it).
+GATE_SECTION_TITLE = "## Gate verdicts"
+MAX_DESCRIPTION_CHARS = 4900  # model_versions.description is VARCHAR(5000) in SQL stores
 
 
 def champion_label(version: int | None) -> str:
@@ -43,11 +64,30 @@ def mlflow_links(tracking_uri: str, experiment_id: str, run_id: str, version: in
             f"{base}/#/models/{model_name}/versions/{version}{UI_VIEW_QUERY}")
 
 
-def promotion_markdown(outcome: "PromotionOutcome", record: Mapping[str, Any], data_md5: str,
+def _fmt_metrics(metrics: Mapping[str, float], limit: int = 4) -> str:
+    items = list(metrics.items())[:limit]
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+
+
+def gate_table_markdown(version: int, results: "tuple[GateResult, ...]") -> str:
+    """The gate verdicts as a markdown table, compact enough for a model version description."""
+    verdict = "all gates passed" if all(r.passed for r in results) else \
+        "BLOCKED by " + ", ".join(r.name for r in results if not r.passed)
+    lines = [GATE_SECTION_TITLE, "", f"Version {version}: {verdict}.", "",
+             "| Gate | Verdict | Reason | Metrics |", "|---|---|---|---|"]
+    budget = max(60, (MAX_DESCRIPTION_CHARS - 600) // max(1, len(results)) - 80)
+    for r in results:
+        reason = " ".join(r.reason.split()).replace("|", "/")
+        metrics = _fmt_metrics(r.metrics).replace("|", "/")
+        if len(reason) > budget * 2 // 3:
+            reason = reason[: budget * 2 // 3 - 3] + "..."
+        lines.append(f"| {r.name} | {'passed' if r.passed else '**failed**'} | {reason} | {metrics[: budget // 3]} |")
+    return "\n".join(lines)
+
+
+def promotion_markdown(outcome: PromotionVerdict, record: Mapping[str, Any], data_md5: str,
                        stages: Mapping[str, Any]) -> str:
     """Markdown for the train-and-promote Prefect artifact: verdict, gate table, MLflow links, lineage."""
-    from fraudguard.promotion import gate_table_markdown
-
     tracking_uri = str(record.get("tracking_uri", ""))
     model_name = str(record.get("model_name", "fraudguard"))
     links = mlflow_links(tracking_uri, str(record.get("experiment_id", "0")), str(record["run_id"]),

@@ -41,8 +41,11 @@ from fraudguard.features import (
 )
 
 if TYPE_CHECKING:
-    from fraudguard.config import FeaturizeSettings, Settings
-    from fraudguard.training import TrainingParams
+    from fraudguard.config import (
+        FeaturizeSettings,
+        SplitPaymentThreatSettings,
+        SplitPaymentTrainingSettings,
+    )
 
 SPLIT_OF = "SPLIT_OF"        # piece_features: the whole payment's TRANSACTION_ID
 SPLIT_PIECE = "SPLIT_PIECE"  # piece_features: j, the piece's position (0 first)
@@ -115,26 +118,27 @@ def piece_features(frame: pd.DataFrame, k: int, interval_s: float, settings: "Fe
     return out
 
 
-def split_payment_training_rows(fit_frame: pd.DataFrame,
-                                settings: "Settings | TrainingParams") -> pd.DataFrame:
-    """Training copies that teach the model to flag split frauds (train.split_payments): for each fraud of
-    `fit_frame` and each k of `splits`, its last piece (whose hour windows hold the whole amount), labelled
-    fraud, `copies` times; and for each legitimate row one last piece of a split into k drawn (seeded) from
-    `legit_splits`, labelled legitimate, so that paying several times within the hour is not in itself the
-    signal, the spend against the card's habits is. Empty when the copies are off."""
-    cfg, threat = settings.train.split_payments, settings.threat_model.split_payments
+def split_payment_training_rows(fit_frame: pd.DataFrame, cfg: "SplitPaymentTrainingSettings | None",
+                                threat: "SplitPaymentThreatSettings | None", featurize: "FeaturizeSettings",
+                                seed: int) -> pd.DataFrame:
+    """Training copies that teach the model to flag split frauds (cfg: train.split_payments; threat:
+    threat_model.split_payments): for each fraud of `fit_frame` and each k of `splits`, its last piece (whose
+    hour windows hold the whole amount), labelled fraud, `copies` times; and for each legitimate row one last
+    piece of a split into k drawn (seeded by `seed`, train.seed) from `legit_splits`, labelled legitimate, so
+    that paying several times within the hour is not in itself the signal, the spend against the card's habits
+    is. Empty when the copies are off."""
     if cfg is None or not cfg.enabled or threat is None:
         return fit_frame.iloc[0:0]
 
     def last_pieces(rows: pd.DataFrame, k: int) -> pd.DataFrame:
-        return piece_features(rows, k, threat.interval_s, settings.featurize,
+        return piece_features(rows, k, threat.interval_s, featurize,
                               pieces=[k - 1]).drop(columns=[SPLIT_OF, SPLIT_PIECE])
 
     frauds = fit_frame[fit_frame[TX_FRAUD] == 1]
     parts = [last_pieces(frauds, k) for k in cfg.splits for _ in range(cfg.copies)]
     if cfg.legit_splits:
         legit = fit_frame[fit_frame[TX_FRAUD] == 0]
-        ks = np.random.default_rng(settings.train.seed).choice(np.asarray(cfg.legit_splits), size=len(legit))
+        ks = np.random.default_rng(seed).choice(np.asarray(cfg.legit_splits), size=len(legit))
         parts += [last_pieces(legit[ks == k], k) for k in cfg.legit_splits if (ks == k).any()]
     return pd.concat(parts, ignore_index=True)
 

@@ -358,7 +358,8 @@ def split_payment_copies(fit_frame: pd.DataFrame, params: TrainingParams) -> pd.
     """train.split_payments' copies of the fit rows paid in k pieces (fraudguard.splitting); empty when off."""
     from fraudguard.splitting import split_payment_training_rows
 
-    copies = split_payment_training_rows(fit_frame, params)
+    copies = split_payment_training_rows(fit_frame, params.train.split_payments, params.threat_model.split_payments,
+                                         params.featurize, params.train.seed)
     if len(copies):
         logger.info("split-payment copies: %d rows (%d fit frauds)", len(copies),
                     int((fit_frame[TX_FRAUD].to_numpy() == 1).sum()))

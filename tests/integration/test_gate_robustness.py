@@ -92,7 +92,7 @@ def test_robustness_gate_passes_a_candidate_as_robust_as_the_champion(world, tmp
 
 
 def test_gate_table_shows_the_gated_pgd_recall_at_the_budget(world, tmp_path):
-    from fraudguard.promotion import gate_table_markdown
+    from fraudguard.reporting import gate_table_markdown
 
     result = _run(world, tmp_path, champion=ModelUnderTest(world[2], version=3), min_robust_recall=0.3,
                   hopskipjump_samples=0)

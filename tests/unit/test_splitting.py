@@ -91,7 +91,8 @@ def test_training_copies_are_last_pieces_of_every_fraud_per_k_and_one_per_legiti
                                             "train": {"split_payments": {"enabled": True, "splits": [2, 3],
                                                                          "copies": 2, "legit_splits": [2, 10]}}}))
     fit = compute_features(_history(), settings.featurize)
-    copies = split_payment_training_rows(fit, settings)
+    copies = split_payment_training_rows(fit, settings.train.split_payments, settings.threat_model.split_payments,
+                                         settings.featurize, settings.train.seed)
     n_frauds = int(fit["TX_FRAUD"].sum())
     frauds, legit = copies[copies["TX_FRAUD"] == 1], copies[copies["TX_FRAUD"] == 0]
     assert len(frauds) == n_frauds * 2 * 2 and len(legit) == len(fit) - n_frauds
@@ -102,7 +103,8 @@ def test_training_copies_are_last_pieces_of_every_fraud_per_k_and_one_per_legiti
                                                                    "CUSTOMER_ID_NB_TX_1HOUR_WINDOW"].to_numpy())
     assert grown(frauds) == {1, 2} and grown(legit) == {1, 9}
     off = parse_settings(small_params({"train": {"split_payments": {"enabled": False}}}))
-    assert split_payment_training_rows(fit, off).empty
+    assert split_payment_training_rows(fit, off.train.split_payments, off.threat_model.split_payments,
+                                       off.featurize, off.train.seed).empty
 
 
 def test_split_counts_beyond_the_threat_model_are_refused():

@@ -49,7 +49,7 @@ def serve_bootstrap(
     from fraudguard.config import load_settings
     from fraudguard.data.io import read_transactions
     from fraudguard.logs import configure_logging
-    from fraudguard.serving.state import open_state_store
+    from fraudguard.serving.stores import open_state_store
 
     configure_logging()
     root = root.resolve()

@@ -31,8 +31,8 @@ from fraudguard.serving.champion import ChampionFollower, ServedModel
 from fraudguard.serving.predictions import PredictionLog
 from fraudguard.serving.schema import field_name, request_models
 from fraudguard.serving.security import ApiClient, GatewayGuard
-from fraudguard.serving.state import DuplicateTransaction, RawTransaction, StateStore, StateUnavailable, \
-    open_state_store
+from fraudguard.serving.state import DuplicateTransaction, RawTransaction, StateStore, StateUnavailable
+from fraudguard.serving.stores import open_state_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

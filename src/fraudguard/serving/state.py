@@ -9,7 +9,7 @@ a label time <= t. Bootstrapped history (bootstrap) gets label time = transactio
 assumption training makes.
 
 Not thread-safe by itself: the gateway calls it from its event loop only (one writer, in order).
-open_state_store picks the backend named by `serve.state.backend`.
+fraudguard.serving.stores.open_state_store picks the backend named by `serve.state.backend`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from fraudguard.errors import DataError, FraudGuardError
 from fraudguard.features import customer_window_offsets, terminal_window_offsets, transaction_features
 
 if TYPE_CHECKING:
-    from fraudguard.config import ServeSettings
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -96,21 +96,6 @@ class StateStore(Protocol):
     def record_label(self, transaction_id: int, fraud: bool, label_time: dt.datetime) -> bool: ...
     def bootstrap(self, transactions: pd.DataFrame, until: pd.Timestamp | None = None) -> int: ...
     def close(self) -> None: ...
-
-
-def open_state_store(serve: "ServeSettings", featurize: FeaturizeSettings, root: Path,
-                     env: Mapping[str, str] | None = None) -> StateStore:
-    """The store `serve.state.backend` names: the SQLite file at serve.state_path (relative to root) or Redis
-    at $FRAUDGUARD_REDIS_URL, else serve.state.redis_url."""
-    import os
-
-    if serve.state.backend == "redis":
-        from fraudguard.serving.redis_state import RedisFeatureStore
-
-        env = os.environ if env is None else env
-        return RedisFeatureStore(env.get(REDIS_URL_ENV) or serve.state.redis_url, serve.state, featurize)
-    path = serve.state_path if serve.state_path.is_absolute() else Path(root) / serve.state_path
-    return FeatureStore(path, featurize)
 
 
 class FeatureStore:
