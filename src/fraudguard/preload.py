@@ -94,13 +94,13 @@ def while_server_boots(root: Path, registry: "RegistrySettings", gates: "GatesSe
 
 
 def during_training(root: Path, registry: "RegistrySettings", gates: "GatesSettings") -> list[Step]:
-    """What can run in other interpreters while the training runs, on the core it leaves free: the drift gate's
-    own interpreter (Evidently loads there), and a short-lived one that creates the MLflow store's tables and
-    matplotlib's font cache (written once, then only read here); this thread waits for it without holding the
-    interpreter lock. Nothing is imported in this process meanwhile: a second thread loading modules beside
-    the training's Python loop made the repro task 6 to 11 s longer than the stages' compute (the two
-    threads hand the lock back and forth); registration and the gates import what they use afterwards. Not
-    during the temporary server's boot either: a third busy process on two cores."""
+    """What runs while the training does (run them with run_during_training). When fraudguard.stage_interpreter
+    trains, this interpreter is idle: the drift gate's interpreter starts (Evidently loads there) and
+    registration's and the gates' libraries load here. When the training runs in this interpreter, only work
+    in other interpreters: the drift gate's, and a short-lived one that creates the MLflow store's tables and
+    matplotlib's font cache (written once, then only read here), waited for without holding the interpreter
+    lock: a second thread loading modules beside the training's Python loop made the repro task 6 to 11 s
+    longer than the stages' compute (the two threads hand the lock back and forth)."""
     from fraudguard import stage_interpreter
     from fraudguard.gates.drift import start_evidently_interpreter
 

@@ -142,11 +142,3 @@ def release() -> None:
         started, _started = _started, None
         started.pool.shutdown(wait=False, cancel_futures=True)
 
-
-def child_pid() -> int | None:
-    """The started interpreter's process id (None before it has started, or when none was)."""
-    if _started is None:
-        return None
-    processes = getattr(_started.pool, "_processes", None) or {}  # stdlib's field: no public accessor
-    return next(iter(processes), None)
-
