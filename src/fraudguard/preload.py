@@ -129,7 +129,17 @@ def prepare_elsewhere(root: Path, registry: "RegistrySettings", timeout_s: float
 
 
 def _prepare(root: Path, registry_json: str) -> None:
+    """prepare_elsewhere's child: nothing waits on it until registration, so it yields the cores to the
+    training (a child starts at its creator's priority, and may lower its own)."""
     import importlib
+    import os
+
+    from fraudguard.priority import BACKGROUND_NICE
+
+    try:
+        os.nice(BACKGROUND_NICE)
+    except (OSError, AttributeError) as exc:  # not allowed, or not a Unix
+        logger.debug("preparing at normal priority: %s", exc)
 
     from fraudguard.config import RegistrySettings
     from fraudguard.tracking import configure_mlflow

@@ -46,7 +46,3 @@ def run_in_background_priority(work: Callable[[], T], nice: int = BACKGROUND_NIC
         raise outcome["error"]  # type: ignore[misc]
     return outcome["result"]  # type: ignore[return-value]
 
-
-def thread_niceness() -> int:
-    """This thread's nice value (Linux: per thread)."""
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
 from fraudguard import preload
-from fraudguard.priority import BACKGROUND_NICE, run_in_background_priority, thread_niceness
+from fraudguard.priority import BACKGROUND_NICE, run_in_background_priority
+
+
+def thread_niceness() -> int:
+    """The calling thread's nice value (Linux keeps one per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 def test_background_work_runs_in_another_thread_at_lower_priority_and_returns_its_result():
