@@ -52,7 +52,7 @@ def reproduce(root: Path, workspace: Path, settings) -> dict[str, Any]:
     # in the drift gate's interpreter, and the rest here when the training runs in fraudguard.stage_interpreter
     # (otherwise root's MLflow store and the font cache in a short-lived interpreter).
     steps = preload.during_training(root, settings.registry, settings.gates)
-    outcome = reproduce_stages(workspace, meanwhile=lambda: preload.run_during_training(steps),
+    outcome = reproduce_stages(workspace, meanwhile=lambda over: preload.run_during_training(steps, over),
                                meanwhile_from="train")
     get_run_logger().info("stages run: %s; up to date: %s", list(outcome.ran), list(outcome.skipped))
     return {"ran": list(outcome.ran), "skipped": list(outcome.skipped), "seconds": outcome.seconds}

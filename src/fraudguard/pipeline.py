@@ -42,7 +42,7 @@ class ReproOutcome:
 
 
 def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
-                     meanwhile: Callable[[], None] | None = None,
+                     meanwhile: Callable[[threading.Event], None] | None = None,
                      meanwhile_from: str | None = None) -> ReproOutcome:
     """`dvc repro` the given stages (and what they depend on) in the project at `root`, in this process.
 
@@ -52,7 +52,8 @@ def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
     loaded once, not in a new interpreter per stage), any other command in DVC's own runner.
 
     meanwhile: other work for this process while the stages run (in a second thread; the training leaves a
-    core free: it runs one torch thread). Best effort: an error in it is logged, never raised; it does not
+    core free: it runs one torch thread), called with an event set when the stages are over (from then on that
+    work is on the caller's critical path). Best effort: an error in it is logged, never raised; it does not
     change what DVC runs. A failed stage raises DataVersionError naming it; its outputs are not committed.
     meanwhile_from: the stage whose start begins that work (or the end of the repro, when DVC does not run
     it). Both threads need the interpreter lock: loading modules during the short pandas-heavy stages made
@@ -62,7 +63,7 @@ def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
     from concurrent.futures import ThreadPoolExecutor
 
     started = time.perf_counter()
-    begin = threading.Event()
+    begin, over = threading.Event(), threading.Event()
     if meanwhile_from is None:
         begin.set()
 
@@ -73,11 +74,15 @@ def reproduce_stages(root: Path, stages: tuple[str, ...] = PIPELINE_STAGES, *,
     log.info("running dvc repro %s in %s (stages in this process)", " ".join(stages), root)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc-repro") as waiter:
         running = waiter.submit(_repro_in_process, Path(root), stages, stage_starts)
-        running.add_done_callback(lambda _: begin.set())
+        def repro_ended(_: object) -> None:
+            over.set()
+            begin.set()
+
+        running.add_done_callback(repro_ended)
         begin.wait()
         if meanwhile is not None and not (running.done() and running.exception() is not None):
             try:
-                meanwhile()
+                meanwhile(over)
             except Exception as exc:  # only a head start: whoever needs that work meets the error again
                 log.warning("work done while dvc repro ran failed: %s", exc)
         try:

@@ -16,6 +16,7 @@ Each step is best effort: on a failure the task that needs it meets the same err
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,17 +28,20 @@ logger = logging.getLogger(__name__)
 
 Step = tuple[str, Callable[[], object]]
 
-# DVC and the stages' modules, in the order the flow uses them (pull-data, then the stages).
-STAGE_IMPORTS = ("dvc.repo", "fraudguard.data.versioning", "fraudguard.data.simulator",
-                 "fraudguard.stages.validate", "fraudguard.stages.featurize")
+# DVC and the stages' modules, in the order the flow uses them (pull-data, then the stages), with what they import
+# only when first used: DVC's lock and git modules (pull-data), its stage graph's networkx (the repro) and the
+# validate stage's pandera (0.3-0.5 s on the flow's path when left to the tasks; py-spy of `fraudguard run`).
+STAGE_IMPORTS = ("dvc.repo", "dvc.lock", "dvc.scm", "fraudguard.data.versioning", "fraudguard.data.simulator",
+                 "networkx", "fraudguard.stages.validate", "pandera.pandas", "fraudguard.stages.featurize")
 # The train and evaluate stages' (torch, ART, scikit-learn): not needed here when fraudguard.stage_interpreter
 # runs those stages.
 HEAVY_STAGE_IMPORTS = ("fraudguard.stages.train", "fraudguard.model", "fraudguard.evaluation", "fraudguard.attacks",
                        "sklearn.metrics", "fraudguard.stages.evaluate")
 # What register-model imports: MLflow, torch for the bundle, matplotlib for the loss curve (and the evaluate
 # stage's PR curve: matplotlib builds its font cache on first use, ~1.5 s on a new machine).
-REGISTER_IMPORTS = ("mlflow", "mlflow.pyfunc", "matplotlib.figure", "fraudguard.model", "fraudguard.pyfunc_model",
-                    "fraudguard.tracking")
+# GitPython: MLflow's start_run imports it for its git tags.
+REGISTER_IMPORTS = ("mlflow", "mlflow.pyfunc", "git", "matplotlib.figure", "fraudguard.model",
+                    "fraudguard.pyfunc_model", "fraudguard.tracking")
 
 # Steps that start another interpreter (which keeps its creator's CPU priority).
 EVIDENTLY_STEP = "Evidently's interpreter"
@@ -149,15 +153,22 @@ def _prepare(root: Path, registry_json: str) -> None:
         importlib.import_module(name)
 
 
-def run_during_training(steps: list[Step]) -> list[str]:
+def run_during_training(steps: list[Step], repro_over: threading.Event | None = None) -> list[str]:
     """during_training's steps: those that start an interpreter here (a process inherits its creator's
     priority, and the drift gate's reports run in that one later), the loading ones at lower CPU priority
-    (fraudguard.priority), so that the training keeps its core and the loading takes what is left."""
-    from fraudguard.priority import run_in_background_priority
+    (fraudguard.priority), so that the training keeps its core and the loading takes what is left. Once
+    `repro_over` is set, registration waits for that loading: what is left of it goes on at normal priority
+    where the system allows it (on a busy machine a nice-10 thread may barely run)."""
+    from fraudguard.priority import BackgroundWork
 
     starting = [step for step in steps if step[0] in INTERPRETER_STEPS]
     loading = [step for step in steps if step[0] not in INTERPRETER_STEPS]
-    return [*run_steps(starting), *run_in_background_priority(lambda: run_steps(loading))]
+    left = run_steps(starting)
+    work = BackgroundWork(lambda: run_steps(loading), name="load-during-training").start()
+    if repro_over is not None:
+        repro_over.wait()
+        work.hurry()
+    return [*left, *work.result()]
 
 
 def run_steps(steps: list[Step], until: Callable[[], bool] = lambda: False) -> list[str]:

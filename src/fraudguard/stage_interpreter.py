@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
+
+    from fraudguard.priority import BackgroundWork
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +61,54 @@ def _set_up(log_level: int, log_format: str | None) -> None:
             handler.setFormatter(logging.Formatter(log_format))
 
 
-def _warm(modules: tuple[str, ...], nice: int) -> None:
-    """Load the modules at lower priority (fraudguard.priority): this loading competes with Prefect's server
-    booting and the flow's own start; the stages later run in this interpreter's main thread, at normal
-    priority."""
-    import importlib
+# In the child: the warm-up's thread and the flag that stops it (process-wide: one warm-up per interpreter).
+_warm_up: "tuple[BackgroundWork[None], threading.Event] | None" = None
 
-    from fraudguard.priority import run_in_background_priority
+
+def _warm(modules: tuple[str, ...], nice: int) -> None:
+    """Start loading the modules in a thread at lower priority (fraudguard.priority) and return: this loading
+    competes with Prefect's server booting and the flow's own start, and the worker stays free, so a stage
+    asked for before the warm-up is over starts at once (_stop_warm_up) instead of queuing behind it."""
+    global _warm_up
+    import importlib
+    import time
+
+    from fraudguard.priority import BackgroundWork
+
+    stop = threading.Event()
 
     def load() -> None:
+        started = time.perf_counter()
         for name in modules:
+            if stop.is_set():
+                logger.debug("stage interpreter: warm-up stopped before %s (a stage started)", name)
+                return
             try:
                 importlib.import_module(name)
-            except ImportError as exc:  # the stage that needs it meets the same error and reports it
+            except Exception as exc:  # the stage that needs it meets the same error and reports it
                 logger.debug("stage interpreter: could not load %s: %s", name, exc)
+        logger.debug("stage interpreter: warm-up done in %.2f s", time.perf_counter() - started)
 
-    run_in_background_priority(load, nice)
+    _warm_up = (BackgroundWork(load, nice, name="stage-warm-up").start(), stop)
+
+
+def _stop_warm_up() -> None:
+    """A stage starts: the warm-up loads nothing after the module it is loading now, which finishes at the
+    stage's priority where the system allows it; the stage waits for that one, then imports what else it needs
+    in its own thread. Two threads importing at once can deadlock on Python's module locks (and would share
+    the interpreter lock with the stage)."""
+    if _warm_up is not None:
+        work, stop = _warm_up
+        stop.set()
+        work.hurry()
+        work.result()  # load() catches what an import raises
 
 
 def _run_in_child(module_name: str, wdir: str) -> str | None:
     """`python -m module_name` in wdir, as a call in this (child) interpreter: None, or why it failed."""
     import importlib
 
+    _stop_warm_up()
     cwd = os.getcwd()
     try:
         os.chdir(wdir)

@@ -131,10 +131,18 @@ def _waiting_stage_project(root: Path) -> Path:
 def test_reproduce_stages_does_the_meanwhile_work_while_dvc_runs_the_stages(tmp_path):
     root = _waiting_stage_project(tmp_path / "project")
 
-    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda: (root / "started").write_text("x"))
+    seen: list[bool] = []
+
+    def meanwhile(over) -> None:
+        seen.append(over.is_set())
+        (root / "started").write_text("x")  # the stage waits for this file
+        seen.append(over.wait(60))
+
+    outcome = reproduce_stages(root, ("wait",), meanwhile=meanwhile)
 
     assert outcome.ran == ("wait",)
     assert (root / "out.txt").read_text() == "done"
+    assert seen == [False, True]  # the event tells the work when the stages are over
 
 
 def _two_stage_project(root: Path) -> Path:
@@ -153,7 +161,7 @@ def _two_stage_project(root: Path) -> Path:
 def test_meanwhile_work_waits_for_the_named_stage_to_start(tmp_path):
     root = _two_stage_project(tmp_path / "project")
 
-    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda: (root / "started").write_text("x"),
+    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda _over: (root / "started").write_text("x"),
                                meanwhile_from="wait")
 
     assert outcome.ran == ("early", "wait")
@@ -163,21 +171,22 @@ def test_meanwhile_work_waits_for_the_named_stage_to_start(tmp_path):
 
 def test_meanwhile_work_still_runs_when_the_named_stage_is_up_to_date(tmp_path):
     root = _two_stage_project(tmp_path / "project")
-    reproduce_stages(root, ("wait",), meanwhile=lambda: (root / "started").write_text("x"), meanwhile_from="wait")
+    reproduce_stages(root, ("wait",), meanwhile=lambda _over: (root / "started").write_text("x"), meanwhile_from="wait")
     calls: list[str] = []
 
-    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda: calls.append("done"), meanwhile_from="wait")
+    outcome = reproduce_stages(root, ("wait",), meanwhile=lambda over: calls.append(over.is_set()),
+                               meanwhile_from="wait")
 
     assert outcome.ran == ()
     assert set(outcome.skipped) == {"early", "wait"}
-    assert calls == ["done"]
+    assert calls == [True]  # it runs, and is told the stages are over: it is on the critical path now
 
 
 def test_a_failing_meanwhile_work_is_logged_and_the_stages_still_run(tmp_path, caplog):
     root = _waiting_stage_project(tmp_path / "project")
     (root / "started").write_text("x")
 
-    def broken() -> None:
+    def broken(_over) -> None:
         raise RuntimeError("cannot import a gate library")
 
     outcome = reproduce_stages(root, ("wait",), meanwhile=broken)

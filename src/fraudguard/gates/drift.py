@@ -19,10 +19,12 @@ from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderT
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
+    from types import ModuleType
 
     import pandas as pd
 
     from fraudguard.config import DriftGateSettings
+    from fraudguard.priority import BackgroundWork
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ def _job(reference: "pd.DataFrame", current: "pd.DataFrame", features: list[str]
 
 def _evidently_drift(job: _DriftJob) -> DriftComparison:
     """Evidently's DataDriftPreset on one job; saves the HTML report."""
+    _wait_for_evidently()
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
@@ -105,14 +108,30 @@ def _evidently_drift(job: _DriftJob) -> DriftComparison:
 _ready_interpreter: "ProcessPoolExecutor | None" = None
 
 
+# In that interpreter: Evidently's import running ahead (see _load_evidently).
+_evidently_loading: "BackgroundWork[ModuleType] | None" = None
+
+
 def _load_evidently() -> None:
-    """Evidently's import, at lower priority (fraudguard.priority): it runs beside the training; the reports
-    later run in this interpreter's main thread at normal priority."""
+    """Start Evidently's import at lower priority (fraudguard.priority) and return: it runs beside the training;
+    the reports later run in this interpreter's main thread at normal priority (_wait_for_evidently)."""
+    global _evidently_loading
     import importlib
 
-    from fraudguard.priority import run_in_background_priority
+    from fraudguard.priority import BackgroundWork
 
-    run_in_background_priority(lambda: importlib.import_module("evidently"))
+    _evidently_loading = BackgroundWork(lambda: importlib.import_module("evidently"), name="evidently-import").start()
+
+
+def _wait_for_evidently() -> None:
+    """The reports need Evidently now: its import, if still running, goes on at this thread's priority where the
+    system allows it (fraudguard.priority), and this thread waits for it rather than import beside it."""
+    if _evidently_loading is not None:
+        _evidently_loading.hurry()
+        try:
+            _evidently_loading.result()
+        except Exception as exc:  # the import below meets the same error and raises it
+            logger.debug("loading Evidently ahead failed: %s", exc)
 
 
 def _new_interpreter() -> "ProcessPoolExecutor":
