@@ -84,7 +84,3 @@ def _niceness(native_id: int) -> int:
     except (OSError, AttributeError):  # not a Unix
         return 0
 
-
-def run_in_background_priority(work: Callable[[], T], nice: int = BACKGROUND_NICE) -> T:
-    """work() in a BackgroundWork thread, waited for: its result, or its exception raised."""
-    return BackgroundWork(work, nice).start().result()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fraudguard import preload
-from fraudguard.priority import BACKGROUND_NICE, BackgroundWork, run_in_background_priority
+from fraudguard.priority import BACKGROUND_NICE, BackgroundWork
 
 
 def thread_niceness() -> int:
@@ -20,7 +20,7 @@ def thread_niceness() -> int:
 def test_background_work_runs_in_another_thread_at_lower_priority_and_returns_its_result():
     before = thread_niceness()
 
-    seen = run_in_background_priority(lambda: (threading.get_native_id(), thread_niceness()))
+    seen = BackgroundWork(lambda: (threading.get_native_id(), thread_niceness())).start().result()
 
     assert seen[0] != threading.get_native_id()
     assert seen[1] == min(before + BACKGROUND_NICE, 19)
@@ -32,7 +32,7 @@ def test_an_error_in_background_work_reaches_the_caller():
         raise ValueError("the loading failed")
 
     with pytest.raises(ValueError, match="the loading failed"):
-        run_in_background_priority(fail)
+        BackgroundWork(fail).start().result()
 
 
 def test_during_training_steps_start_interpreters_at_the_callers_priority_and_load_at_lower_priority():
