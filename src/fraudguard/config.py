@@ -184,6 +184,8 @@ class ModelSettings(_Strict):
     dropout: float = Field(ge=0, lt=1)
     # Wide-and-deep: a linear term on every input added to the MLP's logits (docs/model.md "Robust AP").
     linear_term: bool = False
+    # The card's history before the transaction as extra MLP inputs (model.HistoryInputs; docs/model.md).
+    history_inputs: bool = False
 
 
 class FeatureBounds(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,31 +25,103 @@ PREPROCESS_FORMAT_VERSION = 1
 _PREDICT_CHUNK = 65536
 
 
+AMOUNT_FEATURE = "TX_AMOUNT"
+_CUSTOMER_WINDOW = re.compile(r"^CUSTOMER_ID_AVG_AMOUNT_(\w+)_WINDOW$")
+_HOUR_SPEND = re.compile(r"^CUSTOMER_ID_SPEND_(\w+)_WINDOW$")
+
+
+class HistoryInputs(torch.nn.Module):
+    """The card's history before this transaction, computed exactly from the handbook's windows.
+
+    The handbook's customer windows include the current transaction: a window's average is (past sum +
+    amount) / count and the hour spend is past spend + amount. So the history before the transaction is a
+    fixed function of features the model already reads: past average = (average x count - amount) / (count - 1),
+    past spend = spend - amount. Those are what the fraudster cannot change (threat_model.derived_features: the
+    averages and the spend move with the amount by exactly that share), but an MLP on standardized inputs
+    approximates a product poorly. This layer hands them over: per day window the past average (in the
+    amount's standardized units), per hour window the past spend (in the spend's). It holds no weights:
+    everything comes from the standardizer (non-persistent buffers), so the state_dict and the attacks are unchanged (ART's gradients flow through it, nothing is masked).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, features: Sequence[str], mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        index = {name: i for i, name in enumerate(features)}
+        if AMOUNT_FEATURE not in index:
+            raise ModelError(f"history inputs need the {AMOUNT_FEATURE} feature")
+        averages: list[tuple[int, int]] = []
+        spends: list[int] = []
+        for name, i in index.items():
+            day = _CUSTOMER_WINDOW.match(name)
+            if day and f"CUSTOMER_ID_NB_TX_{day.group(1)}_WINDOW" in index:
+                averages.append((i, index[f"CUSTOMER_ID_NB_TX_{day.group(1)}_WINDOW"]))
+            elif _HOUR_SPEND.match(name):
+                spends.append(i)
+        if not averages and not spends:
+            raise ModelError("history inputs need a customer average with its count, or a customer spend window")
+        amount = index[AMOUNT_FEATURE]
+        self.n_outputs = len(averages) + len(spends)
+        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float32).copy()), persistent=False)
+        self.register_buffer("std", torch.from_numpy(np.asarray(std, dtype=np.float32).copy()), persistent=False)
+        self.amount = amount
+        self.averages = averages
+        self.spends = spends
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = x * self.std + self.mean
+        amount = raw[:, self.amount]
+        amount_mean, amount_std = self.mean[self.amount], self.std[self.amount]
+        columns = []
+        for average, count in self.averages:
+            n = raw[:, count]
+            past_sum = raw[:, average] * n - amount
+            past_average = torch.clamp(past_sum / torch.clamp(n - 1.0, min=1.0), min=0.0)
+            columns.append((past_average - amount_mean) / amount_std)
+        for spend in self.spends:
+            past_spend = torch.clamp(raw[:, spend] - amount, min=0.0)
+            columns.append((past_spend - self.mean[spend]) / self.std[spend])
+        return torch.stack(columns, dim=1)
+
+
 class FraudMLP(torch.nn.Module):
     """ReLU MLP returning two logits (legit, fraud): ART handles 2-logit models with cross-entropy best.
     With `linear_term`, a linear term on every input is added to the logits (wide-and-deep): the model holds a
-    logistic regression as a special case."""
+    logistic regression as a special case. With `history`, the MLP also reads the card's history before the
+    transaction (`HistoryInputs`)."""
 
     linear: torch.nn.Linear | None
+    history: HistoryInputs | None
 
-    def __init__(self, n_features: int, hidden_sizes: Sequence[int], dropout: float, linear_term: bool = False):
+    def __init__(self, n_features: int, hidden_sizes: Sequence[int], dropout: float, linear_term: bool = False,
+                 history: HistoryInputs | None = None):
         super().__init__()
         if n_features <= 0:
             raise ValueError(f"n_features must be > 0, got {n_features}")
         layers: list[torch.nn.Module] = []
-        width = n_features
+        width = n_features + (history.n_outputs if history is not None else 0)
         for size in hidden_sizes:
             layers += [torch.nn.Linear(width, int(size)), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
             width = int(size)
         layers.append(torch.nn.Linear(width, 2))
         self.net = torch.nn.Sequential(*layers)
         self.linear = torch.nn.Linear(n_features, 2) if linear_term else None
+        self.history = history
         self.n_features = n_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = x if self.history is None else torch.cat([x, self.history(x)], dim=1)
         if self.linear is None:
-            return self.net(x)
-        return self.net(x) + self.linear(x)
+            return self.net(inputs)
+        return self.net(inputs) + self.linear(x)
+
+
+def build_module(standardizer: "Standardizer", hidden_sizes: Sequence[int], dropout: float,
+                 linear_term: bool = False, history_inputs: bool = False) -> FraudMLP:
+    """The MLP for these features (history inputs built from the standardizer when asked for)."""
+    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std) if history_inputs else None
+    return FraudMLP(len(standardizer.features), hidden_sizes, dropout, linear_term=linear_term, history=history)
 
 
 @dataclass(frozen=True)
@@ -131,6 +204,7 @@ class ModelBundle:
     dropout: float
     threshold: float
     linear_term: bool = False  # model.linear_term: a linear term on every input added to the MLP's logits
+    history_inputs: bool = False  # model.history_inputs: the card's history before the transaction (HistoryInputs)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -168,6 +242,8 @@ class ModelBundle:
         }
         if self.linear_term:  # written only when on: a plain MLP's file stays byte for byte what it was
             out["linear_term"] = True
+        if self.history_inputs:
+            out["history_inputs"] = True
         return out
 
 
@@ -212,8 +288,12 @@ def load_bundle(
         dropout = float(meta["dropout"])
         threshold = float(meta["threshold"])
         linear_term = meta.get("linear_term", False)
-        if not isinstance(linear_term, bool):
-            raise ModelError(f"linear_term must be true or false, got {linear_term!r}")
+        history_inputs = meta.get("history_inputs", False)
+        for key, flag in (("linear_term", linear_term), ("history_inputs", history_inputs)):
+            if not isinstance(flag, bool):
+                raise ModelError(f"{key} must be true or false, got {flag!r}")
+        module = build_module(standardizer, hidden_sizes, dropout, linear_term=linear_term,
+                              history_inputs=history_inputs)
     except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise ModelError(f"{preprocess_path}: malformed preprocessing file: {exc}") from exc
     if not math.isfinite(threshold):
@@ -222,7 +302,6 @@ def load_bundle(
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types (pickle, zip, runtime) for a bad file
         raise ModelError(f"{weights_path}: not a loadable weights-only state_dict: {exc}") from exc
-    module = FraudMLP(len(standardizer.features), hidden_sizes, dropout, linear_term=linear_term)
     try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -237,4 +316,5 @@ def load_bundle(
         dropout=dropout,
         threshold=threshold,
         linear_term=linear_term,
+        history_inputs=history_inputs,
     )

@@ -41,7 +41,7 @@ from fraudguard.config import (
 )
 from fraudguard.data.schema import TX_DATETIME, TX_FRAUD
 from fraudguard.errors import DataError
-from fraudguard.model import FraudMLP, ModelBundle, Standardizer
+from fraudguard.model import FraudMLP, ModelBundle, Standardizer, build_module
 from fraudguard.threat import ThreatModel, build_threat_model
 
 logger = logging.getLogger(__name__)
@@ -401,8 +401,8 @@ def prepare_data(train_frame: pd.DataFrame, params: TrainingParams) -> PreparedD
 def build_model(data: PreparedData, params: TrainingParams) -> Trainee:
     """The MLP (initialised from torch's seeded generator), Adam, and the (class-weighted) loss."""
     cfg = params.train
-    module = FraudMLP(len(data.standardizer.features), params.model.hidden_sizes, params.model.dropout,
-                      linear_term=params.model.linear_term)
+    module = build_module(data.standardizer, params.model.hidden_sizes, params.model.dropout,
+                          linear_term=params.model.linear_term, history_inputs=params.model.history_inputs)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.lr_schedule == "cosine" else None)
@@ -532,6 +532,7 @@ def finalize(
         dropout=float(params.model.dropout),
         threshold=0.5,
         linear_term=params.model.linear_term,
+        history_inputs=params.model.history_inputs,
     )
     train_scores = bundle.predict_proba(train_frame)
     bundle.threshold = threshold_at_fpr(train_scores, data.labels_all, params.fpr_for_recall)

@@ -11,7 +11,15 @@ import torch
 
 from fraudguard.errors import ModelError
 from fraudguard.files import sha256_file
-from fraudguard.model import FraudMLP, ModelBundle, Standardizer, load_bundle, save_bundle
+from fraudguard.model import (
+    FraudMLP,
+    HistoryInputs,
+    ModelBundle,
+    Standardizer,
+    build_module,
+    load_bundle,
+    save_bundle,
+)
 
 FEATURES = ("TX_AMOUNT", "TX_DURING_NIGHT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
 
@@ -164,4 +172,93 @@ def test_load_bundle_refuses_a_linear_term_flag_that_is_not_a_boolean(tmp_path):
     meta["linear_term"] = "yes"
     (tmp_path / "preprocess.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="linear_term must be true or false"):
+        load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+
+
+HISTORY_FEATURES = ("TX_AMOUNT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW", "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW",
+                    "CUSTOMER_ID_NB_TX_1HOUR_WINDOW", "CUSTOMER_ID_SPEND_1HOUR_WINDOW", "TX_DURING_NIGHT")
+
+
+def _history_frame() -> pd.DataFrame:
+    # Row 0: two earlier payments today of 30 and 50 (average with this one 60), one earlier this hour (30).
+    # Row 1: the card's first payment of the day and of the hour: no history, past average and spend 0.
+    return pd.DataFrame({
+        "TX_AMOUNT": [100.0, 50.0, 20.0], "CUSTOMER_ID_NB_TX_1DAY_WINDOW": [3, 1, 2],
+        "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW": [60.0, 50.0, 30.0], "CUSTOMER_ID_NB_TX_1HOUR_WINDOW": [2, 1, 1],
+        "CUSTOMER_ID_SPEND_1HOUR_WINDOW": [130.0, 50.0, 20.0], "TX_DURING_NIGHT": [0, 1, 0],
+    })
+
+
+def test_history_inputs_are_the_cards_average_and_spend_before_the_transaction():
+    frame = _history_frame()
+    standardizer = Standardizer.fit(frame, HISTORY_FEATURES)
+    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std)
+    got = history(torch.from_numpy(standardizer.transform(frame))).numpy()
+    amount_mean, amount_std = standardizer.mean[0], standardizer.std[0]
+    spend_mean, spend_std = standardizer.mean[4], standardizer.std[4]
+    expected = np.array([[(40.0 - amount_mean) / amount_std, (30.0 - spend_mean) / spend_std],
+                         [(0.0 - amount_mean) / amount_std, (0.0 - spend_mean) / spend_std],
+                         [(40.0 - amount_mean) / amount_std, (0.0 - spend_mean) / spend_std]])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_history_inputs_do_not_move_when_the_threat_model_moves_the_amount(small_settings):
+    from fraudguard.threat import build_threat_model
+
+    features = small_settings.model.features
+    rng = np.random.default_rng(3)
+    n = 300
+    counts = rng.integers(1, 9, size=(n, 3))
+    frame = pd.DataFrame({name: rng.integers(0, 2, n).astype(float) for name in features})
+    frame["TX_AMOUNT"] = rng.uniform(5.0, 300.0, n)
+    for column, window in enumerate(("1DAY", "7DAY", "30DAY")):
+        past = rng.uniform(0.0, 80.0, n) * (counts[:, column] - 1)
+        frame[f"CUSTOMER_ID_NB_TX_{window}_WINDOW"] = counts[:, column]
+        frame[f"CUSTOMER_ID_AVG_AMOUNT_{window}_WINDOW"] = (past + frame["TX_AMOUNT"]) / counts[:, column]
+    frame["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] = frame["TX_AMOUNT"] + rng.uniform(0.0, 100.0, n)
+    standardizer = Standardizer.fit(frame, features)
+    threat = build_threat_model(small_settings.threat_model, standardizer)
+    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std)
+    x = standardizer.transform(frame)
+    attacked = threat.project(x + rng.uniform(-1.0, 1.0, x.shape).astype(np.float32), x, eps=1.0)
+    amount = features.index("TX_AMOUNT")
+    assert np.abs(attacked[:, amount] - x[:, amount]).max() > 0.5  # the amount did move
+    assert history.n_outputs == 4  # three day windows with their counts, one hour spend
+    np.testing.assert_allclose(history(torch.from_numpy(attacked)).numpy(), history(torch.from_numpy(x)).numpy(),
+                               rtol=0, atol=1e-4)
+
+
+def test_history_inputs_bundle_round_trips_and_scores_the_same_after_loading(tmp_path):
+    frame = pd.concat([_history_frame()] * 10, ignore_index=True)
+    frame["TX_AMOUNT"] += np.arange(len(frame), dtype=float)
+    frame["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] += np.arange(len(frame), dtype=float)
+    standardizer = Standardizer.fit(frame, HISTORY_FEATURES)
+    torch.manual_seed(2)
+    module = build_module(standardizer, (8, 4), 0.1, history_inputs=True).eval()
+    assert module.net[0].in_features == len(HISTORY_FEATURES) + 2
+    bundle = ModelBundle(module=module, standardizer=standardizer, hidden_sizes=(8, 4), dropout=0.1,
+                         threshold=0.37, history_inputs=True)
+    save_bundle(bundle, tmp_path / "model.pt", tmp_path / "preprocess.json")
+    assert json.loads((tmp_path / "preprocess.json").read_text())["history_inputs"] is True
+    assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == set(_bundle().module.state_dict())
+    loaded = load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+    assert loaded.history_inputs and loaded.module.history is not None
+    assert np.array_equal(loaded.predict_proba(frame), bundle.predict_proba(frame))
+
+
+def test_history_inputs_need_the_amount_and_a_customer_window():
+    standardizer = Standardizer.fit(_frame(20, 0), FEATURES)
+    with pytest.raises(ModelError, match="customer average with its count"):
+        build_module(standardizer, (4,), 0.0, history_inputs=True)
+    no_amount = Standardizer.fit(_history_frame(), HISTORY_FEATURES[1:])
+    with pytest.raises(ModelError, match="need the TX_AMOUNT feature"):
+        build_module(no_amount, (4,), 0.0, history_inputs=True)
+
+
+def test_load_bundle_refuses_a_history_inputs_flag_that_is_not_a_boolean(tmp_path):
+    save_bundle(_bundle(), tmp_path / "model.pt", tmp_path / "preprocess.json")
+    meta = json.loads((tmp_path / "preprocess.json").read_text())
+    meta["history_inputs"] = 1
+    (tmp_path / "preprocess.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="history_inputs must be true or false"):
         load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")

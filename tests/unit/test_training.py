@@ -333,7 +333,7 @@ def test_crafter_returns_a_copy_with_only_the_picked_rows_attacked_and_leaves_th
     from fraudguard.threat import build_threat_model
     from fraudguard.training import build_crafter, build_model, prepare_data
 
-    params = TrainingParams.of(_settings())
+    params = TrainingParams.of(_settings({"train": {"adversarial": {"classes": "fraud", "ratio": 1.0}}}))
     data = prepare_data(split[0], params)
     trainee = build_model(data, params)
     crafter = build_crafter(trainee, build_threat_model(params.threat_model, data.standardizer), params.train)
@@ -351,7 +351,8 @@ def test_pgd_iterations_of_the_train_section_set_the_crafting_attacks_iterations
     from fraudguard.threat import build_threat_model
     from fraudguard.training import build_crafter, build_model, prepare_data
 
-    params = TrainingParams.of(_settings({"train": {"adversarial": {"attack": "pgd", "pgd_iterations": 2}}}))
+    params = TrainingParams.of(_settings({"train": {"adversarial": {"attack": "pgd", "pgd_iterations": 2,
+                                                                   "classes": "fraud"}}}))
     data = prepare_data(split[0], params)
     trainee = build_model(data, params)
     threat = build_threat_model(params.threat_model, data.standardizer)
