@@ -262,3 +262,15 @@ def test_load_bundle_refuses_a_history_inputs_flag_that_is_not_a_boolean(tmp_pat
     (tmp_path / "preprocess.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="history_inputs must be true or false"):
         load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+
+
+def test_a_history_inputs_bundle_whose_flag_was_removed_is_refused_as_weights_that_do_not_fit(tmp_path):
+    standardizer = Standardizer.fit(_history_frame(), HISTORY_FEATURES)
+    module = build_module(standardizer, (8, 4), 0.1, history_inputs=True).eval()
+    save_bundle(ModelBundle(module=module, standardizer=standardizer, hidden_sizes=(8, 4), dropout=0.1,
+                            threshold=0.37, history_inputs=True), tmp_path / "model.pt", tmp_path / "preprocess.json")
+    meta = json.loads((tmp_path / "preprocess.json").read_text())
+    del meta["history_inputs"]
+    (tmp_path / "preprocess.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="weights do not fit the architecture"):
+        load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
