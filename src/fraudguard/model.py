@@ -40,7 +40,8 @@ class HistoryInputs(torch.nn.Module):
     averages and the spend move with the amount by exactly that share), but an MLP on standardized inputs
     approximates a product poorly. This layer hands them over: per day window the past average (in the
     amount's standardized units), per hour window the past spend (in the spend's). It holds no weights:
-    everything comes from the standardizer (non-persistent buffers), so the state_dict and the attacks are unchanged (ART's gradients flow through it, nothing is masked).
+    everything comes from the standardizer (non-persistent buffers), so the state_dict keeps its keys and the
+    attacks see the whole module (ART's gradients flow through this layer; nothing is masked).
     """
 
     mean: torch.Tensor
