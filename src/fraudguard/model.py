@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fraudguard.data.schema import CUSTOMER_ID, TX_AMOUNT
 from fraudguard.errors import ModelError
 from fraudguard.files import sha256_file, write_json
 
@@ -25,9 +26,9 @@ PREPROCESS_FORMAT_VERSION = 1
 _PREDICT_CHUNK = 65536
 
 
-AMOUNT_FEATURE = "TX_AMOUNT"
-_CUSTOMER_WINDOW = re.compile(r"^CUSTOMER_ID_AVG_AMOUNT_(\w+)_WINDOW$")
-_HOUR_SPEND = re.compile(r"^CUSTOMER_ID_SPEND_(\w+)_WINDOW$")
+# fraudguard.features' names: customer_avg_amount / customer_nb_tx (day windows), customer_spend_hours.
+_CUSTOMER_WINDOW = re.compile(rf"^{CUSTOMER_ID}_AVG_AMOUNT_(\w+)_WINDOW$")
+_HOUR_SPEND = re.compile(rf"^{CUSTOMER_ID}_SPEND_(\w+)_WINDOW$")
 
 
 class HistoryInputs(torch.nn.Module):
@@ -50,23 +51,23 @@ class HistoryInputs(torch.nn.Module):
     def __init__(self, features: Sequence[str], mean: np.ndarray, std: np.ndarray):
         super().__init__()
         index = {name: i for i, name in enumerate(features)}
-        if AMOUNT_FEATURE not in index:
-            raise ModelError(f"history inputs need the {AMOUNT_FEATURE} feature")
+        if TX_AMOUNT not in index:
+            raise ModelError(f"history inputs need the {TX_AMOUNT} feature")
         averages: list[tuple[int, int]] = []
         spends: list[int] = []
         for name, i in index.items():
             day = _CUSTOMER_WINDOW.match(name)
-            if day and f"CUSTOMER_ID_NB_TX_{day.group(1)}_WINDOW" in index:
-                averages.append((i, index[f"CUSTOMER_ID_NB_TX_{day.group(1)}_WINDOW"]))
+            count_name = f"{CUSTOMER_ID}_NB_TX_{day.group(1)}_WINDOW" if day else None
+            if count_name in index:
+                averages.append((i, index[count_name]))
             elif _HOUR_SPEND.match(name):
                 spends.append(i)
         if not averages and not spends:
             raise ModelError("history inputs need a customer average with its count, or a customer spend window")
-        amount = index[AMOUNT_FEATURE]
         self.n_outputs = len(averages) + len(spends)
         self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float32).copy()), persistent=False)
         self.register_buffer("std", torch.from_numpy(np.asarray(std, dtype=np.float32).copy()), persistent=False)
-        self.amount = amount
+        self.amount = index[TX_AMOUNT]
         self.averages = averages
         self.spends = spends
 
