@@ -186,6 +186,14 @@ class ModelSettings(_Strict):
     linear_term: bool = False
     # The card's history before the transaction as extra MLP inputs (model.HistoryInputs; docs/model.md).
     history_inputs: bool = False
+    # With them, log ratios of the card's recent history to its longest window (HistoryInputs contrasts).
+    history_contrasts: bool = False
+
+    @model_validator(mode="after")
+    def _contrasts_need_history(self) -> "ModelSettings":
+        if self.history_contrasts and not self.history_inputs:
+            raise ValueError("history_contrasts: true needs history_inputs: true (the contrasts are of the history)")
+        return self
 
 
 class FeatureBounds(_Strict):

@@ -43,28 +43,41 @@ class HistoryInputs(torch.nn.Module):
     amount's standardized units), per hour window the past spend (in the spend's). It holds no weights:
     everything comes from the standardizer (non-persistent buffers), so the state_dict keeps its keys and the
     attacks see the whole module (ART's gradients flow through this layer; nothing is masked).
+
+    With `contrasts`, also the card's recent history against its longest window, as log ratios: per shorter
+    day window log1p(past average) - log1p(longest past average), and log1p(past hour spend) - log1p(longest
+    past average); 0 where a window holds no earlier payment. A compromised card's earlier fraudulent payments
+    lift its recent averages against its month; the ratio says so on every spending scale, which a difference
+    of standardized amounts does not, and none of it moves with the attacker's amount.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, features: Sequence[str], mean: np.ndarray, std: np.ndarray):
+    def __init__(self, features: Sequence[str], mean: np.ndarray, std: np.ndarray, contrasts: bool = False):
         super().__init__()
         index = {name: i for i, name in enumerate(features)}
         if TX_AMOUNT not in index:
             raise ModelError(f"history inputs need the {TX_AMOUNT} feature")
         averages: list[tuple[int, int]] = []
+        window_days: list[int] = []
         spends: list[int] = []
         for name, i in index.items():
             day = _CUSTOMER_WINDOW.match(name)
             count_name = f"{CUSTOMER_ID}_NB_TX_{day.group(1)}_WINDOW" if day else None
-            if count_name in index:
+            if day and count_name in index:
                 averages.append((i, index[count_name]))
+                window_days.append(_window_days(day.group(1)))
             elif _HOUR_SPEND.match(name):
                 spends.append(i)
         if not averages and not spends:
             raise ModelError("history inputs need a customer average with its count, or a customer spend window")
-        self.n_outputs = len(averages) + len(spends)
+        if contrasts and not averages:
+            raise ModelError("history contrasts need a customer average with its count")
+        self.contrasts = contrasts
+        # The reference of the contrasts: the longest day window (the others and the hour spend against it).
+        self.longest = max(range(len(averages)), key=window_days.__getitem__) if averages else -1
+        self.n_outputs = (len(averages) + len(spends)) * (2 if contrasts else 1) - (1 if contrasts else 0)
         self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float32).copy()), persistent=False)
         self.register_buffer("std", torch.from_numpy(np.asarray(std, dtype=np.float32).copy()), persistent=False)
         self.amount = index[TX_AMOUNT]
@@ -75,16 +88,31 @@ class HistoryInputs(torch.nn.Module):
         raw = x * self.std + self.mean
         amount = raw[:, self.amount]
         amount_mean, amount_std = self.mean[self.amount], self.std[self.amount]
-        columns = []
+        past_averages, has_past = [], []
         for average, count in self.averages:
             n = raw[:, count]
             past_sum = raw[:, average] * n - amount
-            past_average = torch.clamp(past_sum / torch.clamp(n - 1.0, min=1.0), min=0.0)
-            columns.append((past_average - amount_mean) / amount_std)
-        for spend in self.spends:
-            past_spend = torch.clamp(raw[:, spend] - amount, min=0.0)
-            columns.append((past_spend - self.mean[spend]) / self.std[spend])
+            past_averages.append(torch.clamp(past_sum / torch.clamp(n - 1.0, min=1.0), min=0.0))
+            has_past.append(n >= 1.5)  # counts are whole numbers; the current payment is one of them
+        past_spends = [torch.clamp(raw[:, spend] - amount, min=0.0) for spend in self.spends]
+        columns = [(past - amount_mean) / amount_std for past in past_averages]
+        columns += [(past - self.mean[spend]) / self.std[spend] for past, spend in zip(past_spends, self.spends)]
+        if self.contrasts:
+            reference, reference_has = torch.log1p(past_averages[self.longest]), has_past[self.longest]
+            for i, (past, has) in enumerate(zip(past_averages, has_past)):
+                if i != self.longest:
+                    columns.append(torch.where(has & reference_has, torch.log1p(past) - reference, 0.0))
+            for past in past_spends:
+                columns.append(torch.where((past > 0) & reference_has, torch.log1p(past) - reference, 0.0))
         return torch.stack(columns, dim=1)
+
+
+def _window_days(label: str) -> int:
+    """Days of a customer day window's label ("30DAY" -> 30)."""
+    digits = re.match(r"\d+", label)
+    if digits is None:
+        raise ModelError(f"customer window {label!r}: no day count in its name")
+    return int(digits.group(0))
 
 
 class FraudMLP(torch.nn.Module):
@@ -120,9 +148,13 @@ class FraudMLP(torch.nn.Module):
 
 
 def build_module(standardizer: "Standardizer", hidden_sizes: Sequence[int], dropout: float,
-                 linear_term: bool = False, history_inputs: bool = False) -> FraudMLP:
+                 linear_term: bool = False, history_inputs: bool = False,
+                 history_contrasts: bool = False) -> FraudMLP:
     """The MLP for these features (history inputs built from the standardizer when asked for)."""
-    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std) if history_inputs else None
+    if history_contrasts and not history_inputs:
+        raise ModelError("history_contrasts needs history_inputs")
+    history = (HistoryInputs(standardizer.features, standardizer.mean, standardizer.std, contrasts=history_contrasts)
+               if history_inputs else None)
     return FraudMLP(len(standardizer.features), hidden_sizes, dropout, linear_term=linear_term, history=history)
 
 
@@ -207,6 +239,7 @@ class ModelBundle:
     threshold: float
     linear_term: bool = False  # model.linear_term: a linear term on every input added to the MLP's logits
     history_inputs: bool = False  # model.history_inputs: the card's history before the transaction (HistoryInputs)
+    history_contrasts: bool = False  # model.history_contrasts: its recent history against its longest window
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -246,6 +279,8 @@ class ModelBundle:
             out["linear_term"] = True
         if self.history_inputs:
             out["history_inputs"] = True
+        if self.history_contrasts:
+            out["history_contrasts"] = True
         return out
 
 
@@ -291,11 +326,13 @@ def load_bundle(
         threshold = float(meta["threshold"])
         linear_term = meta.get("linear_term", False)
         history_inputs = meta.get("history_inputs", False)
-        for key, flag in (("linear_term", linear_term), ("history_inputs", history_inputs)):
+        history_contrasts = meta.get("history_contrasts", False)
+        for key, flag in (("linear_term", linear_term), ("history_inputs", history_inputs),
+                          ("history_contrasts", history_contrasts)):
             if not isinstance(flag, bool):
                 raise ModelError(f"{key} must be true or false, got {flag!r}")
         module = build_module(standardizer, hidden_sizes, dropout, linear_term=linear_term,
-                              history_inputs=history_inputs)
+                              history_inputs=history_inputs, history_contrasts=history_contrasts)
     except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise ModelError(f"{preprocess_path}: malformed preprocessing file: {exc}") from exc
     if not math.isfinite(threshold):
@@ -319,4 +356,5 @@ def load_bundle(
         threshold=threshold,
         linear_term=linear_term,
         history_inputs=history_inputs,
+        history_contrasts=history_contrasts,
     )

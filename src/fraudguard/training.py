@@ -402,7 +402,8 @@ def build_model(data: PreparedData, params: TrainingParams) -> Trainee:
     """The MLP (initialised from torch's seeded generator), Adam, and the (class-weighted) loss."""
     cfg = params.train
     module = build_module(data.standardizer, params.model.hidden_sizes, params.model.dropout,
-                          linear_term=params.model.linear_term, history_inputs=params.model.history_inputs)
+                          linear_term=params.model.linear_term, history_inputs=params.model.history_inputs,
+                          history_contrasts=params.model.history_contrasts)
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.lr_schedule == "cosine" else None)
@@ -533,6 +534,7 @@ def finalize(
         threshold=0.5,
         linear_term=params.model.linear_term,
         history_inputs=params.model.history_inputs,
+        history_contrasts=params.model.history_contrasts,
     )
     train_scores = bundle.predict_proba(train_frame)
     bundle.threshold = threshold_at_fpr(train_scores, data.labels_all, params.fpr_for_recall)

@@ -99,6 +99,11 @@ def test_linear_term_and_gradient_penalty_default_to_off():
     assert settings.train.gradient_penalty == 0.0
 
 
+def test_history_contrasts_without_history_inputs_are_refused():
+    message = _refused({"model": {"history_inputs": False, "history_contrasts": True}})
+    assert "history_contrasts: true needs history_inputs: true" in message
+
+
 def test_non_positive_robustness_epsilons_are_refused():
     assert "every epsilon must be > 0" in _refused({"gates": {"robustness": {"epsilons": [0.5, 0.0]}}})
 

@@ -202,7 +202,27 @@ def test_history_inputs_are_the_cards_average_and_spend_before_the_transaction()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
-def test_history_inputs_do_not_move_when_the_threat_model_moves_the_amount(small_settings):
+def test_history_contrasts_are_log_ratios_of_recent_history_to_the_longest_window():
+    frame = pd.DataFrame({
+        "TX_AMOUNT": [100.0, 50.0, 20.0],
+        "CUSTOMER_ID_NB_TX_1DAY_WINDOW": [3, 1, 2], "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW": [60.0, 50.0, 30.0],
+        "CUSTOMER_ID_NB_TX_30DAY_WINDOW": [11, 5, 2], "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW": [20.0, 30.0, 30.0],
+        "CUSTOMER_ID_SPEND_1HOUR_WINDOW": [130.0, 50.0, 20.0],
+    })
+    standardizer = Standardizer.fit(frame, tuple(frame.columns))
+    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std, contrasts=True)
+    assert history.n_outputs == 3 + 2  # past 1-day and 30-day averages, past hour spend; two contrasts
+    got = history(torch.from_numpy(standardizer.transform(frame))).numpy()[:, 3:]
+    # Row 0: past 1-day average (180 - 100) / 2 = 40, past 30-day average (220 - 100) / 10 = 12, past spend 30.
+    # Row 1: no earlier payment today (contrasts 0). Row 2: past 1-day = past 30-day = 40; no earlier spend.
+    expected = np.array([[np.log1p(40.0) - np.log1p(12.0), np.log1p(30.0) - np.log1p(12.0)],
+                         [0.0, 0.0],
+                         [0.0, 0.0]])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("contrasts", [False, True], ids=["past", "past-and-contrasts"])
+def test_history_inputs_do_not_move_when_the_threat_model_moves_the_amount(small_settings, contrasts):
     from fraudguard.threat import build_threat_model
 
     features = small_settings.model.features
@@ -218,12 +238,13 @@ def test_history_inputs_do_not_move_when_the_threat_model_moves_the_amount(small
     frame["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] = frame["TX_AMOUNT"] + rng.uniform(0.0, 100.0, n)
     standardizer = Standardizer.fit(frame, features)
     threat = build_threat_model(small_settings.threat_model, standardizer)
-    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std)
+    history = HistoryInputs(standardizer.features, standardizer.mean, standardizer.std, contrasts=contrasts)
     x = standardizer.transform(frame)
     attacked = threat.project(x + rng.uniform(-1.0, 1.0, x.shape).astype(np.float32), x, eps=1.0)
     amount = features.index("TX_AMOUNT")
     assert np.abs(attacked[:, amount] - x[:, amount]).max() > 0.5  # the amount did move
-    assert history.n_outputs == 4  # three day windows with their counts, one hour spend
+    # Three day windows with their counts, one hour spend; with contrasts, two day windows and the spend against 30.
+    assert history.n_outputs == (7 if contrasts else 4)
     np.testing.assert_allclose(history(torch.from_numpy(attacked)).numpy(), history(torch.from_numpy(x)).numpy(),
                                rtol=0, atol=1e-4)
 
@@ -273,4 +294,27 @@ def test_a_history_inputs_bundle_whose_flag_was_removed_is_refused_as_weights_th
     del meta["history_inputs"]
     (tmp_path / "preprocess.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="weights do not fit the architecture"):
+        load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+
+
+def test_history_contrasts_bundle_round_trips_and_need_the_history_inputs(tmp_path):
+    frame = pd.concat([_history_frame()] * 10, ignore_index=True)
+    frame["TX_AMOUNT"] += np.arange(len(frame), dtype=float)
+    standardizer = Standardizer.fit(frame, HISTORY_FEATURES)
+    with pytest.raises(ModelError, match="history_contrasts needs history_inputs"):
+        build_module(standardizer, (8, 4), 0.1, history_contrasts=True)
+    torch.manual_seed(2)
+    module = build_module(standardizer, (8, 4), 0.1, history_inputs=True, history_contrasts=True).eval()
+    assert module.net[0].in_features == len(HISTORY_FEATURES) + 2 + 1  # past average and spend; spend contrast
+    bundle = ModelBundle(module=module, standardizer=standardizer, hidden_sizes=(8, 4), dropout=0.1,
+                         threshold=0.37, history_inputs=True, history_contrasts=True)
+    save_bundle(bundle, tmp_path / "model.pt", tmp_path / "preprocess.json")
+    meta = json.loads((tmp_path / "preprocess.json").read_text())
+    assert meta["history_contrasts"] is True
+    loaded = load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+    assert loaded.history_contrasts and loaded.module.history is not None and loaded.module.history.contrasts
+    assert np.array_equal(loaded.predict_proba(frame), bundle.predict_proba(frame))
+    meta["history_contrasts"] = "yes"
+    (tmp_path / "preprocess.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="history_contrasts must be true or false"):
         load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
