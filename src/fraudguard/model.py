@@ -77,7 +77,8 @@ class HistoryInputs(torch.nn.Module):
         self.contrasts = contrasts
         # The reference of the contrasts: the longest day window (the others and the hour spend against it).
         self.longest = max(range(len(averages)), key=window_days.__getitem__) if averages else -1
-        self.n_outputs = (len(averages) + len(spends)) * (2 if contrasts else 1) - (1 if contrasts else 0)
+        n_contrasts = len(averages) - 1 + len(spends) if contrasts else 0  # every window but the reference
+        self.n_outputs = len(averages) + len(spends) + n_contrasts
         self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float32).copy()), persistent=False)
         self.register_buffer("std", torch.from_numpy(np.asarray(std, dtype=np.float32).copy()), persistent=False)
         self.amount = index[TX_AMOUNT]
