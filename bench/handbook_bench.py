@@ -9,7 +9,7 @@ with it (0.25: ~0.45 M rows); the targets are for scale 1, so at another scale t
 In a scratch copy of the project (bench_project.make_temp_project) with the profile merged over params.yaml
 by `fraudguard ci profile`:
   simulate        the simulator writes the world to a file outside the project (a bank's export); not a target.
-  import+validate `fraudguard data import FILE` (validates, copies into data/raw, `dvc add`) plus
+  import+validate `fraudguard data import FILE --new-history` (validates, copies into data/raw, `dvc add`) plus
                   `fraudguard data validate` (the validate stage), each a fresh process, wall time.
   featurize       `python -m fraudguard.stages.featurize`, a fresh process, wall time.
   epochs          in this process, train_model for 1 epoch on the full training split, adversarially augmented
@@ -192,7 +192,10 @@ def main() -> None:
               flush=True)
 
         fg = str(BIN / "fraudguard")
-        _, figures["import_s"] = timed_cmd("import_s", [fg, "data", "import", str(export), "--root", str(root)], root, env)
+        # --new-history: the export replaces the simulated default data the scratch checkout holds (its ids
+        # collide with the export's; without it the import refuses, as it would for a bank's own export).
+        _, figures["import_s"] = timed_cmd("import_s", [fg, "data", "import", str(export), "--new-history", "--root",
+                                                        str(root)], root, env)
         _, figures["validate_s"] = timed_cmd("validate_s", [fg, "data", "validate", "--root", str(root)], root, env)
         figures["import_plus_validate_s"] = figures["import_s"] + figures["validate_s"]
         CPU_S["import_plus_validate_s"] = CPU_S["import_s"] + CPU_S["validate_s"]

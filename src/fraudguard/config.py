@@ -52,6 +52,10 @@ class ValidateSettings(_Strict):
     future_tolerance_hours: float = Field(ge=0)
     # An import that would replace data/raw with fewer than (1 - this share) of its rows needs --force.
     max_import_row_loss_share: float = Field(ge=0, le=1)
+    # An import whose rows change more than this share of the transactions it shares with data/raw (same
+    # TRANSACTION_ID, other values) is refused: that is other data under the same ids, not a new version of
+    # this history (--new-history replaces the history on purpose; a few changes are kept out as changed_history).
+    max_changed_history_share: float = Field(default=0.05, ge=0, le=1)
     # Poisoning defences (docs/data.md, "Poisoning defences"). A fraud rate more than this factor away
     # from the previous version's (either way) is recorded and blocks promotion until acknowledged.
     max_fraud_rate_change_factor: float = Field(default=1.25, gt=1)

@@ -187,6 +187,64 @@ def test_import_validates_then_versions_the_file(origin, tmp_path):
     assert not list(origin.raw_dir.parent.glob(".import-staging-*"))
 
 
+def other_world_under_the_same_ids(paths: ProjectPaths, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """Another simulated world (another seed) written as an export: its TRANSACTION_IDs start at 0 too, as a
+    bank's own export over the simulated default data would."""
+    from fraudguard.data.simulator import simulate_transactions
+
+    other = simulate_transactions(load_settings(paths.params).simulate.model_copy(update={"seed": 7}))
+    export = tmp_path / "bank_export.parquet"
+    write_transactions(other, export)
+    return export, other
+
+
+def test_import_of_other_data_under_the_same_ids_is_refused_and_data_raw_kept(origin, tmp_path):
+    before, shared = snapshot(origin), len(current_rows(origin))
+    export, other = other_world_under_the_same_ids(origin, tmp_path)
+    assert len(other) > shared  # every id of data/raw is in the export, under another transaction
+    with pytest.raises(DataError, match=r"bank_export.parquet: \d+ of the \d+ transactions it shares with .* "
+                                        r"have other values .*max_changed_history_share.*--new-history"):
+        import_data(export, origin, load_settings(origin.params).validate_)
+    assert snapshot(origin) == before
+    report = json.loads(origin.import_report.read_text())
+    assert report["passed"] is False and report["intake"]["history"]["existing_transactions"] == shared
+    assert report["reasons"]["changed_history"] > 0.9 * shared
+
+
+def test_new_history_replaces_data_raw_with_the_file_and_records_what_it_replaced(origin, tmp_path):
+    previous_md5, previous_rows = tracked_md5(origin), len(current_rows(origin))
+    export, other = other_world_under_the_same_ids(origin, tmp_path)
+    result = CliRunner().invoke(app, ["data", "import", str(export), "--new-history", "--root", str(origin.root)])
+    assert result.exit_code == 0, result.output
+    assert f"history: replaced (--new-history): the previous version {previous_md5} ({previous_rows} rows)" \
+        in result.output
+    stored = current_rows(origin)
+    quarantined = pd.read_parquet(origin.import_quarantine)
+    assert len(stored) + len(quarantined) == len(other)  # every row of the file accepted or quarantined
+    expected = other.set_index(schema.TRANSACTION_ID).loc[stored[schema.TRANSACTION_ID], schema.TX_AMOUNT]
+    assert stored[schema.TX_AMOUNT].to_numpy().tolist() == expected.to_numpy().tolist()
+    intake = json.loads((origin.raw_dir / ".intake.json").read_text())
+    assert intake["history"]["replaced"] is True and intake["history"]["changed_history"] == 0
+    assert intake["previous_md5"] == previous_md5 and intake["previous_rows"] == previous_rows
+    assert tracked_md5(origin) == directory_md5(origin.raw_dir) != previous_md5
+    # What reviewers see: the validation report, the version's lineage tag and the data_changes gate's metric.
+    from fraudguard.lineage import validation_lineage
+    from fraudguard.stages import validate as stage
+
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    assert json.loads(origin.validation_report.read_text())["history"]["replaced"] is True
+    assert validation_lineage(origin.validation_report)["lineage.validation.history_replaced"] == "true"
+    assert data_changes_verdict(origin, tmp_path).metrics["history_replaced"] == 1.0
+
+
+def test_new_history_and_a_relabel_list_together_are_refused(origin, tmp_path):
+    export, _ = other_world_under_the_same_ids(origin, tmp_path)
+    relabels = tmp_path / "relabels.csv"
+    relabels.write_text("TRANSACTION_ID,TX_FRAUD\n1,1\n")
+    with pytest.raises(DataError, match="--new-history replaces .* --relabel edits it"):
+        import_data(export, origin, load_settings(origin.params).validate_, relabels=relabels, new_history=True)
+
+
 def test_import_removing_more_than_half_the_rows_needs_force(origin, tmp_path):
     before = snapshot(origin)
     upload = tmp_path / "upload.parquet"
@@ -221,7 +279,7 @@ def test_failed_dvc_add_leaves_raw_data_dvc_and_cache_as_they_were(origin, tmp_p
 
 def test_import_with_a_broken_dvc_config_changes_nothing(origin, tmp_path):
     upload = tmp_path / "upload.parquet"
-    current_rows(origin).assign(TX_AMOUNT=lambda f: f[schema.TX_AMOUNT] + 1).to_parquet(upload)
+    as_new_transactions(current_rows(origin)).to_parquet(upload)
     (origin.root / ".dvc" / "config.local").write_text("[core\nthis is not ini\n")
     before = snapshot(origin)
     with pytest.raises(DataVersionError):

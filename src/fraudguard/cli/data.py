@@ -44,6 +44,10 @@ def _echo_reasons(report: dict, err: bool = False) -> None:
         typer.echo(f"history: {history.get('changed_history', 0)} changed transaction(s) kept at their previous "
                    f"values (changed_history), {history.get('label_changes', 0)} reviewed label change(s) applied",
                    err=err)
+    if history.get("replaced"):
+        intake = report.get("intake") or {}
+        typer.echo(f"history: replaced (--new-history): the previous version {intake.get('previous_md5')} "
+                   f"({intake.get('previous_rows')} rows) was not diffed against this file", err=err)
     change = (report.get("intake") or {}).get("fraud_rate_change") or {}
     if change.get("exceeded"):
         typer.echo(f"warning: fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
@@ -92,7 +96,12 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
                                                 help="Reviewed relabel list (CSV: TRANSACTION_ID,TX_FRAUD"
                                                      "[,TX_FRAUD_SCENARIO]): the label changes of existing "
                                                      "transactions it names are applied, not quarantined "
-                                                     "as changed_history.")) -> None:
+                                                     "as changed_history."),
+            new_history: bool = typer.Option(False, "--new-history",
+                                             help="Replace data/raw's history with this file without diffing "
+                                                  "it (other data under the same TRANSACTION_IDs, e.g. a "
+                                                  "bank's own export over the simulated default data); "
+                                                  "recorded in the intake record.")) -> None:
     """Validate a transactions file, make it data/raw/transactions.parquet and version it with DVC.
     The quarantined rows and report go to reports/import/, also when the import is refused."""
     from fraudguard.config import load_settings
@@ -105,7 +114,7 @@ def import_(path: Path = typer.Argument(..., help="CSV or Parquet file in the ra
     try:
         paths = ProjectPaths.at(root)
         outcome = import_data(path, paths, load_settings(paths.params).validate_, force=force,
-                              follow_symlinks=follow_symlinks, relabels=relabel)
+                              follow_symlinks=follow_symlinks, relabels=relabel, new_history=new_history)
     except QuarantineShareExceeded as exc:
         _echo_reasons(exc.result.report, err=True)
         _fail(exc)

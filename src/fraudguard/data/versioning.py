@@ -227,7 +227,8 @@ def pull_data(paths: ProjectPaths, remote: DataRemoteSettings, simulate: Simulat
 
 
 def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSettings, *, force: bool = False,
-                follow_symlinks: bool = False, relabels: Path | str | None = None) -> ImportOutcome:
+                follow_symlinks: bool = False, relabels: Path | str | None = None,
+                new_history: bool = False) -> ImportOutcome:
     """Validate a raw-schema CSV/Parquet file, make it data/raw/transactions.parquet and version it.
 
     The quarantined rows and the report go to reports/import/ whether or not the import is accepted.
@@ -240,8 +241,14 @@ def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSetting
     History is immutable (fraudguard.data.history): a transaction of the current data/raw whose values
     the file changes keeps its previous values, and the changed row goes to the quarantine file as
     `changed_history`, unless `relabels` (a reviewed TRANSACTION_ID,TX_FRAUD list) approves the label
-    change. The intake record written beside the data counts both, with the previous fraud rate.
+    change. The intake record written beside the data counts both, with the previous fraud rate. When the
+    changed rows are more than validate.max_changed_history_share of the transactions the file shares with
+    data/raw, the file is other data under the same ids (a bank's export over the simulated default data), not
+    a new version of this history: refused (DataError), unless `new_history`, which replaces the history
+    without a diff and says so in the intake record (`history.replaced`, the previous md5 and row count).
     """
+    if new_history and relabels is not None:
+        raise DataError("--new-history replaces data/raw's history, --relabel edits it: pass one of them")
     from fraudguard.data.validation import (
         QuarantineShareExceeded,
         configured_terminal_locations,
@@ -251,7 +258,8 @@ def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSetting
     path = Path(path)
     frame = read_transactions(path, follow_symlinks=follow_symlinks)
     relabel_list = load_relabels(relabels) if relabels is not None else None
-    frame, changed, record = _keep_history(paths, frame, relabel_list, validate)
+    frame, changed, record = _keep_history(paths, frame, relabel_list, validate, new_history)
+    other_data = _other_data_refusal(path, record.get("history") or {}, validate, paths)
     locations = configured_terminal_locations(validate, paths.root)
     refused: QuarantineShareExceeded | None = None
     try:
@@ -259,7 +267,10 @@ def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSetting
                                        terminal_locations=locations)
     except QuarantineShareExceeded as exc:
         refused, result = exc, exc.result
-    _write_import_report(paths, result, passed=refused is None, changed=changed, record=record)
+    _write_import_report(paths, result, passed=refused is None and other_data is None, changed=changed,
+                         record=record)
+    if other_data is not None:
+        raise DataError(other_data)
     if refused is not None:
         raise QuarantineShareExceeded(
             f"{refused}; quarantined rows in {paths.import_quarantine}, report in {paths.import_report}",
@@ -290,26 +301,47 @@ def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSetting
                          quarantine_file=paths.import_quarantine, report_file=paths.import_report)
 
 
-def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, validate: ValidateSettings) -> tuple[Any, Any, dict]:
+def _other_data_refusal(path: Path, history: dict[str, Any], validate: ValidateSettings,
+                        paths: ProjectPaths) -> str | None:
+    """Why the import is refused as other data under data/raw's TRANSACTION_IDs (None: it is not)."""
+    shared, changed = int(history.get("existing_transactions", 0)), int(history.get(CHANGED_HISTORY, 0))
+    limit = validate.max_changed_history_share
+    if not shared or changed <= limit * shared:
+        return None
+    first = ", ".join(history.get("changed_history_ids", [])[:5])
+    return (f"{path}: {changed} of the {shared} transactions it shares with {paths.raw_dir} (same TRANSACTION_ID) "
+            f"have other values ({changed / shared:.1%}, more than validate.max_changed_history_share "
+            f"{limit:.0%}; first ids: {first}): this is other data under the same ids, not a new version of "
+            f"data/raw's history. Nothing was imported (the changed rows are in {paths.import_quarantine}). "
+            "To replace the history with this file on purpose (e.g. a bank's own export over the simulated "
+            "default data) pass --new-history; it is recorded in the intake record")
+
+
+def _keep_history(paths: ProjectPaths, frame: Any, relabels: Any, validate: ValidateSettings,
+                  new_history: bool = False) -> tuple[Any, Any, dict]:
     """(the frame to store, the rows changing history, the intake record): see import_data."""
     import pandas as pd
 
     previous = previous_version(paths.raw_dir)
-    if previous is None and paths.raw_dvc_file.exists():
+    if previous is None and paths.raw_dvc_file.exists() and not new_history:
         # Without the tracked version there is no history to diff against: importing now would let any
         # edit of it through.
         raise DataError(f"{paths.raw_dvc_file.name} tracks a version of {paths.raw_dir} that is not here: run "
                         "`fraudguard data pull` first, so the import can be checked against it")
     record: dict[str, Any] = {
-        "previous_md5": tracked_md5(paths) if paths.raw_dvc_file.exists() and previous is not None else None,
+        # With --new-history what was replaced stays findable by its md5 even when it is not checked out.
+        "previous_md5": tracked_md5(paths) if paths.raw_dvc_file.exists() and (previous is not None or new_history)
+        else None,
         "previous_rows": 0 if previous is None else len(previous),
         "previous_fraud_rate": None if previous is None else raw_fraud_rate(previous),
         "relabel_list_rows": 0 if relabels is None else len(relabels),
     }
-    if previous is None:
-        changed = frame.iloc[:0].assign(**{schema.QUARANTINE_REASON: pd.Series(dtype="string")})
+    changed = frame.iloc[:0].assign(**{schema.QUARANTINE_REASON: pd.Series(dtype="string")})
+    if previous is None or new_history:
         record["history"] = {"existing_transactions": 0, CHANGED_HISTORY: 0, "label_changes": 0,
                              "relabels_unused": record["relabel_list_rows"]}
+        if new_history:
+            record["history"]["replaced"] = True  # no diff: the file is the history from now on
     else:
         diff = diff_history(previous, frame, relabels)
         record["history"] = diff.summary(frame[schema.TRANSACTION_ID])

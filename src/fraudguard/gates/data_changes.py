@@ -103,6 +103,7 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
     history = report.get("history") or {}
     metrics = {"label_changes": float(history.get("label_changes", 0) or 0),
                "changed_history": float(history.get("changed_history", 0) or 0),
+               "history_replaced": float(bool(history.get("replaced"))),  # `data import --new-history`
                # Reported, not gated: the clean default world flags a few dozen rows too (docs/data.md).
                "terminal_dilution_rows": float((report.get("terminal_dilution") or {}).get("rows", 0) or 0)}
     thresholds: dict[str, float] = {}
