@@ -401,6 +401,28 @@ def test_label_flip_import_keeps_the_old_labels_and_quarantines_the_flips_as_cha
     assert data_changes_verdict(origin, tmp_path).passed
 
 
+def test_label_flip_behind_a_decoy_copy_of_its_id_is_kept_out_as_changed_history(origin, tmp_path):
+    from fraudguard.stages import validate as stage
+
+    before = import_version_with_frauds(origin, tmp_path)
+    attacked, flipped = flip_frauds(before)
+    decoys = before[before[schema.TRANSACTION_ID].isin(flipped)].astype(str).assign(**{schema.TX_AMOUNT: ""})
+    upload = tmp_path / "decoy.csv"
+    pd.concat([attacked.astype(str), decoys], ignore_index=True).to_csv(upload, index=False)
+    outcome = import_data(upload, origin, load_settings(origin.params).validate_)
+    assert outcome.validation_report["reasons"]["changed_history"] == 2 * len(flipped)
+    stored = current_rows(origin)
+    assert len(stored) == len(before)
+    pd.testing.assert_series_equal(stored[schema.TX_FRAUD].astype("int64"), before[schema.TX_FRAUD].astype("int64"))
+    quarantined = pd.read_parquet(origin.import_quarantine)
+    changed = quarantined[quarantined["reason"] == "changed_history"]
+    assert sorted(set(changed[schema.TRANSACTION_ID].astype("int64"))) == sorted(flipped)
+    result = stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    accepted = result.accepted.set_index(schema.TRANSACTION_ID)
+    assert (accepted.loc[flipped, schema.TX_FRAUD] == 1).all()
+    assert json.loads(origin.validation_report.read_text())["history"]["changed_history"] == 2 * len(flipped)
+
+
 def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowledged(origin, tmp_path):
     from fraudguard.stages import validate as stage
 

@@ -102,6 +102,42 @@ def test_label_flip_on_existing_rows_is_caught_as_changed_history_and_the_old_la
     pd.testing.assert_frame_equal(kept, world.reset_index(drop=True))
 
 
+def test_label_flip_hidden_behind_a_decoy_copy_of_its_id_is_a_change_of_history(world, validate):
+    # The flipped row beside a decoy with the same id and an empty amount (which validation quarantines):
+    # skipping repeated ids in the diff let the flip through, unrecorded.
+    attacked, flipped = label_flip(world, share=0.05)
+    decoys = world[world[schema.TRANSACTION_ID].isin(flipped)].astype(str)
+    decoys[schema.TX_AMOUNT] = ""
+    upload = pd.concat([attacked.astype(str), decoys], ignore_index=True)
+    diff = diff_history(world, upload)
+    kept, rejected = keep_history(world, upload, diff)
+    assert set(rejected[schema.TRANSACTION_ID].astype("int64")) == set(flipped)
+    assert len(rejected) == 2 * len(flipped)  # every copy the file brought is recorded
+    assert (rejected[schema.QUARANTINE_REASON] == CHANGED_HISTORY).all()
+    assert len(kept) == len(world)  # one row per transaction, at its previous values
+    accepted = validate(kept).accepted.set_index(schema.TRANSACTION_ID)
+    assert (accepted.loc[flipped, schema.TX_FRAUD] == 1).all()
+    assert diff.summary(upload[schema.TRANSACTION_ID])[CHANGED_HISTORY] == 2 * len(flipped)
+
+
+def test_relabel_list_does_not_approve_a_repeated_existing_id(world):
+    attacked, flipped = label_flip(world, share=0.05)
+    upload = pd.concat([attacked, attacked[attacked[schema.TRANSACTION_ID] == flipped[0]]], ignore_index=True)
+    relabels = pd.DataFrame({schema.TRANSACTION_ID: [flipped[0]], schema.TX_FRAUD: [0]})
+    diff = diff_history(world, upload, relabels)
+    copies = (upload[schema.TRANSACTION_ID] == flipped[0]).to_numpy()
+    assert diff.changed[copies].all() and not diff.relabelled[copies].any()
+
+
+def test_an_unparseable_id_does_not_hide_a_change_of_transaction_zero(world):
+    attacked = world.astype(str)
+    attacked.loc[attacked[schema.TRANSACTION_ID] == "0", schema.TX_FRAUD] = "1"
+    attacked.loc[attacked[schema.TRANSACTION_ID] == "0", schema.TX_FRAUD_SCENARIO] = "1"
+    attacked = pd.concat([attacked, attacked.iloc[[1]].assign(**{schema.TRANSACTION_ID: "abc"})], ignore_index=True)
+    diff = diff_history(world, attacked)
+    assert diff.changed[(attacked[schema.TRANSACTION_ID] == "0").to_numpy()].all()
+
+
 def test_reviewed_relabel_list_applies_the_label_changes_and_counts_them(world):
     attacked, flipped = label_flip(world)
     relabels = pd.DataFrame({schema.TRANSACTION_ID: flipped, schema.TX_FRAUD: 0})

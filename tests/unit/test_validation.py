@@ -98,6 +98,21 @@ def test_duplicate_transaction_ids_are_all_quarantined(settings):
     assert set(result.quarantined[schema.QUARANTINE_REASON]) == {"duplicate_transaction_id"}
 
 
+@pytest.mark.parametrize("decoy", [{schema.TX_AMOUNT: ""}, {schema.TX_DATETIME: "garbage"},
+                                   {schema.TX_AMOUNT: "-3"}, {schema.TRANSACTION_ID: "003"}])
+def test_every_row_sharing_an_id_is_quarantined_even_when_its_copy_fails_another_check(settings, decoy):
+    # A decoy copy that fails for another reason (empty or negative amount, bad time) must not leave its
+    # twin, e.g. a flipped label, looking unique and accepted.
+    frame = with_row(clean_rows(), **{schema.TRANSACTION_ID: "3", schema.TX_FRAUD: "1",
+                                      schema.TX_FRAUD_SCENARIO: "1", **decoy})
+    result = validate_transactions(frame, settings)
+    assert 3 not in set(result.accepted[schema.TRANSACTION_ID])
+    copies = result.quarantined[result.quarantined[schema.TRANSACTION_ID].astype("int64") == 3]
+    assert len(copies) == 2
+    assert all("duplicate_transaction_id" in r for r in copies[schema.QUARANTINE_REASON])
+    assert len(result.accepted) + len(result.quarantined) == len(frame)
+
+
 def test_same_transaction_with_conflicting_labels_is_quarantined(settings):
     frame = with_row(clean_rows(), **{schema.TX_FRAUD: "1", schema.TX_FRAUD_SCENARIO: "1",
                                       schema.CUSTOMER_ID: clean_rows().loc[0, schema.CUSTOMER_ID]})

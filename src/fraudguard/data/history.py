@@ -20,7 +20,7 @@ import pandas as pd
 
 from fraudguard.data import schema
 from fraudguard.data.io import check_column_names, clip_text, read_transactions
-from fraudguard.data.validation import CHANGED_HISTORY, parse_columns
+from fraudguard.data.validation import CHANGED_HISTORY, parse_columns, repeated_ids
 from fraudguard.errors import DataError
 from fraudguard.files import read_json_object, write_json
 
@@ -38,8 +38,8 @@ _LABELS = (schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO)
 class HistoryDiff:
     """How a new frame relates to the previous version, by position in the new frame.
 
-    changed: rows of an existing transaction with a value changed and no reviewed relabel for it;
-    relabelled: rows whose label change the relabel list approves (applied); previous_rows: for each
+    changed: rows of an existing transaction with a value changed and no reviewed relabel for it, and
+    every copy of an existing transaction the new frame repeats; relabelled: rows whose label change the relabel list approves (applied); previous_rows: for each
     changed row, the position of its transaction in the previous frame.
     """
 
@@ -51,6 +51,7 @@ class HistoryDiff:
     existing: int
     missing_from_new: int
     relabels_unused: int
+    redundant: np.ndarray  # extra copies of a repeated existing id: dropped from the stored frame
 
     def summary(self, transaction_ids: pd.Series) -> dict[str, Any]:
         """Counts (and the first ids) for the intake record and the import report."""
@@ -60,7 +61,7 @@ class HistoryDiff:
             CHANGED_HISTORY: int(self.changed.sum()),
             "changed_history_label": int((self.changed & self.label_changed).sum()),
             "changed_history_amount": int((self.changed & self.amount_changed).sum()),
-            "changed_history_ids": [str(i) for i in ids[self.changed][:MAX_LISTED_IDS]],
+            "changed_history_ids": [str(i) for i in pd.unique(ids[self.changed])[:MAX_LISTED_IDS]],
             "label_changes": int(self.relabelled.sum()),
             "label_change_ids": [str(i) for i in ids[self.relabelled][:MAX_LISTED_IDS]],
             "previous_transactions_missing": self.missing_from_new,
@@ -72,17 +73,21 @@ def diff_history(previous: pd.DataFrame, new: pd.DataFrame,
                  relabels: pd.DataFrame | None = None) -> HistoryDiff:
     """Compare `new` with `previous` (both as read: any dtypes) on their parsed values, by TRANSACTION_ID.
 
-    Rows whose id does not parse or is repeated in either frame are left to validation (not compared).
+    Rows whose id does not parse, and ids repeated in `previous`, are left to validation (not compared).
+    An id of `previous` that `new` repeats is a change of history whatever the copies hold (which copy is
+    the transaction is unknown; a decoy copy would otherwise hide a changed one): every copy is changed.
     A relabel (TRANSACTION_ID, TX_FRAUD[, TX_FRAUD_SCENARIO]) approves a change when the new row's labels
     are the listed ones and nothing but the labels changed.
     """
     old, new_typed = _typed(previous), _typed(new)
-    old = old[old["_ok_id"] & ~old[schema.TRANSACTION_ID].duplicated(keep=False)]
-    new_ok = new_typed["_ok_id"] & ~new_typed[schema.TRANSACTION_ID].duplicated(keep=False)
+    old = old[old["_ok_id"] & ~repeated_ids(old[schema.TRANSACTION_ID], _failed(old))]
+    repeated = repeated_ids(new_typed[schema.TRANSACTION_ID], _failed(new_typed))
     position = pd.Series(np.arange(len(old)), index=old.index)
     lookup = pd.Series(position.to_numpy(), index=old[schema.TRANSACTION_ID].to_numpy())
     old_pos = lookup.reindex(new_typed[schema.TRANSACTION_ID].to_numpy()).to_numpy()
-    existing = new_ok.to_numpy() & ~np.isnan(old_pos)
+    known = new_typed["_ok_id"].to_numpy() & ~np.isnan(old_pos)
+    existing = known & ~repeated
+    repeated_existing = known & repeated
     n = len(new)
     differs = {c: np.zeros(n, dtype=bool) for c in _COMPARED}
     rows = np.flatnonzero(existing)
@@ -109,24 +114,28 @@ def diff_history(previous: pd.DataFrame, new: pd.DataFrame,
                 want = wanted[column].to_numpy(dtype="float64")
                 has = new_typed[column].to_numpy(dtype="float64")
                 approved &= np.isnan(want) | (want == has)
-        approved &= label_changed & ~other_changed
+        approved &= label_changed & ~other_changed & existing
         unused = int(len(listed) - approved.sum())
-    changed = any_change & ~approved
+    changed = (any_change & ~approved) | repeated_existing
+    all_rows = np.flatnonzero(known)
     previous_rows = np.full(n, -1, dtype=np.int64)
-    previous_rows[rows] = old.index.to_numpy()[old_pos[rows].astype(np.int64)]
+    previous_rows[all_rows] = old.index.to_numpy()[old_pos[all_rows].astype(np.int64)]
+    # Of the copies of a repeated existing id, the first keeps the transaction (at its previous values).
+    redundant = repeated_existing & pd.Series(previous_rows).duplicated().to_numpy()
     return HistoryDiff(
         changed=changed, relabelled=approved, previous_rows=previous_rows,
         label_changed=label_changed, amount_changed=differs[schema.TX_AMOUNT],
-        existing=int(existing.sum()),
-        missing_from_new=int(len(old) - len(np.unique(old_pos[rows]))),
-        relabels_unused=unused,
+        existing=int(len(np.unique(old_pos[all_rows]))),
+        missing_from_new=int(len(old) - len(np.unique(old_pos[all_rows]))),
+        relabels_unused=unused, redundant=redundant,
     )
 
 
 def keep_history(previous: pd.DataFrame, new: pd.DataFrame,
                  diff: HistoryDiff) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(`new` with each changed row's values put back to the previous version's, the changed rows as they
-    came with reason `changed_history`). Row count and order are `new`'s."""
+    came with reason `changed_history`). Order is `new`'s; of the copies of a repeated existing transaction
+    only the first stays (at its previous values), so every copy the file brought is in the second frame."""
     kept = new.reset_index(drop=True).copy()
     rows = np.flatnonzero(diff.changed)
     rejected = kept.iloc[rows].copy()
@@ -145,6 +154,8 @@ def keep_history(previous: pd.DataFrame, new: pd.DataFrame,
             except (TypeError, ValueError):
                 kept[column] = kept[column].astype(object)
             kept.loc[kept.index[rows], column] = values.to_numpy()
+    if diff.redundant.any():
+        kept = kept.loc[~diff.redundant].reset_index(drop=True)
     return kept, rejected
 
 
@@ -258,6 +269,11 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
         ok[np.fromiter(id_failures, dtype=np.int64)] = False
     typed["_ok_id"] = ok
     return typed
+
+
+def _failed(typed: pd.DataFrame) -> dict[int, list[str]]:
+    """The positions (as repeated_ids takes them) of `_typed` rows whose id did not parse."""
+    return {int(i): [] for i in np.flatnonzero(~typed["_ok_id"].to_numpy())}
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 Parsing is vectorised and row by row in its outcome: each column is converted with explicit rules
 (ISO-8601 timestamps without a zone, exact int64 ids from their text, numbers), and a value that does
 not convert quarantines its row with a reason code, never the file and never after a per-row
-fallback. A pandera schema then checks ranges, labels, the plausible time window and key uniqueness
-on the typed rows. Dataset-level checks (conflicting labels, impossible velocity, per-customer amount
+fallback. Key uniqueness is checked on every row whose id parses (all copies quarantined, whatever
+else fails in them); a pandera schema then checks ranges, labels and the plausible time window on the
+typed rows. Dataset-level checks (conflicting labels, impossible velocity, per-customer amount
 outliers) run on the rows that passed. The last two only say a row looks unusual: a fraud-labelled
 row is flagged in the report for them, never quarantined. Every quarantined row carries stable
 reason codes, and rows in = accepted + quarantined always.
@@ -154,7 +155,15 @@ def validate_transactions(
     original = df.reset_index(drop=True)
     reasons: dict[int, list[str]] = {}
 
-    typed = parse_columns(original[columns], reasons)
+    id_failures: dict[int, list[str]] = {}
+    typed_id = parse_columns(original[[schema.TRANSACTION_ID]], id_failures)
+    typed = parse_columns(original[[c for c in columns if c != schema.TRANSACTION_ID]], reasons)
+    typed.insert(columns.index(schema.TRANSACTION_ID), schema.TRANSACTION_ID, typed_id[schema.TRANSACTION_ID])
+    _add_reasons(reasons, id_failures)
+    # Key uniqueness on every row whose id parses, before any other check drops a row: a decoy copy of an
+    # id (say with an empty amount) must not leave the other copy looking unique.
+    for idx in original.index[repeated_ids(typed_id[schema.TRANSACTION_ID], id_failures)]:
+        reasons.setdefault(int(idx), []).append(DUPLICATE_TRANSACTION_ID)
     parsed_ok = typed.loc[typed.index.difference(pd.Index(sorted(reasons), dtype="int64"))]
 
     now = pd.Timestamp.now() if now is None else pd.Timestamp(now)
@@ -242,6 +251,15 @@ def parse_columns(frame: pd.DataFrame, reasons: dict[int, list[str]]) -> pd.Data
             for idx in frame.index[np.asarray(mask, dtype=bool)]:
                 reasons.setdefault(int(idx), []).append(code)
     return pd.DataFrame(typed, index=frame.index)
+
+
+def repeated_ids(ids: pd.Series, id_failures: dict[int, list[str]]) -> np.ndarray:
+    """Rows whose parsed id another row with a parsed id shares (every copy, whatever else fails in
+    them); rows whose id did not parse (keys of `id_failures`) are never counted."""
+    ok = ~ids.index.isin(list(id_failures))
+    repeated = np.zeros(len(ids), dtype=bool)
+    repeated[ok] = ids[ok].duplicated(keep=False).to_numpy()
+    return repeated
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
@@ -595,7 +613,8 @@ def _value_schema(settings: ValidateSettings, columns, window: tuple[pd.Timestam
         return [pa.Check(lambda s: s >= 0, name=NEGATIVE_ID)]
 
     checks = {
-        schema.TRANSACTION_ID: pa.Column(checks=id_checks(), nullable=False, unique=True),
+        # Uniqueness is checked on the raw ids (repeated_ids), before rows are dropped for other reasons.
+        schema.TRANSACTION_ID: pa.Column(checks=id_checks(), nullable=False),
         schema.CUSTOMER_ID: pa.Column(checks=id_checks(), nullable=False),
         schema.TERMINAL_ID: pa.Column(checks=id_checks(), nullable=False),
         schema.TX_DATETIME: pa.Column(checks=[
