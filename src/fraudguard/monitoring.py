@@ -111,6 +111,8 @@ class LiveCheck:
     relative_bursts: tuple[dict, ...] = ()
     # Terminals with recent known frauds whose live volume went beyond validate.dilution_factor x their usual.
     terminal_dilution: tuple[dict, ...] = ()
+    # Prediction-log lines that were not a readable decision (torn or edited): skipped, counted, logged.
+    log_lines_skipped: int = 0
 
     @property
     def drifted(self) -> bool:
@@ -243,7 +245,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     from fraudguard.features import newest_window
     from fraudguard.gates.drift import compare_features
     from fraudguard.registry import get_champion_version
-    from fraudguard.serving.predictions import read_prediction_log
+    from fraudguard.serving.predictions import load_prediction_log
     from fraudguard.tracking import ensure_experiment, load_reference_features
 
     name = settings.registry.model_name
@@ -252,9 +254,11 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
         raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
     if not Path(log_path).is_file():
         raise DataError(f"{log_path}: no prediction log (start `fraudguard serve` first)")
-    decisions = read_prediction_log(log_path)
+    read = load_prediction_log(log_path)  # torn or malformed lines are skipped and counted, never fatal
+    decisions = read.frame
     if decisions.empty:
-        raise DataError(f"{log_path}: the prediction log holds no decision yet")
+        raise DataError(f"{log_path}: the prediction log holds no decision yet"
+                        + (f" ({read.describe_skipped(Path(log_path))})" if read.skipped else ""))
     current = newest_window(decisions, settings.monitor.window_days)
     reference = load_reference_features(client, name, champion)
     threshold = settings.monitor.drift_share_threshold
@@ -272,7 +276,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
                "live_drifted_controlled": float(len(controlled)), "live_relative_bursts": float(len(relative)),
-               "live_terminal_dilution": float(len(dilution))}
+               "live_terminal_dilution": float(len(dilution)), "live_log_lines_skipped": float(read.skipped)}
     if attribution is not None:
         metrics.update({"live_controlled_attribution_share": attribution.live_share,
                         "reference_controlled_attribution_share": attribution.reference_share,
@@ -292,7 +296,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
                       comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id,
                       attribution, explained_version, relative_bursts=tuple(relative),
-                      terminal_dilution=tuple(dilution))
+                      terminal_dilution=tuple(dilution), log_lines_skipped=read.skipped)
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
                 100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))

@@ -1,13 +1,17 @@
-"""The gateway's feature state: same features as compute_features, labels only once known, restarts."""
+"""The gateway's feature state: same features as compute_features, labels only once known, restarts; and its
+prediction log read back whatever a line holds."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
+import pandas as pd
 import pytest
 
 from fraudguard.errors import DataError
 from fraudguard.features import compute_features, feature_names, terminal_risk
+from fraudguard.serving.predictions import load_prediction_log
 from fraudguard.serving.state import FeatureStore, RawTransaction
 from state_samples import random_transactions, raw_transaction
 
@@ -51,3 +55,30 @@ def test_state_survives_reopening_and_refuses_other_windows(tmp_path, small_sett
     other = settings.model_copy(update={"label_delay_days": settings.label_delay_days + 1})
     with pytest.raises(DataError, match="bootstrap a new state file"):
         FeatureStore(tmp_path / "s.sqlite", other)
+
+
+
+def _decision(transaction_id: int, when: str) -> str:
+    return json.dumps({"time": 1.0, "request_id": "r", "client": "bank", "model_version": 1,
+                       "transaction": {"TRANSACTION_ID": transaction_id, "TX_DATETIME": when, "CUSTOMER_ID": 1,
+                                       "TERMINAL_ID": 2, "TX_AMOUNT": 10.5},
+                       "features": {"CUSTOMER_ID_NB_TX_1DAY_WINDOW": 1.0}, "score": 0.1, "decision": False,
+                       "threshold": 0.5, "latency_ms": 1.0}) + "\n"
+
+
+def test_a_prediction_log_mixing_time_formats_and_bad_lines_reads_every_good_line(tmp_path):
+    log = tmp_path / "predictions.jsonl"
+    lines = [_decision(1, "2024-07-29T13:45:00"),              # written before the fixed format
+             _decision(2, "2024-07-29T13:45:00.250000"),
+             '{"time": 1.0, "transaction": {"TRANSACTION_ID": 3\n',  # torn
+             _decision(4, "yesterday"),
+             _decision(5, "2024-07-29T13:45:00+02:00"),        # a zone: not what the gateway writes
+             _decision(6, "2024-07-29T13:46:00.000000")]
+    log.write_text("".join(lines), encoding="utf-8")
+    read = load_prediction_log(log)
+    assert read.frame["TRANSACTION_ID"].tolist() == [1, 2, 6]
+    assert read.frame["TX_DATETIME"].tolist() == [pd.Timestamp("2024-07-29 13:45:00"),
+                                                  pd.Timestamp("2024-07-29 13:45:00.25"),
+                                                  pd.Timestamp("2024-07-29 13:46:00")]
+    assert read.skipped == 3 and [n for n, _ in read.skipped_lines] == [3, 4, 5]
+    assert "line 4: transaction.TX_DATETIME is not an ISO 8601" in read.describe_skipped(log)

@@ -165,7 +165,9 @@ class Gateway:
             self.metrics.decisions.labels("fraud" if flagged else "legit", version).inc()
             self.log.put({
                 "time": time.time(), "request_id": request_id, "client": client, "model_version": served.version,
-                "transaction": {"TRANSACTION_ID": tx.transaction_id, "TX_DATETIME": tx.time.isoformat(),
+                # One fixed format (isoformat drops ".000000" on whole seconds): the log reads back as one column.
+                "transaction": {"TRANSACTION_ID": tx.transaction_id,
+                                "TX_DATETIME": tx.time.isoformat(timespec="microseconds"),
                                 "CUSTOMER_ID": tx.customer_id, "TERMINAL_ID": tx.terminal_id,
                                 "TX_AMOUNT": tx.amount},
                 "features": row, "score": float(score), "decision": flagged, "threshold": bundle.threshold,

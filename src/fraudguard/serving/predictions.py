@@ -3,16 +3,20 @@
 The request path only appends a dict to a bounded deque (never blocks); when it is full the record is
 dropped and counted (the gateway's /metrics shows it). The writer flushes after each burst it drains, and
 on close. Lines: time, request_id, client, model_version, transaction (raw fields), features, score,
-decision, threshold, latency_ms.
+decision, threshold, latency_ms. TX_DATETIME is written with microseconds always
+(isoformat(timespec="microseconds")); the reader accepts any ISO 8601 form, and skips and counts a line that is
+not a decision (torn by a crash, or edited) instead of failing on it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -75,20 +79,96 @@ class PredictionLog:
         self._thread.join(timeout=10)
 
 
-def read_prediction_log(path: Path) -> pd.DataFrame:
-    """The log as a frame: one row per decision, features as columns, TX_DATETIME parsed; skips torn lines."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as handle:
+# One decision line: what the monitor needs of it, and the JSON types each must have.
+_TRANSACTION_FIELDS: dict[str, type | tuple[type, ...]] = {"TRANSACTION_ID": int, "CUSTOMER_ID": int, "TERMINAL_ID": int, "TX_DATETIME": str,
+                       "TX_AMOUNT": (int, float)}
+_SKIPPED_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class PredictionLogRead:
+    """The readable decisions of a prediction log, and the lines skipped: (line number, reason), first ones only."""
+
+    frame: pd.DataFrame
+    skipped: int
+    skipped_lines: tuple[tuple[int, str], ...]
+
+    def describe_skipped(self, path: Path) -> str:
+        shown = "; ".join(f"line {n}: {why}" for n, why in self.skipped_lines)
+        more = f" (first {len(self.skipped_lines)} shown)" if self.skipped > len(self.skipped_lines) else ""
+        return f"{path}: {self.skipped} unreadable line(s) skipped{more}: {shown}"
+
+
+def _line_problem(record) -> str | None:
+    """Why a parsed line cannot be a decision, or None when it can."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    transaction, features = record.get("transaction"), record.get("features")
+    if not isinstance(transaction, dict):
+        return "no transaction object"
+    for field, kind in _TRANSACTION_FIELDS.items():
+        value = transaction.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"transaction.{field} missing or not {getattr(kind, '__name__', 'a number')}"
+    try:
+        stamp = dt.datetime.fromisoformat(transaction["TX_DATETIME"])
+    except ValueError:
+        return "transaction.TX_DATETIME is not an ISO 8601 date and time"
+    if stamp.tzinfo is not None:
+        return "transaction.TX_DATETIME has a time zone (the gateway logs naive local times)"
+    if not isinstance(features, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in features.values()):
+        return "features missing or not all numbers"
+    if not isinstance(record.get("decision"), bool):
+        return "decision missing or not a boolean"
+    if not isinstance(record.get("model_version"), int) or isinstance(record.get("model_version"), bool):
+        return "model_version missing or not an integer"
+    score = record.get("score")
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        return "score missing or not a number"
+    return None
+
+
+def load_prediction_log(path: Path) -> PredictionLogRead:
+    """The log as a frame (one row per decision, features as columns, TX_DATETIME parsed as ISO 8601, with or
+    without fractional seconds), skipping and counting lines that are torn or not a decision: one bad line in
+    an append-only log must not stop the monitor from reading every later one."""
+    rows: list[dict] = []
+    shown: list[tuple[int, str]] = []
+    skipped = 0
+
+    def skip(number: int, why: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        if len(shown) < _SKIPPED_SHOWN:
+            shown.append((number, why))
+
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: unreadable line skipped", path, number)
+            except json.JSONDecodeError as exc:
+                skip(number, f"not JSON ({exc.msg})")
                 continue
-            rows.append({**record.get("transaction", {}), **record.get("features", {}),
+            problem = _line_problem(record)
+            if problem is not None:
+                skip(number, problem)
+                continue
+            rows.append({**record["transaction"], **record["features"],
                          **{k: record.get(k) for k in ("time", "request_id", "client", "model_version",
                                                         "score", "decision", "latency_ms")}})
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame["TX_DATETIME"] = pd.to_datetime(frame["TX_DATETIME"])
-    return frame
+        # format="ISO8601": lines written before the fixed format omit ".000000" on whole seconds.
+        frame["TX_DATETIME"] = pd.to_datetime(frame["TX_DATETIME"], format="ISO8601")
+    read = PredictionLogRead(frame, skipped, tuple(shown))
+    if skipped:
+        logger.warning("%s", read.describe_skipped(Path(path)))
+    return read
+
+
+def read_prediction_log(path: Path) -> pd.DataFrame:
+    """The readable decisions of the log as a frame (load_prediction_log, which also counts the lines skipped)."""
+    return load_prediction_log(path).frame
