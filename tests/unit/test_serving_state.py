@@ -58,6 +58,17 @@ def test_state_survives_reopening_and_refuses_other_windows(tmp_path, small_sett
 
 
 
+def test_an_empty_store_opened_under_other_settings_takes_their_stamp(tmp_path, small_settings):
+    settings = small_settings.featurize
+    other = settings.model_copy(update={"label_delay_days": settings.label_delay_days + 2})
+    FeatureStore(tmp_path / "s.sqlite", settings).close()  # first start with no history: stamped `settings`
+    store = FeatureStore(tmp_path / "s.sqlite", other)    # still empty: opens, and is now stamped `other`
+    store.add(RawTransaction(1, dt.datetime(2024, 5, 1), 1, 1, 5.0))
+    store.close()
+    FeatureStore(tmp_path / "s.sqlite", other).close()    # a restart under the same settings opens
+    with pytest.raises(DataError, match="bootstrap a new state file"):
+        FeatureStore(tmp_path / "s.sqlite", settings)     # history built under `other` is refused under `settings`
+
 def _decision(transaction_id: int, when: str) -> str:
     return json.dumps({"time": 1.0, "request_id": "r", "client": "bank", "model_version": 1,
                        "transaction": {"TRANSACTION_ID": transaction_id, "TX_DATETIME": when, "CUSTOMER_ID": 1,

@@ -119,11 +119,11 @@ class FeatureStore:
         """History kept under other label-delay semantics would give other features: refuse it."""
         key = featurize_key(self.settings)
         row = self._db.execute("SELECT value FROM meta WHERE key='featurize'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('featurize', ?)", (key,))
-        elif row[0] != key and self.count():
+        if row is not None and row[0] != key and self.count():
             raise DataError(f"{self.path}: state was built for {row[0]}, params say {key}; "
                             "bootstrap a new state file")
+        if row is None or row[0] != key:  # a new or still empty store takes the current settings' stamp
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('featurize', ?)", (key,))
 
     def close(self) -> None:
         self._db.close()
