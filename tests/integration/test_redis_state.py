@@ -1,10 +1,12 @@
 """The Redis state store against a real redis-server (Debian's package, installed as root when missing, on
 127.0.0.1, stopped by PID): the same features as compute_features and as the SQLite store, labels only once
-known, a failed batch undone, restarts, and an unreachable server reported as such."""
+known, a failed batch undone, restarts, an unreachable server reported as such, and concurrent replicas scoring
+one card's split payment each seeing the pieces recorded before it."""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 
@@ -87,6 +89,57 @@ def test_a_redis_batch_with_a_duplicate_is_undone(small_settings, open_store):
             store.add(RawTransaction(1, t0 + dt.timedelta(minutes=2), 1, 7, 70.0))
     assert store.count() == 1 and store.transaction_time(2) is None
     after = store.features(RawTransaction(3, t0 + dt.timedelta(minutes=3), 1, 7, 10.0))
+    assert after["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2 and after["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 30.0
+
+
+
+def _score_concurrently(stores, pieces) -> list[dict[str, float]]:
+    """Each piece scored by its own thread through its own replica's store, all released at once."""
+    barrier, found, errors = threading.Barrier(len(pieces)), [None] * len(pieces), []
+
+    def score(k: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            found[k] = stores[k % len(stores)].score_and_add(pieces[k])
+        except Exception as exc:  # reported below: a thread's exception would vanish otherwise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=score, args=(k,)) for k in range(len(pieces))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    return found
+
+
+def test_concurrent_replicas_scoring_a_split_payment_each_see_the_pieces_before_it(small_settings, open_store):
+    settings = small_settings.featurize
+    replicas = [open_store(settings) for _ in range(4)]  # four gateway replicas: four connections
+    t = dt.datetime(2024, 7, 29, 13, 45)
+    for round_ in range(5):  # a card's payment split into 8 pieces at one instant, sent to all replicas at once
+        pieces = [RawTransaction(1000 * round_ + k, t, 500 + round_, 7, 100.0 + k) for k in range(8)]
+        found = _score_concurrently(replicas, pieces)
+        order = sorted(range(len(pieces)), key=lambda k: found[k]["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"])
+        # whatever order the server ran them in, the k-th saw exactly the k - 1 before it
+        assert [found[k]["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] for k in order] == list(range(1, len(pieces) + 1))
+        for i, k in enumerate(order):
+            spent = sum(pieces[j].amount for j in order[:i + 1])
+            assert found[k]["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] == pytest.approx(spent), (round_, i)
+    assert replicas[0].count() == 40
+
+
+def test_a_redis_batch_scored_atomically_with_a_duplicate_is_undone(small_settings, open_store):
+    store = open_store(small_settings.featurize)
+    t0 = dt.datetime(2024, 5, 1, 12)
+    assert store.score_and_add(RawTransaction(1, t0, 1, 7, 50.0))["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 1
+    with pytest.raises(DuplicateTransaction):
+        with store.transaction():
+            second = store.score_and_add(RawTransaction(2, t0 + dt.timedelta(minutes=1), 1, 7, 60.0))
+            assert second["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2
+            store.score_and_add(RawTransaction(1, t0 + dt.timedelta(minutes=2), 1, 7, 70.0))
+    assert store.count() == 1 and store.transaction_time(2) is None
+    after = store.score_and_add(RawTransaction(3, t0 + dt.timedelta(minutes=3), 1, 7, 10.0))
     assert after["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2 and after["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 30.0
 
 

@@ -12,7 +12,7 @@ import pytest
 from fraudguard.errors import DataError
 from fraudguard.features import compute_features, feature_names, terminal_risk
 from fraudguard.serving.predictions import load_prediction_log
-from fraudguard.serving.state import FeatureStore, RawTransaction
+from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction
 from state_samples import random_transactions, raw_transaction
 
 
@@ -68,6 +68,38 @@ def test_an_empty_store_opened_under_other_settings_takes_their_stamp(tmp_path, 
     FeatureStore(tmp_path / "s.sqlite", other).close()    # a restart under the same settings opens
     with pytest.raises(DataError, match="bootstrap a new state file"):
         FeatureStore(tmp_path / "s.sqlite", settings)     # history built under `other` is refused under `settings`
+
+
+def test_two_connections_scoring_one_card_at_once_each_see_the_pieces_before_it(tmp_path, small_settings):
+    import threading
+
+    settings = small_settings.featurize
+    FeatureStore(tmp_path / "s.sqlite", settings).close()
+    stores = [FeatureStore(tmp_path / "s.sqlite", settings) for _ in range(2)]  # two processes' connections
+    t = dt.datetime(2024, 7, 29, 13, 45)
+    pieces = [RawTransaction(k, t, 42, 7, 100.0 + k) for k in range(8)]
+    barrier, found, errors = threading.Barrier(len(pieces)), {}, []
+    locks = [threading.Lock(), threading.Lock()]  # one connection is used by one thread at a time, as in a gateway
+
+    def score(k: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            with locks[k % 2]:
+                found[k] = stores[k % 2].score_and_add(pieces[k])
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=score, args=(k,)) for k in range(len(pieces))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert sorted(f["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] for f in found.values()) == list(range(1, len(pieces) + 1))
+    assert stores[0].count() == len(pieces)
+    with pytest.raises(DuplicateTransaction):
+        stores[1].score_and_add(pieces[0])
+    assert stores[0].count() == len(pieces)
 
 def _decision(transaction_id: int, when: str) -> str:
     return json.dumps({"time": 1.0, "request_id": "r", "client": "bank", "model_version": 1,

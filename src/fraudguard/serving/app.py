@@ -140,8 +140,10 @@ class Gateway:
         try:
             with self.store.transaction():
                 for tx in transactions:
-                    rows.append(self.store.features(tx))
-                    self.store.add(tx)  # DuplicateTransaction for an id already scored (or repeated in the batch)
+                    # One atomic step per transaction (one Lua script in Redis): no replica records a payment
+                    # between this one's read and its write. DuplicateTransaction for an id already scored (or
+                    # repeated in the batch); the batch is then undone.
+                    rows.append(self.store.score_and_add(tx))
         except DuplicateTransaction as exc:
             raise _Refused(409, str(exc), "TRANSACTION_ID") from None
         bundle = served.bundle

@@ -9,7 +9,9 @@ Keys, under `serve.state.redis_key_prefix` (P):
   P:meta              hash   featurize -> windows and label delay the history was built with
 Scores are microseconds (below 2^53, exact in a double; nanoseconds since 1970 are not); the window bounds
 are applied exactly on the nanoseconds held in the member, and members of one score sort by (t, id), the
-order the SQLite store reads. Each write and each read is one Lua script: one round trip, atomic.
+order the SQLite store reads. Each write and each read is one Lua script: one round trip, atomic; the gateway
+scores with score_and_add, whose one script checks the id, reads the history and records the transaction, so
+replicas never interleave between a transaction's read and its write.
 
 A batch is not one transaction as in SQLite: transaction() removes what the batch added when it fails
 (a duplicate id), but a replica that dies mid-batch leaves the transactions it had added.
@@ -44,21 +46,39 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[6]) end
 return 1
 """
-# KEYS: customer zset, terminal zset, label; ARGV: customer and terminal score ranges. The label hash is keyed
-# by the id as written, so the padding of the member's id is stripped.
-_READ = """
-local c = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
-local t = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], ARGV[4])
-local labels = {}
-local i = 1
-while i <= #t do
-  local ids = {}
-  for j = i, math.min(i + 999, #t) do ids[#ids + 1] = string.match(string.sub(t[j], 22), '^0*(%d+)$') end
-  local got = redis.call('HMGET', KEYS[3], unpack(ids))
-  for _, v in ipairs(got) do labels[#labels + 1] = v or '' end
-  i = i + 1000
+# The history a transaction's features read: customer and terminal members in their score ranges, and the terminal
+# members' labels. The label hash is keyed by the id as written, so the padding of the member's id is stripped.
+_READ_HISTORY = """
+local function read_history(cust, term, label, c_lo, c_hi, t_lo, t_hi)
+  local c = redis.call('ZRANGEBYSCORE', cust, c_lo, c_hi)
+  local t = redis.call('ZRANGEBYSCORE', term, t_lo, t_hi)
+  local labels = {}
+  local i = 1
+  while i <= #t do
+    local ids = {}
+    for j = i, math.min(i + 999, #t) do ids[#ids + 1] = string.match(string.sub(t[j], 22), '^0*(%d+)$') end
+    local got = redis.call('HMGET', label, unpack(ids))
+    for _, v in ipairs(got) do labels[#labels + 1] = v or '' end
+    i = i + 1000
+  end
+  return {c, t, labels}
 end
-return {c, t, labels}
+"""
+# KEYS: customer zset, terminal zset, label; ARGV: customer and terminal score ranges.
+_READ = _READ_HISTORY + """
+return read_history(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+# Features and record in one step, so that no replica can record a transaction between this one's read and its
+# write (the pieces of a split payment on several replicas each see the ones before them).
+# KEYS: tx, customer zset, terminal zset, label; ARGV: id, record, t_us, customer member, terminal member,
+# customer and terminal score ranges. Returns {0} for a known id (nothing read or written), else {1, c, t, labels}.
+_SCORE_AND_ADD = _READ_HISTORY + """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {0} end
+local found = read_history(KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+return {1, found[1], found[2], found[3]}
 """
 # KEYS: tx, label; ARGV: id, label
 _LABEL = """
@@ -101,6 +121,7 @@ class RedisFeatureStore:
         self._tx, self._label, self._meta = f"{self._p}:tx", f"{self._p}:label", f"{self._p}:meta"
         self._add = self._db.register_script(_ADD)
         self._read = self._db.register_script(_READ)
+        self._score_and_add = self._db.register_script(_SCORE_AND_ADD)
         self._set_label = self._db.register_script(_LABEL)
         self._remove = self._db.register_script(_REMOVE)
         self._customer_span = max(customer_window_offsets(featurize))
@@ -158,19 +179,46 @@ class RedisFeatureStore:
         with self._reachable():
             return int(self._db.hlen(self._tx))
 
+    def _ranges(self, t: int) -> tuple[int, int, int]:
+        return t - self._customer_span, t - self._terminal_span, t - self._terminal_end
+
     def features(self, tx: RawTransaction) -> dict[str, float]:
         """The transaction's derived features from the history before it (the store is not changed)."""
         t = time_ns(tx.time)
         cust_key, term_key = self._keys(tx.customer_id, tx.terminal_id)
-        c_lo, t_lo, t_hi = t - self._customer_span, t - self._terminal_span, t - self._terminal_end
+        c_lo, t_lo, t_hi = self._ranges(t)
         with self._reachable():
             cust, term, labels = self._read(keys=[cust_key, term_key, self._label],
                                             args=[c_lo // 1000, t // 1000, t_lo // 1000, t_hi // 1000])
+        return self._features_from(tx, t, cust, term, labels)
+
+    def score_and_add(self, tx: RawTransaction) -> dict[str, float]:
+        """features(tx) and add(tx) as one atomic step (one Lua script): no replica records anything in between.
+        DuplicateTransaction, with nothing read or written, if any replica knows its id."""
+        t = time_ns(tx.time)
+        cust_key, term_key = self._keys(tx.customer_id, tx.terminal_id)
+        c_lo, t_lo, t_hi = self._ranges(t)
+        with self._reachable():
+            found = self._score_and_add(
+                keys=[self._tx, cust_key, term_key, self._label],
+                args=[tx.transaction_id, f"{t}:{tx.customer_id}:{tx.terminal_id}:{float(tx.amount)!r}", t // 1000,
+                      *self._members(tx.transaction_id, t, tx.amount),
+                      c_lo // 1000, t // 1000, t_lo // 1000, t_hi // 1000])
+        if not found[0]:
+            raise DuplicateTransaction(f"TRANSACTION_ID {tx.transaction_id} was already scored")
+        if self._added is not None:
+            self._added.append((tx.transaction_id, t, tx.customer_id, tx.terminal_id, tx.amount))
+        return self._features_from(tx, t, *found[1:])
+
+    def _features_from(self, tx: RawTransaction, t: int, cust: list[str], term: list[str],
+                       labels: list[str]) -> dict[str, float]:
+        """Features from the members read (score ranges are whole microseconds: the exact bounds apply here)."""
+        c_lo, t_lo, t_hi = self._ranges(t)
         # Exact bounds on the nanoseconds: (t - span, t] for the card, (t - d - span, t - d] for the terminal.
         cust_t, cust_amount = [], []
         for member in cust:
-            when, _, amount = member.split(":")
-            when = int(when)
+            stamp, _, amount = member.split(":")
+            when = int(stamp)
             if c_lo < when <= t:
                 cust_t.append(when)
                 cust_amount.append(float(amount))

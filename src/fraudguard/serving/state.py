@@ -8,7 +8,9 @@ transaction lies in the terminal window (t - d - w, t - d] (as in training) and 
 a label time <= t. Bootstrapped history (bootstrap) gets label time = transaction time + label delay, the
 assumption training makes.
 
-Not thread-safe by itself: the gateway calls it from its event loop only (one writer, in order).
+Not thread-safe by itself: the gateway calls it from its event loop only (one writer, in order). score_and_add
+reads a transaction's features and records it in one SQLite transaction (BEGIN IMMEDIATE: the write lock is held
+from the read), so even another process on the same file cannot record anything in between.
 fraudguard.serving.stores.open_state_store picks the backend named by `serve.state.backend`.
 """
 
@@ -92,6 +94,7 @@ class StateStore(Protocol):
     def count(self) -> int: ...
     def features(self, tx: RawTransaction) -> dict[str, float]: ...
     def add(self, tx: RawTransaction) -> None: ...
+    def score_and_add(self, tx: RawTransaction) -> dict[str, float]: ...
     def transaction_time(self, transaction_id: int) -> int | None: ...
     def record_label(self, transaction_id: int, fraud: bool, label_time: dt.datetime) -> bool: ...
     def bootstrap(self, transactions: pd.DataFrame, until: pd.Timestamp | None = None) -> int: ...
@@ -130,8 +133,9 @@ class FeatureStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One SQLite transaction: everything inside is committed together or rolled back."""
-        self._db.execute("BEGIN")
+        """One SQLite transaction: everything inside is committed together or rolled back. IMMEDIATE: it holds
+        the file's write lock from its first read, so another connection cannot write between a read and a write."""
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
@@ -159,6 +163,18 @@ class FeatureStore:
         known = np.fromiter((r[1] for r in term), dtype=np.float64, count=len(term))
         return transaction_features(t, tx.time.weekday(), tx.time.hour, tx.amount,
                                     cust_t, cust_amount, term_t, known, self.settings)
+
+    def score_and_add(self, tx: RawTransaction) -> dict[str, float]:
+        """features(tx) and add(tx) as one step: inside the caller's transaction(), else in one of its own.
+        DuplicateTransaction if the id is known (then nothing of it is recorded)."""
+        if self._db.in_transaction:
+            found = self.features(tx)
+            self.add(tx)
+            return found
+        with self.transaction():
+            found = self.features(tx)
+            self.add(tx)
+        return found
 
     def add(self, tx: RawTransaction) -> None:
         """Record the transaction as history (no label yet); DuplicateTransaction if its id is known."""
