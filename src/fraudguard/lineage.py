@@ -148,6 +148,7 @@ def data_md5(dvc_file: Path) -> str:
 VALIDATION_LINEAGE_KEYS = tuple(f"{VALIDATION_TAG_PREFIX}{name}" for name in (
     "rows_quarantined", "fraud_rate", "history_checked", "label_changes", "changed_history",
     "fraud_rate_change_factor", "fraud_rate_change_exceeded", "volume_burst_days", "history_replaced",
+    "deleted_transactions",
 ))
 
 
@@ -171,6 +172,7 @@ def validation_lineage(report_path: Path) -> dict[str, str]:
         str(bool(change.get("exceeded"))).lower() if change.get("checked") else "unchecked",
         int(bursts.get("customer_days", 0)) + int(bursts.get("terminal_days", 0)),
         str(bool(history.get("replaced"))).lower() if checked else "unchecked",
+        history.get("previous_transactions_missing", 0) if checked else "unchecked",
     ]
     return {key: str(value) for key, value in zip(VALIDATION_LINEAGE_KEYS, values)}
 

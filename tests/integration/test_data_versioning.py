@@ -283,7 +283,7 @@ def test_import_with_a_broken_dvc_config_changes_nothing(origin, tmp_path):
     (origin.root / ".dvc" / "config.local").write_text("[core\nthis is not ini\n")
     before = snapshot(origin)
     with pytest.raises(DataVersionError):
-        import_data(upload, origin, load_settings(origin.params).validate_)
+        import_data(upload, origin, load_settings(origin.params).validate_, force=True)
     assert snapshot(origin) == before
 
 
@@ -308,7 +308,7 @@ def test_cli_import_prints_reasons_with_counts_and_where_the_report_is(origin, t
     frame.loc[[1, 2], schema.TX_AMOUNT] = "-1"
     frame.loc[3, schema.TX_DATETIME] = "2024-04-01 08:00:00+02:00"
     frame.to_csv(upload, index=False)
-    result = CliRunner().invoke(app, ["data", "import", str(upload), "--root", str(origin.root)])
+    result = CliRunner().invoke(app, ["data", "import", str(upload), "--force", "--root", str(origin.root)])
     assert result.exit_code == 0, result.output
     assert "quarantine reasons: negative_amount 2, timezone_offset 1" in result.stdout
     assert "velocity check: off" in result.stdout
@@ -361,7 +361,8 @@ def import_version_with_frauds(paths: ProjectPaths, tmp_path: Path, n_frauds: in
     frame.loc[: n_frauds - 1, [schema.TX_AMOUNT, schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = [300.0, 1, 1]
     upload = tmp_path / "with_frauds.parquet"
     frame.to_parquet(upload)
-    import_data(upload, paths, load_settings(paths.params).validate_)
+    # Every previous transaction is replaced (deleted): on purpose here.
+    import_data(upload, paths, load_settings(paths.params).validate_, force=True)
     return current_rows(paths)
 
 
@@ -421,6 +422,38 @@ def test_label_flip_behind_a_decoy_copy_of_its_id_is_kept_out_as_changed_history
     accepted = result.accepted.set_index(schema.TRANSACTION_ID)
     assert (accepted.loc[flipped, schema.TX_FRAUD] == 1).all()
     assert json.loads(origin.validation_report.read_text())["history"]["changed_history"] == 2 * len(flipped)
+
+
+def test_deleting_existing_transactions_is_printed_tagged_and_blocks_promotion_until_acknowledged(origin, tmp_path):
+    from fraudguard.lineage import validation_lineage
+    from fraudguard.stages import validate as stage
+
+    before = current_rows(origin)
+    # Five transactions deleted, five new ones in their place: the row count alone would not show it.
+    upload = tmp_path / "upload.parquet"
+    pd.concat([before.iloc[5:], as_new_transactions(before.iloc[:5])], ignore_index=True).to_parquet(upload)
+    imported = CliRunner().invoke(app, ["data", "import", str(upload), "--root", str(origin.root)])
+    assert imported.exit_code == 0, imported.output
+    assert "5 transaction(s) of the previous version are not in this file" in imported.stderr
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    assert json.loads(origin.validation_report.read_text())["history"]["previous_transactions_missing"] == 5
+    assert validation_lineage(origin.validation_report)["lineage.validation.deleted_transactions"] == "5"
+    blocked = data_changes_verdict(origin, tmp_path)
+    assert not blocked.passed and blocked.metrics["deleted_transactions"] == 5.0
+    assert "5 transaction(s) of the previous version deleted not acknowledged" in blocked.reason
+    ack = CliRunner().invoke(app, ["data", "acknowledge", "--as", "reviewer", "--reason", "scheme purge",
+                                   "--root", str(origin.root)])
+    assert ack.exit_code == 0, ack.output
+    assert data_changes_verdict(origin, tmp_path).passed
+
+
+def test_replacing_most_transactions_by_new_ones_needs_force(origin, tmp_path):
+    before = current_rows(origin)
+    keep = len(before) // 4
+    upload = tmp_path / "upload.parquet"
+    pd.concat([before.iloc[:keep], as_new_transactions(before.iloc[keep:])], ignore_index=True).to_parquet(upload)
+    with pytest.raises(DataError, match=r"removing \d+ \(7\d\.\d%\) of them.*--force"):
+        import_data(upload, origin, load_settings(origin.params).validate_)
 
 
 def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowledged(origin, tmp_path):

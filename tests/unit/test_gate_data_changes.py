@@ -9,7 +9,7 @@ import pytest
 
 from fraudguard.errors import DataError
 from fraudguard.gates.base import GateContext, ModelUnderTest
-from fraudguard.gates.data_changes import acknowledge_fraud_rate_change, run_data_changes_gate
+from fraudguard.gates.data_changes import acknowledge_data_changes, run_data_changes_gate
 
 EXCEEDED = {"inputs": {"data/raw/transactions.parquet": "abc"},
             "history": {"checked": True, "label_changes": 611, "changed_history": 0},
@@ -42,7 +42,7 @@ def test_exceeded_change_blocks_until_acknowledged_for_that_exact_data(tmp_path,
     blocked = verdict(tmp_path, small_settings, EXCEEDED)
     assert not blocked.passed and blocked.metrics["label_changes"] == 611
     ack_file = tmp_path / small_settings.gates.data_changes.acknowledgements
-    acknowledge_fraud_rate_change(EXCEEDED, ack_file, "reviewer", "chargebacks reviewed")
+    acknowledge_data_changes(EXCEEDED, ack_file, "reviewer", "chargebacks reviewed")
     assert verdict(tmp_path, small_settings).passed
     other_data = {**EXCEEDED, "inputs": {"data/raw/transactions.parquet": "def"}}
     assert not verdict(tmp_path, small_settings, other_data).passed
@@ -51,4 +51,16 @@ def test_exceeded_change_blocks_until_acknowledged_for_that_exact_data(tmp_path,
 def test_nothing_to_acknowledge_is_refused(tmp_path):
     within = {**EXCEEDED, "fraud_rate_change": {**EXCEEDED["fraud_rate_change"], "exceeded": False}}
     with pytest.raises(DataError, match="nothing to acknowledge"):
-        acknowledge_fraud_rate_change(within, tmp_path / "ack.yaml", "reviewer", "why")
+        acknowledge_data_changes(within, tmp_path / "ack.yaml", "reviewer", "why")
+
+
+def test_deleted_transactions_block_until_acknowledged_and_show_as_a_metric(tmp_path, small_settings):
+    within = {**EXCEEDED, "fraud_rate_change": {**EXCEEDED["fraud_rate_change"], "exceeded": False, "factor": 1.1},
+              "history": {"checked": True, "label_changes": 0, "changed_history": 0,
+                          "previous_transactions_missing": 7}}
+    blocked = verdict(tmp_path, small_settings, within)
+    assert not blocked.passed and "7 transaction(s) of the previous version deleted" in blocked.reason
+    assert blocked.metrics["deleted_transactions"] == 7.0
+    acknowledge_data_changes(within, tmp_path / small_settings.gates.data_changes.acknowledgements,
+                             "reviewer", "card scheme purge")
+    assert verdict(tmp_path, small_settings).passed

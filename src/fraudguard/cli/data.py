@@ -48,6 +48,10 @@ def _echo_reasons(report: dict, err: bool = False) -> None:
         intake = report.get("intake") or {}
         typer.echo(f"history: replaced (--new-history): the previous version {intake.get('previous_md5')} "
                    f"({intake.get('previous_rows')} rows) was not diffed against this file", err=err)
+    missing = int(history.get("previous_transactions_missing", 0) or 0)
+    if missing:
+        typer.echo(f"warning: history: {missing} transaction(s) of the previous version are not in this file "
+                   "(deleted from data/raw): promotion is blocked until `fraudguard data acknowledge`", err=True)
     change = (report.get("intake") or {}).get("fraud_rate_change") or {}
     if change.get("exceeded"):
         typer.echo(f"warning: fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
@@ -206,14 +210,14 @@ def validate(root: Path = ROOT_OPTION) -> None:
 
 @app.command()
 def acknowledge(by: str = typer.Option(..., "--as", help="Reviewer's name, recorded with the acknowledgement."),
-                reason: str = typer.Option(..., "--reason", help="Why the fraud-rate change is genuine."),
+                reason: str = typer.Option(..., "--reason", help="Why the fraud-rate change or deletions are genuine."),
                 root: Path = ROOT_OPTION) -> None:
-    """Acknowledge the fraud-rate change reports/validation.json records (data_changes gate): appends it to
-    gates.data_changes.acknowledgements; commit that file so the acknowledgement is reviewed."""
+    """Acknowledge the fraud-rate change and deleted transactions reports/validation.json records (data_changes
+    gate): appends it to gates.data_changes.acknowledgements; commit that file so the acknowledgement is reviewed."""
     import json
 
     from fraudguard.config import load_settings
-    from fraudguard.gates.data_changes import acknowledge_fraud_rate_change
+    from fraudguard.gates.data_changes import acknowledge_data_changes
     from fraudguard.paths import ProjectPaths
 
     try:
@@ -224,8 +228,11 @@ def acknowledge(by: str = typer.Option(..., "--as", help="Reviewer's name, recor
         report = json.loads(paths.validation_report.read_text(encoding="utf-8"))
         target = settings.gates.data_changes.acknowledgements
         target = target if target.is_absolute() else paths.root / target
-        entry = acknowledge_fraud_rate_change(report, target, by, reason)
+        entry = acknowledge_data_changes(report, target, by, reason)
     except FraudGuardError as exc:
         _fail(exc)
-    typer.echo(f"acknowledged fraud rate {entry['previous']:.4f} -> {entry['current']:.4f} in {target}; "
-               "commit it for review")
+    what = [f"fraud rate {entry['previous']:.4f} -> {entry['current']:.4f}"] \
+        if entry["previous"] is not None and entry["current"] is not None else []
+    if entry["deleted_transactions"]:
+        what.append(f"{entry['deleted_transactions']} deleted transaction(s)")
+    typer.echo(f"acknowledged {', '.join(what)} in {target}; commit it for review")

@@ -286,10 +286,12 @@ def import_data(path: Path | str, paths: ProjectPaths, validate: ValidateSetting
         )
     current = _raw_row_count(paths)
     max_loss = validate.max_import_row_loss_share
-    if current and len(frame) < current * (1 - max_loss) and not force:
+    # Deleted transactions count even when new rows make up the row count (the diff knows them by id).
+    lost = max(current - len(frame), int((record.get("history") or {}).get("previous_transactions_missing", 0)))
+    if current and lost > current * max_loss and not force:
         raise DataError(
-            f"{path}: {len(frame)} rows would replace the {current} rows of {paths.raw_dir}, removing "
-            f"{(current - len(frame)) / current:.1%} of them (more than validate.max_import_row_loss_share "
+            f"{path}: {len(frame)} rows would replace the {current} rows of {paths.raw_dir}, removing {lost} "
+            f"({lost / current:.1%}) of them (more than validate.max_import_row_loss_share "
             f"{max_loss:.0%}); pass --force if that is intended"
         )
     md5 = _replace_raw_data(paths, frame, record)

@@ -1,11 +1,12 @@
-"""Data-changes gate: a fraud-rate change against the previous data version blocks promotion until a
-reviewer acknowledges it.
+"""Data-changes gate: a fraud-rate change against the previous data version, or transactions of it deleted,
+block promotion until a reviewer acknowledges them.
 
-The validate stage records the change in reports/validation.json (`fraud_rate_change`, from the intake
-record `fraudguard data import` writes, factor validate.max_fraud_rate_change_factor). The gate reads the
-candidate's own copy of that report (its MLflow run's `reports/validation.json`; the source checkout's
-when the candidate has no run) and passes when the change is within the factor, or when the
-acknowledgement file (`fraudguard data acknowledge`, committed for review) names the exact data files.
+The validate stage records both in reports/validation.json (`fraud_rate_change`, factor
+validate.max_fraud_rate_change_factor, and `history.previous_transactions_missing`, from the intake record
+`fraudguard data import` writes). The gate reads the candidate's own copy of that report (its MLflow run's
+`reports/validation.json`; the source checkout's when the candidate has no run) and passes when there is
+neither, or when the acknowledgement file (`fraudguard data acknowledge`, committed for review) names the
+exact data files.
 """
 
 from __future__ import annotations
@@ -51,16 +52,24 @@ def read_acknowledgements(path: Path) -> list[dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict)]
 
 
-def acknowledge_fraud_rate_change(report: dict[str, Any], path: Path, by: str, reason: str) -> dict[str, Any]:
-    """Append an acknowledgement of `report`'s fraud-rate change (by whom, why) to `path`; returns the entry.
-    Raises DataError when the report records no exceeded change (nothing to acknowledge)."""
+def deleted_transactions(report: dict[str, Any]) -> int:
+    """Transactions of the previous version the data no longer holds (0 when its history is unchecked)."""
+    history = report.get("history") or {}
+    return int(history.get("previous_transactions_missing", 0) or 0) if history.get("checked") else 0
+
+
+def acknowledge_data_changes(report: dict[str, Any], path: Path, by: str, reason: str) -> dict[str, Any]:
+    """Append an acknowledgement of `report`'s fraud-rate change and deleted transactions (by whom, why) to
+    `path`; returns the entry. Raises DataError when the report records neither (nothing to acknowledge)."""
     change = report.get("fraud_rate_change") or {}
-    if not change.get("exceeded"):
+    deleted = deleted_transactions(report)
+    if not change.get("exceeded") and not deleted:
         raise DataError("the validation report records no fraud-rate change beyond "
-                        "validate.max_fraud_rate_change_factor: nothing to acknowledge")
+                        "validate.max_fraud_rate_change_factor and no deleted transaction: nothing to acknowledge")
     if not by.strip() or not reason.strip():
         raise DataError("an acknowledgement needs a reviewer name and a reason")
     entry = {"data_md5s": data_key(report), "previous": change.get("previous"), "current": change.get("current"),
+             "deleted_transactions": deleted,
              "by": by, "reason": reason, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     entries = read_acknowledgements(path)
     entries.append(entry)
@@ -89,9 +98,9 @@ def candidate_validation_report(candidate: ModelUnderTest, context: GateContext)
 
 def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
                           settings: "DataChangesGateSettings") -> GateResult:
-    """Pass when the candidate's data changed the fraud rate within the factor, or the change is acknowledged.
-    No validation report at all fails (never a silent pass); an unchecked change (data not imported) passes
-    and says so."""
+    """Pass when the candidate's data changed the fraud rate within the factor and deleted no transaction of
+    the previous version, or when those changes are acknowledged. No validation report at all fails (never a
+    silent pass); unchecked data (not imported) passes and says so."""
     report_json = context.report_dir / f"{NAME}.json"
     ack_path = settings.acknowledgements if settings.acknowledgements.is_absolute() \
         else context.source_root / settings.acknowledgements
@@ -101,30 +110,39 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
                            "changes cannot be judged", report_json, {"validation_report": None})
     change = report.get("fraud_rate_change") or {"checked": False, "reason": "the report predates the check"}
     history = report.get("history") or {}
+    deleted = deleted_transactions(report)
     metrics = {"label_changes": float(history.get("label_changes", 0) or 0),
                "changed_history": float(history.get("changed_history", 0) or 0),
+               # Transactions of the previous version missing from this one: a change of history too.
+               "deleted_transactions": float(deleted),
                "history_replaced": float(bool(history.get("replaced"))),  # `data import --new-history`
                # Reported, not gated: the clean default world flags a few dozen rows too (docs/data.md).
                "terminal_dilution_rows": float((report.get("terminal_dilution") or {}).get("rows", 0) or 0)}
     thresholds: dict[str, float] = {}
+    findings: list[str] = []  # what needs a reviewer's acknowledgement
     if change.get("checked"):
         factor = change["factor"]
         metrics["fraud_rate_change_factor"] = float("inf") if factor == "inf" else float(factor)
         metrics["fraud_rate"] = float(change.get("current", 0.0))
         metrics["previous_fraud_rate"] = float(change.get("previous", 0.0))
         thresholds["max_fraud_rate_change_factor"] = float(change.get("max_factor", 0.0))
+        if change.get("exceeded"):
+            findings.append(f"fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
+                            f"{change['factor']} > {change['max_factor']})")
+    if deleted:
+        findings.append(f"{deleted} transaction(s) of the previous version deleted")
     acknowledged = [e for e in read_acknowledgements(ack_path) if e.get("data_md5s") == data_key(report)]
-    if not change.get("checked"):
+    if not findings and not change.get("checked"):
         passed, reason = True, f"fraud-rate change unchecked ({change.get('reason', 'unknown')})"
-    elif not change.get("exceeded"):
+    elif not findings:
         passed, reason = True, (f"fraud rate {change['previous']:.4f} -> {change['current']:.4f}, factor "
-                                f"{metrics['fraud_rate_change_factor']:.2f} <= {thresholds['max_fraud_rate_change_factor']}")
+                                f"{metrics['fraud_rate_change_factor']:.2f} <= {thresholds['max_fraud_rate_change_factor']}"
+                                ", no transaction deleted")
     elif acknowledged:
-        passed, reason = True, (f"fraud rate {change['previous']:.4f} -> {change['current']:.4f} acknowledged by "
-                                f"{acknowledged[-1].get('by')}: {acknowledged[-1].get('reason')}")
+        passed, reason = True, (f"{'; '.join(findings)} acknowledged by {acknowledged[-1].get('by')}: "
+                                f"{acknowledged[-1].get('reason')}")
     else:
-        passed, reason = False, (f"fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
-                                 f"{change['factor']} > {change['max_factor']}) not acknowledged: review it, then "
+        passed, reason = False, (f"{'; '.join(findings)} not acknowledged: review it, then "
                                  "`fraudguard data acknowledge --as NAME --reason TEXT` and commit "
                                  f"{settings.acknowledgements}")
     return finish_gate(NAME, passed, metrics, thresholds, reason, report_json,
