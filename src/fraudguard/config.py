@@ -487,6 +487,11 @@ class ServeSettings(_Strict):
     state: StateSettings = Field(default_factory=StateSettings)
     # ?explain=true: integrated-gradients steps per explained transaction (more: closer to exact, slower).
     explain_steps: int = Field(default=64, ge=4, le=1024)
+    # Rate-limit tokens an explained transaction costs (a scored one costs 1): its integrated gradients are
+    # explain_steps forward and backward passes.
+    explain_cost: float = Field(default=10.0, ge=1)
+    # ?explain=true explains at most this many transactions per request (more: HTTP 422 naming this cap).
+    max_explained_per_request: int = Field(default=100, gt=0)
     # Intra-op threads of the gateway's torch: one request is a 1-row forward pass, which a second thread only
     # slows (it spins against the event loop on a small machine).
     torch_threads: int = Field(default=1, gt=0)

@@ -45,6 +45,7 @@ pytestmark = pytest.mark.slow
 NAME = "fraudguard"
 KEY = "bank-key-0123456789abcdef"
 SLOW_KEY = "slow-key-0123456789abcdef"
+METER_KEY = "meter-key-0123456789abcdef"
 REPLAY_DAYS = 7
 _ids = itertools.count(10**12)
 
@@ -135,13 +136,14 @@ def served(tmp_path_factory):
     history.parent.mkdir(parents=True, exist_ok=True)
     data[data["TX_DATETIME"] < cutoff].to_parquet(history)  # bootstrapped on start (serve.bootstrap_from)
     (base / "keys.yaml").write_text(
-        f"bank: {KEY}\nslow: {{key: {SLOW_KEY}, rate_limit_per_s: 0.5, rate_limit_burst: 3}}\n")
+        f"bank: {KEY}\nslow: {{key: {SLOW_KEY}, rate_limit_per_s: 0.5, rate_limit_burst: 3}}\n"
+        f"meter: {{key: {METER_KEY}, rate_limit_per_s: 0.01, rate_limit_burst: 30}}\n")
     serve_settings = parse_settings(merge_overrides(
         json.loads(json.dumps(settings.as_params_dict())),
         {"serve": {"reload_interval_s": 0.3, "state_path": str(base / "state" / "features.sqlite"),
                    "prediction_log": str(base / "state" / "predictions.jsonl"),
                    "model_cache_dir": str(base / "state" / "models"), "max_body_bytes": 65536,
-                   "max_batch_size": 200}}))
+                   "max_batch_size": 200, "max_explained_per_request": 5}}))
     project = Served(root, client, settings, serve_settings, uri, versions, data, offline, cutoff, base)
     project.promote(versions[0])
     project.start()
@@ -406,6 +408,61 @@ def test_a_client_over_its_rate_is_a_429(served):
     assert codes[:3] == [200, 200, 200] and 429 in codes[3:], codes
     # another client is not slowed by it
     assert httpx.post(f"{served.url}/score", json=_tx(), headers=_headers(), timeout=10).status_code == 200
+
+
+def _logged_ids(served) -> set[int]:
+    served.gateway.log.flush()
+    return set(read_prediction_log(served.gateway._path(served.serve_settings.serve.prediction_log))["TRANSACTION_ID"])
+
+
+def test_a_batch_is_charged_per_transaction_and_an_explained_one_at_the_explain_cost(served):
+    """meter: 30 tokens, refilled at 0.01/s; a transaction costs 1, an explained one serve.explain_cost (10)."""
+    assert served.serve_settings.serve.explain_cost == 10
+
+    def post(batch, explain=False):
+        return httpx.post(f"{served.url}/score/batch", params={"explain": "true"} if explain else None,
+                          json={"transactions": batch}, headers=_headers(METER_KEY), timeout=30)
+
+    assert post([_tx(customer=10**9 + 40) for _ in range(12)]).status_code == 200  # 12 tokens: 18 left
+    two_explained = [_tx(customer=10**9 + 41) for _ in range(2)]
+    refused = post(two_explained, explain=True)  # 20 tokens
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
+    assert refused.json()["field"] == "X-API-Key" and "costs 20" in refused.json()["error"]
+    assert post([_tx(customer=10**9 + 42)], explain=True).status_code == 200  # 10 tokens: 8 left
+    nine = [_tx(customer=10**9 + 43) for _ in range(9)]
+    assert post(nine).status_code == 429
+    too_big = post([_tx(customer=10**9 + 44) for _ in range(31)])  # more than the bucket ever holds
+    assert too_big.status_code == 429 and "retry-after" not in too_big.headers
+    assert "more than client 'meter' can hold (30)" in too_big.json()["error"]
+    assert not {t["TRANSACTION_ID"] for t in two_explained + nine} & _logged_ids(served)  # nothing refused was scored
+
+
+def test_explaining_more_than_the_cap_is_a_422_naming_it_and_scores_nothing(served):
+    batch = [_tx(customer=10**9 + 45) for _ in range(6)]
+    response = httpx.post(f"{served.url}/score/batch", params={"explain": "true"}, json={"transactions": batch},
+                          headers=_headers(), timeout=30)
+    assert response.status_code == 422 and response.json()["field"] == "explain"
+    assert "serve.max_explained_per_request = 5" in response.json()["error"]
+    plain = httpx.post(f"{served.url}/score/batch", json={"transactions": batch}, headers=_headers(), timeout=30)
+    assert plain.status_code == 200  # the refused request recorded none of its ids
+
+
+def test_scoring_goes_on_while_an_explanation_runs(served):
+    release = threading.Event()
+    busy = served.gateway.explain_pool().submit(release.wait, 30)  # the explainer thread is taken
+    answers: dict[str, httpx.Response] = {}
+    explained = threading.Thread(target=lambda: answers.setdefault("explained", httpx.post(
+        f"{served.url}/score?explain=true", json=_tx(customer=10**9 + 46), headers=_headers(), timeout=60)))
+    explained.start()
+    try:
+        time.sleep(0.3)  # the explained request is now waiting for the explainer
+        plain = httpx.post(f"{served.url}/score", json=_tx(customer=10**9 + 47), headers=_headers(), timeout=10)
+        assert plain.status_code == 200 and "explained" not in answers  # the event loop was not blocked
+    finally:
+        release.set()
+        explained.join(timeout=60)
+        busy.result(timeout=10)
+    assert answers["explained"].status_code == 200 and "explanation" in answers["explained"].json()
 
 
 def test_health_and_metrics_report_the_served_champion(served):

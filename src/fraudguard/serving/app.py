@@ -7,11 +7,13 @@ without locks; the model in use is read once per request (a hot switch replaces 
 """
 
 
+import asyncio
 import importlib
 import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ from fraudguard.features import feature_names
 from fraudguard.serving.champion import ChampionFollower, ServedModel
 from fraudguard.serving.predictions import PredictionLog
 from fraudguard.serving.schema import field_name, request_models
-from fraudguard.serving.security import ApiClient, GatewayGuard
+from fraudguard.serving.security import ApiClient, GatewayGuard, RateLimited, RateLimiter, charge_request, \
+    request_cost
 from fraudguard.serving.state import DuplicateTransaction, RawTransaction, StateStore, StateUnavailable
 from fraudguard.serving.stores import open_state_store
 
@@ -67,9 +70,13 @@ class GatewayMetrics:
 
 
 @dataclass
-class ScoredTransaction:
-    tx: RawTransaction
-    features: dict[str, float]
+class Scored:
+    """One request's decisions, and the standardized rows they were made on (for explanations)."""
+
+    request_id: str
+    served: ServedModel
+    results: list[dict[str, Any]]
+    standardized: np.ndarray
 
 
 class Gateway:
@@ -88,6 +95,9 @@ class Gateway:
                                          serve.reload_interval_s, on_change=self._on_switch)
         self.store: StateStore | None = None
         self.log: PredictionLog | None = None
+        self.limiter = RateLimiter()  # the guard charges 1 per request, the handlers the rest of its cost
+        # Explanations (seconds of CPU for a large request) run here, one at a time, off the event loop.
+        self.explainer: ThreadPoolExecutor | None = None
 
     def _path(self, path: Path) -> Path:
         return path if path.is_absolute() else self.root / path
@@ -120,6 +130,9 @@ class Gateway:
 
     def stop(self) -> None:
         self.follower.stop()
+        if self.explainer is not None:
+            self.explainer.shutdown(wait=True, cancel_futures=True)
+            self.explainer = None
         if self.log is not None:
             self.log.close()
         if self.store is not None:
@@ -127,12 +140,9 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------------ scoring
 
-    def score(self, transactions: list[RawTransaction], client: str, request_id: str,
-              started: float, explain: bool = False) -> tuple[ServedModel, list[dict[str, Any]]]:
+    def score(self, transactions: list[RawTransaction], client: str, request_id: str, started: float) -> Scored:
         """Featurize, record and score the transactions in order; raises _Refused for a 409 or 503.
-
-        With `explain`, every transaction of the request gets its attributions, flagged or not (an analyst
-        asks why one was declined as often as why one was not)."""
+        Runs on the event loop: nothing else touches the state store between a read and its write."""
         served = self.follower.current
         if served is None:
             raise _Refused(503, "no verified champion to serve yet", "model")
@@ -154,16 +164,13 @@ class Gateway:
         scores = bundle.predict_proba_standardized(standardized)
         if not np.all(np.isfinite(scores)):
             raise _Refused(500, "the model returned a non-finite score; nothing was decided", "model")
-        explanations = self._explain(bundle, standardized) if explain else []
         latency_ms = (time.perf_counter() - started) * 1000
         results: list[dict[str, Any]] = []
         version = str(served.version)
-        for i, (tx, row, score) in enumerate(zip(transactions, rows, scores)):
+        for tx, row, score in zip(transactions, rows, scores):
             flagged = bool(score >= bundle.threshold)
             results.append({"TRANSACTION_ID": tx.transaction_id, "fraud_probability": float(score),
                             "is_fraud": flagged})
-            if explain:
-                results[-1]["explanation"] = explanations[i]
             self.metrics.decisions.labels("fraud" if flagged else "legit", version).inc()
             self.log.put({
                 "time": time.time(), "request_id": request_id, "client": client, "model_version": served.version,
@@ -175,7 +182,22 @@ class Gateway:
                 "features": row, "score": float(score), "decision": flagged, "threshold": bundle.threshold,
                 "latency_ms": round(latency_ms, 3)})
         self.metrics.state_rows.inc(len(transactions))
-        return served, results
+        return Scored(request_id, served, results, standardized)
+
+    async def explain(self, scored: Scored) -> None:
+        """Attach its attributions to every result, flagged or not (an analyst asks why one was declined as often
+        as why one was not); computed on the explainer thread, so the event loop keeps scoring meanwhile."""
+        loop = asyncio.get_running_loop()
+        explanations = await loop.run_in_executor(self.explain_pool(), self._explain, scored.served.bundle,
+                                                  scored.standardized)
+        for result, explanation in zip(scored.results, explanations):
+            result["explanation"] = explanation
+
+    def explain_pool(self) -> ThreadPoolExecutor:
+        """The one thread explanations run on (created on first use; stop() shuts it down)."""
+        if self.explainer is None:
+            self.explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
+        return self.explainer
 
     def _explain(self, bundle, standardized: np.ndarray) -> list[dict[str, Any]]:
         """Attributions of each row, in standardized input space, from the training mean."""
@@ -217,9 +239,9 @@ def _unavailable_count(store) -> int | None:
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, message: str, field: str):
+    def __init__(self, status: int, message: str, field: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+        self.status, self.message, self.field, self.headers = status, message, field, headers
 
 
 def _raw(tx) -> RawTransaction:
@@ -259,7 +281,7 @@ def create_app(gateway: Gateway) -> Any:
 
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused):
-        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status)
+        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StateUnavailable)
     async def state_down(request: Request, exc: StateUnavailable):
@@ -275,20 +297,44 @@ def create_app(gateway: Gateway) -> Any:
     def client_of(request: Request) -> str:
         return str(request.scope.get("state", {}).get("client", ""))
 
+    serve = gateway.settings.serve
+
+    def admit(request: Request, transactions: int, explain: bool) -> None:
+        """Refuse (nothing scored) an explanation beyond the cap (422), or a request its client's rate cannot
+        cover (429): a transaction costs 1 token, an explained one serve.explain_cost; the guard charged 1."""
+        if explain and transactions > serve.max_explained_per_request:
+            raise _Refused(422, f"explain=true explains at most serve.max_explained_per_request = "
+                                f"{serve.max_explained_per_request} transactions per request; this one has "
+                                f"{transactions}", "explain")
+        api_client = request.scope.get("state", {}).get("api_client")
+        if api_client is None:  # not through the guard (an in-process test app): nothing to charge
+            return
+        cost = request_cost(transactions, transactions if explain else 0, serve.explain_cost)
+        try:
+            charge_request(gateway.limiter, api_client, cost)
+        except RateLimited as exc:
+            headers = None if exc.retry_after_s is None else {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+            raise _Refused(429, str(exc), "X-API-Key", headers) from None
+
+    async def scored(request: Request, transactions: list[RawTransaction], explain: bool) -> Scored:
+        admit(request, len(transactions), explain)
+        started, request_id = time.perf_counter(), uuid.uuid4().hex
+        done = gateway.score(transactions, client_of(request), request_id, started)
+        if explain:
+            await gateway.explain(done)
+        return done
+
     @app.post("/score")
     async def score(transaction: Transaction, request: Request, explain: bool = False):
-        started, request_id = time.perf_counter(), uuid.uuid4().hex
-        served, results = gateway.score([_raw(transaction)], client_of(request), request_id, started, explain)
-        return {"request_id": request_id, "model_version": served.version,
-                "threshold": served.bundle.threshold, **results[0]}
+        done = await scored(request, [_raw(transaction)], explain)
+        return {"request_id": done.request_id, "model_version": done.served.version,
+                "threshold": done.served.bundle.threshold, **done.results[0]}
 
     @app.post("/score/batch")
     async def score_batch(batch: Batch, request: Request, explain: bool = False):
-        started, request_id = time.perf_counter(), uuid.uuid4().hex
-        served, results = gateway.score([_raw(t) for t in batch.transactions], client_of(request), request_id,
-                                        started, explain)
-        return {"request_id": request_id, "model_version": served.version, "threshold": served.bundle.threshold,
-                "results": results}
+        done = await scored(request, [_raw(t) for t in batch.transactions], explain)
+        return {"request_id": done.request_id, "model_version": done.served.version,
+                "threshold": done.served.bundle.threshold, "results": done.results}
 
     @app.post("/feedback")
     async def feedback(body: Feedback):
@@ -324,7 +370,8 @@ def create_app(gateway: Gateway) -> Any:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # Rejections by the guard (401, 413, 429) are counted by the recorder, which wraps it.
-    guarded = GatewayGuard(app, gateway.api_clients, gateway.settings.serve.max_body_bytes, PROTECTED)
+    guarded = GatewayGuard(app, gateway.api_clients, gateway.settings.serve.max_body_bytes, PROTECTED,
+                           limiter=gateway.limiter)
 
     async def recorder(scope, receive, send):
         if scope["type"] != "http":

@@ -118,6 +118,33 @@ class RateLimiter:
             return (cost - tokens) / client.rate_per_s
 
 
+class RateLimited(Exception):
+    """A request costs more tokens than its client has (retry_after_s > 0) or can ever hold (its burst)."""
+
+    def __init__(self, message: str, retry_after_s: float | None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def request_cost(transactions: int, explained: int, explain_cost: float) -> float:
+    """Rate-limit tokens of a request: one per scored transaction, explain_cost per explained one instead."""
+    return float(transactions - explained) + explained * explain_cost
+
+
+def charge_request(limiter: RateLimiter, client: ApiClient, cost: float, charged: float = 1.0) -> None:
+    """Charge the part of `cost` the guard has not charged yet; RateLimited (nothing charged) when over."""
+    if cost > client.burst:
+        raise RateLimited(f"this request costs {cost:g} rate-limit tokens, more than client {client.name!r} can "
+                          f"hold ({client.burst}); send fewer transactions (or explanations) per request", None)
+    rest = cost - charged
+    if rest <= 0:
+        return
+    wait = limiter.allow(client, rest)
+    if wait > 0:
+        raise RateLimited(f"client {client.name!r} exceeds {client.rate_per_s:g} transactions/s "
+                          f"(this request costs {cost:g} tokens)", wait)
+
+
 def _json_response(status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None):
     payload = json.dumps(body).encode()
     start = {"type": "http.response.start", "status": status,
@@ -129,16 +156,19 @@ def _json_response(status: int, body: dict, headers: list[tuple[bytes, bytes]] |
 class GatewayGuard:
     """ASGI middleware: for protected paths, API key (401), rate limit (429), then body size (413).
 
+    The guard charges one token per request, before the body is read; a handler that learns the request's
+    real cost (transactions, explanations) charges the rest with charge_request.
+
     The authenticated client's name is put in scope["state"]["client"] for the handlers and the log.
     """
 
     def __init__(self, app, clients: list[ApiClient], max_body_bytes: int, protected: tuple[str, ...],
-                 on_reject=None):
+                 on_reject=None, limiter: RateLimiter | None = None):
         self.app = app
         self.clients = clients
         self.max_body_bytes = max_body_bytes
         self.protected = protected
-        self.limiter = RateLimiter()
+        self.limiter = limiter or RateLimiter()
         self.on_reject = on_reject or (lambda path, status: None)
 
     async def _reject(self, send, path: str, status: int, body: dict, headers=None) -> None:
@@ -196,5 +226,6 @@ class GatewayGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        scope.setdefault("state", {})["client"] = client.name
+        state = scope.setdefault("state", {})
+        state["client"], state["api_client"] = client.name, client  # the handler charges the rest of the cost
         await self.app(scope, replay, send)
