@@ -306,6 +306,29 @@ def test_timestamp_with_a_zone_is_quarantined_as_timezone_offset_not_converted(s
     assert len(result.accepted) == N_CLEAN
 
 
+@pytest.mark.parametrize("value", ["2024-04-01T08:00:00+2", "2024-4-1T08:00:00Z", "2024-04-01T08:00:00+02:00:00",
+                                   "2024-04-01T08:00:00+02:00[Europe/Paris]", "2024-04-01T8:00:00-5"])
+def test_any_zone_or_offset_form_beside_naive_timestamps_is_timezone_offset_never_a_crash(settings, value):
+    frame = with_row(clean_rows(), **{schema.TX_DATETIME: value})
+    result = validate_transactions(frame, settings, now=NOW)
+    assert list(result.quarantined[schema.TX_DATETIME]) == [value]
+    assert result.report["reasons"] == {"timezone_offset": 1}
+    assert len(result.accepted) == N_CLEAN
+
+
+def test_zone_missed_by_the_pattern_is_found_after_parsing_value_by_value():
+    from fraudguard.data.validation import _parse_iso_naive
+
+    mixed = pd.Series(["2024-04-01T08:00:00", "2024-04-01T08:00:00+02", "2024-04-02T08:00:00.5-01:30", None],
+                      dtype=object)
+    parsed, aware = _parse_iso_naive(mixed)
+    assert aware.tolist() == [False, True, True, False]
+    assert parsed.dtype == "datetime64[ns]" and parsed.iloc[0] == pd.Timestamp("2024-04-01 08:00:00")
+    assert parsed.iloc[1:].isna().all()
+    only_zoned, aware = _parse_iso_naive(pd.Series(["2024-04-01T08:00:00+02"], dtype=object))
+    assert aware.tolist() == [True] and only_zoned.isna().all()
+
+
 def test_a_few_zoned_timestamps_quarantine_only_their_rows_not_the_file(small_settings):
     frame = clean_rows(200)
     frame.loc[[3, 50, 199], schema.TX_DATETIME] += "+01:00"

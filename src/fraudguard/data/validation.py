@@ -97,9 +97,12 @@ _INT64_MIN_DIGITS = str(np.iinfo(np.int64).min)[1:]      # 9223372036854775808
 _FLOAT_EXACT_LIMIT = 2 ** 53
 # An ISO-like date and time followed by a zone designator: Z, +02, +0200, +02:00, or a zone name.
 _ZONED_TIMESTAMP = (
-    r"^\d{4}-?\d{2}-?\d{2}[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?\s*"
-    r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\(?[A-Za-z][A-Za-z_/+-]{0,40}\)?)$"
+    r"^\d{4}-?\d{1,2}-?\d{1,2}[T ]\d{1,2}(?::?\d{1,2}(?::?\d{1,2}(?:[.,]\d+)?)?)?\s*"
+    r"(?:(?:[zZ]|[+-]\d{1,2}(?::?\d{2}){0,2}|\(?[A-Za-z][A-Za-z_/+-]{0,40}\)?)(?:\s*\[[A-Za-z0-9_/+:-]{1,40}\])?"
+    r"|\[[A-Za-z0-9_/+:-]{1,40}\])$"
 )
+# The pattern is a fast path and names unparseable zone forms; a zone it misses is still found after
+# parsing, value by value (_parse_iso_naive).
 # ...except a 12-hour clock's AM/PM, which is a format error (unparseable), not a zone.
 _AM_PM = r"\d\s*[AaPp]\.?[Mm]\.?$"
 _INTEGER_TEXT = r"[+-]?\d+(?:\.0*)?"
@@ -278,9 +281,8 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, list[tuple[str, np.n
     zoned = (text.str.contains(_ZONED_TIMESTAMP, regex=True) & ~text.str.contains(_AM_PM, regex=True)
              ).fillna(False).to_numpy(dtype=bool)
     candidates = text.where(~(nullish | zoned)).astype(object)
-    parsed = pd.to_datetime(candidates, format="ISO8601", errors="coerce")
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # a zone form the pattern missed: never converted
-        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    parsed, aware = _parse_iso_naive(candidates)
+    zoned |= aware
     typed, too_far = _datetimes_to_ns(parsed)
     failed = typed.isna().to_numpy() & ~nullish & ~zoned
     # A well-formed date whose year datetime64[ns] cannot hold (before 1678, after 2261) is out of
@@ -294,6 +296,41 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, list[tuple[str, np.n
     unparseable = failed & ~too_far
     return typed, [(MISSING_VALUE, nullish), (TIMEZONE_OFFSET, zoned),
                    (UNPARSEABLE_TIMESTAMP, unparseable), (TIMESTAMP_OUT_OF_RANGE, too_far)]
+
+
+def _parse_iso_naive(candidates: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """ISO-8601 text as naive datetimes (NaT where it does not parse or carries a zone) and the mask of values
+    that parsed with a zone or offset, in whatever form (`+2`, `Z` after a one-digit month): those are
+    timezone_offset, never converted. Mixed naive and zoned values never raise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # mixed offsets: handled value by value below
+        try:
+            parsed: pd.Series | None = pd.to_datetime(candidates, format="ISO8601", errors="coerce")
+        except (TypeError, ValueError):  # pandas versions that refuse mixed offsets outright
+            parsed = None
+    if parsed is not None and isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        # Every value that parsed carries a zone.
+        return (pd.Series(pd.NaT, index=candidates.index, dtype="datetime64[ns]"),
+                parsed.notna().to_numpy(dtype=bool))
+    if parsed is not None and pd.api.types.is_datetime64_dtype(parsed.dtype):
+        return parsed, np.zeros(len(candidates), dtype=bool)
+    # Naive and zoned values mixed (object dtype): judged one by one.
+    if parsed is None:
+        parsed = candidates.map(_parse_one_iso)
+    values = parsed.to_numpy(dtype=object)
+    aware = np.array([getattr(v, "tzinfo", None) is not None for v in values], dtype=bool)
+    naive = [pd.NaT if zone or v is None else v for v, zone in zip(values, aware)]
+    return pd.Series(pd.to_datetime(pd.Series(naive, index=candidates.index, dtype=object), errors="coerce"),
+                     index=candidates.index), aware
+
+
+def _parse_one_iso(value: object) -> object:
+    if not isinstance(value, str):
+        return pd.NaT
+    try:
+        return pd.to_datetime(value, format="ISO8601")
+    except (TypeError, ValueError, OverflowError):
+        return pd.NaT
 
 
 def parse_ids(values: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
