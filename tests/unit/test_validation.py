@@ -280,6 +280,33 @@ def test_stage_writes_validated_quarantine_and_report(small_settings, tmp_path):
     assert len(read_transactions(paths.quarantine)) == report["rows_quarantined"]
 
 
+def test_stage_keeps_quarantined_rows_of_a_parquet_and_a_csv_whose_types_differ(small_settings, tmp_path):
+    # The Parquet's bad row has an int id and a float amount, the CSV's text: one column of mixed Python
+    # objects that Arrow cannot type. It is written as text, never a crash.
+    frame = simulate_transactions(small_settings.simulate)
+    frame.loc[5, schema.TX_AMOUNT] = -3.0
+    paths = project(tmp_path, frame)
+    extra = clean_rows(3).assign(**{schema.TRANSACTION_ID: ["900001", "900002", "900003"]})
+    extra.loc[0, schema.TX_AMOUNT] = "abc"
+    extra.to_csv(paths.raw_dir / "extra.csv", index=False)
+    result = stage.run(stage.ValidatePaths.of(paths), small_settings.validate_)
+    quarantined = read_transactions(paths.quarantine)
+    assert len(quarantined) == result.report["rows_quarantined"] >= 2
+    assert set(quarantined[schema.TRANSACTION_ID].astype(str)) >= {str(frame.loc[5, schema.TRANSACTION_ID]), "900001"}
+    assert json.loads(paths.validation_report.read_text())["passed"] is True
+
+
+def test_failed_validate_run_leaves_no_earlier_report_looking_current(small_settings, tmp_path):
+    paths = project(tmp_path, simulate_transactions(small_settings.simulate))
+    stage.run(stage.ValidatePaths.of(paths), small_settings.validate_)
+    assert paths.validation_report.is_file() and paths.validated.is_file()
+    (paths.raw_dir / "broken.csv").write_text("TRANSACTION_ID\n1\n")  # lacks required columns
+    with pytest.raises(DataError, match="broken.csv: missing required column"):
+        stage.run(stage.ValidatePaths.of(paths), small_settings.validate_)
+    assert not paths.validation_report.exists()
+    assert not paths.validated.exists() and not paths.quarantine.exists()
+
+
 def test_refused_batch_still_writes_quarantine_and_report(small_settings, tmp_path):
     frame = simulate_transactions(small_settings.simulate)
     frame[schema.TX_AMOUNT] = -frame[schema.TX_AMOUNT] - 1

@@ -119,6 +119,18 @@ def write_transactions(df: pd.DataFrame, path: Path | str) -> None:
             os.unlink(tmp)
 
 
+def write_quarantine(df: pd.DataFrame, path: Path | str) -> None:
+    """Write quarantined rows (as given, plus `reason`) like write_transactions; a column Arrow cannot type
+    (mixed Python objects, e.g. rows of several raw files or a Parquet's ints beside a CSV's text) makes the
+    whole file text, so the rows are always kept for review."""
+    import pyarrow as pa
+
+    try:
+        write_transactions(df, path)
+    except (pa.ArrowException, ValueError, TypeError):
+        write_transactions(df.astype("string"), path)
+
+
 def file_md5(path: Path | str) -> str:
     """Hex md5 of a file's bytes (what DVC records for a file)."""
     digest = hashlib.md5(usedforsecurity=False)

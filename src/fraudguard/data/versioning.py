@@ -35,7 +35,7 @@ from fraudguard.data.history import (
     raw_fraud_rate,
     write_intake_record,
 )
-from fraudguard.data.io import file_md5, read_transactions, write_transactions
+from fraudguard.data.io import file_md5, read_transactions, write_quarantine, write_transactions
 from fraudguard.errors import DataError, DataVersionError
 from fraudguard.files import write_json
 from fraudguard.paths import ProjectPaths
@@ -369,15 +369,10 @@ def _write_import_report(paths: ProjectPaths, result: Any, passed: bool, changed
                          record: dict[str, Any]) -> None:
     """The import's quarantined rows (as given, plus `reason`) and its report, under reports/import/."""
     import pandas as pd
-    import pyarrow as pa
 
     quarantined = pd.concat([result.quarantined, changed], ignore_index=True) if len(changed) \
         else result.quarantined
-    try:
-        write_transactions(quarantined, paths.import_quarantine)
-    except (pa.ArrowException, ValueError, TypeError):
-        # Mixed Python objects in a column Arrow cannot type: kept as their text.
-        write_transactions(quarantined.astype("string"), paths.import_quarantine)
+    write_quarantine(quarantined, paths.import_quarantine)
     report = {**import_report(result.report, changed, record), "passed": passed,
               "quarantine_file": str(paths.import_quarantine)}
     write_json(paths.import_report, report, sort_keys=True)

@@ -12,7 +12,7 @@ import pandas as pd
 from fraudguard.config import Settings, ValidateSettings
 from fraudguard.files import write_json
 from fraudguard.data.history import history_report, read_intake_record
-from fraudguard.data.io import file_md5, read_transactions, write_transactions
+from fraudguard.data.io import file_md5, read_transactions, write_quarantine, write_transactions
 from fraudguard.data.validation import (
     QuarantineShareExceeded,
     ValidationResult,
@@ -60,7 +60,10 @@ def raw_files(raw_dir: Path) -> list[Path]:
 
 def run(paths: ValidatePaths, section: ValidateSettings) -> ValidationResult:
     """Validate every raw file and write the validated, quarantine and report files. The quarantine
-    file and report are written even when the batch is refused (DataError raised afterwards)."""
+    file and report are written even when the batch is refused (DataError raised afterwards); on any
+    other failure none of the three is left from an earlier run to pass for this one's."""
+    for output in (paths.report, paths.validated, paths.quarantine):
+        output.unlink(missing_ok=True)
     files = raw_files(paths.raw_dir)
     frames = [read_transactions(f) for f in files]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -75,13 +78,12 @@ def run(paths: ValidatePaths, section: ValidateSettings) -> ValidationResult:
         refused, result = exc, exc.result
 
     report = _stage_report(result, files, paths, refused, section)
-    write_transactions(result.quarantined, paths.quarantine)
-    write_json(paths.report, report, sort_keys=True)
+    write_quarantine(result.quarantined, paths.quarantine)
+    if refused is None:
+        write_transactions(result.accepted, paths.validated)
+    write_json(paths.report, report, sort_keys=True)  # last: a report is there only beside its outputs
     if refused is not None:
-        # A stale validated file from an earlier run must not pass for this batch's output.
-        paths.validated.unlink(missing_ok=True)
         raise refused
-    write_transactions(result.accepted, paths.validated)
     logger.info("validated %d rows: %d accepted, %d quarantined (report %s)", report["rows_in"],
                 report["rows_accepted"], report["rows_quarantined"], paths.report)
     return result
