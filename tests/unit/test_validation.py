@@ -267,6 +267,27 @@ def project(tmp_path, frame: pd.DataFrame) -> ProjectPaths:
     return paths
 
 
+@pytest.mark.parametrize("last", [",", ",0", ",x"])
+def test_csv_whose_rows_have_more_fields_than_the_header_is_refused_naming_the_line(tmp_path, last):
+    # pandas would take the first column for an unnamed index and shift every value one column left.
+    path = tmp_path / "trailing.csv"
+    rows = clean_rows(3)
+    lines = [",".join(rows.columns)] + [",".join(r) + last for r in rows.itertuples(index=False)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"trailing.csv: line 2 has 8 fields, the header 7: rows with more fields"):
+        read_transactions(path)
+
+
+def test_csv_with_one_longer_row_after_the_first_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "longer.csv"
+    rows = clean_rows(3)
+    lines = [",".join(rows.columns)] + [",".join(r) for r in rows.itertuples(index=False)]
+    lines[3] += ","
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"longer.csv: .*Expected 7 fields in line 4, saw 8"):
+        read_transactions(path)
+
+
 def test_stage_writes_validated_quarantine_and_report(small_settings, tmp_path):
     frame = simulate_transactions(small_settings.simulate)
     frame.loc[5, schema.TX_AMOUNT] = -3.0

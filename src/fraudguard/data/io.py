@@ -192,12 +192,32 @@ def _csv_header(path: Path) -> list[str]:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     # pandas renames a repeated column (TX_AMOUNT.1), so duplicates are checked on the raw header.
-    check_column_names(_csv_header(path), str(path))
+    header = _csv_header(path)
+    check_column_names(header, str(path))
     try:
         # Strings everywhere: a value that does not parse must reach validation, not become NaN here
         # (and ids stay exact: no trip through float64).
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 CSV file (binary content at byte {exc.start})") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise DataError(f"{path}: not a readable CSV file: {clip_text(exc)}") from exc
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas takes the leading columns a header lacks names for as the index: every value would move.
+        raise DataError(_longer_row_message(path, len(header)))
+    return frame
+
+
+def _longer_row_message(path: Path, n_header: int) -> str:
+    """Why a CSV whose data rows have more fields than its header is refused, naming the first such line."""
+    line, fields = 0, 0
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for row in reader:
+            if len(row) > n_header:
+                line, fields = reader.line_num, len(row)
+                break
+    return (f"{path}: line {line} has {fields} fields, the header {n_header}: rows with more fields than the "
+            "header (a trailing comma?) would shift the values into other columns; refused (remove the extra field "
+            "or name it in the header)")
