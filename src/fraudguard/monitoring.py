@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudguard.files import write_json
-from fraudguard.errors import DataError, RegistryError
+from fraudguard.errors import DataError, FraudGuardError, RegistryError
 from fraudguard.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -19,8 +19,55 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from fraudguard.config import Settings, ValidateSettings
+    from fraudguard.signing import Verifier
 
 logger = logging.getLogger(__name__)
+
+# The drift reference (a run artifact) is not among an attestation's signed subjects: said in every output.
+REFERENCE_UNVERIFIED = ("drift reference not verified: the champion's signed attestation has no digest of its "
+                        "training reference sample, so it is read from the tracking store as is")
+
+
+def verified_champion(client: "MlflowClient", name: str, verifier: "Verifier | None" = None) -> tuple[int, str]:
+    """(version, attestation sha256) of the champion as the gateway resolves it (serving.champion.resolve_champion:
+    the signed audit chain's last committed move, not the editable alias); RegistryError when there is none or it
+    does not verify."""
+    from fraudguard.registry import get_champion_version
+    from fraudguard.serving.champion import resolve_champion
+    from fraudguard.signing import load_verifier
+
+    try:
+        alias = get_champion_version(client, name)
+    except RegistryError as exc:  # no registered model at all yet
+        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet ({exc})") from exc
+    if alias is None:
+        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
+    try:
+        return resolve_champion(client, name, verifier or load_verifier())
+    except FraudGuardError as exc:
+        raise RegistryError(f"model {name!r}: champion v{alias} does not verify, not monitored: {exc}") from exc
+
+
+def _load_verified_bundle(client: "MlflowClient", name: str, version: int, settings: "Settings",
+                          verifier: "Verifier", work_dir: Path):
+    """The bundle of `version` loaded as the gateway loads it (serving.champion.load_verified: its files checked
+    against the signed attestation its newest committed move recorded); None when no committed move of it
+    records one."""
+    import shutil
+
+    from fraudguard.data.schema import TX_AMOUNT
+    from fraudguard.features import feature_names
+    from fraudguard.registry import read_state
+    from fraudguard.serving.champion import load_verified
+
+    digests = {change.version: change.attestation for change in read_state(client, name, verifier).history
+               if change.attestation}
+    if version not in digests:
+        return None
+    served = load_verified(client, name, version, digests[version], verifier, work_dir,
+                           set(feature_names(settings.featurize)) | {TX_AMOUNT})
+    shutil.rmtree(served.model_dir, ignore_errors=True)
+    return served.bundle
 
 
 @dataclass(frozen=True)
@@ -36,6 +83,7 @@ class DriftCheck:
     n_current: int
     report_path: Path
     run_id: str
+    reference_verified: bool = False  # no signed digest covers the drift reference yet (REFERENCE_UNVERIFIED)
 
     @property
     def drifted(self) -> bool:
@@ -43,7 +91,7 @@ class DriftCheck:
 
 
 def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings",
-                         report_dir: Path | None = None) -> DriftCheck:
+                         report_dir: Path | None = None, verifier: "Verifier | None" = None) -> DriftCheck:
     """Compare the newest `monitor.window_days` of all featurized traffic after training (unfiltered) with the
     champion's training reference (found through its MLflow lineage); log the report and numbers to an MLflow run."""
     import mlflow
@@ -51,16 +99,10 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
 
     from fraudguard.features import newest_window
     from fraudguard.gates.drift import compare_features
-    from fraudguard.registry import get_champion_version
     from fraudguard.tracking import ensure_experiment, load_reference_features
 
     name = settings.registry.model_name
-    try:
-        champion = get_champion_version(client, name)
-    except RegistryError as exc:  # no registered model at all yet
-        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet ({exc})") from exc
-    if champion is None:
-        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
+    champion, _ = verified_champion(client, name, verifier)
     paths = ProjectPaths.at(root)
     # All traffic after training, unfiltered (featurize's recent.parquet): the evaluation test set lacks
     # known-compromised cards, and the training split's first days hold the feature warm-up.
@@ -68,6 +110,7 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
         raise DataError(f"{paths.recent_features}: recent traffic not found; run `dvc repro featurize` first")
     current = newest_window(pd.read_parquet(paths.recent_features), settings.monitor.window_days)
     reference = load_reference_features(client, name, champion)
+    logger.warning("champion v%s: %s", champion, REFERENCE_UNVERIFIED)
     report_dir = report_dir or paths.reports_dir / "monitor"
     threshold = settings.monitor.drift_share_threshold
     comparison = compare_features(reference, current, list(settings.model.features), threshold,
@@ -76,7 +119,9 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
 
     experiment_id = ensure_experiment(client, settings.monitor.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift-v{champion}") as run:
-        mlflow.set_tags({"fraudguard.kind": "drift-monitor", "fraudguard.champion_version": str(champion)})
+        mlflow.set_tags({"fraudguard.kind": "drift-monitor", "fraudguard.champion_version": str(champion),
+                         "fraudguard.champion_verified": "true", "fraudguard.reference_verified": "false",
+                         "fraudguard.reference_note": REFERENCE_UNVERIFIED})
         mlflow.log_metrics({"drift_share": comparison.drift_share,
                             "drifted_columns": float(len(comparison.drifted_columns)),
                             "drifted_controlled": float(len(controlled))})
@@ -113,6 +158,9 @@ class LiveCheck:
     terminal_dilution: tuple[dict, ...] = ()
     # Prediction-log lines that were not a readable decision (torn or edited): skipped, counted, logged.
     log_lines_skipped: int = 0
+    # The champion is resolved and its weights loaded as the gateway does (signed attestation); the drift reference
+    # is not covered by any signed digest yet (REFERENCE_UNVERIFIED), so this is False.
+    reference_verified: bool = False
 
     @property
     def drifted(self) -> bool:
@@ -125,19 +173,26 @@ class LiveCheck:
 
 
 def explain_flagged_traffic(client: "MlflowClient", current: "pd.DataFrame", settings: "Settings",
-                            work_dir: Path) -> tuple[int | None, "ControlledAttribution | None"]:
+                            work_dir: Path, verifier: "Verifier | None" = None
+                            ) -> tuple[int | None, "ControlledAttribution | None"]:
     """Attacker-controlled share of the attributions of the window's flagged decisions against the flagged rows
-    of the training reference, with the version that made most of the flagged decisions (its weights checked
-    against their sha256 tag). (None, None) when nothing was flagged."""
+    of the training reference, with the version that made most of the flagged decisions, loaded as the gateway
+    loads it (files checked against its signed attestation). (None, None) when nothing was flagged, or when that
+    version has no committed move with an attestation (a warning says so)."""
     from fraudguard.explanations import compare_controlled_attribution
-    from fraudguard.tracking import load_bundle_for_version, load_reference_features
+    from fraudguard.signing import load_verifier
+    from fraudguard.tracking import load_reference_features
 
     flagged = current[current["decision"].astype(bool)]
     if flagged.empty:
         return None, None
     version = int(flagged["model_version"].astype(int).value_counts().idxmax())
     name, monitor = settings.registry.model_name, settings.monitor
-    bundle = load_bundle_for_version(client, name, version, work_dir / f"v{version}")
+    bundle = _load_verified_bundle(client, name, version, settings, verifier or load_verifier(), work_dir)
+    if bundle is None:
+        logger.warning("model %r version %s made most flagged live decisions but no committed move of it records "
+                       "a signed attestation: its attributions are not computed", name, version)
+        return None, None
     comparison = compare_controlled_attribution(
         bundle, load_reference_features(client, name, version),
         flagged[flagged["model_version"].astype(int) == version], settings.threat_model.controlled_features,
@@ -234,7 +289,8 @@ def terminal_bursts(decisions: "pd.DataFrame", max_per_hour: int) -> list[dict]:
 
 
 def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settings",
-                       report_dir: Path, history: "pd.DataFrame | None" = None) -> LiveCheck:
+                       report_dir: Path, history: "pd.DataFrame | None" = None,
+                       verifier: "Verifier | None" = None) -> LiveCheck:
     """Read the prediction log's newest `monitor.window_days` (by transaction time); compare its features with
     the champion's training reference, compute the flag rate, the terminal bursts (absolute, per hour) and
     the customers' and terminals' bursts against their own history (`history`: earlier transactions, e.g.
@@ -244,14 +300,13 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
 
     from fraudguard.features import newest_window
     from fraudguard.gates.drift import compare_features
-    from fraudguard.registry import get_champion_version
     from fraudguard.serving.predictions import load_prediction_log
+    from fraudguard.signing import load_verifier
     from fraudguard.tracking import ensure_experiment, load_reference_features
 
     name = settings.registry.model_name
-    champion = get_champion_version(client, name)
-    if champion is None:
-        raise RegistryError(f"model {name!r} has no champion: nothing to monitor yet")
+    verifier = verifier or load_verifier()
+    champion, _ = verified_champion(client, name, verifier)
     if not Path(log_path).is_file():
         raise DataError(f"{log_path}: no prediction log (start `fraudguard serve` first)")
     read = load_prediction_log(log_path)  # torn or malformed lines are skipped and counted, never fatal
@@ -261,6 +316,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
                         + (f" ({read.describe_skipped(Path(log_path))})" if read.skipped else ""))
     current = newest_window(decisions, settings.monitor.window_days)
     reference = load_reference_features(client, name, champion)
+    logger.warning("champion v%s: %s", champion, REFERENCE_UNVERIFIED)
     threshold = settings.monitor.drift_share_threshold
     comparison = compare_features(reference, current, list(settings.model.features), threshold,
                                   report_dir / f"live_drift_champion_v{champion}.html", "live traffic")
@@ -272,7 +328,8 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     bursts_file = report_dir / "live_bursts.json"
     write_json(bursts_file, {"terminal_hours": bursts[:1000], "beyond_own_history": relative[:1000],
                              "terminal_dilution": dilution[:1000]}, indent=1)
-    explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models")
+    explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models",
+                                                             verifier)
     metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
                "live_drifted_controlled": float(len(controlled)), "live_relative_bursts": float(len(relative)),
@@ -284,6 +341,8 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     experiment_id = ensure_experiment(client, settings.monitor.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"live-v{champion}") as run:
         mlflow.set_tags({"fraudguard.kind": "live-monitor", "fraudguard.champion_version": str(champion),
+                         "fraudguard.champion_verified": "true", "fraudguard.reference_verified": "false",
+                         "fraudguard.reference_note": REFERENCE_UNVERIFIED,
                          **({"fraudguard.explained_version": str(explained_version),
                              "fraudguard.attribution_reference_rows": attribution.reference_rows}
                             if attribution is not None else {})})

@@ -678,6 +678,18 @@ def test_a_hand_moved_champion_alias_is_refused_and_the_previous_keeps_serving(s
     assert _wait_for_health(served, lambda h: h["last_switch_error"] is None)["status"] == "ok"
 
 
+
+def test_the_monitor_refuses_a_hand_moved_champion_alias_as_the_gateway_does(served, tmp_path, monkeypatch):
+    from fraudguard.errors import RegistryError
+
+    v1, v2, _ = served.versions
+    served.client.set_registered_model_alias(NAME, "champion", str(v2))  # no journal entry, no attestation
+    try:
+        with pytest.raises(RegistryError, match=f"champion v{v2} does not verify.*moved outside fraudguard"):
+            _check_live(served, tmp_path, monkeypatch)
+    finally:
+        served.client.set_registered_model_alias(NAME, "champion", str(v1))
+
 # ------------------------------------------------------------------------------------------------ tamper
 
 def test_a_tampered_champion_is_refused_and_the_previous_keeps_serving(served):
@@ -750,4 +762,7 @@ def test_monitor_reports_drift_and_a_burst_on_a_drifted_replay(served, tmp_path,
     run = served.client.get_run(check.run_id)
     assert run.data.metrics["live_decisions"] == check.n_decisions and run.data.metrics["live_drift_share"] > 0.5
     assert run.data.metrics["live_log_lines_skipped"] == 1
+    # the champion verified as the gateway verifies it; the drift reference has no signed digest: said so
+    assert run.data.tags["fraudguard.champion_verified"] == "true" and not check.reference_verified
+    assert run.data.tags["fraudguard.reference_verified"] == "false"
     _assert_attribution_logged(served, check)
