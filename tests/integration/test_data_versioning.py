@@ -456,6 +456,20 @@ def test_replacing_most_transactions_by_new_ones_needs_force(origin, tmp_path):
         import_data(upload, origin, load_settings(origin.params).validate_)
 
 
+def test_history_is_unchecked_when_data_raw_holds_a_file_besides_the_imported_one(origin, tmp_path):
+    from fraudguard.stages import validate as stage
+
+    before = import_version_with_frauds(origin, tmp_path)
+    attacked, _ = flip_frauds(before)
+    # Written beside the import's file, not through `data import`: its flipped rows were never diffed.
+    write_transactions(as_new_transactions(attacked), origin.raw_dir / "side.parquet")
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    report = json.loads(origin.validation_report.read_text())
+    assert report["history"]["checked"] is False
+    assert "side.parquet" in report["history"]["reason"] and "besides the imported one" in report["history"]["reason"]
+    assert report["fraud_rate_change"]["checked"] is False
+
+
 def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowledged(origin, tmp_path):
     from fraudguard.stages import validate as stage
 

@@ -210,16 +210,23 @@ def fraud_rate_change(previous: float, current: float, max_factor: float) -> dic
             "max_factor": max_factor, "exceeded": bool(factor > max_factor)}
 
 
-def history_report(record: dict[str, Any] | None, input_md5s: set[str], fraud_rate: float,
+def history_report(record: dict[str, Any] | None, inputs: dict[str, str], fraud_rate: float,
                    max_factor: float) -> dict[str, Any]:
     """The report's `history` (what the import that brought this data did to the previous version: label
     changes applied, changed rows kept out) and `fraud_rate_change` (against the previous version's fraud
-    rate, `exceeded` beyond max_factor). Unchecked, and saying why, when the data did not come through
-    `fraudguard data import` or was changed after it."""
+    rate, `exceeded` beyond max_factor), from the intake record and the validated files (`inputs`: name ->
+    md5). Unchecked, and saying why, when the data did not come through `fraudguard data import`, was changed
+    after it, or data/raw holds any file besides the imported one (its rows were never diffed)."""
+    recorded = record.get("transactions_md5") if record is not None else None
+    others = sorted(name for name, md5 in inputs.items() if md5 != recorded)
     if record is None:
         why = "no intake record: data/raw was not written by `fraudguard data import`"
-    elif record.get("transactions_md5") not in input_md5s:
+    elif recorded not in inputs.values():
         why = "stale intake record: data/raw changed after its import"
+    elif others or len(inputs) != 1:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        why = (f"data/raw holds file(s) besides the imported one ({shown or 'a second copy of it'}), "
+               "not diffed by `fraudguard data import`")
     else:
         history = {"checked": True, "previous_md5": record.get("previous_md5"),
                    "previous_rows": record.get("previous_rows"), **(record.get("history") or {})}

@@ -94,7 +94,7 @@ def _stage_report(result: ValidationResult, files: list[Path], paths: ValidatePa
     inputs = {str(f.relative_to(paths.root)): file_md5(f) for f in files}
     return {
         **result.report,
-        **history_report(read_intake_record(paths.raw_dir), set(inputs.values()), result.report["fraud_rate"],
+        **history_report(read_intake_record(paths.raw_dir), inputs, result.report["fraud_rate"],
                          section.max_fraud_rate_change_factor),
         "passed": refused is None,
         "inputs": inputs,
