@@ -36,7 +36,11 @@ def time_gates(client, root: Path, settings, version: int, label: str) -> dict[s
 
     report_dir = root / "reports" / "gates" / f"bench-v{version}"
     report_dir.mkdir(parents=True, exist_ok=True)
-    (candidate, context), context_s = timed(build_gate_context, client, root, settings, version, report_dir)
+    from fraudguard.registry import get_champion_version
+
+    champion = get_champion_version(client, settings.registry.model_name)
+    (candidate, context, _digests), context_s = timed(build_gate_context, client, root, settings, version,
+                                                      report_dir, champion)
     gates = discover_gates(settings.gates)
     _, warm_s = timed(warm_imports, gates, STANDARD_HEAVY_IMPORTS)
     print(f"\n[{label}] version {version}; champion in context: "

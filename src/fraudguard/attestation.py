@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from fraudguard.errors import ModelError, SignatureError
 from fraudguard.files import sha256_file
-from fraudguard.names import CHAMPION_ALIAS
 from fraudguard.signing import (
     Signer,
     Verifier,
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from fraudguard.gates.base import GateResult
+    from fraudguard.model import ModelBundle
     from fraudguard.policy import GatePolicy
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class Attestation:
     @property
     def subjects(self) -> dict[str, str]:
         return subject_digests(self.statement)
+
+
+# The lineage keys an attestation carries: claimed by the version's tags, checked against the gated checkout.
+LINEAGE_SIGNED_KEYS = ("git_commit", "data_md5", "params_sha256", "dvc_lock_sha256")
 
 
 def attestation_tag(digest: str) -> str:
@@ -141,16 +145,26 @@ def _compact_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def promotion_statement(
     mv: "ModelVersion", digests: Mapping[str, str], results: Sequence["GateResult"], policy: "GatePolicy",
-    *, actor: str, approver: str, champion_before: int | None,
+    *, actor: str, approver: str, champion_before: int | None, gated_workspace: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The in-toto statement that `mv` passed every gate in `results` under `policy`."""
+    """The in-toto statement that `mv` passed every gate in `results` under `policy`.
+
+    `lineage` is what the version's tags claim (anyone with write access to the store can edit them), so the
+    signer also records what it saw itself: `gated_workspace`, the lineage of the checkout the gates read
+    (commit, data, params, dvc.lock), and `lineage_check`, per key whether the claim equals it.
+    """
     tags = mv.tags or {}
+    claimed = {key: tags.get(f"lineage.{key}", "unknown") for key in LINEAGE_SIGNED_KEYS}
+    observed = dict(gated_workspace or {})
     predicate = {
         "model_name": mv.name,
         "version": int(mv.version),
         "run_id": mv.run_id,
-        "lineage": {key: tags.get(f"lineage.{key}", "unknown")
-                    for key in ("git_commit", "data_md5", "params_sha256", "dvc_lock_sha256")},
+        "lineage": claimed,
+        "gated_workspace": observed,
+        "lineage_check": {key: ("unknown" if observed.get(key, "unknown") == "unknown"
+                                else "matches" if observed[key] == claimed[key] else "differs")
+                          for key in LINEAGE_SIGNED_KEYS},
         "policy": {"source": policy.source, "sha256": policy.sha256},
         "gates": {r.name: {"passed": bool(r.passed),
                            "thresholds": _compact_metrics(r.thresholds),
@@ -192,18 +206,6 @@ def load_attestation(mv: "ModelVersion", digest: str, verifier: Verifier) -> Att
     return attestation
 
 
-def version_attestations(mv: "ModelVersion", verifier: Verifier) -> list[Attestation]:
-    """Every attestation on the version that verifies (newest last by statement time)."""
-    found = []
-    for key, envelope in (mv.tags or {}).items():
-        if key.startswith(ATTESTATION_TAG_PREFIX):
-            try:
-                found.append(load_attestation(mv, sha256_text(envelope), verifier))
-            except SignatureError as exc:
-                logger.warning("%s", exc)
-    return sorted(found, key=lambda a: str(a.predicate.get("time", "")))
-
-
 def check_digests(attestation: Attestation, actual: Mapping[str, str], where: str) -> None:
     """ModelError naming each served file whose digest differs from the attested one."""
     expected = attestation.subjects
@@ -214,13 +216,44 @@ def check_digests(attestation: Attestation, actual: Mapping[str, str], where: st
                          f"of version {attestation.version}; refusing to serve altered files")
 
 
+def served_copy_digests(client: "MlflowClient", model_name: str, version: int) -> dict[str, str]:
+    """The subject digests of what `models:/<name>/<version>` serves now (downloaded to a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="fraudguard-served-") as tmp:
+        return served_digests(download_served_model(client, model_name, int(version), Path(tmp)))
+
+
 def check_served_copy(client: "MlflowClient", mv: "ModelVersion", attestation: Attestation) -> dict[str, str]:
     """Download what `models:/<name>/<version>` serves and check every file against the attestation."""
-    with tempfile.TemporaryDirectory(prefix="fraudguard-served-") as tmp:
-        model_dir = download_served_model(client, mv.name, int(mv.version), Path(tmp))
-        actual = served_digests(model_dir)
+    actual = served_copy_digests(client, mv.name, int(mv.version))
     check_digests(attestation, actual, f"model {mv.name!r} version {mv.version}")
     return actual
+
+
+def load_served_bundle(client: "MlflowClient", model_name: str, version: int, dst: Path,
+                       expected_weights_sha256: str | None = None) -> tuple["ModelBundle", dict[str, str]]:
+    """The bundle `models:/<name>/<version>` serves, loaded from a copy in dst, with that copy's subject digests.
+
+    What the gates test must be what gets signed: the promotion gates this bundle and signs these digests, so
+    no other copy of the model (the run's bundle/ folder, a file swapped in the store meanwhile) can stand in
+    for it. `expected_weights_sha256` (the version's artifact tag) is a consistency check only.
+    """
+    from fraudguard.model import load_bundle
+
+    model_dir = download_served_model(client, model_name, int(version), Path(dst))
+    digests = served_digests(model_dir)
+    where = f"model {model_name!r} version {version}"
+    if expected_weights_sha256 and digests[WEIGHTS_SUBJECT] != expected_weights_sha256:
+        raise ModelError(f"{where}: the served model.pt differs from the version's weights sha256 tag "
+                         "(artifact altered)")
+    preprocess = model_dir / "artifacts" / "preprocess.json"
+    try:
+        bundle = load_bundle(model_dir / "artifacts" / "model.pt", preprocess,
+                             expected_sha256=digests[WEIGHTS_SUBJECT])
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from exc
+    if sha256_file(preprocess) != digests[PREPROCESS_SUBJECT]:
+        raise ModelError(f"{where}: preprocess.json changed while it was loaded")
+    return bundle, digests
 
 
 def check_policy_coverage(attestation: Attestation, required_gates: Sequence[str], where: str) -> None:
@@ -232,16 +265,21 @@ def check_policy_coverage(attestation: Attestation, required_gates: Sequence[str
 
 
 def verify_loaded_model(model_dir: Path, verifier: Verifier | None = None) -> int | None:
-    """Check the model directory the pyfunc is loading against its version's signed attestation.
+    """Check the model directory the pyfunc is loading against the attestation the audit log commits.
 
     The version comes from the `registered_model_meta` file MLflow's client writes when it downloads a
-    `models:/` URI. A version with an attestation must match one of them file for file (ModelError
-    otherwise); the current champion must have one. Returns the verified version, or None for a model
-    loaded outside the registry or a never-promoted candidate (logged).
+    `models:/` URI. The registry state is read with the audit chain checked (registry.read_state). The champion
+    must be the committed one (no half-done move, no alias moved by hand, not blocked since); any other version
+    must not be blocked. A version the log committed a promotion of must match that attestation file for file
+    (ModelError otherwise). Returns the verified version, or None for a model loaded outside the registry or a
+    version the log never judged (a candidate; logged). An attestation tag alone, without a committed move that
+    names it, verifies nothing.
     """
     import yaml
     from mlflow import MlflowClient
 
+    from fraudguard.errors import FraudGuardError
+    from fraudguard.registry import committed_attestation_for, read_state
     from fraudguard.signing import load_verifier
 
     meta_file = Path(model_dir) / "registered_model_meta"
@@ -254,24 +292,20 @@ def verify_loaded_model(model_dir: Path, verifier: Verifier | None = None) -> in
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{meta_file}: unreadable registered_model_meta ({exc})") from exc
     client = resilient(MlflowClient())
-    mv = client.get_model_version(name, str(version))
     where = f"model {name!r} version {version} loaded from {model_dir}"
-    claimed = [key for key in (mv.tags or {}) if key.startswith(ATTESTATION_TAG_PREFIX)]
-    aliases = {alias: int(v) for alias, v in (client.get_registered_model(name).aliases or {}).items()}
-    if not claimed and aliases.get(CHAMPION_ALIAS) != version:
-        logger.warning("%s: never promoted, no attestation to check", where)
-        return None
     verifier = verifier or load_verifier()
-    attestations = version_attestations(mv, verifier)
-    if not attestations:
-        raise ModelError(f"{where}: no valid signed attestation (it is the champion or claims one); refusing to load")
-    actual = served_digests(Path(model_dir))
-    problems = []
-    for attestation in reversed(attestations):
-        try:
-            check_digests(attestation, actual, where)
-            logger.info("%s: files match signed attestation %s", where, attestation.digest[:16])
-            return version
-        except ModelError as exc:
-            problems.append(str(exc))
-    raise ModelError(problems[0])
+    try:
+        digest = committed_attestation_for(read_state(client, name, verifier), version)
+    except FraudGuardError as exc:  # a broken or trimmed audit chain, a hand-moved alias, a block
+        raise ModelError(f"{where}: refusing to load: {exc}") from exc
+    if digest is None:
+        logger.warning("%s: never promoted (no committed move names it), no attestation to check", where)
+        return None
+    mv = client.get_model_version(name, str(version))
+    try:
+        attestation = load_attestation(mv, digest, verifier)
+    except SignatureError as exc:
+        raise ModelError(f"{where}: no valid signed attestation ({exc}); refusing to load") from exc
+    check_digests(attestation, served_digests(Path(model_dir)), where)
+    logger.info("%s: files match signed attestation %s", where, digest[:16])
+    return version

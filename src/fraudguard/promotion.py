@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import sys
 import time
 import traceback
@@ -26,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 from fraudguard.attestation import (
     check_policy_coverage,
     check_served_copy,
-    download_served_model,
     load_attestation,
+    load_served_bundle,
     promotion_statement,
-    served_digests,
+    served_copy_digests,
     sign_and_store,
 )
 from fraudguard.audit import AuditEntry, current_actor
-from fraudguard.errors import DataError, FraudGuardError, PolicyError, RegistryError
+from fraudguard.errors import DataError, FraudGuardError, ModelError, PolicyError, RegistryError
 from fraudguard.faults import crash_point
 from fraudguard.files import write_json
 from fraudguard.gates.base import GateContext, GateFn, GateResult, ModelUnderTest
@@ -90,6 +91,9 @@ class GateRun:
     report_dir: Path
     promote: bool
     recovery: tuple[RecoveryOutcome, ...] = ()
+    # The subject digests of the files the gates tested (the served copy the candidate was loaded from):
+    # what a pass attestation signs. None for a dry run given a ready-made candidate.
+    candidate_digests: Mapping[str, str] | None = None
 
     @property
     def gate_names(self) -> list[str]:
@@ -220,23 +224,28 @@ def _read_features(path: Path) -> "pd.DataFrame":
 def build_gate_context(
     client: "MlflowClient", root: Path, settings: "Settings", version: int, report_dir: Path,
     champion_version: int | None,
-) -> tuple[ModelUnderTest, GateContext]:
-    """The candidate (bundle loaded and sha256-checked) and the GateContext for one promotion.
+) -> tuple[ModelUnderTest, GateContext, dict[str, str]]:
+    """The candidate, the GateContext for one promotion, and the digests of the files the candidate is.
+
+    The candidate is loaded from the files `models:/<name>/<version>` serves (attestation.load_served_bundle),
+    the copy a pass attestation signs; the run's bundle/ folder is another copy and is not what is gated.
 
     The champion, when there is one other than the candidate, comes with its bundle and the features it
     was trained on; a champion that cannot be loaded stops the promotion (RegistryError), never skips it.
     """
     from fraudguard.features import newest_window
-    from fraudguard.tracking import load_bundle_for_version, load_reference_features
+    from fraudguard.tracking import WEIGHTS_SHA_TAG, load_bundle_for_version, load_reference_features
 
     name = settings.registry.model_name
     paths = ProjectPaths.at(root)
     mv = get_version(client, name, version)
     work = report_dir / "_downloads"
-    candidate = ModelUnderTest(
-        bundle=load_bundle_for_version(client, name, version, work / f"v{version}"),
-        version=version, run_id=mv.run_id,
-    )
+    served = work / f"v{version}-served"
+    if served.exists():
+        shutil.rmtree(served)  # a copy left by an earlier attempt is not what the store serves now
+    bundle, digests = load_served_bundle(client, name, version, served,
+                                         expected_weights_sha256=(mv.tags or {}).get(WEIGHTS_SHA_TAG))
+    candidate = ModelUnderTest(bundle=bundle, version=version, run_id=mv.run_id)
     train = _read_features(paths.train_features)
     test = _read_features(paths.test_features)
     champion = None
@@ -266,7 +275,7 @@ def build_gate_context(
         newest_window=newest_window(recent, settings.gates.drift.window_days),  # features' one definition
         source_root=Path(root).resolve(), report_dir=report_dir, champion=champion,
     )
-    return candidate, context
+    return candidate, context, digests
 
 
 # ------------------------------------------------------------------------------------ the records
@@ -390,17 +399,22 @@ def prepare(
     report_dir = context.report_dir if context is not None else \
         ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
     report_dir.mkdir(parents=True, exist_ok=True)
+    candidate_digests: dict[str, str] | None = None
     if candidate is None or context is None:
-        built_candidate, built_context = build_gate_context(client, workspace or root, settings, version,
-                                                            report_dir, champion_before)
-        candidate = candidate or built_candidate
+        built_candidate, built_context, built_digests = build_gate_context(
+            client, workspace or root, settings, version, report_dir, champion_before)
+        if candidate is None:
+            candidate, candidate_digests = built_candidate, built_digests
         context = context or built_context
+    if candidate_digests is None and promote:
+        # A ready-made candidate (tests, custom pipelines): sign what the store served when the gates started.
+        candidate_digests = served_copy_digests(client, name, version)
     discovered = gates is None
     gates = discover_gates(settings.gates) if gates is None else dict(gates)
     warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
     return GateRun(model_name=name, version=version, champion_before=champion_before, candidate=candidate,
                    context=context, policy=policy, gates=gates, report_dir=report_dir, promote=promote,
-                   recovery=recovery)
+                   recovery=recovery, candidate_digests=candidate_digests)
 
 
 def run_gate(run: GateRun, name: str) -> tuple[GateResult, float]:
@@ -464,6 +478,8 @@ def decide(
     name, version = run.model_name, run.version
     actor = actor or current_actor()
     results = _complete_results(run, results)
+    if run.promote and all(r.passed for r in results):
+        _check_files_unchanged_since_gated(client, run)
     durations = dict(durations or {})
     mv = get_version(client, name, version)
     summary = _write_summary(run.report_dir, version, results, durations, run.policy)
@@ -500,12 +516,12 @@ def decide(
                           "second person's approval: run the train-and-promote deployment, which waits for "
                           f"`fraudguard approve {version} --as NAME`")
     signer, verifier = _keys(signer, verifier)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="fraudguard-attest-") as tmp:
-        digests = served_digests(download_served_model(client, name, version, Path(tmp)))
+    # Signed: the digests of the files the gates tested, never a fresh download (swapped files would be
+    # signed as if they had passed). Files swapped after this point no longer match, and nothing serves them.
+    digests = dict(run.candidate_digests or {})
     statement = promotion_statement(get_version(client, name, version), digests, results, run.policy,
-                                    actor=actor, approver=approver, champion_before=run.champion_before)
+                                    actor=actor, approver=approver, champion_before=run.champion_before,
+                                    gated_workspace=gated_workspace_lineage(run.context))
     attestation = sign_and_store(client, mv, statement, signer)
     crash_point("attestation")
     move = move_champion(client, name, version, action="promote", expected_current=run.champion_before,
@@ -513,6 +529,40 @@ def decide(
                          reasons=("all gates passed",), gates=verdicts, approver=approver)
     return PromotionOutcome(promoted=True, dry_run=False, blocked=False, champion_after=version, audit=move.audit,
                             attestation=attestation, approver=approver, **base)
+
+
+def gated_workspace_lineage(context: GateContext) -> dict[str, str]:
+    """The lineage of the checkout the gates read, seen by the signer itself (not from editable tags)."""
+    from fraudguard.files import sha256_file
+    from fraudguard.lineage import data_md5, git_state, params_sha256
+
+    paths = ProjectPaths.at(context.source_root)
+    commit, _dirty = git_state(paths.root)
+    try:
+        data = data_md5(paths.raw_dvc_file)
+    except FraudGuardError as exc:  # no data.dvc in a custom pipeline's workspace: say so, never guess
+        logger.warning("gated workspace lineage: %s", exc)
+        data = "unknown"
+    return {
+        "git_commit": commit,
+        "data_md5": data,
+        "params_sha256": params_sha256(context.settings),
+        "dvc_lock_sha256": sha256_file(paths.dvc_lock) if paths.dvc_lock.is_file() else "unknown",
+    }
+
+
+def _check_files_unchanged_since_gated(client: "MlflowClient", run: GateRun) -> None:
+    """ModelError, before anything is recorded, when what the store serves differs from what was gated."""
+    gated = run.candidate_digests
+    if not gated:
+        raise RegistryError(f"version {run.version}: the digests of the gated files are unknown (a dry-run "
+                            "preparation cannot promote); nothing promoted")
+    now = served_copy_digests(client, run.model_name, run.version)
+    changed = sorted(subject for subject in set(gated) | set(now) if gated.get(subject) != now.get(subject))
+    if changed:
+        raise ModelError(f"model {run.model_name!r} version {run.version}: the files models:/{run.model_name}/"
+                         f"{run.version} serves changed after the gates tested them ({', '.join(changed)}); "
+                         "nothing recorded, champion untouched: re-run the promotion to gate what is there now")
 
 
 def promote_version(

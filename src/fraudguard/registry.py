@@ -468,10 +468,27 @@ def read_state(client: "MlflowClient", model_name: str, verifier: Verifier) -> R
     tags, aliases = get_registered_tags_and_aliases(client, model_name)
     check_audit_tags(tags, verifier).raise_if_broken()
     state = RegistryState(model_name, tags, aliases, audit_entries_from_tags(tags))
-    problem = anchor_problem(state.entries, read_anchor(anchor_path(client, model_name)))
+    path = anchor_path(client, model_name)
+    anchor = read_anchor(path)
+    problem = anchor_problem(state.entries, anchor)
     if problem:
         raise AuditError(f"audit log of {model_name!r}: {problem}")
+    pin_seen_head(path, state.entries, anchor)
     return state
+
+
+def pin_seen_head(path: Path, entries: list[AuditEntry], anchor: tuple[int, str] | None) -> None:
+    """Pin the newest entry of a chain that was just checked against `anchor`, when it extends it.
+
+    Every host pins the newest entry it has seen, not only the hosts that write: a serving or reviewing host
+    then refuses a log trimmed back past what it once read (a rollback undone by deleting its entries).
+    """
+    if not entries or (anchor is not None and entries[-1].seq <= anchor[0]):
+        return
+    try:
+        write_anchor(path, entries[-1])
+    except OSError as exc:
+        logger.warning("audit anchor %s not updated (%s): this host cannot detect a later trim", path, exc)
 
 
 def append_entry(client: "MlflowClient", state: RegistryState, event: AuditEvent, signer: Signer) -> AuditEntry:
@@ -683,6 +700,50 @@ def record_block(client: "MlflowClient", model_name: str, version: int, *, champ
             gates=gates, actor=actor), signer)
         write_anchor(anchor_path(client, model_name), entry)
         return entry
+
+
+def committed_champion_attestation(state: RegistryState) -> tuple[int, str]:
+    """(version, attestation sha256) of the committed champion; RegistryError when it cannot be trusted.
+
+    The alias must equal the last committed move's target (no half-done move, not moved by hand), the
+    version's newest verdict must not be a block, and the move must name an attestation.
+    """
+    name = state.model_name
+    intent = state.pending_intent
+    if intent is not None:
+        raise RegistryError(f"model {name!r}: a {intent.action} {intent.from_version} -> {intent.to_version} "
+                            "is half-done; serving stays on the current model until it is committed")
+    history = state.history
+    if not history:
+        raise RegistryError(f"model {name!r} has no committed champion yet")
+    committed = history[-1]
+    if state.champion != committed.version:
+        raise RegistryError(f"model {name!r}: alias champion points at {state.champion} but the last "
+                            f"committed move ends at {committed.version} (moved outside fraudguard)")
+    verdict = newest_verdict(state.entries, committed.version)
+    if verdict is not None and verdict.action == "block":
+        raise RegistryError(f"model {name!r} version {committed.version} was blocked after its promotion")
+    digest = committed.attestation or (verdict.attestation if verdict is not None else "")
+    if not digest:
+        raise RegistryError(f"model {name!r} version {committed.version}: its move records no attestation")
+    return committed.version, digest
+
+
+def committed_attestation_for(state: RegistryState, version: int) -> str | None:
+    """The attestation sha256 the audit log commits for `version`: the champion's (checked as
+    committed_champion_attestation), or for another version its newest committed promotion's.
+    None when the log never judged it (a candidate); RegistryError when its newest verdict is a block.
+    An attestation tag that no committed move names (a promotion killed or beaten before its commit) counts
+    for nothing."""
+    if version in (state.champion, state.committed_champion):
+        return committed_champion_attestation(state)[1]
+    verdict = newest_verdict(state.entries, version)
+    if verdict is None:
+        return None
+    if verdict.action == "block":
+        raise RegistryError(f"model {state.model_name!r} version {version} was blocked: "
+                            f"{'; '.join(verdict.reasons) or 'see the audit log'}")
+    return verdict.attestation or None
 
 
 def newest_verdict(entries: list[AuditEntry], version: int) -> AuditEntry | None:

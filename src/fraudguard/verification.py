@@ -20,6 +20,7 @@ from fraudguard.registry import (
     ChampionChange,
     anchor_path,
     anchor_problem,
+    pin_seen_head,
     get_registered_tags_and_aliases,
     get_version,
     history_from_entries,
@@ -95,6 +96,8 @@ def verify_registry(client: "MlflowClient", model_name: str, verifier: Verifier,
     trimmed = anchor_problem(entries, anchor)
     if trimmed:
         problems.append(trimmed)
+    else:
+        pin_seen_head(anchor_file, entries, anchor)
     structure, committed, open_intent = _structure_problems(entries)
     problems += structure
     if open_intent is not None:

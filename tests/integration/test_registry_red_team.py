@@ -351,6 +351,26 @@ def test_audit_chain_rewritten_with_db_access_but_without_the_key_is_detected(pr
     assert refused.returncode == 1 and "signature" in refused.stderr and project.champion == v2
 
 
+def test_a_serving_host_that_read_the_log_refuses_it_trimmed_back_past_a_rollback(project, tmp_path, monkeypatch):
+    from fraudguard.errors import AuditError
+    from fraudguard.audit import audit_tag_key
+    from fraudguard.serving.champion import resolve_champion
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    assert project.fg("rollback", "--reason", "v2 misses fraud").returncode == 0 and project.champion == v1
+    monkeypatch.setenv("FRAUDGUARD_AUDIT_ANCHOR_DIR", str(tmp_path / "serving-host"))  # a host that never writes
+    assert resolve_champion(project.client, NAME, load_verifier())[0] == v1
+    entries = project.audit()
+    for entry in entries:  # insider: delete the rollback's entries and point the alias back at v2
+        if entry.action == "rollback":
+            project.client.delete_registered_model_tag(NAME, audit_tag_key(entry.seq))
+    project.client.set_registered_model_alias(NAME, CHAMPION_ALIAS, str(v2))
+    with pytest.raises(AuditError, match="newest entries removed"):
+        resolve_champion(project.client, NAME, load_verifier())
+
+
 # ------------------------------------------------------------------------------------------ case 9
 
 def _served_dir(project: Project, version: int) -> Path:
@@ -396,6 +416,105 @@ def test_served_threshold_edit_refuses_to_load(project):
     assert project.fg("status").returncode == 1
 
 
+def _set_served_threshold(project: Project, version: int, threshold: float) -> None:
+    preprocess = _served_dir(project, version) / "artifacts" / "preprocess.json"
+    meta = json.loads(preprocess.read_text())
+    meta["threshold"] = threshold
+    preprocess.write_text(json.dumps(meta))
+
+
+def _recording_gates(seen: list) -> dict:
+    """Stand-in gates that pass and record the threshold of the candidate bundle they were handed."""
+    gates = dict(all_passing_gates())
+    first = next(iter(gates))
+    passing = gates[first]
+
+    def record(candidate, context, settings):
+        seen.append(candidate.bundle.threshold)
+        return passing(candidate, context, settings)
+    gates[first] = record
+    return gates
+
+
+def test_served_files_edited_before_the_gates_are_the_files_the_gates_test(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    _set_served_threshold(project, v2, 2.0)  # insider: the served copy, not the run's bundle/ folder
+    seen: list = []
+    run = prepare(project.client, project.root, project.settings, v2,
+                  policy=committed_policy(project.root, project.settings), gates=_recording_gates(seen))
+    results, durations = run_gates(run)
+    assert seen == [2.0], "the gates must test the copy that is served and signed, not another one"
+    outcome = decide(project.client, run, results, durations, actor="red-team")
+    attested = _served_dir(project, v2) / "artifacts" / "preprocess.json"
+    from fraudguard.attestation import PREPROCESS_SUBJECT, load_attestation
+    from fraudguard.files import sha256_file
+
+    mv = project.client.get_model_version(NAME, str(v2))
+    attestation = load_attestation(mv, outcome.attestation, load_verifier())
+    assert attestation.subjects[PREPROCESS_SUBJECT] == sha256_file(attested)
+
+
+def test_served_files_swapped_after_the_gates_ran_are_never_signed_or_promoted(project):
+    from fraudguard.errors import ModelError
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    entries_before = len(project.audit())
+    run = prepare(project.client, project.root, project.settings, v2,
+                  policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
+    results, durations = run_gates(run)
+    _set_served_threshold(project, v2, 2.0)  # insider: between the gates' verdict and the signature
+    with pytest.raises(ModelError, match="changed after the gates tested them"):
+        decide(project.client, run, results, durations, actor="red-team")
+    assert project.champion == v1 and len(project.audit()) == entries_before
+    tags = project.client.get_model_version(NAME, str(v2)).tags
+    assert not [key for key in tags if key.startswith("fraudguard.attestation")]
+    assert project.fg("status").returncode == 0
+
+
+def test_lineage_tags_forged_before_promotion_are_signed_as_claims_that_differ_from_the_gated_checkout(project):
+    from fraudguard.attestation import load_attestation
+    from fraudguard.lineage import data_md5, git_state
+    from fraudguard.paths import ProjectPaths
+
+    v1, _, _ = project.versions
+    forged = {"lineage.git_commit": "c0ffee" * 6 + "c0ff", "lineage.data_md5": "0" * 32}
+    for key, value in forged.items():  # insider: write access to the store, no key
+        project.client.set_model_version_tag(NAME, str(v1), key, value)
+    run = prepare(project.client, project.root, project.settings, v1,
+                  policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
+    outcome = decide(project.client, run, *run_gates(run), actor="red-team")
+    predicate = load_attestation(project.client.get_model_version(NAME, str(v1)), outcome.attestation,
+                                 load_verifier()).predicate
+    assert predicate["lineage"]["data_md5"] == "0" * 32  # the claim, recorded as a claim
+    assert predicate["gated_workspace"]["data_md5"] == data_md5(ProjectPaths.at(project.root).raw_dvc_file)
+    assert predicate["gated_workspace"]["git_commit"] == git_state(project.root)[0]
+    assert predicate["lineage_check"]["data_md5"] == "differs"
+    assert predicate["lineage_check"]["git_commit"] == "differs"
+    status = project.fg("status")
+    assert "signed lineage.data_md5 = " + "0" * 32 + " (differs against the gated checkout)" in status.stdout
+
+
+def _load_pyfunc(project: Project, uri: str) -> subprocess.CompletedProcess:
+    code = (f"import mlflow; m = mlflow.pyfunc.load_model({uri!r}); "
+            "print('loaded version', m.unwrap_python_model().verified_version)")
+    return subprocess.run([sys.executable, "-c", code], cwd=project.root, env=project.env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_pyfunc_load_trusts_the_audit_log_not_an_attestation_left_by_a_killed_promotion(project):
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    killed = project.fg("promote", "--version", str(v2), crash_after="attestation")  # signed, never committed
+    assert _killed(killed), killed.stderr[-2000:]
+    by_number = _load_pyfunc(project, f"models:/{NAME}/{v2}")  # still a candidate: loads, verifies nothing
+    assert by_number.returncode == 0 and "loaded version None" in by_number.stdout, by_number.stderr[-2000:]
+    project.client.set_registered_model_alias(NAME, CHAMPION_ALIAS, str(v2))  # insider: the UI's alias editor
+    refused = _load_champion(project)
+    assert refused.returncode != 0 and "moved outside fraudguard" in refused.stderr, refused.stderr[-2000:]
+
+
 # ----------------------------------------------------------------------------------------- case 10
 
 def test_champion_moved_by_hand_to_a_blocked_version_is_detected_refused_and_restorable(project):
@@ -408,7 +527,7 @@ def test_champion_moved_by_hand_to_a_blocked_version_is_detected_refused_and_res
     verify = project.fg("audit", "verify")
     assert verify.returncode == 1 and "moved outside fraudguard" in verify.stderr
     loaded = _load_champion(project)
-    assert loaded.returncode != 0 and "no valid signed attestation" in loaded.stderr
+    assert loaded.returncode != 0 and "moved outside fraudguard" in loaded.stderr
     promote = project.fg("rollback")
     assert promote.returncode == 1 and "audit recover" in promote.stderr
 

@@ -165,6 +165,11 @@ def status(root: Path = _ROOT) -> None:
                                   for g, v in sorted(report.champion_attestation.gates.items()))
                 console.print(f"attestation {report.champion_attestation.digest[:16]}: {gates}; policy "
                               f"{predicate.get('policy', {}).get('source', '?')}")
+                checks = predicate.get("lineage_check") or {}
+                for key, claimed in sorted((predicate.get("lineage") or {}).items()):
+                    # Signed: the tags' claim at promotion, and whether the gated checkout agreed with it.
+                    console.print(f"  signed lineage.{key} = {claimed} "
+                                  f"({checks.get(key, 'not checked')} against the gated checkout)")
         console.print(_history_table(report))
         for note in report.notes:
             console.print(f"[dim]note: {note}[/]")
