@@ -30,10 +30,10 @@ from fraudguard.attestation import (
     load_attestation,
     served_digests,
 )
-from fraudguard.errors import FraudGuardError, ModelError, RegistryError
+from fraudguard.errors import FraudGuardError, ModelError
 from fraudguard.files import sha256_file
 from fraudguard.model import ModelBundle, load_bundle
-from fraudguard.registry import get_version, newest_verdict, read_state
+from fraudguard.registry import committed_champion_attestation, get_version, read_state
 from fraudguard.signing import Verifier
 
 if TYPE_CHECKING:
@@ -59,25 +59,9 @@ class ServedModel:
 
 def resolve_champion(client: "MlflowClient", model_name: str, verifier: Verifier) -> tuple[int, str]:
     """(version, attestation sha256) of the committed champion; RegistryError when it cannot be trusted."""
-    state = read_state(client, model_name, verifier)  # AuditError on a broken chain or a trimmed log
-    if state.pending_intent is not None:
-        intent = state.pending_intent
-        raise RegistryError(f"model {model_name!r}: a {intent.action} {intent.from_version} -> {intent.to_version} "
-                            "is half-done; serving stays on the current model until it is committed")
-    history = state.history
-    if not history:
-        raise RegistryError(f"model {model_name!r} has no committed champion yet")
-    committed = history[-1]
-    if state.champion != committed.version:
-        raise RegistryError(f"model {model_name!r}: alias champion points at {state.champion} but the last "
-                            f"committed move ends at {committed.version} (moved outside fraudguard)")
-    verdict = newest_verdict(state.entries, committed.version)
-    if verdict is not None and verdict.action == "block":
-        raise RegistryError(f"model {model_name!r} version {committed.version} was blocked after its promotion")
-    digest = committed.attestation or (verdict.attestation if verdict is not None else "")
-    if not digest:
-        raise RegistryError(f"model {model_name!r} version {committed.version}: its move records no attestation")
-    return committed.version, digest
+    # AuditError on a broken chain or a trimmed log; RegistryError on a half-done move, a hand-moved alias,
+    # a block since the promotion, or a move without an attestation.
+    return committed_champion_attestation(read_state(client, model_name, verifier))
 
 
 def load_verified(client: "MlflowClient", model_name: str, version: int, digest: str, verifier: Verifier,
