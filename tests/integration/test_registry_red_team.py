@@ -381,11 +381,15 @@ def _served_dir(project: Project, version: int) -> Path:
                                                  registry_uri=project.client.tracking_uri))
 
 
-def _load_champion(project: Project) -> subprocess.CompletedProcess:
-    code = ("import mlflow, sys; m = mlflow.pyfunc.load_model('models:/fraudguard@champion'); "
+def _load_pyfunc(project: Project, uri: str) -> subprocess.CompletedProcess:
+    code = (f"import mlflow; m = mlflow.pyfunc.load_model({uri!r}); "
             "print('loaded version', m.unwrap_python_model().verified_version)")
     return subprocess.run([sys.executable, "-c", code], cwd=project.root, env=project.env, capture_output=True,
                           text=True, timeout=300)
+
+
+def _load_champion(project: Project) -> subprocess.CompletedProcess:
+    return _load_pyfunc(project, f"models:/{NAME}@{CHAMPION_ALIAS}")
 
 
 def test_served_weights_swapped_with_their_hash_tag_refuse_to_load(project):
@@ -494,13 +498,6 @@ def test_lineage_tags_forged_before_promotion_are_signed_as_claims_that_differ_f
     assert predicate["lineage_check"]["git_commit"] == "differs"
     status = project.fg("status")
     assert "signed lineage.data_md5 = " + "0" * 32 + " (differs against the gated checkout)" in status.stdout
-
-
-def _load_pyfunc(project: Project, uri: str) -> subprocess.CompletedProcess:
-    code = (f"import mlflow; m = mlflow.pyfunc.load_model({uri!r}); "
-            "print('loaded version', m.unwrap_python_model().verified_version)")
-    return subprocess.run([sys.executable, "-c", code], cwd=project.root, env=project.env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_pyfunc_load_trusts_the_audit_log_not_an_attestation_left_by_a_killed_promotion(project):
