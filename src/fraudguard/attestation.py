@@ -48,6 +48,8 @@ ATTESTATION_TAG_PREFIX = "fraudguard.attestation."
 WEIGHTS_SUBJECT = "model/artifacts/model.pt"
 PREPROCESS_SUBJECT = "model/artifacts/preprocess.json"
 MANIFEST_SUBJECT = "model/"
+# The run's drift reference sample (not part of the served model): signed so the monitor can check it.
+REFERENCE_SUBJECT = "reference/train_features.parquet"
 # Written by MLflow's client into a model directory when it is downloaded through a models:/ URI: it
 # names what was asked for, so it is not part of what was signed.
 DOWNLOAD_ONLY_FILES = frozenset({"registered_model_meta"})

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The drift reference (a run artifact) is not among an attestation's signed subjects: said in every output.
-REFERENCE_UNVERIFIED = ("drift reference not verified: the champion's signed attestation has no digest of its "
-                        "training reference sample, so it is read from the tracking store as is")
+# Attestations signed before the drift reference became a subject (REFERENCE_SUBJECT) cannot check it: said so.
+REFERENCE_UNVERIFIED = ("drift reference not verified: the version's signed attestation has no digest of its "
+                        "training reference sample (signed before it was a subject), so it is read from the "
+                        "tracking store as is")
 
 
 def verified_champion(client: "MlflowClient", name: str, verifier: "Verifier | None" = None) -> tuple[int, str]:
@@ -48,6 +49,26 @@ def verified_champion(client: "MlflowClient", name: str, verifier: "Verifier | N
         raise RegistryError(f"model {name!r}: champion v{alias} does not verify, not monitored: {exc}") from exc
 
 
+def verified_reference(client: "MlflowClient", name: str, version: int, digest: str,
+                       verifier: "Verifier") -> tuple["pd.DataFrame", bool]:
+    """The version's drift reference and whether it was checked: against the reference digest of its signed
+    attestation `digest` when that holds one (ModelError when the file differs); attestations signed before
+    the reference was a subject hold none, and the reference is then read as is (False, with a warning)."""
+    from fraudguard.attestation import REFERENCE_SUBJECT, load_attestation
+    from fraudguard.registry import get_version
+    from fraudguard.tracking import load_reference_features
+
+    expected = load_attestation(get_version(client, name, version), digest, verifier).subjects.get(REFERENCE_SUBJECT)
+    if expected is None:
+        logger.warning("model %r version %s: %s", name, version, REFERENCE_UNVERIFIED)
+    return load_reference_features(client, name, version, expected_sha256=expected), expected is not None
+
+
+def _reference_tags(verified: bool) -> dict[str, str]:
+    return {"fraudguard.reference_verified": str(verified).lower(),
+            **({} if verified else {"fraudguard.reference_note": REFERENCE_UNVERIFIED})}
+
+
 def _load_verified_bundle(client: "MlflowClient", name: str, version: int, settings: "Settings",
                           verifier: "Verifier", work_dir: Path):
     """The bundle of `version` loaded as the gateway loads it (serving.champion.load_verified: its files checked
@@ -67,7 +88,7 @@ def _load_verified_bundle(client: "MlflowClient", name: str, version: int, setti
     served = load_verified(client, name, version, digests[version], verifier, work_dir,
                            set(feature_names(settings.featurize)) | {TX_AMOUNT})
     shutil.rmtree(served.model_dir, ignore_errors=True)
-    return served.bundle
+    return served.bundle, digests[version]
 
 
 @dataclass(frozen=True)
@@ -83,7 +104,7 @@ class DriftCheck:
     n_current: int
     report_path: Path
     run_id: str
-    reference_verified: bool = False  # no signed digest covers the drift reference yet (REFERENCE_UNVERIFIED)
+    reference_verified: bool = False  # checked against the attestation's reference digest (verified_reference)
 
     @property
     def drifted(self) -> bool:
@@ -99,18 +120,19 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
 
     from fraudguard.features import newest_window
     from fraudguard.gates.drift import compare_features
-    from fraudguard.tracking import ensure_experiment, load_reference_features
+    from fraudguard.signing import load_verifier
+    from fraudguard.tracking import ensure_experiment
 
     name = settings.registry.model_name
-    champion, _ = verified_champion(client, name, verifier)
+    verifier = verifier or load_verifier()
+    champion, digest = verified_champion(client, name, verifier)
     paths = ProjectPaths.at(root)
     # All traffic after training, unfiltered (featurize's recent.parquet): the evaluation test set lacks
     # known-compromised cards, and the training split's first days hold the feature warm-up.
     if not paths.recent_features.is_file():
         raise DataError(f"{paths.recent_features}: recent traffic not found; run `dvc repro featurize` first")
     current = newest_window(pd.read_parquet(paths.recent_features), settings.monitor.window_days)
-    reference = load_reference_features(client, name, champion)
-    logger.warning("champion v%s: %s", champion, REFERENCE_UNVERIFIED)
+    reference, reference_verified = verified_reference(client, name, champion, digest, verifier)
     report_dir = report_dir or paths.reports_dir / "monitor"
     threshold = settings.monitor.drift_share_threshold
     comparison = compare_features(reference, current, list(settings.model.features), threshold,
@@ -120,15 +142,15 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     experiment_id = ensure_experiment(client, settings.monitor.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift-v{champion}") as run:
         mlflow.set_tags({"fraudguard.kind": "drift-monitor", "fraudguard.champion_version": str(champion),
-                         "fraudguard.champion_verified": "true", "fraudguard.reference_verified": "false",
-                         "fraudguard.reference_note": REFERENCE_UNVERIFIED})
+                         "fraudguard.champion_verified": "true", **_reference_tags(reference_verified)})
         mlflow.log_metrics({"drift_share": comparison.drift_share,
                             "drifted_columns": float(len(comparison.drifted_columns)),
                             "drifted_controlled": float(len(controlled))})
         mlflow.log_params({"window_days": settings.monitor.window_days, "threshold": threshold})
         mlflow.log_artifact(str(comparison.report_path), artifact_path="drift")
     check = DriftCheck(champion, comparison.drift_share, threshold, comparison.drifted_columns, controlled,
-                       comparison.n_reference, comparison.n_current, comparison.report_path, run.info.run_id)
+                       comparison.n_reference, comparison.n_current, comparison.report_path, run.info.run_id,
+                       reference_verified=reference_verified)
     logger.info("champion v%s: %.0f%% of features drifted over the last %s days (threshold %.0f%%)%s",
                 champion, 100 * check.drift_share, settings.monitor.window_days, 100 * threshold,
                 f"; attacker-controlled: {', '.join(controlled)}" if controlled else "")
@@ -159,7 +181,7 @@ class LiveCheck:
     # Prediction-log lines that were not a readable decision (torn or edited): skipped, counted, logged.
     log_lines_skipped: int = 0
     # The champion is resolved and its weights loaded as the gateway does (signed attestation); the drift reference
-    # is not covered by any signed digest yet (REFERENCE_UNVERIFIED), so this is False.
+    # is checked against the attestation's digest of it, where the attestation holds one (verified_reference).
     reference_verified: bool = False
 
     @property
@@ -181,20 +203,22 @@ def explain_flagged_traffic(client: "MlflowClient", current: "pd.DataFrame", set
     version has no committed move with an attestation (a warning says so)."""
     from fraudguard.explanations import compare_controlled_attribution
     from fraudguard.signing import load_verifier
-    from fraudguard.tracking import load_reference_features
 
     flagged = current[current["decision"].astype(bool)]
     if flagged.empty:
         return None, None
     version = int(flagged["model_version"].astype(int).value_counts().idxmax())
     name, monitor = settings.registry.model_name, settings.monitor
-    bundle = _load_verified_bundle(client, name, version, settings, verifier or load_verifier(), work_dir)
-    if bundle is None:
+    verifier = verifier or load_verifier()
+    loaded = _load_verified_bundle(client, name, version, settings, verifier, work_dir)
+    if loaded is None:
         logger.warning("model %r version %s made most flagged live decisions but no committed move of it records "
                        "a signed attestation: its attributions are not computed", name, version)
         return None, None
+    bundle, digest = loaded
+    reference, _ = verified_reference(client, name, version, digest, verifier)
     comparison = compare_controlled_attribution(
-        bundle, load_reference_features(client, name, version),
+        bundle, reference,
         flagged[flagged["model_version"].astype(int) == version], settings.threat_model.controlled_features,
         monitor.controlled_attribution_margin, monitor.max_explained_rows, settings.serve.explain_steps)
     return version, comparison
@@ -302,11 +326,11 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     from fraudguard.gates.drift import compare_features
     from fraudguard.serving.predictions import load_prediction_log
     from fraudguard.signing import load_verifier
-    from fraudguard.tracking import ensure_experiment, load_reference_features
+    from fraudguard.tracking import ensure_experiment
 
     name = settings.registry.model_name
     verifier = verifier or load_verifier()
-    champion, _ = verified_champion(client, name, verifier)
+    champion, digest = verified_champion(client, name, verifier)
     if not Path(log_path).is_file():
         raise DataError(f"{log_path}: no prediction log (start `fraudguard serve` first)")
     read = load_prediction_log(log_path)  # torn or malformed lines are skipped and counted, never fatal
@@ -315,8 +339,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
         raise DataError(f"{log_path}: the prediction log holds no decision yet"
                         + (f" ({read.describe_skipped(Path(log_path))})" if read.skipped else ""))
     current = newest_window(decisions, settings.monitor.window_days)
-    reference = load_reference_features(client, name, champion)
-    logger.warning("champion v%s: %s", champion, REFERENCE_UNVERIFIED)
+    reference, reference_verified = verified_reference(client, name, champion, digest, verifier)
     threshold = settings.monitor.drift_share_threshold
     comparison = compare_features(reference, current, list(settings.model.features), threshold,
                                   report_dir / f"live_drift_champion_v{champion}.html", "live traffic")
@@ -341,8 +364,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     experiment_id = ensure_experiment(client, settings.monitor.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"live-v{champion}") as run:
         mlflow.set_tags({"fraudguard.kind": "live-monitor", "fraudguard.champion_version": str(champion),
-                         "fraudguard.champion_verified": "true", "fraudguard.reference_verified": "false",
-                         "fraudguard.reference_note": REFERENCE_UNVERIFIED,
+                         "fraudguard.champion_verified": "true", **_reference_tags(reference_verified),
                          **({"fraudguard.explained_version": str(explained_version),
                              "fraudguard.attribution_reference_rows": attribution.reference_rows}
                             if attribution is not None else {})})
@@ -355,7 +377,8 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
                       comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id,
                       attribution, explained_version, relative_bursts=tuple(relative),
-                      terminal_dilution=tuple(dilution), log_lines_skipped=read.skipped)
+                      terminal_dilution=tuple(dilution), log_lines_skipped=read.skipped,
+                      reference_verified=reference_verified)
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
                 100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudguard.attestation import (
+    REFERENCE_SUBJECT,
     check_policy_coverage,
     check_served_copy,
     load_attestation,
@@ -91,8 +92,8 @@ class GateRun:
     report_dir: Path
     promote: bool
     recovery: tuple[RecoveryOutcome, ...] = ()
-    # The subject digests of the files the gates tested (the served copy the candidate was loaded from):
-    # what a pass attestation signs. None for a dry run given a ready-made candidate.
+    # The subject digests of the files the gates tested (the served copy the candidate was loaded from), with
+    # the run's drift reference sample: what a pass attestation signs. None for a dry run given a candidate.
     candidate_digests: Mapping[str, str] | None = None
 
     @property
@@ -409,6 +410,12 @@ def prepare(
     if candidate_digests is None and promote:
         # A ready-made candidate (tests, custom pipelines): sign what the store served when the gates started.
         candidate_digests = served_copy_digests(client, name, version)
+    if candidate_digests is not None and promote:
+        from fraudguard.tracking import reference_sha256
+
+        reference = reference_sha256(client, name, version)  # the monitor's drift reference, signed beside
+        if reference is not None:
+            candidate_digests = {**candidate_digests, REFERENCE_SUBJECT: reference}
     discovered = gates is None
     gates = discover_gates(settings.gates) if gates is None else dict(gates)
     warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
@@ -558,6 +565,10 @@ def _check_files_unchanged_since_gated(client: "MlflowClient", run: GateRun) -> 
         raise RegistryError(f"version {run.version}: the digests of the gated files are unknown (a dry-run "
                             "preparation cannot promote); nothing promoted")
     now = served_copy_digests(client, run.model_name, run.version)
+    if REFERENCE_SUBJECT in gated:
+        from fraudguard.tracking import reference_sha256
+
+        now[REFERENCE_SUBJECT] = reference_sha256(client, run.model_name, run.version) or "missing"
     changed = sorted(subject for subject in set(gated) | set(now) if gated.get(subject) != now.get(subject))
     if changed:
         raise ModelError(f"model {run.model_name!r} version {run.version}: the files models:/{run.model_name}/"

@@ -474,21 +474,47 @@ def load_bundle_for_version(
         raise ModelError(f"model {model_name!r} version {version}: {exc}") from exc
 
 
-def load_reference_features(client: "MlflowClient", model_name: str, version: int | str) -> "pd.DataFrame":
-    """The sample of training features logged with the version's run (the drift gate's reference)."""
-    import pandas as pd
+def _download_reference(client: "MlflowClient", model_name: str, version: int | str, dst: str) -> Path:
     from mlflow.exceptions import MlflowException
 
     mv = _version(client, model_name, version)
     if not mv.run_id:
         raise RegistryError(f"model {model_name!r} version {version}: not linked to a run")
+    try:
+        return Path(client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT, dst))
+    except (MlflowException, OSError) as exc:
+        raise RegistryError(
+            f"model {model_name!r} version {version}: run {mv.run_id} has no {REFERENCE_ARTIFACT}"
+        ) from exc
+
+
+def reference_sha256(client: "MlflowClient", model_name: str, version: int | str) -> str | None:
+    """sha256 of the version's drift reference sample as the store holds it now; None when its run has none."""
+    from fraudguard.files import sha256_file
+
     with tempfile.TemporaryDirectory(prefix="fraudguard-ref-") as tmp:
         try:
-            local = client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT, tmp)
-        except (MlflowException, OSError) as exc:
-            raise RegistryError(
-                f"model {model_name!r} version {version}: run {mv.run_id} has no {REFERENCE_ARTIFACT}"
-            ) from exc
+            return sha256_file(_download_reference(client, model_name, version, tmp))
+        except RegistryError as exc:
+            logger.warning("%s", exc)
+            return None
+
+
+def load_reference_features(client: "MlflowClient", model_name: str, version: int | str,
+                            expected_sha256: str | None = None) -> "pd.DataFrame":
+    """The sample of training features logged with the version's run (the drift gate's reference).
+
+    With `expected_sha256` (the digest a signed attestation holds) the file is checked before it is read:
+    ModelError when it differs."""
+    import pandas as pd
+
+    from fraudguard.files import sha256_file
+
+    with tempfile.TemporaryDirectory(prefix="fraudguard-ref-") as tmp:
+        local = _download_reference(client, model_name, version, tmp)
+        if expected_sha256 is not None and sha256_file(local) != expected_sha256:
+            raise ModelError(f"model {model_name!r} version {version}: {REFERENCE_ARTIFACT} differs from the "
+                             "digest its signed attestation holds (altered in the tracking store)")
         return pd.read_parquet(local)
 
 

@@ -762,7 +762,28 @@ def test_monitor_reports_drift_and_a_burst_on_a_drifted_replay(served, tmp_path,
     run = served.client.get_run(check.run_id)
     assert run.data.metrics["live_decisions"] == check.n_decisions and run.data.metrics["live_drift_share"] > 0.5
     assert run.data.metrics["live_log_lines_skipped"] == 1
-    # the champion verified as the gateway verifies it; the drift reference has no signed digest: said so
-    assert run.data.tags["fraudguard.champion_verified"] == "true" and not check.reference_verified
-    assert run.data.tags["fraudguard.reference_verified"] == "false"
+    # the champion verified as the gateway verifies it, the drift reference against its signed digest
+    assert run.data.tags["fraudguard.champion_verified"] == "true" and check.reference_verified
+    assert run.data.tags["fraudguard.reference_verified"] == "true"
     _assert_attribution_logged(served, check)
+
+
+def test_the_monitor_refuses_a_drift_reference_altered_in_the_store(served, tmp_path, monkeypatch):
+    import mlflow.artifacts
+
+    from fraudguard.errors import ModelError
+    from fraudguard.monitoring import verified_champion
+    from fraudguard.names import REFERENCE_ARTIFACT
+
+    champion, _ = verified_champion(served.client, NAME)
+    run_id = served.client.get_model_version(NAME, str(champion)).run_id
+    uri = f"{served.client.get_run(run_id).info.artifact_uri}/{REFERENCE_ARTIFACT}"
+    reference = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=served.uri))
+    original = reference.read_bytes()
+    try:
+        # insider: half the reference sample, enough to move what the drift comparison sees
+        pd.read_parquet(reference).iloc[::2].to_parquet(reference)
+        with pytest.raises(ModelError, match="differs from the digest its signed attestation holds"):
+            _check_live(served, tmp_path, monkeypatch)
+    finally:
+        reference.write_bytes(original)
