@@ -124,8 +124,8 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     from fraudguard.tracking import ensure_experiment
 
     name = settings.registry.model_name
+    champion, digest = verified_champion(client, name, verifier)  # "no champion" before any key is needed
     verifier = verifier or load_verifier()
-    champion, digest = verified_champion(client, name, verifier)
     paths = ProjectPaths.at(root)
     # All traffic after training, unfiltered (featurize's recent.parquet): the evaluation test set lacks
     # known-compromised cards, and the training split's first days hold the feature warm-up.
