@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fraudguard.errors import ModelError, SignatureError
 from fraudguard.files import sha256_file
+from fraudguard.names import REFERENCE_ARTIFACT
 from fraudguard.signing import (
     Signer,
     Verifier,
@@ -49,7 +50,7 @@ WEIGHTS_SUBJECT = "model/artifacts/model.pt"
 PREPROCESS_SUBJECT = "model/artifacts/preprocess.json"
 MANIFEST_SUBJECT = "model/"
 # The run's drift reference sample (not part of the served model): signed so the monitor can check it.
-REFERENCE_SUBJECT = "reference/train_features.parquet"
+REFERENCE_SUBJECT = REFERENCE_ARTIFACT
 # Written by MLflow's client into a model directory when it is downloaded through a models:/ URI: it
 # names what was asked for, so it is not part of what was signed.
 DOWNLOAD_ONLY_FILES = frozenset({"registered_model_meta"})
