@@ -240,23 +240,28 @@ def load_served_bundle(client: "MlflowClient", model_name: str, version: int, ds
     no other copy of the model (the run's bundle/ folder, a file swapped in the store meanwhile) can stand in
     for it. `expected_weights_sha256` (the version's artifact tag) is a consistency check only.
     """
-    from fraudguard.model import load_bundle
-
     model_dir = download_served_model(client, model_name, int(version), Path(dst))
     digests = served_digests(model_dir)
     where = f"model {model_name!r} version {version}"
     if expected_weights_sha256 and digests[WEIGHTS_SUBJECT] != expected_weights_sha256:
         raise ModelError(f"{where}: the served model.pt differs from the version's weights sha256 tag "
                          "(artifact altered)")
-    preprocess = model_dir / "artifacts" / "preprocess.json"
+    return load_model_dir_bundle(model_dir, digests[WEIGHTS_SUBJECT], digests[PREPROCESS_SUBJECT], where), digests
+
+
+def load_model_dir_bundle(model_dir: Path, weights_sha256: str, preprocess_sha256: str, where: str) -> "ModelBundle":
+    """The bundle of a downloaded model directory: the weights checked as they are read, preprocess.json after
+    (so no file swapped between the digest check and the load goes unnoticed)."""
+    from fraudguard.model import load_bundle
+
+    preprocess = Path(model_dir) / "artifacts" / "preprocess.json"
     try:
-        bundle = load_bundle(model_dir / "artifacts" / "model.pt", preprocess,
-                             expected_sha256=digests[WEIGHTS_SUBJECT])
+        bundle = load_bundle(Path(model_dir) / "artifacts" / "model.pt", preprocess, expected_sha256=weights_sha256)
     except ModelError as exc:
         raise ModelError(f"{where}: {exc}") from exc
-    if sha256_file(preprocess) != digests[PREPROCESS_SUBJECT]:
+    if sha256_file(preprocess) != preprocess_sha256:
         raise ModelError(f"{where}: preprocess.json changed while it was loaded")
-    return bundle, digests
+    return bundle
 
 
 def check_policy_coverage(attestation: Attestation, required_gates: Sequence[str], where: str) -> None:

@@ -28,11 +28,11 @@ from fraudguard.attestation import (
     check_digests,
     download_served_model,
     load_attestation,
+    load_model_dir_bundle,
     served_digests,
 )
 from fraudguard.errors import FraudGuardError, ModelError
-from fraudguard.files import sha256_file
-from fraudguard.model import ModelBundle, load_bundle
+from fraudguard.model import ModelBundle
 from fraudguard.registry import committed_champion_attestation, get_version, read_state
 from fraudguard.signing import Verifier
 
@@ -78,10 +78,7 @@ def load_verified(client: "MlflowClient", model_name: str, version: int, digest:
         subjects = attestation.subjects
         if WEIGHTS_SUBJECT not in subjects or PREPROCESS_SUBJECT not in subjects:
             raise ModelError(f"{where}: attestation {digest[:16]} does not cover the weights and preprocess.json")
-        weights, preprocess = model_dir / "artifacts" / "model.pt", model_dir / "artifacts" / "preprocess.json"
-        bundle = load_bundle(weights, preprocess, expected_sha256=subjects[WEIGHTS_SUBJECT])
-        if sha256_file(preprocess) != subjects[PREPROCESS_SUBJECT]:
-            raise ModelError(f"{where}: preprocess.json changed while it was loaded")
+        bundle = load_model_dir_bundle(model_dir, subjects[WEIGHTS_SUBJECT], subjects[PREPROCESS_SUBJECT], where)
         missing = sorted(set(bundle.features) - feature_names)
         if missing:
             raise ModelError(f"{where}: uses feature(s) the gateway does not compute: {missing}")
