@@ -249,6 +249,26 @@ def load_served_bundle(client: "MlflowClient", model_name: str, version: int, ds
     return load_model_dir_bundle(model_dir, digests[WEIGHTS_SUBJECT], digests[PREPROCESS_SUBJECT], where), digests
 
 
+def load_attested_bundle(client: "MlflowClient", mv: "ModelVersion", digest: str, verifier: Verifier,
+                         dst: Path) -> tuple["ModelBundle", Attestation]:
+    """The bundle `models:/<name>/<version>` serves, downloaded into dst and loaded only once every served file
+    matches the signed attestation `digest` (the one the audit log commits for the version).
+
+    SignatureError when the attestation is missing, altered, forged or not a pass; ModelError when a served file
+    differs from it. The one way to load a version that has been promoted: the gateway, the monitor, the quality
+    gate's champion and the red-team suite's champion all come through here, never through editable tags.
+    """
+    where = f"model {mv.name!r} version {mv.version}"
+    attestation = load_attestation(mv, digest, verifier)
+    model_dir = download_served_model(client, mv.name, int(mv.version), Path(dst))
+    check_digests(attestation, served_digests(model_dir), where)
+    subjects = attestation.subjects
+    if WEIGHTS_SUBJECT not in subjects or PREPROCESS_SUBJECT not in subjects:
+        raise ModelError(f"{where}: attestation {digest[:16]} does not cover the weights and preprocess.json")
+    return load_model_dir_bundle(model_dir, subjects[WEIGHTS_SUBJECT], subjects[PREPROCESS_SUBJECT], where), \
+        attestation
+
+
 def load_model_dir_bundle(model_dir: Path, weights_sha256: str, preprocess_sha256: str, where: str) -> "ModelBundle":
     """The bundle of a downloaded model directory: the weights checked as they are read, preprocess.json after
     (so no file swapped between the digest check and the load goes unnoticed)."""

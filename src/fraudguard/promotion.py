@@ -29,6 +29,7 @@ from fraudguard.attestation import (
     check_policy_coverage,
     check_served_copy,
     load_attestation,
+    load_attested_bundle,
     load_served_bundle,
     promotion_statement,
     served_copy_digests,
@@ -48,7 +49,9 @@ from fraudguard.registry import (
     STATUS_BLOCKED,
     STATUS_TAG,
     RecoveryOutcome,
+    RegistryState,
     alias_drift_problem,
+    committed_attestation_for,
     get_version,
     move_champion,
     newest_verdict,
@@ -224,7 +227,7 @@ def _read_features(path: Path) -> "pd.DataFrame":
 
 def build_gate_context(
     client: "MlflowClient", root: Path, settings: "Settings", version: int, report_dir: Path,
-    champion_version: int | None,
+    champion_version: int | None, champion_attestation: tuple[str, Verifier] | None = None,
 ) -> tuple[ModelUnderTest, GateContext, dict[str, str]]:
     """The candidate, the GateContext for one promotion, and the digests of the files the candidate is.
 
@@ -233,6 +236,10 @@ def build_gate_context(
 
     The champion, when there is one other than the candidate, comes with its bundle and the features it
     was trained on; a champion that cannot be loaded stops the promotion (RegistryError), never skips it.
+    With `champion_attestation` (the digest the audit log commits for it, and the key to open it) the champion
+    is loaded as the gateway loads it: its served files and drift reference checked against that signed
+    attestation, so a worse copy swapped into the store cannot make a candidate look non-inferior. Without it
+    (a dry run on a host with no verify key) the champion is checked against its version's tags only.
     """
     from fraudguard.features import newest_window
     from fraudguard.tracking import WEIGHTS_SHA_TAG, load_bundle_for_version, load_reference_features
@@ -253,10 +260,22 @@ def build_gate_context(
     if champion_version is not None and champion_version != version:
         try:
             champion_mv = get_version(client, name, champion_version)
+            champion_dir = work / f"v{champion_version}"
+            if champion_dir.exists():
+                shutil.rmtree(champion_dir)  # never reuse a copy an earlier attempt downloaded
+            if champion_attestation is not None:
+                digest, verifier = champion_attestation
+                champion_bundle, attested = load_attested_bundle(client, champion_mv, digest, verifier, champion_dir)
+                reference_sha256: str | None = attested.subjects.get(REFERENCE_SUBJECT)
+            else:
+                logger.warning("model %r version %s: the champion compared with is checked against its version's "
+                               "tags only (no verify key for its signed attestation)", name, champion_version)
+                champion_bundle = load_bundle_for_version(client, name, champion_version, champion_dir)
+                reference_sha256 = None
             champion = ModelUnderTest(
-                bundle=load_bundle_for_version(client, name, champion_version, work / f"v{champion_version}"),
-                version=champion_version, run_id=champion_mv.run_id,
-                train_features=load_reference_features(client, name, champion_version),
+                bundle=champion_bundle, version=champion_version, run_id=champion_mv.run_id,
+                train_features=load_reference_features(client, name, champion_version,
+                                                       expected_sha256=reference_sha256),
             )
         except FraudGuardError as exc:
             raise RegistryError(
@@ -403,7 +422,8 @@ def prepare(
     candidate_digests: dict[str, str] | None = None
     if candidate is None or context is None:
         built_candidate, built_context, built_digests = build_gate_context(
-            client, workspace or root, settings, version, report_dir, champion_before)
+            client, workspace or root, settings, version, report_dir, champion_before,
+            _champion_attestation(client, name, state, champion_before, verifier))
         if candidate is None:
             candidate, candidate_digests = built_candidate, built_digests
         context = context or built_context
@@ -422,6 +442,32 @@ def prepare(
     return GateRun(model_name=name, version=version, champion_before=champion_before, candidate=candidate,
                    context=context, policy=policy, gates=gates, report_dir=report_dir, promote=promote,
                    recovery=recovery, candidate_digests=candidate_digests)
+
+
+def _champion_attestation(client: "MlflowClient", name: str, state: RegistryState | None,
+                          champion: int | None, verifier: Verifier | None) -> tuple[str, Verifier] | None:
+    """The attestation digest the audit log commits for the champion the gates compare with, and the key that
+    opens it. A promotion requires it (RegistryError when the champion has none to trust); a dry run uses it
+    when this host has a verify key, and otherwise falls back to the version's tags (None)."""
+    if champion is None:
+        return None
+    if state is None:
+        try:
+            verifier = verifier or load_verifier()
+            state = read_state(client, name, verifier)
+        except FraudGuardError as exc:
+            logger.warning("dry run: the champion's signed attestation is not checked (%s)", exc)
+            return None
+    assert verifier is not None  # a promotion's state was read with it
+    try:
+        digest = committed_attestation_for(state, champion)
+    except RegistryError as exc:
+        raise RegistryError(f"current champion (version {champion}) cannot be trusted for comparison: {exc}; "
+                            "repair it with `fraudguard rollback --to <good version>` first") from exc
+    if digest is None:
+        raise RegistryError(f"current champion (version {champion}) has no committed promotion in the audit log; "
+                            "repair it with `fraudguard rollback --to <good version>` first")
+    return digest, verifier
 
 
 def run_gate(run: GateRun, name: str) -> tuple[GateResult, float]:

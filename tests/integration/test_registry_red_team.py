@@ -477,6 +477,77 @@ def test_served_files_swapped_after_the_gates_ran_are_never_signed_or_promoted(p
     assert project.fg("status").returncode == 0
 
 
+def _run_artifact(project: Project, version: int, artifact: str) -> Path:
+    """The file of `version`'s run in the store (a local artifact root: what an insider with store access edits)."""
+    run_id = project.client.get_model_version(NAME, str(version)).run_id
+    return Path(project.client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / artifact
+
+
+def _champion_recording_gates(seen: list) -> dict:
+    """Stand-in gates that pass and record the threshold of the champion bundle the gates compare with."""
+    gates = dict(all_passing_gates())
+    first = next(iter(gates))
+    passing = gates[first]
+
+    def record(candidate, context, settings):
+        seen.append(context.champion.bundle.threshold)
+        return passing(candidate, context, settings)
+    gates[first] = record
+    return gates
+
+
+def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_reference(project):
+    from fraudguard.errors import RegistryError
+    from fraudguard.files import sha256_file
+    from fraudguard.names import PREPROCESS_ARTIFACT, PREPROCESS_SHA_TAG, REFERENCE_ARTIFACT
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    real_threshold = json.loads((_served_dir(project, v1) / "artifacts" / "preprocess.json").read_text())["threshold"]
+    # Insider: a champion that never flags fraud makes any candidate look non-inferior. First the run's
+    # bundle/ copy, with its sha256 tag rewritten to match (what the gates used to load).
+    planted = _run_artifact(project, v1, PREPROCESS_ARTIFACT)
+    meta = json.loads(planted.read_text())
+    meta["threshold"] = 2.0
+    planted.write_text(json.dumps(meta))
+    project.client.set_model_version_tag(NAME, str(v1), PREPROCESS_SHA_TAG, sha256_file(planted))
+    seen: list = []
+    run = prepare(project.client, project.root, project.settings, v2,
+                  policy=committed_policy(project.root, project.settings), gates=_champion_recording_gates(seen))
+    run_gates(run)
+    assert seen == [real_threshold], "the champion compared with must be the signed one, not an editable copy"
+    # Then the served copy itself, and then the drift reference: refused before any gate runs, nothing recorded.
+    entries_before = len(project.audit())
+    served = _served_dir(project, v1) / "artifacts" / "preprocess.json"
+    signed_bytes = served.read_bytes()
+    _set_served_threshold(project, v1, 2.0)
+    with pytest.raises(RegistryError, match="differ from the signed attestation"):
+        prepare(project.client, project.root, project.settings, v2,
+                policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
+    served.write_bytes(signed_bytes)
+    reference = _run_artifact(project, v1, REFERENCE_ARTIFACT)
+    reference.write_bytes(reference.read_bytes() + b"\0")
+    with pytest.raises(RegistryError, match="differs from the digest its signed attestation holds"):
+        prepare(project.client, project.root, project.settings, v2,
+                policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
+    assert project.champion == v1 and len(project.audit()) == entries_before
+
+
+def test_the_red_team_suite_attacks_the_signed_champion_and_refuses_an_altered_one(project, tmp_path):
+    from fraudguard.errors import ModelError
+    from fraudguard.paths import ProjectPaths
+    from fraudguard.redteam.suite import load_target
+
+    v1, _, _ = project.versions
+    project.promote_setup(v1)
+    bundle, described = load_target(ProjectPaths.at(project.root), project.settings.registry, "champion",
+                                    tmp_path / "first")
+    assert described.startswith(f"champion (version {v1}, attestation ")
+    _set_served_threshold(project, v1, 2.0)  # attacking a planted copy would report on a model nobody serves
+    with pytest.raises(ModelError, match="differ from the signed attestation"):
+        load_target(ProjectPaths.at(project.root), project.settings.registry, "champion", tmp_path / "second")
+
+
 def test_lineage_tags_forged_before_promotion_are_signed_as_claims_that_differ_from_the_gated_checkout(project):
     from fraudguard.attestation import load_attestation
     from fraudguard.lineage import data_md5, git_state

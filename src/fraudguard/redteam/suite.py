@@ -23,7 +23,7 @@ TARGETS = ("candidate", "champion")
 
 def load_target(paths: ProjectPaths, registry: RegistrySettings, target: str, work_dir: Path) -> tuple[ModelBundle, str]:
     """(bundle, description) of the model attacked: the project's models/ (its sha256 checked against
-    models/metrics.json) or the registry's champion (checked against its version's sha256 tag)."""
+    models/metrics.json) or the registry's committed champion (checked against its signed attestation)."""
     import json
 
     from fraudguard.model import load_bundle
@@ -37,16 +37,22 @@ def load_target(paths: ProjectPaths, registry: RegistrySettings, target: str, wo
         return load_bundle(paths.model_weights, paths.preprocess, expected_sha256=expected), \
             f"candidate ({paths.model_weights.relative_to(paths.root)})"
     if target == "champion":
-        from fraudguard.registry import get_champion_version
-        from fraudguard.tracking import configure_mlflow, load_bundle_for_version
+        from fraudguard.attestation import load_attested_bundle
+        from fraudguard.registry import committed_champion_attestation, get_champion_version, get_version, read_state
+        from fraudguard.signing import load_verifier
+        from fraudguard.tracking import configure_mlflow
 
         client = configure_mlflow(paths.root, registry)
-        version = get_champion_version(client, registry.model_name)
-        if version is None:
+        if get_champion_version(client, registry.model_name) is None:
             raise ModelError(f"model {registry.model_name!r} has no champion to attack; "
                              "use --target candidate")
-        bundle = load_bundle_for_version(client, registry.model_name, version, work_dir / "champion")
-        return bundle, f"champion (version {version})"
+        # The model attacked is the one the gateway serves: the committed champion, its files checked against
+        # its signed attestation (not a copy checked against editable tags).
+        verifier = load_verifier()
+        version, digest = committed_champion_attestation(read_state(client, registry.model_name, verifier))
+        bundle, _ = load_attested_bundle(client, get_version(client, registry.model_name, version), digest,
+                                         verifier, work_dir / "champion")
+        return bundle, f"champion (version {version}, attestation {digest[:12]})"
     raise ConfigError(f"unknown red-team target {target!r}; expected one of {', '.join(TARGETS)}")
 
 

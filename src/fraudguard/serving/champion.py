@@ -22,15 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from fraudguard.attestation import (
-    PREPROCESS_SUBJECT,
-    WEIGHTS_SUBJECT,
-    check_digests,
-    download_served_model,
-    load_attestation,
-    load_model_dir_bundle,
-    served_digests,
-)
+from fraudguard.attestation import load_attested_bundle
 from fraudguard.errors import FraudGuardError, ModelError
 from fraudguard.model import ModelBundle
 from fraudguard.registry import committed_champion_attestation, get_version, read_state
@@ -68,17 +60,11 @@ def load_verified(client: "MlflowClient", model_name: str, version: int, digest:
                   cache_dir: Path, feature_names: set[str]) -> ServedModel:
     """Download, verify and load version `version` whose attestation has sha256 `digest`."""
     mv = get_version(client, model_name, version)
-    attestation = load_attestation(mv, digest, verifier)  # SignatureError when missing, altered or forged
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = Path(tempfile.mkdtemp(prefix=f"v{version}-{digest[:12]}-", dir=cache_dir))
     try:
-        model_dir = download_served_model(client, model_name, version, target)
+        bundle, _ = load_attested_bundle(client, mv, digest, verifier, target)
         where = f"model {model_name!r} version {version}"
-        check_digests(attestation, served_digests(model_dir), where)
-        subjects = attestation.subjects
-        if WEIGHTS_SUBJECT not in subjects or PREPROCESS_SUBJECT not in subjects:
-            raise ModelError(f"{where}: attestation {digest[:16]} does not cover the weights and preprocess.json")
-        bundle = load_model_dir_bundle(model_dir, subjects[WEIGHTS_SUBJECT], subjects[PREPROCESS_SUBJECT], where)
         missing = sorted(set(bundle.features) - feature_names)
         if missing:
             raise ModelError(f"{where}: uses feature(s) the gateway does not compute: {missing}")
