@@ -3,8 +3,11 @@
 Each entry is one registered-model tag `audit.NNNNNN` holding canonical JSON. `hash` is the sha256 of the
 entry without `hash`/`signature`, `prev_hash` links it to the entry before, and `signature` is the
 pipeline key's Ed25519 signature of `hash` (fraudguard.signing). One entry is one tag write, so no crash
-can leave an entry and a separate head pointer apart; trimming the newest entries is caught by the
-anchor file kept beside the key (fraudguard.registry) and by the champion alias no longer matching.
+can leave an entry and a separate head pointer apart. Trimming the newest entries (a valid prefix is still a
+valid chain) is caught by the anchor file of a host that saw them (fraudguard.registry), and on any host, even
+a brand-new one, by the signed checkpoint: a short-lived statement, signed with the pipeline key, of the newest
+entry (`audit.checkpoint`, refreshed by every writer and by `fraudguard audit checkpoint`). A trimmed log no
+longer reaches the current checkpoint; an older checkpoint put back in its place has expired.
 
 A champion move is a small transaction of two entries sharing a `txid`: `intent` (written before the
 alias moves) and `commit` or `abort` (after). A `block` is a single `record` entry. This module is pure:
@@ -23,8 +26,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fraudguard.errors import AuditError
-from fraudguard.signing import Signer, Verifier, canonical_json, sha256_text
+from fraudguard.errors import AuditError, ConfigError, SignatureError
+from fraudguard.signing import (
+    Signer,
+    Verifier,
+    canonical_json,
+    in_toto_statement,
+    open_envelope,
+    sha256_text,
+    sign_envelope,
+    subject_digests,
+)
 
 AUDIT_TAG_PREFIX = "audit."
 GENESIS_HASH = "0" * 64
@@ -35,6 +47,12 @@ PHASES = ("intent", "commit", "abort", "record")
 MAX_ENTRY_CHARS = 4000
 _MAX_REASON_CHARS = 300
 _KEY_RE = re.compile(r"^audit\.(\d{6,})$")
+CHECKPOINT_TAG = "audit.checkpoint"  # not an entry key (_KEY_RE): one tag, replaced at each refresh
+CHECKPOINT_PREDICATE_TYPE = "https://fraudguard.dev/audit-checkpoint/v1"
+CHECKPOINT_TTL_ENV = "FRAUDGUARD_AUDIT_CHECKPOINT_TTL_HOURS"
+# How long a trim can go unnoticed by a host that never read the trimmed entries. A host with the signing key
+# refreshes the checkpoint on every write; schedule `fraudguard audit checkpoint` more often than this.
+DEFAULT_CHECKPOINT_TTL_HOURS = 168.0
 
 AuditAction = Literal["promote", "rollback", "block", "repair"]
 AuditPhase = Literal["intent", "commit", "abort", "record"]
@@ -258,3 +276,91 @@ def check_audit_tags(tags: Mapping[str, str], verifier: Verifier) -> AuditVerifi
         except AuditError as exc:
             return AuditVerification(False, len(stored), seq, f"unreadable: edited ({exc})")
     return verify_chain(entries, verifier, [seq for seq, _ in stored])
+
+
+# ------------------------------------------------------------------------------------------ checkpoint
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement that entry `seq` with hash `hash` was the newest of the log at `issued_at`."""
+
+    seq: int
+    hash: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+
+
+def checkpoint_ttl_hours() -> float:
+    """The lifetime of the checkpoints this host signs: $FRAUDGUARD_AUDIT_CHECKPOINT_TTL_HOURS, else 168."""
+    raw = os.environ.get(CHECKPOINT_TTL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CHECKPOINT_TTL_HOURS
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = float("nan")
+    if not hours > 0:
+        raise ConfigError(f"${CHECKPOINT_TTL_ENV} must be a positive number of hours, got {raw!r}")
+    return hours
+
+
+def _log_subject(model_name: str) -> str:
+    return f"audit-log/{model_name}"
+
+
+def sign_checkpoint(model_name: str, head: AuditEntry, signer: Signer, now: dt.datetime | None = None,
+                    ttl_hours: float | None = None) -> str:
+    """The signed checkpoint (a DSSE envelope) naming `head` as the newest entry of `model_name`'s log."""
+    issued = now or dt.datetime.now(dt.timezone.utc)
+    expires = issued + dt.timedelta(hours=ttl_hours if ttl_hours is not None else checkpoint_ttl_hours())
+    statement = in_toto_statement({_log_subject(model_name): head.hash}, CHECKPOINT_PREDICATE_TYPE, {
+        "model_name": model_name, "seq": head.seq,
+        "issued_at": issued.isoformat(timespec="seconds"), "expires_at": expires.isoformat(timespec="seconds")})
+    return sign_envelope(signer, statement)
+
+
+def parse_checkpoint(model_name: str, envelope: str, verifier: Verifier) -> Checkpoint:
+    """The checkpoint in `envelope`, its signature checked; AuditError when forged, altered or not this log's."""
+    what = f"audit checkpoint of {model_name!r}"
+    try:
+        statement = open_envelope(verifier, envelope, what)
+    except SignatureError as exc:
+        raise AuditError(str(exc)) from exc
+    predicate = statement.get("predicate") or {}
+    digest = subject_digests(statement).get(_log_subject(model_name))
+    if statement.get("predicateType") != CHECKPOINT_PREDICATE_TYPE or predicate.get("model_name") != model_name \
+            or not digest:
+        raise AuditError(f"{what}: the signed statement is not a checkpoint of this model's log")
+    try:
+        return Checkpoint(int(predicate["seq"]), digest, dt.datetime.fromisoformat(predicate["issued_at"]),
+                          dt.datetime.fromisoformat(predicate["expires_at"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditError(f"{what}: malformed ({exc.__class__.__name__}: {exc})") from exc
+
+
+def checkpoint_problem(model_name: str, entries: Sequence[AuditEntry], envelope: str | None, verifier: Verifier,
+                       now: dt.datetime | None = None, accept_expired: bool = False) -> str:
+    """Why the (already verified) chain `entries` cannot be trusted to be whole against the stored checkpoint
+    `envelope` ('' when it can). A log with entries must have a checkpoint; the chain must reach the entry it
+    names, with the same hash; and it must not have expired (unless `accept_expired`)."""
+    if envelope is None:
+        if not entries:
+            return ""
+        return (f"the log has {len(entries)} entries but no signed checkpoint (tag {CHECKPOINT_TAG}): deleted, or "
+                "written before checkpoints; on the host holding the signing key run `fraudguard audit checkpoint`")
+    try:
+        checkpoint = parse_checkpoint(model_name, envelope, verifier)
+    except AuditError as exc:
+        return str(exc)
+    issued = checkpoint.issued_at.isoformat(timespec="seconds")
+    if len(entries) < checkpoint.seq:
+        return (f"the log ends at entry {len(entries)} but the signed checkpoint of {issued} names entry "
+                f"{checkpoint.seq}: newest entries removed")
+    if entries[checkpoint.seq - 1].hash != checkpoint.hash:
+        return f"entry {checkpoint.seq} differs from the one the signed checkpoint names: the log was rewritten"
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    if not accept_expired and moment >= checkpoint.expires_at:
+        return (f"the signed checkpoint of the log (entry {checkpoint.seq}, issued {issued}) expired at "
+                f"{checkpoint.expires_at.isoformat(timespec='seconds')}: entries written since may have been "
+                "removed; on the host holding the signing key run `fraudguard audit checkpoint` (schedule it)")
+    return ""

@@ -29,15 +29,20 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlparse
 
 from fraudguard.audit import (
+    CHECKPOINT_TAG,
     AuditAction,
     AuditEntry,
     AuditEvent,
+    Checkpoint,
     audit_entries_from_tags,
     audit_tag_key,
     chain_entry,
     check_audit_tags,
+    checkpoint_problem,
     current_actor,
     new_txid,
+    parse_checkpoint,
+    sign_checkpoint,
 )
 from fraudguard.errors import AuditError, RegistryError
 from fraudguard.faults import crash_point
@@ -463,14 +468,25 @@ class RegistryState:
         return history[-1].version if history else None
 
 
-def read_state(client: "MlflowClient", model_name: str, verifier: Verifier) -> RegistryState:
-    """The registry state, with the audit chain checked (AuditError names the entry at fault)."""
+def read_state(client: "MlflowClient", model_name: str, verifier: Verifier,
+               refreshing_checkpoint: bool = False) -> RegistryState:
+    """The registry state, with the audit chain checked (AuditError names the entry at fault): signatures and
+    links, this host's anchor, and the signed checkpoint (present, reached by the chain, not expired).
+
+    `refreshing_checkpoint` (refresh_checkpoint only): a missing or expired checkpoint is left to the caller;
+    a present one must still be reached by the chain.
+    """
     tags, aliases = get_registered_tags_and_aliases(client, model_name)
     check_audit_tags(tags, verifier).raise_if_broken()
     state = RegistryState(model_name, tags, aliases, audit_entries_from_tags(tags))
     path = anchor_path(client, model_name)
     anchor = read_anchor(path)
     problem = anchor_problem(state.entries, anchor)
+    if not problem:
+        envelope = tags.get(CHECKPOINT_TAG)
+        if not (refreshing_checkpoint and envelope is None):
+            problem = checkpoint_problem(model_name, state.entries, envelope, verifier,
+                                         accept_expired=refreshing_checkpoint)
     if problem:
         raise AuditError(f"audit log of {model_name!r}: {problem}")
     pin_seen_head(path, state.entries, anchor)
@@ -499,9 +515,47 @@ def append_entry(client: "MlflowClient", state: RegistryState, event: AuditEvent
     registry_writer(client).set_registered_model_tag(state.model_name, key, text)
     state.tags[key] = text
     state.entries.append(entry)
+    if entry.phase != "intent":  # an intent is followed by its commit or abort, which refreshes it
+        _write_checkpoint(client, state, signer)
     logger.info("audit %06d: %s/%s %s -> %s by %s", entry.seq, entry.action, entry.phase,
                 entry.from_version, entry.to_version, entry.actor)
     return entry
+
+
+def _write_checkpoint(client: "MlflowClient", state: RegistryState, signer: Signer) -> None:
+    """Sign the newest entry of `state` as the log's checkpoint (a crash before this leaves an older checkpoint,
+    which the chain still reaches)."""
+    envelope = sign_checkpoint(state.model_name, state.entries[-1], signer)
+    registry_writer(client).set_registered_model_tag(state.model_name, CHECKPOINT_TAG, envelope)
+    state.tags[CHECKPOINT_TAG] = envelope
+
+
+def refresh_checkpoint(client: "MlflowClient", model_name: str, signer: Signer, verifier: Verifier,
+                       accept_head: bool = False) -> Checkpoint | None:
+    """Re-sign the log's newest entry as its checkpoint, with a fresh expiry (None: the log is empty).
+
+    Run on the host holding the key, more often than the checkpoint's lifetime (cron, a scheduled deployment).
+    The chain must reach the current checkpoint and this host's anchor. A checkpoint that is missing (a log
+    written before checkpoints) or expired cannot tell whether newest entries were removed meanwhile: then
+    only `accept_head`, an operator's statement that the newest entry shown is the newest they know of, lets
+    it be re-signed (AuditError otherwise, naming that entry).
+    """
+    with registry_lock(client):
+        state = read_state(client, model_name, verifier, refreshing_checkpoint=True)
+        if not state.entries:
+            return None
+        problem = checkpoint_problem(model_name, state.entries, state.tags.get(CHECKPOINT_TAG), verifier)
+        head = state.entries[-1]
+        if problem and not accept_head:
+            raise AuditError(
+                f"audit log of {model_name!r}: {problem}. Its newest entry is {head.seq} ({head.time}: {head.action} "
+                f"{head.phase} {head.from_version} -> {head.to_version} by {head.actor}); if that is the newest you "
+                "know of (`fraudguard audit log`), rerun with --accept-head")
+        if problem:
+            logger.warning("audit log of %r: %s; re-signed at entry %s as the operator accepted", model_name,
+                           problem, head.seq)
+        _write_checkpoint(client, state, signer)
+        return parse_checkpoint(model_name, state.tags[CHECKPOINT_TAG], verifier)
 
 
 def _set_alias(client: "MlflowClient", state: RegistryState, version: int | None) -> None:

@@ -1,7 +1,8 @@
 """`fraudguard audit verify`: can the registry's record of how `champion` got there be trusted?
 
 Checked, with only the public key: every audit entry's hash, link and signature; that the log was not
-trimmed (anchor beside the key, when this host has it); that every move is an intent closed by its
+trimmed (anchor beside the key, when this host has it; the signed checkpoint, present, reached and not
+expired, on every host); that every move is an intent closed by its
 commit or abort and starts where the previous one ended; that the alias equals the last committed
 move's target; that every champion in the history had a valid signed pass attestation; and that the
 files the champion serves match its attestation.
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fraudguard.attestation import Attestation, check_served_copy, load_attestation
-from fraudguard.audit import AuditEntry, audit_entries_from_tags, check_audit_tags
+from fraudguard.audit import CHECKPOINT_TAG, AuditEntry, audit_entries_from_tags, check_audit_tags, checkpoint_problem
 from fraudguard.errors import FraudGuardError
 from fraudguard.registry import (
     CHAMPION_ALIAS,
@@ -92,12 +93,15 @@ def verify_registry(client: "MlflowClient", model_name: str, verifier: Verifier,
     anchor = read_anchor(anchor_file)
     if anchor is None:
         notes.append(f"no audit anchor on this host ({anchor_file}): trimming of the newest entries is "
-                     "checked only against the alias")
+                     "checked against the signed checkpoint and the alias")
     trimmed = anchor_problem(entries, anchor)
     if trimmed:
         problems.append(trimmed)
     else:
         pin_seen_head(anchor_file, entries, anchor)
+    stale = checkpoint_problem(model_name, entries, tags.get(CHECKPOINT_TAG), verifier)
+    if stale:
+        problems.append(stale)
     structure, committed, open_intent = _structure_problems(entries)
     problems += structure
     if open_intent is not None:

@@ -371,6 +371,68 @@ def test_a_serving_host_that_read_the_log_refuses_it_trimmed_back_past_a_rollbac
         resolve_champion(project.client, NAME, load_verifier())
 
 
+def _checkpoint_signed_days_ago(project: Project, head, days: int) -> str:
+    import datetime as dt
+
+    from fraudguard.audit import sign_checkpoint
+
+    signed_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    return sign_checkpoint(NAME, head, load_signer(create=False), now=signed_at)
+
+
+def test_a_brand_new_serving_host_refuses_a_log_trimmed_back_past_a_rollback(project, tmp_path, monkeypatch):
+    """A fresh replica has no anchor: the signed checkpoint is what tells it the log was trimmed."""
+    from fraudguard.audit import CHECKPOINT_TAG, audit_tag_key
+    from fraudguard.errors import AuditError
+    from fraudguard.serving.champion import resolve_champion
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    # The checkpoint the pipeline signed when v2 was promoted, had that been 8 days ago: what an insider replays.
+    old_checkpoint = _checkpoint_signed_days_ago(project, project.audit()[-1], days=8)
+    assert project.fg("rollback", "--reason", "v2 misses fraud").returncode == 0 and project.champion == v1
+    for entry in project.audit():  # insider: delete the rollback's entries and point the alias back at v2
+        if entry.action == "rollback":
+            project.client.delete_registered_model_tag(NAME, audit_tag_key(entry.seq))
+    project.client.set_registered_model_alias(NAME, CHAMPION_ALIAS, str(v2))
+
+    def fresh_host(name: str):
+        monkeypatch.setenv("FRAUDGUARD_AUDIT_ANCHOR_DIR", str(tmp_path / name))  # a replica that never read the log
+        return resolve_champion(project.client, NAME, load_verifier())
+
+    with pytest.raises(AuditError, match="signed checkpoint .* names entry .*newest entries removed"):
+        fresh_host("replica-1")  # the rollback's checkpoint left in place
+    project.client.set_registered_model_tag(NAME, CHECKPOINT_TAG, old_checkpoint)  # v2's own, replayed
+    with pytest.raises(AuditError, match="expired"):
+        fresh_host("replica-2")
+    project.client.delete_registered_model_tag(NAME, CHECKPOINT_TAG)
+    with pytest.raises(AuditError, match="no signed checkpoint"):
+        fresh_host("replica-3")
+    # The key holder's refresh does not bless the trimmed log on its own (its anchor saw the rollback).
+    refresh = project.fg("audit", "checkpoint", "--accept-head")
+    assert refresh.returncode == 1 and "newest entries removed" in refresh.stderr, refresh.stderr[-2000:]
+
+
+def test_the_audit_checkpoint_is_refreshed_by_the_key_holder_and_an_expired_one_needs_an_operator(project, tmp_path):
+    from fraudguard.audit import CHECKPOINT_TAG
+
+    v1, _, _ = project.versions
+    project.promote_setup(v1)
+    assert project.fg("audit", "checkpoint").returncode == 0  # a scheduled refresh of a valid one needs no one
+    # Eight days without a refresh (the scheduled job stopped): the last checkpoint has expired.
+    project.client.set_registered_model_tag(NAME, CHECKPOINT_TAG,
+                                            _checkpoint_signed_days_ago(project, project.audit()[-1], days=8))
+    expired = project.fg("audit", "verify")
+    assert expired.returncode == 1 and "expired" in expired.stderr
+    refused = project.fg("audit", "checkpoint")
+    assert refused.returncode == 1 and "--accept-head" in refused.stderr and "newest entry is 2" in refused.stderr
+    accepted = project.fg("audit", "checkpoint", "--accept-head")
+    assert accepted.returncode == 0 and "entry 2 signed" in accepted.stdout, accepted.stderr[-2000:]
+    fresh = project.fg("audit", "verify", env={"FRAUDGUARD_AUDIT_ANCHOR_DIR": str(tmp_path / "fresh")})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------------ case 9
 
 def _served_dir(project: Project, version: int) -> Path:

@@ -110,3 +110,32 @@ def test_unknown_action_or_phase_is_refused(signer):
 def test_actor_defaults_to_fraudguard_actor_env(monkeypatch, signer):
     monkeypatch.setenv("FRAUDGUARD_ACTOR", "ci-bot")
     assert chain_entry(None, AuditEvent("promote", "intent", None, 1), signer).actor == "ci-bot"
+
+
+def test_a_checkpoint_is_refused_when_forged_for_another_log_unreached_rewritten_or_expired(signer, tmp_path,
+                                                                                           monkeypatch):
+    import datetime as dt
+
+    from fraudguard.audit import CHECKPOINT_TTL_ENV, checkpoint_problem, checkpoint_ttl_hours, sign_checkpoint
+    from fraudguard.errors import ConfigError
+
+    entries = _chain(signer, 3)
+    verifier = signer.verifier()
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    at_head = sign_checkpoint("fraudguard", entries[-1], signer, now=now, ttl_hours=24)
+    assert checkpoint_problem("fraudguard", entries, at_head, verifier, now=now) == ""
+    assert checkpoint_problem("fraudguard", entries + _chain(signer, 4)[3:], at_head, verifier, now=now) == ""
+    assert "no signed checkpoint" in checkpoint_problem("fraudguard", entries, None, verifier, now=now)
+    assert checkpoint_problem("fraudguard", [], None, verifier, now=now) == ""
+    assert "newest entries removed" in checkpoint_problem("fraudguard", entries[:2], at_head, verifier, now=now)
+    rewritten = _chain(load_signer(tmp_path / "other.pem"), 3)
+    assert "rewritten" in checkpoint_problem("fraudguard", entries[:2] + rewritten[2:], at_head, verifier, now=now)
+    assert "not a checkpoint of this model" in checkpoint_problem("other-model", entries, at_head, verifier, now=now)
+    forged = sign_checkpoint("fraudguard", entries[-1], load_signer(tmp_path / "insider.pem"), now=now)
+    assert "forged or altered" in checkpoint_problem("fraudguard", entries, forged, verifier, now=now)
+    later = now + dt.timedelta(hours=25)
+    assert "expired" in checkpoint_problem("fraudguard", entries, at_head, verifier, now=later)
+    assert checkpoint_problem("fraudguard", entries, at_head, verifier, now=later, accept_expired=True) == ""
+    monkeypatch.setenv(CHECKPOINT_TTL_ENV, "0")
+    with pytest.raises(ConfigError, match=CHECKPOINT_TTL_ENV):
+        checkpoint_ttl_hours()

@@ -1,4 +1,4 @@
-"""`fraudguard promote | rollback | status | audit verify | audit recover`: the registry side of the CLI.
+"""`fraudguard promote | rollback | status | audit verify | recover | checkpoint`: the registry side of the CLI.
 
 Heavy libraries (mlflow, torch, evidently) are imported inside the commands so `fraudguard --help` stays fast.
 Wire into the main app with `registry.register(app)`.
@@ -226,6 +226,37 @@ def audit_recover(root: Path = _ROOT) -> None:
         typer.echo("nothing to recover: no half-done move, alias matches the record")
 
 
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    root: Path = _ROOT,
+    accept_head: bool = typer.Option(
+        False, "--accept-head",
+        help="The checkpoint is missing or expired: re-sign anyway, stating that the log's newest entry (shown "
+             "by the refusal) is the newest you know of."),
+) -> None:
+    """Re-sign the audit log's newest entry with a fresh expiry, so that any host can tell a trimmed log.
+
+    Run it on the host holding the signing key, more often than $FRAUDGUARD_AUDIT_CHECKPOINT_TTL_HOURS (168).
+    """
+    from fraudguard.errors import FraudGuardError
+    from fraudguard.registry import refresh_checkpoint
+    from fraudguard.signing import load_signer
+
+    try:
+        client, settings = _open(root)
+        signer = load_signer(create=False)
+        checkpoint = refresh_checkpoint(client, settings.registry.model_name, signer, signer.verifier(),
+                                        accept_head=accept_head)
+    except FraudGuardError as exc:
+        _fail(exc)
+        return
+    if checkpoint is None:
+        typer.echo("the audit log is empty: nothing to checkpoint")
+        return
+    typer.echo(f"audit checkpoint: entry {checkpoint.seq} signed, valid until "
+               f"{checkpoint.expires_at.isoformat(timespec='seconds')}")
+
+
 def approve(
     version: int = typer.Argument(..., help="The version whose promotion waits for approval."),
     approver: str = typer.Option(..., "--as", help="Who approves (must not be the change's author)."),
@@ -247,7 +278,7 @@ def approve(
 
 
 def register(app: typer.Typer) -> None:
-    """Add promote, rollback, status, approve and `audit verify|recover` to the main `fraudguard` app."""
+    """Add promote, rollback, status, approve and `audit verify|recover|checkpoint` to the main `fraudguard` app."""
     app.command("approve")(approve)
     app.command("promote")(promote)
     app.command("rollback")(rollback)
