@@ -158,3 +158,30 @@ def test_rerun_with_nothing_changed_reuses_the_champion_instead_of_registering_a
     state = flow(return_state=True)
     assert state.is_completed() and "nothing changed" in state.message
     assert _registry_state(tmp_path) == before == ({1}, {"champion": 1})
+
+
+def test_the_scheduled_checkpoint_flow_re_signs_the_audit_logs_newest_entry(tmp_path, monkeypatch, prefect_api):
+    from mlflow import MlflowClient
+
+    from project_factory import LENIENT_GATES
+    from fraudguard.audit import CHECKPOINT_TAG, parse_checkpoint
+    from fraudguard.registry import read_audit_log
+    from fraudguard.signing import load_signer, load_verifier
+
+    root = make_project(tmp_path / "project", None, LENIENT_GATES)
+    monkeypatch.setenv("FRAUDGUARD_PROJECT_DIR", str(root))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    load_signer()  # this is the host that holds the pipeline's key (created here on first use)
+    flow = _load(root, "audit_checkpoint", "audit_checkpoint")
+    assert _load(root, "train_and_promote", "train_and_promote")(return_state=True).is_completed()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    promoted = parse_checkpoint("fraudguard", client.get_registered_model("fraudguard").tags[CHECKPOINT_TAG],
+                                load_verifier())
+    result = flow()
+    refreshed = parse_checkpoint("fraudguard", client.get_registered_model("fraudguard").tags[CHECKPOINT_TAG],
+                                 load_verifier())
+    head = read_audit_log(client, "fraudguard")[-1]
+    assert result["seq"] == refreshed.seq == promoted.seq == head.seq and refreshed.hash == head.hash
+    assert refreshed.expires_at >= promoted.expires_at
