@@ -323,6 +323,19 @@ def get_registered_tags_and_aliases(client: "MlflowClient", model_name: str) -> 
     return dict(model.tags or {}), aliases
 
 
+def _registered(client: "MlflowClient", model_name: str) -> bool:
+    """Whether the registered model exists (other store errors are raised, not taken for 'no')."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        resilient(client).get_registered_model(model_name)
+    except _mlflow_error() as exc:
+        if getattr(exc, "error_code", None) == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise RegistryError(f"registered model {model_name!r} unreadable: {exc}") from exc
+    return True
+
+
 def get_champion_version(client: "MlflowClient", model_name: str) -> int | None:
     """The version the `champion` alias points to, or None when there is no champion."""
     return get_registered_tags_and_aliases(client, model_name)[1].get(CHAMPION_ALIAS)
@@ -540,6 +553,8 @@ def refresh_checkpoint(client: "MlflowClient", model_name: str, signer: Signer, 
     only `accept_head`, an operator's statement that the newest entry shown is the newest they know of, lets
     it be re-signed (AuditError otherwise, naming that entry).
     """
+    if not _registered(client, model_name):
+        return None  # nothing registered yet (a scheduled refresh on a new set-up): no log to checkpoint
     with registry_lock(client):
         state = read_state(client, model_name, verifier, refreshing_checkpoint=True)
         if not state.entries:

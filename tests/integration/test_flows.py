@@ -175,6 +175,7 @@ def test_the_scheduled_checkpoint_flow_re_signs_the_audit_logs_newest_entry(tmp_
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     load_signer()  # this is the host that holds the pipeline's key (created here on first use)
     flow = _load(root, "audit_checkpoint", "audit_checkpoint")
+    assert flow() is None  # nothing registered yet: the scheduled run succeeds with nothing to checkpoint
     assert _load(root, "train_and_promote", "train_and_promote")(return_state=True).is_completed()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     promoted = parse_checkpoint("fraudguard", client.get_registered_model("fraudguard").tags[CHECKPOINT_TAG],
