@@ -46,6 +46,7 @@ NAME = "fraudguard"
 KEY = "bank-key-0123456789abcdef"
 SLOW_KEY = "slow-key-0123456789abcdef"
 METER_KEY = "meter-key-0123456789abcdef"
+LABELLER_KEY = "labeller-key-0123456789abcdef"
 REPLAY_DAYS = 7
 _ids = itertools.count(10**12)
 
@@ -137,7 +138,8 @@ def served(tmp_path_factory):
     data[data["TX_DATETIME"] < cutoff].to_parquet(history)  # bootstrapped on start (serve.bootstrap_from)
     (base / "keys.yaml").write_text(
         f"bank: {KEY}\nslow: {{key: {SLOW_KEY}, rate_limit_per_s: 0.5, rate_limit_burst: 3}}\n"
-        f"meter: {{key: {METER_KEY}, rate_limit_per_s: 0.01, rate_limit_burst: 30}}\n")
+        f"meter: {{key: {METER_KEY}, rate_limit_per_s: 0.01, rate_limit_burst: 30}}\n"
+        f"labeller: {{key: {LABELLER_KEY}, rate_limit_per_s: 0.01, rate_limit_burst: 5}}\n")
     serve_settings = parse_settings(merge_overrides(
         json.loads(json.dumps(settings.as_params_dict())),
         {"serve": {"reload_interval_s": 0.3, "state_path": str(base / "state" / "features.sqlite"),
@@ -435,6 +437,32 @@ def test_a_batch_is_charged_per_transaction_and_an_explained_one_at_the_explain_
     assert too_big.status_code == 429 and "retry-after" not in too_big.headers
     assert "more than client 'meter' can hold (30)" in too_big.json()["error"]
     assert not {t["TRANSACTION_ID"] for t in two_explained + nine} & _logged_ids(served)  # nothing refused was scored
+
+
+def test_feedback_is_charged_per_label_and_a_refused_request_records_none(served):
+    """labeller: 5 tokens, refilled at 0.01/s; each label costs 1, as each scored transaction does."""
+    scored = [_tx(customer=10**9 + 46) for _ in range(7)]
+    assert httpx.post(f"{served.url}/score/batch", json={"transactions": scored}, headers=_headers(),
+                      timeout=30).status_code == 200
+
+    def labels(txs):
+        return {"labels": [{"TRANSACTION_ID": t["TRANSACTION_ID"], "TX_FRAUD": True,
+                            "LABEL_DATETIME": t["TX_DATETIME"]} for t in txs]}
+
+    def post(txs):
+        return httpx.post(f"{served.url}/feedback", json=labels(txs), headers=_headers(LABELLER_KEY), timeout=10)
+
+    too_big = post(scored[:6])
+    assert too_big.status_code == 429 and "more than client 'labeller' can hold (5)" in too_big.json()["error"]
+    assert post(scored[:4]).json()["recorded"] == 4  # 4 tokens: 1 left
+    refused = post(scored[4:7])
+    assert refused.status_code == 429, refused.text
+    import sqlite3
+
+    with sqlite3.connect(served.serve_settings.serve.state_path) as db:  # the gateway's feature store, read as is
+        labelled = {row[0] for row in db.execute("SELECT id FROM tx WHERE label_t IS NOT NULL")}
+    ids = [t["TRANSACTION_ID"] for t in scored]
+    assert set(ids[:4]) <= labelled and not set(ids[4:]) & labelled
 
 
 def test_explaining_more_than_the_cap_is_a_422_naming_it_and_scores_nothing(served):

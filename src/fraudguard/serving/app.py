@@ -337,9 +337,10 @@ def create_app(gateway: Gateway) -> Any:
                 "threshold": done.served.bundle.threshold, "results": done.results}
 
     @app.post("/feedback")
-    async def feedback(body: Feedback):
+    async def feedback(body: Feedback, request: Request):
         from fraudguard.serving.state import time_ns
 
+        admit(request, len(body.labels), False)  # a label costs what a scored transaction does (labels feed training)
         store = gateway.store
         unknown, problems, accepted = [], [], []
         for i, label in enumerate(body.labels):
