@@ -267,15 +267,18 @@ def build_gate_context(
                 digest, verifier = champion_attestation
                 champion_bundle, attested = load_attested_bundle(client, champion_mv, digest, verifier, champion_dir)
                 reference_sha256: str | None = attested.subjects.get(REFERENCE_SUBJECT)
+                gated_data = _gated_data_md5(attested.predicate)
             else:
                 logger.warning("model %r version %s: the champion compared with is checked against its version's "
                                "tags only (no verify key for its signed attestation)", name, champion_version)
                 champion_bundle = load_bundle_for_version(client, name, champion_version, champion_dir)
                 reference_sha256 = None
+                gated_data = (champion_mv.tags or {}).get("lineage.data_md5")  # a claim: dry run only
             champion = ModelUnderTest(
                 bundle=champion_bundle, version=champion_version, run_id=champion_mv.run_id,
                 train_features=load_reference_features(client, name, champion_version,
                                                        expected_sha256=reference_sha256),
+                gated_data_md5=gated_data,
             )
         except FraudGuardError as exc:
             raise RegistryError(
@@ -599,9 +602,27 @@ def gated_workspace_lineage(context: GateContext) -> dict[str, str]:
     return {
         "git_commit": commit,
         "data_md5": data,
+        # What data/raw holds, hashed as DVC hashes a directory: data.dvc's md5 is only what was last `dvc add`ed.
+        "data_content_md5": raw_content_md5(paths) or "unknown",
         "params_sha256": params_sha256(context.settings),
         "dvc_lock_sha256": sha256_file(paths.dvc_lock) if paths.dvc_lock.is_file() else "unknown",
     }
+
+
+def raw_content_md5(paths: ProjectPaths) -> str | None:
+    """DVC's directory md5 of what data/raw holds now (None when there is no data/raw)."""
+    from fraudguard.data.versioning import directory_md5
+
+    return directory_md5(paths.raw_dir) if paths.raw_dir.is_dir() else None
+
+
+def _gated_data_md5(predicate: Mapping[str, Any]) -> str | None:
+    """The data/raw md5 a signed attestation says its version was gated on (content when recorded, else data.dvc's)."""
+    seen = predicate.get("gated_workspace") or {}
+    for value in (seen.get("data_content_md5"), seen.get("data_md5")):
+        if value and value not in ("unknown", "absent"):
+            return str(value)
+    return None
 
 
 def _check_files_unchanged_since_gated(client: "MlflowClient", run: GateRun) -> None:

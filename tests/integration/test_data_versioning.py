@@ -366,15 +366,18 @@ def import_version_with_frauds(paths: ProjectPaths, tmp_path: Path, n_frauds: in
     return current_rows(paths)
 
 
-def data_changes_verdict(paths: ProjectPaths, tmp_path: Path):
-    """The data_changes gate on the checkout's own validation report (a candidate with no run)."""
+def data_changes_verdict(paths: ProjectPaths, tmp_path: Path, champion_data_md5: str | None = None):
+    """The data_changes gate on the checkout's own validation report (a candidate with no run); with
+    `champion_data_md5`, against a champion gated on that data/raw (the md5 its signed attestation holds)."""
     from fraudguard.gates.base import GateContext, ModelUnderTest
     from fraudguard.gates.data_changes import run_data_changes_gate
 
     settings = load_settings(paths.params)
     empty = pd.DataFrame()
+    champion = None if champion_data_md5 is None else \
+        ModelUnderTest(bundle=None, version=3, gated_data_md5=champion_data_md5)
     context = GateContext(settings=settings, train_features=empty, test_features=empty, newest_window=empty,
-                          source_root=paths.root, report_dir=tmp_path / "gates")
+                          source_root=paths.root, report_dir=tmp_path / "gates", champion=champion)
     return run_data_changes_gate(ModelUnderTest(bundle=None), context, settings.gates.data_changes)
 
 
@@ -497,3 +500,31 @@ def test_reviewed_relabel_is_applied_counted_and_blocks_promotion_until_acknowle
     assert ack.exit_code == 0, ack.output
     passed = data_changes_verdict(origin, tmp_path)
     assert passed.passed and "acknowledged by reviewer" in passed.reason
+
+
+def test_data_edited_in_place_after_the_champion_was_gated_blocks_until_acknowledged(origin, tmp_path):
+    """Editing data/raw by hand (no `data import`, so no diff of its history) and `dvc add`-ing it used to pass the
+    data_changes gate as "unchecked"; so did deleting the intake record."""
+    from fraudguard.data.history import INTAKE_RECORD_NAME
+    from fraudguard.stages import validate as stage
+
+    before = import_version_with_frauds(origin, tmp_path)
+    champion_data = directory_md5(origin.raw_dir)  # what the champion was gated on
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    assert "is not the data champion" not in data_changes_verdict(origin, tmp_path, champion_data).reason
+    attacked, flipped = flip_frauds(before)
+    write_transactions(attacked, origin.raw_dir / "transactions.parquet")  # insider: labels flipped in place
+    track_raw_data(origin)
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    blocked = data_changes_verdict(origin, tmp_path, champion_data)
+    assert not blocked.passed and blocked.metrics["changed_outside_import"] == 1.0
+    assert "is not the data champion version 3 was gated on" in blocked.reason
+    assert "stale intake record" in blocked.reason
+    assert data_changes_verdict(origin, tmp_path).passed  # no champion yet: nothing gated to compare with
+    (origin.raw_dir / INTAKE_RECORD_NAME).unlink()  # deleting the record only changes the reason
+    stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    assert "no intake record" in data_changes_verdict(origin, tmp_path, champion_data).reason
+    ack = CliRunner().invoke(app, ["data", "acknowledge", "--as", "reviewer", "--reason", "relabelled by the bank",
+                                   "--root", str(origin.root)])
+    assert ack.exit_code == 0 and "did not check" in ack.output, ack.output
+    assert data_changes_verdict(origin, tmp_path, champion_data).passed

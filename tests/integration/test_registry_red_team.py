@@ -578,6 +578,8 @@ def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_r
                   policy=committed_policy(project.root, project.settings), gates=_champion_recording_gates(seen))
     run_gates(run)
     assert seen == [real_threshold], "the champion compared with must be the signed one, not an editable copy"
+    # The data it was gated on comes from the same signed attestation (the data_changes gate compares with it).
+    assert run.context.champion.gated_data_md5 == "feedfacefeedfacefeedfacefeedface.dir"
     # Then the served copy itself, and then the drift reference: refused before any gate runs, nothing recorded.
     entries_before = len(project.audit())
     served = _served_dir(project, v1) / "artifacts" / "preprocess.json"

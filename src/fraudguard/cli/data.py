@@ -235,4 +235,6 @@ def acknowledge(by: str = typer.Option(..., "--as", help="Reviewer's name, recor
         if entry["previous"] is not None and entry["current"] is not None else []
     if entry["deleted_transactions"]:
         what.append(f"{entry['deleted_transactions']} deleted transaction(s)")
+    if entry["history_unchecked"]:
+        what.append("data whose history `fraudguard data import` did not check")
     typer.echo(f"acknowledged {', '.join(what)} in {target}; commit it for review")

@@ -42,6 +42,8 @@ class ModelUnderTest:
     run_id: str | None = None
     # The training features this model was fitted on (the drift reference), when known.
     train_features: "pd.DataFrame | None" = None
+    # DVC's directory md5 of the data/raw the version was gated on (the champion's, from its signed attestation).
+    gated_data_md5: str | None = None
 
 
 @dataclass(frozen=True)

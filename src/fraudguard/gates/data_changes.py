@@ -1,5 +1,6 @@
-"""Data-changes gate: a fraud-rate change against the previous data version, or transactions of it deleted,
-block promotion until a reviewer acknowledges them.
+"""Data-changes gate: a fraud-rate change against the previous data version, transactions of it deleted, or data
+that differs from the champion's without `fraudguard data import`'s history check, block promotion until a
+reviewer acknowledges them.
 
 The validate stage records both in reports/validation.json (`fraud_rate_change`, factor
 validate.max_fraud_rate_change_factor, and `history.previous_transactions_missing`, from the intake record
@@ -63,13 +64,15 @@ def acknowledge_data_changes(report: dict[str, Any], path: Path, by: str, reason
     `path`; returns the entry. Raises DataError when the report records neither (nothing to acknowledge)."""
     change = report.get("fraud_rate_change") or {}
     deleted = deleted_transactions(report)
-    if not change.get("exceeded") and not deleted:
+    unchecked = not (report.get("history") or {}).get("checked", False)
+    if not change.get("exceeded") and not deleted and not unchecked:
         raise DataError("the validation report records no fraud-rate change beyond "
-                        "validate.max_fraud_rate_change_factor and no deleted transaction: nothing to acknowledge")
+                        "validate.max_fraud_rate_change_factor, no deleted transaction and a checked history: "
+                        "nothing to acknowledge")
     if not by.strip() or not reason.strip():
         raise DataError("an acknowledgement needs a reviewer name and a reason")
     entry = {"data_md5s": data_key(report), "previous": change.get("previous"), "current": change.get("current"),
-             "deleted_transactions": deleted,
+             "deleted_transactions": deleted, "history_unchecked": unchecked,
              "by": by, "reason": reason, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     entries = read_acknowledgements(path)
     entries.append(entry)
@@ -94,6 +97,27 @@ def candidate_validation_report(candidate: ModelUnderTest, context: GateContext)
             return json.loads(Path(local).read_text(encoding="utf-8"))
     path = context.source_root / VALIDATION_ARTIFACT
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def changed_outside_import(history: dict[str, Any], context: GateContext) -> str:
+    """Why the candidate's data needs a reviewer although no import reported a change ('' when it does not):
+    its history is unchecked (data/raw written, edited or added to without `fraudguard data import`, whose diff
+    finds label flips and deletions), and data/raw is not the data the champion was gated on (the md5 its signed
+    attestation holds). Without this, editing data/raw by hand, or deleting the intake record, skipped every
+    check of history."""
+    champion = context.champion
+    if history.get("checked") or champion is None or not champion.gated_data_md5:
+        return ""
+    from fraudguard.data.versioning import directory_md5
+    from fraudguard.paths import ProjectPaths
+
+    raw_dir = ProjectPaths.at(context.source_root).raw_dir
+    current = directory_md5(raw_dir) if raw_dir.is_dir() else "absent"
+    if current == champion.gated_data_md5:
+        return ""
+    return (f"data/raw (md5 {current[:16]}) is not the data champion version {champion.version} was gated on "
+            f"(md5 {champion.gated_data_md5[:16]}) and its history is unchecked "
+            f"({history.get('reason', 'no history report')})")
 
 
 def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
@@ -131,6 +155,10 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
                             f"{change['factor']} > {change['max_factor']})")
     if deleted:
         findings.append(f"{deleted} transaction(s) of the previous version deleted")
+    outside_import = changed_outside_import(history, context)
+    if outside_import:
+        findings.append(outside_import)
+    metrics["changed_outside_import"] = float(bool(outside_import))
     acknowledged = [e for e in read_acknowledgements(ack_path) if e.get("data_md5s") == data_key(report)]
     if not findings and not change.get("checked"):
         passed, reason = True, f"fraud-rate change unchecked ({change.get('reason', 'unknown')})"
