@@ -40,6 +40,7 @@ from fraudguard.errors import DataError, FraudGuardError, ModelError, PolicyErro
 from fraudguard.faults import crash_point
 from fraudguard.files import write_json
 from fraudguard.gates.base import GateContext, GateFn, GateResult, ModelUnderTest
+from fraudguard.names import DATA_MD5_TAG
 from fraudguard.paths import ProjectPaths
 from fraudguard.policy import GatePolicy, committed_policy, policy_from_settings
 from fraudguard.reporting import GATE_SECTION_TITLE, MAX_DESCRIPTION_CHARS, champion_label, gate_table_markdown
@@ -273,7 +274,7 @@ def build_gate_context(
                                "tags only (no verify key for its signed attestation)", name, champion_version)
                 champion_bundle = load_bundle_for_version(client, name, champion_version, champion_dir)
                 reference_sha256 = None
-                gated_data = (champion_mv.tags or {}).get("lineage.data_md5")  # a claim: dry run only
+                gated_data = (champion_mv.tags or {}).get(DATA_MD5_TAG)  # a claim: dry run only
             champion = ModelUnderTest(
                 bundle=champion_bundle, version=champion_version, run_id=champion_mv.run_id,
                 train_features=load_reference_features(client, name, champion_version,

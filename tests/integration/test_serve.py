@@ -145,7 +145,9 @@ def served(tmp_path_factory):
         {"serve": {"reload_interval_s": 0.3, "state_path": str(base / "state" / "features.sqlite"),
                    "prediction_log": str(base / "state" / "predictions.jsonl"),
                    "model_cache_dir": str(base / "state" / "models"), "max_body_bytes": 65536,
-                   "max_batch_size": 200, "max_explained_per_request": 5}}))
+                   "max_batch_size": 200, "max_explained_per_request": 5,
+                   # The replays score and label a test period as fast as they can (labels cost tokens too).
+                   "rate_limit_per_s": 5000, "rate_limit_burst": 10000}}))
     project = Served(root, client, settings, serve_settings, uri, versions, data, offline, cutoff, base)
     project.promote(versions[0])
     project.start()

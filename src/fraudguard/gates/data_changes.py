@@ -109,10 +109,13 @@ def changed_outside_import(history: dict[str, Any], context: GateContext) -> str
     if history.get("checked") or champion is None or not champion.gated_data_md5:
         return ""
     from fraudguard.data.versioning import directory_md5
+    from fraudguard.lineage import data_md5
     from fraudguard.paths import ProjectPaths
 
-    raw_dir = ProjectPaths.at(context.source_root).raw_dir
-    current = directory_md5(raw_dir) if raw_dir.is_dir() else "absent"
+    paths = ProjectPaths.at(context.source_root)
+    # What data/raw holds; a workspace without it (a custom pipeline's) is judged by its data.dvc, as the
+    # signer records it then.
+    current = directory_md5(paths.raw_dir) if paths.raw_dir.is_dir() else data_md5(paths.raw_dvc_file)
     if current == champion.gated_data_md5:
         return ""
     return (f"data/raw (md5 {current[:16]}) is not the data champion version {champion.version} was gated on "
