@@ -489,14 +489,14 @@ def _set_served_threshold(project: Project, version: int, threshold: float) -> N
     preprocess.write_text(json.dumps(meta))
 
 
-def _recording_gates(seen: list) -> dict:
-    """Stand-in gates that pass and record the threshold of the candidate bundle they were handed."""
+def _recording_gates(seen: list, of=lambda candidate, context: candidate.bundle) -> dict:
+    """Stand-in gates that pass and record the threshold of a bundle they were handed (default: the candidate's)."""
     gates = dict(all_passing_gates())
     first = next(iter(gates))
     passing = gates[first]
 
     def record(candidate, context, settings):
-        seen.append(candidate.bundle.threshold)
+        seen.append(of(candidate, context).threshold)
         return passing(candidate, context, settings)
     gates[first] = record
     return gates
@@ -545,19 +545,6 @@ def _run_artifact(project: Project, version: int, artifact: str) -> Path:
     return Path(project.client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / artifact
 
 
-def _champion_recording_gates(seen: list) -> dict:
-    """Stand-in gates that pass and record the threshold of the champion bundle the gates compare with."""
-    gates = dict(all_passing_gates())
-    first = next(iter(gates))
-    passing = gates[first]
-
-    def record(candidate, context, settings):
-        seen.append(context.champion.bundle.threshold)
-        return passing(candidate, context, settings)
-    gates[first] = record
-    return gates
-
-
 def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_reference(project):
     from fraudguard.errors import RegistryError
     from fraudguard.files import sha256_file
@@ -575,7 +562,7 @@ def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_r
     project.client.set_model_version_tag(NAME, str(v1), PREPROCESS_SHA_TAG, sha256_file(planted))
     seen: list = []
     run = prepare(project.client, project.root, project.settings, v2,
-                  policy=committed_policy(project.root, project.settings), gates=_champion_recording_gates(seen))
+                  policy=committed_policy(project.root, project.settings), gates=_recording_gates(seen, of=lambda candidate, context: context.champion.bundle))
     run_gates(run)
     assert seen == [real_threshold], "the champion compared with must be the signed one, not an editable copy"
     # The data it was gated on comes from the same signed attestation (the data_changes gate compares with it).
