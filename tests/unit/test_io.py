@@ -151,3 +151,19 @@ def test_long_column_names_in_a_message_are_clipped():
     with pytest.raises(DataError) as info:
         check_column_names(["x" * 10_000, "x" * 10_000], "f.csv")
     assert len(str(info.value)) < 300
+
+
+def test_a_quarantine_column_arrow_cannot_type_is_written_as_text_and_the_others_keep_their_types(frame, tmp_path):
+    import pyarrow.parquet as pq
+
+    from fraudguard.data.io import write_quarantine
+
+    rows = frame.head(3).copy()
+    rows[schema.TX_AMOUNT] = pd.Series([12.5, "abc", 7], dtype=object)  # a Parquet's floats beside a CSV's text
+    rows["reason"] = "negative_amount"
+    write_quarantine(rows, tmp_path / "quarantine.parquet")
+    types = {field.name: str(field.type) for field in pq.read_schema(tmp_path / "quarantine.parquet")}
+    assert types[schema.TX_AMOUNT] == "string"
+    assert types[schema.CUSTOMER_ID] == "int64" and types[schema.TX_DATETIME].startswith("timestamp")
+    kept = read_transactions(tmp_path / "quarantine.parquet")
+    assert list(kept[schema.TX_AMOUNT]) == ["12.5", "abc", "7"]

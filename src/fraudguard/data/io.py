@@ -121,14 +121,27 @@ def write_transactions(df: pd.DataFrame, path: Path | str) -> None:
 
 def write_quarantine(df: pd.DataFrame, path: Path | str) -> None:
     """Write quarantined rows (as given, plus `reason`) like write_transactions; a column Arrow cannot type
-    (mixed Python objects, e.g. rows of several raw files or a Parquet's ints beside a CSV's text) makes the
-    whole file text, so the rows are always kept for review."""
+    (mixed Python objects, e.g. rows of several raw files or a Parquet's ints beside a CSV's text) is written as
+    text, the other columns keep their types, so the rows are always kept for review."""
     import pyarrow as pa
 
     try:
         write_transactions(df, path)
     except (pa.ArrowException, ValueError, TypeError):
-        write_transactions(df.astype("string"), path)
+        write_transactions(df.assign(**{name: df[name].astype("string") for name in _untypable_columns(df)}), path)
+
+
+def _untypable_columns(df: pd.DataFrame) -> list[str]:
+    """The columns Arrow cannot give one type (every column when none alone is the cause: never lose rows)."""
+    import pyarrow as pa
+
+    bad = []
+    for name in df.columns:
+        try:
+            pa.array(df[name], from_pandas=True)
+        except (pa.ArrowException, ValueError, TypeError):
+            bad.append(name)
+    return bad or [str(name) for name in df.columns]
 
 
 def file_md5(path: Path | str) -> str:
