@@ -455,14 +455,13 @@ def _champion_attestation(client: "MlflowClient", name: str, state: RegistryStat
     when this host has a verify key, and otherwise falls back to the version's tags (None)."""
     if champion is None:
         return None
-    if state is None:
+    if state is None or verifier is None:  # a dry run: a promotion has read both already
         try:
             verifier = verifier or load_verifier()
             state = read_state(client, name, verifier)
         except FraudGuardError as exc:
             logger.warning("dry run: the champion's signed attestation is not checked (%s)", exc)
             return None
-    assert verifier is not None  # a promotion's state was read with it
     try:
         digest = committed_attestation_for(state, champion)
     except RegistryError as exc:
