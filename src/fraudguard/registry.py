@@ -565,7 +565,7 @@ def refresh_checkpoint(client: "MlflowClient", model_name: str, signer: Signer, 
             raise AuditError(
                 f"audit log of {model_name!r}: {problem}. Its newest entry is {head.seq} ({head.time}: {head.action} "
                 f"{head.phase} {head.from_version} -> {head.to_version} by {head.actor}); if that is the newest you "
-                "know of (`fraudguard audit log`), rerun with --accept-head")
+                "know of (`fraudguard status` lists the history), rerun with --accept-head")
         if problem:
             logger.warning("audit log of %r: %s; re-signed at entry %s as the operator accepted", model_name,
                            problem, head.seq)
