@@ -215,7 +215,11 @@ def check_digests(attestation: Attestation, actual: Mapping[str, str], where: st
     bad = [name for name in (WEIGHTS_SUBJECT, PREPROCESS_SUBJECT, MANIFEST_SUBJECT)
            if name in actual and expected.get(name) != actual[name]]
     if bad:
-        raise ModelError(f"{where}: {', '.join(bad)} differ from the signed attestation {attestation.digest[:16]} "
+        # The manifest subject is one digest over every file: name the files it can be, not only "model/".
+        only_manifest = bad == [MANIFEST_SUBJECT]
+        what = ("model/ (a file other than model.pt and preprocess.json: the code/ copy of fraudguard, MLmodel, "
+                "python_env.yaml or requirements.txt)" if only_manifest else ", ".join(bad))
+        raise ModelError(f"{where}: {what} differ from the signed attestation {attestation.digest[:16]} "
                          f"of version {attestation.version}; refusing to serve altered files")
 
 
@@ -249,6 +253,18 @@ def load_served_bundle(client: "MlflowClient", model_name: str, version: int, ds
     return load_model_dir_bundle(model_dir, digests[WEIGHTS_SUBJECT], digests[PREPROCESS_SUBJECT], where), digests
 
 
+def pull_attested_model(client: "MlflowClient", mv: "ModelVersion", digest: str, verifier: Verifier,
+                        dst: Path) -> tuple[Path, Attestation]:
+    """The model directory `models:/<name>/<version>` serves, downloaded into dst, every file checked against the
+    signed attestation `digest` before anything in it is read or run. (version, attestation) as for
+    load_attested_bundle; the directory is an MLflow model (`mlflow.pyfunc.load_model(dir)`): its code/ copy of
+    fraudguard and its MLmodel are the ones the gates passed, which `models:/` URIs cannot promise."""
+    attestation = load_attestation(mv, digest, verifier)
+    model_dir = download_served_model(client, mv.name, int(mv.version), Path(dst))
+    check_digests(attestation, served_digests(model_dir), f"model {mv.name!r} version {mv.version}")
+    return model_dir, attestation
+
+
 def load_attested_bundle(client: "MlflowClient", mv: "ModelVersion", digest: str, verifier: Verifier,
                          dst: Path) -> tuple["ModelBundle", Attestation]:
     """The bundle `models:/<name>/<version>` serves, downloaded into dst and loaded only once every served file
@@ -259,9 +275,7 @@ def load_attested_bundle(client: "MlflowClient", mv: "ModelVersion", digest: str
     gate's champion and the red-team suite's champion all come through here, never through editable tags.
     """
     where = f"model {mv.name!r} version {mv.version}"
-    attestation = load_attestation(mv, digest, verifier)
-    model_dir = download_served_model(client, mv.name, int(mv.version), Path(dst))
-    check_digests(attestation, served_digests(model_dir), where)
+    model_dir, attestation = pull_attested_model(client, mv, digest, verifier, dst)
     subjects = attestation.subjects
     if WEIGHTS_SUBJECT not in subjects or PREPROCESS_SUBJECT not in subjects:
         raise ModelError(f"{where}: attestation {digest[:16]} does not cover the weights and preprocess.json")

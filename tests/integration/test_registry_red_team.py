@@ -482,6 +482,33 @@ def test_served_threshold_edit_refuses_to_load(project):
     assert project.fg("status").returncode == 1
 
 
+def test_a_check_edited_in_the_stores_code_copy_passes_a_models_uri_load_but_model_pull_refuses_it(project, tmp_path):
+    """MLflow puts the model's code/ copy of fraudguard first on sys.path, so a `models:/` load runs the store's
+    check: an insider who edits it there loads anything. `fraudguard model pull` checks every file against the
+    signed attestation with installed code before anything from the store runs."""
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    pulled = project.fg("model", "pull", str(tmp_path / "good"))
+    assert pulled.returncode == 0 and f"version {v1}" in pulled.stdout, pulled.stderr[-2000:]
+    assert "mlflow models serve -m" in pulled.stdout
+    loaded = _load_pyfunc(project, str(tmp_path / "good"))  # the pulled copy still follows the audit log
+    assert loaded.returncode == 0 and f"loaded version {v1}" in loaded.stdout, loaded.stderr[-2000:]
+
+    check = _served_dir(project, v1) / "code" / "fraudguard" / "attestation.py"
+    with check.open("a", encoding="utf-8") as out:  # the insider's edit: the load-time check does nothing
+        out.write("\n\ndef verify_loaded_model(model_dir, verifier=None):\n    return None\n")
+    unchecked = _load_champion(project)
+    assert unchecked.returncode == 0 and "loaded version None" in unchecked.stdout, unchecked.stderr[-2000:]
+    refused = project.fg("model", "pull", str(tmp_path / "edited"))
+    assert refused.returncode == 1 and "code/ copy of fraudguard" in refused.stderr, refused.stderr[-2000:]
+    assert "differ from the signed attestation" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "edited").exists() and not list(tmp_path.glob(".pull-*"))
+    never = project.fg("model", "pull", str(tmp_path / "candidate"), "--version", str(v2))
+    assert never.returncode == 1 and "never promoted" in never.stderr, never.stderr[-2000:]
+    occupied = project.fg("model", "pull", str(tmp_path / "good"))
+    assert occupied.returncode == 1 and "not an empty folder" in occupied.stderr
+
+
 def _set_served_threshold(project: Project, version: int, threshold: float) -> None:
     preprocess = _served_dir(project, version) / "artifacts" / "preprocess.json"
     meta = json.loads(preprocess.read_text())

@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+import yaml
 
-from fraudguard.attestation import load_attested_bundle
-from fraudguard.errors import FraudGuardError, ModelError
+from fraudguard.attestation import load_attested_bundle, pull_attested_model
+from fraudguard.errors import FraudGuardError, ModelError, RegistryError
 from fraudguard.model import ModelBundle
-from fraudguard.registry import committed_champion_attestation, get_version, read_state
+from fraudguard.registry import (
+    committed_attestation_for,
+    committed_champion_attestation,
+    get_version,
+    read_state,
+)
 from fraudguard.signing import Verifier
 
 if TYPE_CHECKING:
@@ -76,6 +82,56 @@ def load_verified(client: "MlflowClient", model_name: str, version: int, digest:
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     logger.info("%s version %s verified against attestation %s and loaded", model_name, version, digest[:16])
     return ServedModel(bundle, version, digest, now, target)
+
+
+@dataclass(frozen=True)
+class PulledModel:
+    """A model directory pulled by pull_verified: every file matched the signed attestation when it was pulled."""
+
+    version: int
+    attestation: str
+    model_dir: Path
+
+
+def pull_verified(client: "MlflowClient", model_name: str, verifier: Verifier, dst: Path,
+                  version: int | None = None) -> PulledModel:
+    """Download version `version` (None: the committed champion) into the new folder dst as an MLflow model
+    directory, once the audit log commits an attestation for it and every file matches that attestation.
+
+    `mlflow.pyfunc.load_model("models:/...")` runs the model's code/ copy from the store before any check can:
+    an insider who edits it there edits the check. A pulled directory was checked by installed code first, so
+    `mlflow.pyfunc.load_model(dst)` or `mlflow models serve -m dst` runs only what the gates passed. dst must
+    not exist or be empty; nothing is left in it when the pull fails.
+    """
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ModelError(f"{dst}: exists and is not an empty folder; pull into a new one")
+    state = read_state(client, model_name, verifier)
+    if version is None:
+        version, digest = committed_champion_attestation(state)
+    else:
+        found = committed_attestation_for(state, int(version))
+        if found is None:
+            raise RegistryError(f"model {model_name!r} version {version} was never promoted: no signed "
+                                "attestation to check its files against")
+        digest = found
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".pull-v{version}-", dir=dst.parent))
+    try:
+        model_dir, _ = pull_attested_model(client, get_version(client, model_name, version), digest, verifier,
+                                           staging)
+        # As a models:/ download has it: the pyfunc's load then checks the audit log again (a version blocked or
+        # a log tampered with since the pull is refused). Not a signed file (attestation.DOWNLOAD_ONLY_FILES).
+        (model_dir / "registered_model_meta").write_text(
+            yaml.safe_dump({"model_name": model_name, "model_version": str(version)}), encoding="utf-8")
+        if dst.exists():
+            dst.rmdir()
+        model_dir.rename(dst)  # same file system: the checked files are the ones that land in dst
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("%s version %s pulled into %s, verified against attestation %s", model_name, version, dst,
+                digest[:16])
+    return PulledModel(int(version), digest, dst)
 
 
 @dataclass
