@@ -572,6 +572,51 @@ def _run_artifact(project: Project, version: int, artifact: str) -> Path:
     return Path(project.client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / artifact
 
 
+def _promote_with_the_real_data_changes_gate(project: Project, version: int):
+    """A promotion whose data_changes gate is the real one (the others stand in): its outcome and that gate's result."""
+    from fraudguard.gates.data_changes import NAME as DATA_CHANGES, run_data_changes_gate
+
+    report_dir = project.root / "reports" / "under-test" / f"v{version}-{len(project.audit())}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    run = prepare(project.client, project.root, project.settings, version,
+                  policy=committed_policy(project.root, project.settings),
+                  gates={**all_passing_gates(), DATA_CHANGES: run_data_changes_gate},
+                  candidate=candidate_for(project.client, NAME, version),
+                  context=simple_context(project.settings, project.root, report_dir))
+    results, durations = run_gates(run)
+    outcome = decide(project.client, run, results, durations, actor="red-team")
+    return outcome, next(r for r in results if r.name == DATA_CHANGES)
+
+
+def test_a_validation_report_rewritten_in_the_candidates_run_is_never_the_data_gates_reading(project):
+    """The data_changes gate's verdict is signed. It judges the validation report of the checkout the gates read;
+    the candidate run's copy in the store (which an insider can rewrite) must name the same data and agree."""
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    found = {"inputs": {"data/raw/transactions.parquet": "a" * 32},
+             "history": {"checked": True, "label_changes": 611, "changed_history": 0},
+             "fraud_rate_change": {"checked": True, "previous": 0.0089, "current": 0.0062, "factor": 1.43,
+                                   "max_factor": 1.25, "exceeded": True}}
+    (project.root / "reports" / "validation.json").write_text(json.dumps(found))  # what validate found here
+    run_copy = _run_artifact(project, v2, "reports/validation.json")
+    assert run_copy.is_file()
+    hidden = {**found, "history": {**found["history"], "label_changes": 0},
+              "fraud_rate_change": {**found["fraud_rate_change"], "current": 0.0089, "factor": 1.0, "exceeded": False}}
+    run_copy.write_text(json.dumps(hidden))  # the insider's edit: nothing changed
+    outcome, gate = _promote_with_the_real_data_changes_gate(project, v2)
+    assert outcome.blocked and project.champion == v1
+    assert "disagrees with the checkout's for the same data on fraud_rate_change, history" in gate.reason
+
+    run_copy.write_text(json.dumps({**hidden, "inputs": {"data/raw/transactions.parquet": "b" * 32}}))
+    outcome, gate = _promote_with_the_real_data_changes_gate(project, v2)
+    assert outcome.blocked and f"validated on data {'b' * 32} but this checkout holds {'a' * 32}" in gate.reason
+
+    run_copy.write_text(json.dumps(found))  # as registered from this checkout: the finding itself is judged
+    outcome, gate = _promote_with_the_real_data_changes_gate(project, v2)
+    assert outcome.blocked and "fraud rate 0.0089 -> 0.0062" in gate.reason and "not acknowledged" in gate.reason
+    assert project.champion == v1 and project.verify().ok
+
+
 def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_reference(project):
     from fraudguard.errors import RegistryError
     from fraudguard.files import sha256_file

@@ -4,10 +4,12 @@ reviewer acknowledges them.
 
 The validate stage records both in reports/validation.json (`fraud_rate_change`, factor
 validate.max_fraud_rate_change_factor, and `history.previous_transactions_missing`, from the intake record
-`fraudguard data import` writes). The gate reads the candidate's own copy of that report (its MLflow run's
-`reports/validation.json`; the source checkout's when the candidate has no run) and passes when there is
-neither, or when the acknowledgement file (`fraudguard data acknowledge`, committed for review) names the
-exact data files.
+`fraudguard data import` writes). The gate reads that report from the checkout it runs in, the data every other
+gate reads too, and passes when there is neither, or when the acknowledgement file (`fraudguard data acknowledge`,
+committed for review) names the exact data files. The candidate's copy in its MLflow run is not evidence (anyone
+with write access to the store can rewrite it, and the gate's verdict is signed): it must name the same data files
+as the checkout's (a candidate trained on other data is gated in a checkout of that data) and agree with it on what
+the gate judges, else the gate fails.
 """
 
 from __future__ import annotations
@@ -81,22 +83,58 @@ def acknowledge_data_changes(report: dict[str, Any], path: Path, by: str, reason
     return entry
 
 
-def candidate_validation_report(candidate: ModelUnderTest, context: GateContext) -> dict[str, Any] | None:
-    """The validation report the candidate was trained after: its run's artifact, else the source checkout's."""
-    if candidate.run_id:
-        import mlflow
-        from mlflow.exceptions import MlflowException
+# The parts of a validation report the gate judges: a run's copy must agree with the checkout's on them.
+JUDGED_REPORT_KEYS = ("inputs", "fraud_rate_change", "history")
 
-        with tempfile.TemporaryDirectory(prefix="fraudguard-validation-") as tmp:
-            try:
-                local = mlflow.artifacts.download_artifacts(run_id=candidate.run_id,
-                                                            artifact_path=VALIDATION_ARTIFACT, dst_path=tmp)
-            except (MlflowException, OSError) as exc:
-                logger.warning("run %s has no %s: %s", candidate.run_id, VALIDATION_ARTIFACT, exc)
-                return None
+
+def run_validation_report(run_id: str) -> dict[str, Any] | None:
+    """The candidate run's copy of the validation report (None when the run has none)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="fraudguard-validation-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_ARTIFACT,
+                                                        dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            logger.warning("run %s has no %s: %s", run_id, VALIDATION_ARTIFACT, exc)
+            return None
+        try:
             return json.loads(Path(local).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"run {run_id}: unreadable {VALIDATION_ARTIFACT} ({exc})") from exc
+
+
+def candidate_validation_report(candidate: ModelUnderTest,
+                                context: GateContext) -> tuple[dict[str, Any] | None, str]:
+    """(the checkout's validation report, '') or (None, why the data cannot be judged).
+
+    The checkout's report describes the data the gates read; the candidate run's copy only has to agree with it
+    (same data files, same judged findings). Without that check an edit of the run's copy in the store would be
+    signed as the gate's reading.
+    """
     path = context.source_root / VALIDATION_ARTIFACT
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None, (f"no {VALIDATION_ARTIFACT} in the checkout the gates read ({context.source_root}): run the "
+                      "validate stage (`dvc repro validate`); the candidate run's copy in the store is not evidence")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable validation report ({exc})") from exc
+    run_copy = run_validation_report(candidate.run_id) if candidate.run_id else None
+    if run_copy is None:  # no run, or registered without a copy: the checkout's data is what is judged
+        return report, ""
+    if data_key(run_copy) != data_key(report):
+        return None, (f"version {candidate.version} was validated on data "
+                      f"{', '.join(data_key(run_copy)) or 'unknown'} but this checkout holds "
+                      f"{', '.join(data_key(report)) or 'unknown'}: gate it in a checkout of the data it was trained "
+                      "on (its git commit, then `dvc pull`)")
+    differs = [key for key in JUDGED_REPORT_KEYS if run_copy.get(key) != report.get(key)]
+    if differs:
+        return None, (f"version {candidate.version}'s run copy of {VALIDATION_ARTIFACT} disagrees with the "
+                      f"checkout's for the same data on {', '.join(differs)} (edited in the store?): refusing to "
+                      "judge either")
+    return report, ""
 
 
 def changed_outside_import(history: dict[str, Any], context: GateContext) -> str:
@@ -131,10 +169,10 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
     report_json = context.report_dir / f"{NAME}.json"
     ack_path = settings.acknowledgements if settings.acknowledgements.is_absolute() \
         else context.source_root / settings.acknowledgements
-    report = candidate_validation_report(candidate, context)
+    report, problem = candidate_validation_report(candidate, context)
     if report is None:
-        return finish_gate(NAME, False, {}, {}, f"no {VALIDATION_ARTIFACT} for the candidate: its data "
-                           "changes cannot be judged", report_json, {"validation_report": None})
+        return finish_gate(NAME, False, {}, {}, f"{problem}: its data changes cannot be judged", report_json,
+                           {"validation_report": None})
     change = report.get("fraud_rate_change") or {"checked": False, "reason": "the report predates the check"}
     history = report.get("history") or {}
     deleted = deleted_transactions(report)
