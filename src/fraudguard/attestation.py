@@ -149,6 +149,7 @@ def _compact_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def promotion_statement(
     mv: "ModelVersion", digests: Mapping[str, str], results: Sequence["GateResult"], policy: "GatePolicy",
     *, actor: str, approver: str, champion_before: int | None, gated_workspace: Mapping[str, str] | None = None,
+    provenance: str | None = None,
 ) -> dict[str, Any]:
     """The in-toto statement that `mv` passed every gate in `results` under `policy`.
 
@@ -175,6 +176,8 @@ def promotion_statement(
         "actor": actor,
         "approver": approver,
         "champion_before": champion_before,
+        # The sha256 of the signed build provenance the candidate's files were checked against (fraudguard.provenance).
+        "provenance": provenance,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return in_toto_statement(dict(digests), PROMOTION_PREDICATE_TYPE, predicate)

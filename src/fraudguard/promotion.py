@@ -99,6 +99,8 @@ class GateRun:
     # The subject digests of the files the gates tested (the served copy the candidate was loaded from), with
     # the run's drift reference sample: what a pass attestation signs. None for a dry run given a candidate.
     candidate_digests: Mapping[str, str] | None = None
+    # sha256 of the candidate's signed build provenance (fraudguard.provenance), checked against those digests.
+    provenance: str | None = None
 
     @property
     def gate_names(self) -> list[str]:
@@ -424,6 +426,7 @@ def prepare(
         ProjectPaths.at(root).reports_dir / "gates" / f"v{version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     candidate_digests: dict[str, str] | None = None
+    context_from_checkout = context is None
     if candidate is None or context is None:
         built_candidate, built_context, built_digests = build_gate_context(
             client, workspace or root, settings, version, report_dir, champion_before,
@@ -434,10 +437,16 @@ def prepare(
     if candidate_digests is None and promote:
         # A ready-made candidate (tests, custom pipelines): sign what the store served when the gates started.
         candidate_digests = served_copy_digests(client, name, version)
+    provenance = _candidate_provenance(client, name, version, candidate_digests, verifier, promote)
     if candidate_digests is not None and promote:
-        from fraudguard.tracking import reference_sha256
+        from fraudguard.tracking import checked_reference_sha256, reference_sha256
 
-        reference = reference_sha256(client, name, version)  # the monitor's drift reference, signed beside
+        # The monitor's drift reference, signed beside: when the gates read the checkout, it must be the sample
+        # of the checkout's training features that registration draws (not a file swapped into the store).
+        reference = (checked_reference_sha256(client, name, version, context.train_features,
+                                              settings.registry.reference_sample_rows,
+                                              settings.registry.reference_sample_seed)
+                     if context_from_checkout else reference_sha256(client, name, version))
         if reference is not None:
             candidate_digests = {**candidate_digests, REFERENCE_SUBJECT: reference}
     discovered = gates is None
@@ -445,7 +454,27 @@ def prepare(
     warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())
     return GateRun(model_name=name, version=version, champion_before=champion_before, candidate=candidate,
                    context=context, policy=policy, gates=gates, report_dir=report_dir, promote=promote,
-                   recovery=recovery, candidate_digests=candidate_digests)
+                   recovery=recovery, candidate_digests=candidate_digests, provenance=provenance)
+
+
+def _candidate_provenance(client: "MlflowClient", name: str, version: int, digests: Mapping[str, str] | None,
+                          verifier: Verifier | None, promote: bool) -> str | None:
+    """The sha256 of the candidate's build provenance, checked against the digests of the files to be gated.
+
+    A promotion refuses a version without a valid one (registered outside `fraudguard register`, by someone
+    without the pipeline's key) or whose files were changed after registration, before any gate runs. A dry run
+    says so in the log and goes on (the gates' figures are still worth seeing)."""
+    from fraudguard.provenance import verify_provenance
+
+    if digests is None:
+        return None
+    try:
+        return verify_provenance(get_version(client, name, version), digests, verifier or load_verifier())
+    except FraudGuardError as exc:
+        if promote:
+            raise
+        logger.warning("dry run: %s", exc)
+        return None
 
 
 def _champion_attestation(client: "MlflowClient", name: str, state: RegistryState | None,
@@ -577,7 +606,8 @@ def decide(
     digests = dict(run.candidate_digests or {})
     statement = promotion_statement(get_version(client, name, version), digests, results, run.policy,
                                     actor=actor, approver=approver, champion_before=run.champion_before,
-                                    gated_workspace=gated_workspace_lineage(run.context))
+                                    gated_workspace=gated_workspace_lineage(run.context),
+                                    provenance=run.provenance)
     attestation = sign_and_store(client, mv, statement, signer)
     crash_point("attestation")
     move = move_champion(client, name, version, action="promote", expected_current=run.champion_before,

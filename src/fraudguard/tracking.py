@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from fraudguard.config import RegistrySettings, Settings
     from fraudguard.model import ModelBundle
+    from fraudguard.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -284,10 +285,13 @@ def log_training_run(
     *,
     flow_run_id: str | None = None,
     git_root: Path | str | None = None,
+    signer: "Signer | None" = None,
 ) -> TrainingRunRecord:
     """Log the pipeline outputs under root as one run of the experiment and register its pyfunc model.
 
     git_root: the checkout whose code revision the lineage records when root is a scratch copy of it.
+    signer: the pipeline key that signs the version's build provenance (default: this host's, created on first
+    use as a promotion would); a promotion refuses a version without one (fraudguard.provenance).
 
     Uses the current MLflow tracking URI (entry points call configure_mlflow first). The new version
     of settings.registry.model_name and its run both carry every lineage tag and `artifact.sha256`.
@@ -340,9 +344,22 @@ def log_training_run(
             client.update_run(run_id, name=training_run_name(version, settings.train.seed, lineage))
 
     model_name = settings.registry.model_name
+    _sign_registered_files(client, model_name, version, run_id, lineage, signer)
     logger.info("run %s registered as %s version %d", run_id, model_name, version)
     return TrainingRunRecord(run_id=run_id, version=version, lineage=lineage, metrics=metrics,
                              model_uri=f"models:/{model_name}/{version}", model_id=model_id)
+
+
+def _sign_registered_files(client: "MlflowClient", model_name: str, version: int, run_id: str,
+                           lineage: Mapping[str, str], signer: "Signer | None") -> None:
+    """Sign what `models:/<name>/<version>` serves now, with the lineage it was registered with."""
+    from fraudguard.attestation import served_copy_digests
+    from fraudguard.provenance import sign_provenance
+    from fraudguard.signing import load_signer
+
+    signer = signer or load_signer()
+    sign_provenance(client, model_name, version, run_id, served_copy_digests(client, model_name, version),
+                    lineage, signer)
 
 
 def training_run_name(version: int | None, seed: int, lineage: Mapping[str, str]) -> str:
@@ -498,6 +515,36 @@ def reference_sha256(client: "MlflowClient", model_name: str, version: int | str
         except RegistryError as exc:
             logger.warning("%s", exc)
             return None
+
+
+def checked_reference_sha256(client: "MlflowClient", model_name: str, version: int | str,
+                             train_features: "pd.DataFrame", rows: int, seed: int) -> str | None:
+    """reference_sha256, once the store's sample is the one registration draws from `train_features` (the checkout's
+    training split: same rows, same values). What a promotion signs as the monitor's drift reference must be a
+    sample of the data the gates read, not a file swapped into the run by anyone with write access to the store.
+    RegistryError naming the mismatch; None when the run has no reference."""
+    import pandas as pd
+
+    from fraudguard.files import sha256_file
+
+    with tempfile.TemporaryDirectory(prefix="fraudguard-ref-") as tmp:
+        try:
+            local = _download_reference(client, model_name, version, tmp)
+        except RegistryError as exc:
+            logger.warning("%s", exc)
+            return None
+        try:
+            stored = pd.read_parquet(local)
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"model {model_name!r} version {version}: unreadable {REFERENCE_ARTIFACT} "
+                                f"({exc})") from exc
+        expected = sample_reference(train_features, rows, seed)
+        if list(stored.columns) != list(expected.columns) or not stored.reset_index(drop=True).equals(expected):
+            raise RegistryError(
+                f"model {model_name!r} version {version}: its {REFERENCE_ARTIFACT} in the store is not the sample "
+                f"of this checkout's training features ({len(stored)} rows stored, {len(expected)} expected): "
+                "altered in the store, or the version was trained on other data (gate it in a checkout of its data)")
+        return sha256_file(local)
 
 
 def load_reference_features(client: "MlflowClient", model_name: str, version: int | str,

@@ -27,8 +27,9 @@ def make_client(root: Path) -> MlflowClient:
 
 
 def register_version(client: MlflowClient, name: str, workdir: Path, weights: bytes,
-                     gates: dict[str, str] | None = None) -> int:
-    """Log `weights` as model/model.pt in a new run, register it, tag lineage + sha256 (+ gate verdicts)."""
+                     gates: dict[str, str] | None = None, provenance: bool = True) -> int:
+    """Log `weights` as model/model.pt in a new run, register it, tag lineage + sha256 (+ gate verdicts), and sign
+    its build provenance with the session's key (provenance=False: a version an insider registered by hand)."""
     exp = client.get_experiment_by_name(EXPERIMENT)
     run = client.create_run(exp.experiment_id)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,13 @@ def register_version(client: MlflowClient, name: str, workdir: Path, weights: by
     tags.update({f"gate.{g}": v for g, v in (gates or {}).items()})
     mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
                                      tags=tags)
+    if provenance:  # as `fraudguard register` signs it: a promotion refuses a version without one
+        from fraudguard.attestation import served_copy_digests
+        from fraudguard.provenance import sign_provenance
+        from fraudguard.signing import load_signer
+
+        sign_provenance(client, name, int(mv.version), run.info.run_id,
+                        served_copy_digests(client, name, int(mv.version)), tags, load_signer())
     return int(mv.version)
 
 

@@ -529,23 +529,72 @@ def _recording_gates(seen: list, of=lambda candidate, context: candidate.bundle)
     return gates
 
 
-def test_served_files_edited_before_the_gates_are_the_files_the_gates_test(project):
+def _prepare_promotion(project: Project, version: int, gates=None):
+    return prepare(project.client, project.root, project.settings, version,
+                   policy=committed_policy(project.root, project.settings), gates=gates or all_passing_gates())
+
+
+def test_served_files_edited_after_registration_are_refused_before_any_gate(project):
+    from fraudguard.errors import ModelError
+
     v1, v2, _ = project.versions
     project.promote_setup(v1)
+    entries = len(project.audit())
+    served_preprocess = _served_dir(project, v2) / "artifacts" / "preprocess.json"
+    registered = served_preprocess.read_bytes()
     _set_served_threshold(project, v2, 2.0)  # insider: the served copy, not the run's bundle/ folder
     seen: list = []
-    run = prepare(project.client, project.root, project.settings, v2,
-                  policy=committed_policy(project.root, project.settings), gates=_recording_gates(seen))
-    results, durations = run_gates(run)
-    assert seen == [2.0], "the gates must test the copy that is served and signed, not another one"
-    outcome = decide(project.client, run, results, durations, actor="red-team")
-    attested = _served_dir(project, v2) / "artifacts" / "preprocess.json"
+    with pytest.raises(ModelError, match="preprocess.json.*differ from what `fraudguard register` signed"):
+        _prepare_promotion(project, v2, _recording_gates(seen))
+    assert seen == [] and project.champion == v1 and len(project.audit()) == entries
+    served_preprocess.write_bytes(registered)  # put back as registered: the gates test the signed, served copy
+    run = _prepare_promotion(project, v2, _recording_gates(seen))
+    outcome = decide(project.client, run, *run_gates(run), actor="red-team")
+    assert seen == [json.loads(registered)["threshold"]] and outcome.promoted
     from fraudguard.attestation import PREPROCESS_SUBJECT, load_attestation
     from fraudguard.files import sha256_file
+    from fraudguard.provenance import PROVENANCE_TAG
+    from fraudguard.signing import sha256_text
 
     mv = project.client.get_model_version(NAME, str(v2))
     attestation = load_attestation(mv, outcome.attestation, load_verifier())
-    assert attestation.subjects[PREPROCESS_SUBJECT] == sha256_file(attested)
+    assert attestation.subjects[PREPROCESS_SUBJECT] == sha256_file(served_preprocess)
+    assert attestation.predicate["provenance"] == sha256_text(mv.tags[PROVENANCE_TAG])
+
+
+def test_a_version_registered_in_the_store_without_the_pipeline_key_is_never_promoted(project, tmp_path):
+    """Anyone with write access to the store can register a model (here: v2's files with a threshold no fraud
+    reaches). Every gate would pass it here (stand-ins); the build provenance only `fraudguard register` signs
+    is what refuses it, and a provenance copied from a real version names the version it is for."""
+    from fraudguard.errors import SignatureError
+    from fraudguard.provenance import PROVENANCE_TAG
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    entries = len(project.audit())
+    model_dir = tmp_path / "model"
+    shutil.copytree(_served_dir(project, v2), model_dir)
+    meta = json.loads((model_dir / "artifacts" / "preprocess.json").read_text())
+    (model_dir / "artifacts" / "preprocess.json").write_text(json.dumps({**meta, "threshold": 2.0}))
+    source = project.client.get_model_version(NAME, str(v2))
+    run = project.client.create_run(project.client.get_run(source.run_id).info.experiment_id)
+    project.client.log_artifacts(run.info.run_id, str(model_dir), "model")
+    project.client.set_terminated(run.info.run_id)
+    forged = project.client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model",
+                                                 run_id=run.info.run_id,
+                                                 tags={k: v for k, v in source.tags.items() if k != PROVENANCE_TAG})
+    planted = int(forged.version)
+    assert PROVENANCE_TAG not in (project.client.get_model_version(NAME, str(planted)).tags or {})
+    with pytest.raises(SignatureError, match="no signed build provenance"):
+        _prepare_promotion(project, planted)
+    project.client.set_model_version_tag(NAME, str(planted), PROVENANCE_TAG, source.tags[PROVENANCE_TAG])
+    with pytest.raises(SignatureError, match=f"is for 'fraudguard' version {v2} \\(copied from another version\\)"):
+        _prepare_promotion(project, planted)
+    refused = project.fg("promote")  # the newest version is the planted one: the CLI names why, no traceback
+    assert refused.returncode == 1 and "build provenance" in refused.stderr and "Traceback" not in refused.stderr
+    assert project.champion == v1 and len(project.audit()) == entries and project.verify().ok
+    dry = project.fg("promote", "--dry-run", "--version", str(planted))  # a dry run still shows the figures
+    assert "build provenance" in dry.stderr and project.champion == v1
 
 
 def test_served_files_swapped_after_the_gates_ran_are_never_signed_or_promoted(project):
@@ -615,6 +664,40 @@ def test_a_validation_report_rewritten_in_the_candidates_run_is_never_the_data_g
     outcome, gate = _promote_with_the_real_data_changes_gate(project, v2)
     assert outcome.blocked and "fraud rate 0.0089 -> 0.0062" in gate.reason and "not acknowledged" in gate.reason
     assert project.champion == v1 and project.verify().ok
+
+
+def test_a_drift_reference_swapped_into_the_candidates_run_is_never_signed(project):
+    """The monitor compares live traffic with the drift reference the champion's attestation signs. A promotion
+    from the checkout signs the run's sample only when it is the sample of the checkout's training features."""
+    import pandas as pd
+
+    from fraudguard.errors import RegistryError
+    from fraudguard.names import REFERENCE_ARTIFACT
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    entries = len(project.audit())
+    reference = _run_artifact(project, v2, REFERENCE_ARTIFACT)
+    honest = reference.read_bytes()
+
+    def promote_from_checkout():
+        run = prepare(project.client, project.root, project.settings, v2,
+                      policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
+        return decide(project.client, run, *run_gates(run), actor="red-team")
+
+    # The insider's swap: the test split as the "training" sample, so any recent traffic looks undrifted.
+    pd.read_parquet(project.root / "data" / "features" / "test.parquet").to_parquet(reference, index=False)
+    with pytest.raises(RegistryError, match="is not the sample of this checkout's training features"):
+        promote_from_checkout()
+    assert project.champion == v1 and len(project.audit()) == entries  # refused before any gate or record
+    reference.write_bytes(honest)
+    outcome = promote_from_checkout()
+    assert outcome.promoted and project.champion == v2
+    from fraudguard.attestation import REFERENCE_SUBJECT, load_attestation
+    from fraudguard.files import sha256_file
+
+    signed = load_attestation(project.client.get_model_version(NAME, str(v2)), outcome.attestation, load_verifier())
+    assert signed.subjects[REFERENCE_SUBJECT] == sha256_file(reference)
 
 
 def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_reference(project):
