@@ -260,8 +260,9 @@ def test_a_store_locked_past_the_retry_budget_fails_in_one_line_and_loses_nothin
     v1, v2, _ = project.versions
     project.promote_setup(v1)
     db = Path(project.env["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
-    locker = _lock_store(db, 20)
+    locker = _lock_store(db, 60)
     promote = project.fg("promote", "--version", str(v2), env={"FRAUDGUARD_STORE_RETRY_S": "1"})
+    locker.kill()  # the other writer dies holding the lock: sqlite releases it with the process
     locker.wait(timeout=60)
     assert promote.returncode == 1
     assert "Traceback" not in promote.stderr and "database is locked" in promote.stderr
@@ -503,10 +504,13 @@ def test_a_check_edited_in_the_stores_code_copy_passes_a_models_uri_load_but_mod
     assert refused.returncode == 1 and "code/ copy of fraudguard" in refused.stderr, refused.stderr[-2000:]
     assert "differ from the signed attestation" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "edited").exists() and not list(tmp_path.glob(".pull-*"))
-    never = project.fg("model", "pull", str(tmp_path / "candidate"), "--version", str(v2))
-    assert never.returncode == 1 and "never promoted" in never.stderr, never.stderr[-2000:]
-    occupied = project.fg("model", "pull", str(tmp_path / "good"))
-    assert occupied.returncode == 1 and "not an empty folder" in occupied.stderr
+    from fraudguard.errors import ModelError, RegistryError
+    from fraudguard.serving.champion import pull_verified
+
+    with pytest.raises(RegistryError, match=f"version {v2} was never promoted"):
+        pull_verified(project.client, NAME, load_verifier(), tmp_path / "candidate", version=v2)
+    with pytest.raises(ModelError, match="not an empty folder"):
+        pull_verified(project.client, NAME, load_verifier(), tmp_path / "good")
 
 
 def _set_served_threshold(project: Project, version: int, threshold: float) -> None:
@@ -560,9 +564,11 @@ def test_served_files_edited_after_registration_are_refused_before_any_gate(proj
     attestation = load_attestation(mv, outcome.attestation, load_verifier())
     assert attestation.subjects[PREPROCESS_SUBJECT] == sha256_file(served_preprocess)
     assert attestation.predicate["provenance"] == sha256_text(mv.tags[PROVENANCE_TAG])
+    status = project.fg("status")
+    assert f"build provenance {attestation.predicate['provenance'][:16]} checked before the gates" in status.stdout
 
 
-def test_a_version_registered_in_the_store_without_the_pipeline_key_is_never_promoted(project, tmp_path):
+def test_a_version_registered_in_the_store_without_the_pipeline_key_is_never_promoted(project, tmp_path, caplog):
     """Anyone with write access to the store can register a model (here: v2's files with a threshold no fraud
     reaches). Every gate would pass it here (stand-ins); the build provenance only `fraudguard register` signs
     is what refuses it, and a provenance copied from a real version names the version it is for."""
@@ -593,8 +599,10 @@ def test_a_version_registered_in_the_store_without_the_pipeline_key_is_never_pro
     refused = project.fg("promote")  # the newest version is the planted one: the CLI names why, no traceback
     assert refused.returncode == 1 and "build provenance" in refused.stderr and "Traceback" not in refused.stderr
     assert project.champion == v1 and len(project.audit()) == entries and project.verify().ok
-    dry = project.fg("promote", "--dry-run", "--version", str(planted))  # a dry run still shows the figures
-    assert "build provenance" in dry.stderr and project.champion == v1
+    with caplog.at_level("WARNING", logger="fraudguard.promotion"):  # a dry run says so and still runs the gates
+        dry = prepare(project.client, project.root, project.settings, planted, promote=False,
+                      gates=all_passing_gates())
+    assert dry.provenance is None and "dry run" in caplog.text and "build provenance" in caplog.text
 
 
 def test_served_files_swapped_after_the_gates_ran_are_never_signed_or_promoted(project):

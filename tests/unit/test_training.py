@@ -132,7 +132,8 @@ def test_training_names_a_missing_label_column(split):
 @pytest.mark.slow
 def test_adversarial_training_raises_robust_average_precision():
     """Same data, same seed: the augmented MLP keeps a higher AP than the undefended one once the test
-    frauds are attacked with masked PGD. Default world, budget 1.0, where the attack bites."""
+    frauds are attacked with masked PGD. Default world, budget 1.0, where the attack bites. 10 epochs, not 25:
+    robust AP 0.422 -> 0.443 (seed 7) and 0.429 -> 0.447 (seed 1) there, in 22 s instead of 57 s."""
     from fraudguard.config import load_settings
     from fraudguard.evaluation import robust_average_precision
     from fraudguard.threat import build_threat_model
@@ -141,7 +142,7 @@ def test_adversarial_training_raises_robust_average_precision():
 
     settings = load_settings(
         PROJECT_ROOT / "params.yaml",
-        overrides={"train": {"torch_threads": 1}, "threat_model": {"epsilon": 1.0}},
+        overrides={"train": {"torch_threads": 1, "epochs": 10}, "threat_model": {"epsilon": 1.0}},
     )
     train, test = _split(settings)
     robust = {}

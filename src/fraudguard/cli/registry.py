@@ -170,6 +170,9 @@ def status(root: Path = _ROOT) -> None:
                     # Signed: the tags' claim at promotion, and whether the gated checkout agreed with it.
                     console.print(f"  signed lineage.{key} = {claimed} "
                                   f"({checks.get(key, 'not checked')} against the gated checkout)")
+                provenance = predicate.get("provenance")
+                console.print(f"  build provenance {provenance[:16]} checked before the gates" if provenance else
+                              "  build provenance: none recorded (promoted before provenance was checked)")
         console.print(_history_table(report))
         for note in report.notes:
             console.print(f"[dim]note: {note}[/]")
