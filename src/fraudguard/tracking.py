@@ -589,6 +589,11 @@ def find_identical_version(client: "MlflowClient", root: Path | str, settings: "
     except Exception as exc:  # no registered model yet (MlflowException); nothing to reuse
         logger.debug("no versions of %s to reuse: %s", name, exc)
         return None
+    from fraudguard.provenance import PROVENANCE_TAG
+
+    # A version without build provenance (registered before it existed, or a registration killed before it
+    # signed) could never be promoted: register afresh instead of reusing it.
     matches = [int(mv.version) for mv in versions
-               if all((mv.tags or {}).get(key) == value for key, value in wanted.items())]
+               if all((mv.tags or {}).get(key) == value for key, value in wanted.items())
+               and PROVENANCE_TAG in (mv.tags or {})]
     return max(matches) if matches else None
