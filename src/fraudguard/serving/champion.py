@@ -124,9 +124,12 @@ def pull_verified(client: "MlflowClient", model_name: str, verifier: Verifier, d
         # a log tampered with since the pull is refused). Not a signed file (attestation.DOWNLOAD_ONLY_FILES).
         (model_dir / "registered_model_meta").write_text(
             yaml.safe_dump({"model_name": model_name, "model_version": str(version)}), encoding="utf-8")
-        if dst.exists():
-            dst.rmdir()
-        model_dir.rename(dst)  # same file system: the checked files are the ones that land in dst
+        try:
+            if dst.exists():
+                dst.rmdir()  # only an empty folder: another pull that filled it meanwhile is not overwritten
+            model_dir.rename(dst)  # same file system: the checked files are the ones that land in dst
+        except OSError as exc:
+            raise ModelError(f"{dst}: cannot put the verified model there ({exc}); pull into a new folder") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("%s version %s pulled into %s, verified against attestation %s", model_name, version, dst,
