@@ -258,10 +258,10 @@ def load_served_bundle(client: "MlflowClient", model_name: str, version: int, ds
 
 def pull_attested_model(client: "MlflowClient", mv: "ModelVersion", digest: str, verifier: Verifier,
                         dst: Path) -> tuple[Path, Attestation]:
-    """The model directory `models:/<name>/<version>` serves, downloaded into dst, every file checked against the
-    signed attestation `digest` before anything in it is read or run. (version, attestation) as for
-    load_attested_bundle; the directory is an MLflow model (`mlflow.pyfunc.load_model(dir)`): its code/ copy of
-    fraudguard and its MLmodel are the ones the gates passed, which `models:/` URIs cannot promise."""
+    """(the model directory `models:/<name>/<version>` serves, downloaded into dst; the attestation), once every
+    file matches the signed attestation `digest`, before anything in it is read or run (errors as for
+    load_attested_bundle). The directory is an MLflow model (`mlflow.pyfunc.load_model(dir)`) whose code/ copy of
+    fraudguard and MLmodel are the ones the gates passed, which a `models:/` load cannot promise."""
     attestation = load_attestation(mv, digest, verifier)
     model_dir = download_served_model(client, mv.name, int(mv.version), Path(dst))
     check_digests(attestation, served_digests(model_dir), f"model {mv.name!r} version {mv.version}")

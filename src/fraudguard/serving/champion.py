@@ -100,8 +100,9 @@ def pull_verified(client: "MlflowClient", model_name: str, verifier: Verifier, d
 
     `mlflow.pyfunc.load_model("models:/...")` runs the model's code/ copy from the store before any check can:
     an insider who edits it there edits the check. A pulled directory was checked by installed code first, so
-    `mlflow.pyfunc.load_model(dst)` or `mlflow models serve -m dst` runs only what the gates passed. dst must
-    not exist or be empty; nothing is left in it when the pull fails.
+    `mlflow.pyfunc.load_model(dst)` or `mlflow models serve -m dst` runs only what the gates passed; that load
+    checks the audit log again, as a `models:/` load does (the tracking store must be reachable). dst must not
+    exist or be empty; nothing is left in it when the pull fails.
     """
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
