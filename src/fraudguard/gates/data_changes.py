@@ -132,7 +132,8 @@ def candidate_validation_report(candidate: ModelUnderTest,
     differs = [key for key in JUDGED_REPORT_KEYS if run_copy.get(key) != report.get(key)]
     if differs:
         return None, (f"version {candidate.version}'s run copy of {VALIDATION_ARTIFACT} disagrees with the "
-                      f"checkout's for the same data on {', '.join(differs)} (edited in the store?): refusing to "
+                      f"checkout's for the same data on {', '.join(differs)} (edited in the store, or written by "
+                      "another version of validate: register the model again from this checkout); refusing to "
                       "judge either")
     return report, ""
 
