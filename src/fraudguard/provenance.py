@@ -2,7 +2,9 @@
 
 `fraudguard register` (tracking.log_training_run) signs, right after registering a version, an in-toto statement
 whose subjects are the digests of the files `models:/<name>/<version>` serves (weights, preprocess.json and the
-manifest of the whole model directory) and whose predicate is the lineage it registered them with. It is stored
+manifest of the whole model directory) and whose predicate is the lineage it registered them with. It signs them
+only once they are the files it built itself (`check_served_as_built`: the same model directory saved locally
+before the upload), so an edit made in the store while registration runs is refused, not signed. It is stored
 as the version tag `fraudguard.provenance`. A promotion refuses a candidate without a valid one, or whose served
 files differ from it, before any gate runs: anyone with write access to the tracking store but not the signing key
 can register a version (or edit a registered one's files), but cannot make it promotable. The gates then decide
@@ -14,7 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from fraudguard.attestation import file_manifest
 
 from fraudguard.errors import ModelError, SignatureError
 from fraudguard.signing import Signer, Verifier, in_toto_statement, open_envelope, sha256_text, sign_envelope, \
@@ -28,6 +36,58 @@ if TYPE_CHECKING:
 PROVENANCE_PREDICATE_TYPE = "https://fraudguard.dev/provenance/register/v1"
 PROVENANCE_TAG = "fraudguard.provenance"
 BUILDER = "fraudguard register"
+MLMODEL_FILE = "MLmodel"
+# MLmodel keys MLflow fills in per log call (a local save leaves them unset or different). Those naming this
+# registration (model_id, model_uuid, run_id) must name it; where and when MLflow logged it are informational
+# and not read when the model is loaded or served.
+_MLMODEL_IDENTITY_KEYS = ("model_id", "model_uuid", "run_id")
+_MLMODEL_INFORMATIONAL_KEYS = ("artifact_path", "utc_time_created")
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model directory as this process built it before uploading it: every file's sha256 and the MLmodel."""
+
+    files: dict[str, str]
+    mlmodel: dict[str, Any]
+
+    @classmethod
+    def read(cls, build_dir: Path) -> "BuiltModel":
+        return cls(file_manifest(build_dir), _read_mlmodel(Path(build_dir) / MLMODEL_FILE))
+
+
+def _read_mlmodel(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"{path}: unreadable MLmodel ({type(exc).__name__})") from exc
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: MLmodel is not a mapping")
+    return doc
+
+
+def check_served_as_built(model_dir: Path, built: BuiltModel, *, run_id: str, model_id: str, where: str) -> None:
+    """ModelError naming each file of the served copy `model_dir` that is not what this process built.
+
+    Every file must be byte for byte the built one, except MLmodel, where MLflow's per-log keys differ: those
+    naming the logged model and run must name this registration's; the rest must equal the built MLmodel."""
+    served = file_manifest(model_dir)
+    differ = sorted(name for name in set(served) | set(built.files)
+                    if name != MLMODEL_FILE and served.get(name) != built.files.get(name))
+    if MLMODEL_FILE not in served:
+        differ.append(f"{MLMODEL_FILE} (missing)")
+    else:
+        mlmodel = _read_mlmodel(Path(model_dir) / MLMODEL_FILE)
+        expected = {"model_id": model_id, "model_uuid": model_id, "run_id": run_id}
+        ignored = (*_MLMODEL_IDENTITY_KEYS, *_MLMODEL_INFORMATIONAL_KEYS)
+        same_content = ({k: v for k, v in mlmodel.items() if k not in ignored}
+                        == {k: v for k, v in built.mlmodel.items() if k not in ignored})
+        if not same_content or any(mlmodel.get(key) != value for key, value in expected.items()):
+            differ.append(MLMODEL_FILE)
+    if differ:
+        raise ModelError(f"{where}: the tracking store's copy is not what this registration built and uploaded "
+                         f"({', '.join(differ)}): altered in the store while it was registered; its build "
+                         "provenance is not signed, so no promotion will accept this version; register again")
 
 
 def provenance_statement(model_name: str, version: int, run_id: str | None, digests: Mapping[str, str],

@@ -160,8 +160,13 @@ def log_pyfunc_model(
     *,
     name: str = "model",
     registered_model_name: str | None = None,
+    build_dir: Path | None = None,
 ) -> "ModelInfo":
-    """Log the bundle as a pyfunc model in the active run (optionally registering it); returns its ModelInfo."""
+    """Log the bundle as a pyfunc model in the active run (optionally registering it); returns its ModelInfo.
+
+    build_dir: where to save, first, the same model directory locally (`mlflow.pyfunc.save_model`, same inputs):
+    what this process built, to compare with what the store then serves (fraudguard.provenance signs only that).
+    """
     from mlflow.models import infer_signature
 
     features = list(bundle.features)
@@ -177,18 +182,16 @@ def log_pyfunc_model(
     with tempfile.TemporaryDirectory(prefix="fraudguard-pyfunc-") as tmp:
         entry = Path(tmp) / "fraudguard_pyfunc_entry.py"
         entry.write_text(_ENTRY_CODE, encoding="utf-8")
+        model_inputs: dict[str, Any] = {
+            "python_model": str(entry),
+            "artifacts": {WEIGHTS_ARTIFACT: str(weights_path), PREPROCESS_ARTIFACT: str(preprocess_path)},
+            "model_config": {"weights_sha256": weights_sha256},
+            "code_paths": [str(fraudguard_code_path())],
+            "pip_requirements": pinned_requirements(),
+            "signature": signature,
+            "input_example": example,
+        }
         with _pinned_packages_map():
-            return mlflow.pyfunc.log_model(
-                name=name,
-                python_model=str(entry),
-                artifacts={
-                    WEIGHTS_ARTIFACT: str(weights_path),
-                    PREPROCESS_ARTIFACT: str(preprocess_path),
-                },
-                model_config={"weights_sha256": weights_sha256},
-                code_paths=[str(fraudguard_code_path())],
-                pip_requirements=pinned_requirements(),
-                signature=signature,
-                input_example=example,
-                registered_model_name=registered_model_name,
-            )
+            if build_dir is not None:
+                mlflow.pyfunc.save_model(path=str(build_dir), **model_inputs)
+            return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **model_inputs)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from fraudguard.config import RegistrySettings, Settings
     from fraudguard.model import ModelBundle
+    from fraudguard.provenance import BuiltModel
     from fraudguard.signing import Signer
 
 logger = logging.getLogger(__name__)
@@ -301,6 +302,7 @@ def log_training_run(
     from mlflow import MlflowClient
 
     from fraudguard.files import sha256_file
+    from fraudguard.provenance import BuiltModel
 
     paths = ProjectPaths.at(root)
     _require(paths.model_weights, "model weights")
@@ -339,27 +341,33 @@ def log_training_run(
             reference.to_parquet(tmp / "train_features.parquet", index=False)
             mlflow.log_artifact(str(tmp / "train_features.parquet"), Path(REFERENCE_ARTIFACT).parent.name)
             version, model_id = _register_model(client, settings.registry, weights, preprocess, tags,
-                                                train_features.head(5))
+                                                train_features.head(5), build_dir=tmp / "built")
+            built = BuiltModel.read(tmp / "built")
             mlflow.set_tag(REGISTERED_VERSION_TAG, str(version))
             client.update_run(run_id, name=training_run_name(version, settings.train.seed, lineage))
 
     model_name = settings.registry.model_name
-    _sign_registered_files(client, model_name, version, run_id, lineage, signer)
+    _sign_registered_files(client, model_name, version, run_id, model_id, lineage, signer, built)
     logger.info("run %s registered as %s version %d", run_id, model_name, version)
     return TrainingRunRecord(run_id=run_id, version=version, lineage=lineage, metrics=metrics,
                              model_uri=f"models:/{model_name}/{version}", model_id=model_id)
 
 
-def _sign_registered_files(client: "MlflowClient", model_name: str, version: int, run_id: str,
-                           lineage: Mapping[str, str], signer: "Signer | None") -> None:
-    """Sign what `models:/<name>/<version>` serves now, with the lineage it was registered with."""
-    from fraudguard.attestation import served_copy_digests
-    from fraudguard.provenance import sign_provenance
+def _sign_registered_files(client: "MlflowClient", model_name: str, version: int, run_id: str, model_id: str,
+                           lineage: Mapping[str, str], signer: "Signer | None", built: "BuiltModel") -> None:
+    """Sign what `models:/<name>/<version>` serves, with the lineage it was registered with, once it is what this
+    process built (ModelError otherwise: the version is left without provenance, so nothing promotes it)."""
+    from fraudguard.attestation import download_served_model, served_digests
+    from fraudguard.provenance import check_served_as_built, sign_provenance
     from fraudguard.signing import load_signer
 
     signer = signer or load_signer()
-    sign_provenance(client, model_name, version, run_id, served_copy_digests(client, model_name, version),
-                    lineage, signer)
+    with tempfile.TemporaryDirectory(prefix="fraudguard-served-") as tmp:
+        served_dir = download_served_model(client, model_name, version, Path(tmp))
+        check_served_as_built(served_dir, built, run_id=run_id, model_id=model_id,
+                              where=f"model {model_name!r} version {version}")
+        digests = served_digests(served_dir)
+    sign_provenance(client, model_name, version, run_id, digests, lineage, signer)
 
 
 def training_run_name(version: int | None, seed: int, lineage: Mapping[str, str]) -> str:
@@ -423,8 +431,10 @@ def _log_files(paths: ProjectPaths, settings: "Settings", weights: Path, preproc
 
 
 def _register_model(client: "MlflowClient", registry: "RegistrySettings", weights: Path, preprocess: Path,
-                    tags: dict[str, str], input_example: "pd.DataFrame") -> tuple[int, str]:
-    """Log the pyfunc model in the active run as a new version, tagged; returns (version, model id)."""
+                    tags: dict[str, str], input_example: "pd.DataFrame", build_dir: Path) -> tuple[int, str]:
+    """Log the pyfunc model in the active run as a new version, tagged; returns (version, model id).
+
+    build_dir receives the same model directory built locally first (what provenance compares the store with)."""
     from fraudguard.model import load_bundle
     from fraudguard.pyfunc_model import log_pyfunc_model
 
@@ -432,7 +442,7 @@ def _register_model(client: "MlflowClient", registry: "RegistrySettings", weight
     bundle = load_bundle(weights, preprocess, expected_sha256=tags[WEIGHTS_SHA_TAG])
     model_info = log_pyfunc_model(
         bundle, weights, preprocess, tags[WEIGHTS_SHA_TAG], input_example,
-        name=MODEL_NAME_IN_RUN, registered_model_name=model_name,
+        name=MODEL_NAME_IN_RUN, registered_model_name=model_name, build_dir=build_dir,
     )
     if model_info.registered_model_version is None:
         raise RegistryError(

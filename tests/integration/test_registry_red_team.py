@@ -568,6 +568,55 @@ def test_served_files_edited_after_registration_are_refused_before_any_gate(proj
     assert f"build provenance {attestation.predicate['provenance'][:16]} checked before the gates" in status.stdout
 
 
+def test_served_files_edited_while_registration_runs_are_never_signed(project):
+    """The insider edits the served copy inside `fraudguard register`, after MLflow uploaded it and before the
+    build provenance is signed. Registration compares the store's copy with the one it built and refuses to
+    sign; the version is left without provenance, so no promotion takes it."""
+    import threading
+    import time
+
+    from fraudguard.errors import ModelError, SignatureError
+    from fraudguard.provenance import PROVENANCE_TAG
+    from fraudguard.tracking import configure_mlflow, log_training_run
+
+    v1, *_ = project.versions
+    project.promote_setup(v1)
+    entries = len(project.audit())
+    logged_models = _served_dir(project, v1).parent.parent  # <artifact root>/models/<model id>/artifacts
+    before = set(logged_models.iterdir())
+    edited, stop = threading.Event(), threading.Event()
+
+    def insider() -> None:  # polls the store's files for the new upload, as a script with file access would
+        while not stop.is_set():
+            for model_dir in set(logged_models.iterdir()) - before:
+                preprocess = model_dir / "artifacts" / "artifacts" / "preprocess.json"
+                try:
+                    meta = json.loads(preprocess.read_text())
+                except (OSError, ValueError):
+                    continue  # not uploaded yet
+                preprocess.write_text(json.dumps({**meta, "threshold": 2.0}))
+                edited.set()
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=insider, daemon=True)
+    watcher.start()
+    try:
+        configure_mlflow(project.root, project.settings.registry)
+        with pytest.raises(ModelError, match=r"not what this registration built.*\(artifacts/preprocess.json\)"):
+            log_training_run(project.root, project.settings, flow_run_id=None)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert edited.is_set()
+    planted = max(int(mv.version) for mv in project.client.search_model_versions(f"name='{NAME}'"))
+    assert planted > max(project.versions)
+    assert PROVENANCE_TAG not in (project.client.get_model_version(NAME, str(planted)).tags or {})
+    with pytest.raises(SignatureError, match="no signed build provenance"):
+        _prepare_promotion(project, planted)
+    assert project.champion == v1 and len(project.audit()) == entries
+
+
 def test_a_version_registered_in_the_store_without_the_pipeline_key_is_never_promoted(project, tmp_path, caplog):
     """Anyone with write access to the store can register a model (here: v2's files with a threshold no fraud
     reaches). Every gate would pass it here (stand-ins); the build provenance only `fraudguard register` signs
