@@ -14,6 +14,7 @@ import base64
 import glob
 import json
 import os
+import logging
 import pwd
 import secrets
 import shutil
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from fraudguard.files import write_json
 from fraudguard.errors import FraudGuardError
+
+logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 MODEL_NAME = "fraudguard"
@@ -182,6 +185,7 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if _alive(pid):
+        logger.warning("process %d did not stop within %.0f s of signal %d; killing it", pid, timeout_s, sig)
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:

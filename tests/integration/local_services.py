@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def stop_process_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        # Said out loud: a teardown that waits out the timeout costs the suite its length each time.
+        warnings.warn(f"{' '.join(map(str, proc.args[:4]))} did not stop within {timeout_s:.0f} s of signal {sig}; "
+                      "killed", stacklevel=2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
