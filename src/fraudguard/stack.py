@@ -620,7 +620,9 @@ def stack_down(base: Path) -> list[str]:
     for prefix, sig in _STOP_ORDER:
         for name, pid in list(state.pids.items()):
             if name.startswith(prefix):
+                started = time.monotonic()
                 stop_pid(pid, sig)
+                logger.info("stopped %s (pid %d) in %.1f s", name, pid, time.monotonic() - started)
                 stopped.append(name)
                 del state.pids[name]
                 state.save()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,9 +74,24 @@ def stack(tmp_path_factory):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        stack_down(base / "stack")
+        # In the whole suite (not alone) this teardown has taken 66 s: say where, per process, when it is slow.
+        stops: list[logging.LogRecord] = []
+        collector = logging.Handler(logging.INFO)
+        collector.emit = stops.append  # type: ignore[method-assign]
+        stack_logger = logging.getLogger("fraudguard.stack")
+        stack_logger.addHandler(collector)
+        level, stack_logger.level = stack_logger.level, logging.INFO
+        started = time.monotonic()
+        try:
+            stack_down(base / "stack")
+        finally:
+            stack_logger.removeHandler(collector)
+            stack_logger.setLevel(level)
         if state is not None and state.pg_data.startswith("/tmp/fraudguard-pg-"):
             shutil.rmtree(state.pg_data, ignore_errors=True)
+        if time.monotonic() - started > 20:
+            warnings.warn(f"team stack teardown took {time.monotonic() - started:.0f} s: "
+                          + "; ".join(record.getMessage() for record in stops), stacklevel=1)
 
 
 def _client(state):
