@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -48,7 +49,7 @@ def _credentials(path: Path) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """(state, pipeline env): the whole stack up; the test process acts as a pipeline host."""
-    from fraudguard.stack import stack_down, stack_up, worker_env
+    from fraudguard.stack import stack_down, stack_up, stop_pid, worker_env
 
     base = tmp_path_factory.mktemp("team_stack")
     state = None
@@ -83,6 +84,12 @@ def stack(tmp_path_factory):
         level, stack_logger.level = stack_logger.level, logging.INFO
         started = time.monotonic()
         try:
+            if state is not None:
+                # In the whole suite the workers have outlived SIGINT by 30 s each (not alone): nothing of their
+                # shutdown is under test here, so 10 s each before stack_down's own stop (which then finds them gone).
+                for name, pid in state.pids.items():
+                    if name.startswith("worker-"):
+                        stop_pid(pid, signal.SIGINT, timeout_s=10)
             stack_down(base / "stack")
         finally:
             stack_logger.removeHandler(collector)
