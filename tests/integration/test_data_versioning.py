@@ -427,6 +427,36 @@ def test_label_flip_behind_a_decoy_copy_of_its_id_is_kept_out_as_changed_history
     assert json.loads(origin.validation_report.read_text())["history"]["changed_history"] == 2 * len(flipped)
 
 
+def test_an_id_stored_twice_stays_quarantined_when_a_later_file_gives_one_copy(origin, tmp_path):
+    from fraudguard.stages import validate as stage
+
+    before = import_version_with_frauds(origin, tmp_path)
+    fraud = as_new_transactions(before.iloc[[0]])  # a fraud under an id data/raw does not hold
+    twice = pd.concat([before, fraud, fraud.assign(**{schema.TX_FRAUD: 0, schema.TX_FRAUD_SCENARIO: 0})],
+                      ignore_index=True)
+    first = tmp_path / "twice.parquet"
+    twice.to_parquet(first)
+    import_data(first, origin, load_settings(origin.params).validate_)
+    duplicate_id = int(fraud[schema.TRANSACTION_ID].iloc[0])
+    # The later file keeps only the copy labelled legitimate: it must not decide which copy is the transaction.
+    upload = tmp_path / "one_copy.csv"
+    twice.iloc[:-2].pipe(lambda f: pd.concat([f, twice.iloc[[-1]]], ignore_index=True)).to_csv(upload, index=False)
+    imported = CliRunner().invoke(app, ["data", "import", str(upload), "--root", str(origin.root)])
+    assert imported.exit_code == 0, imported.output
+    assert "1 of those row(s) give an id the previous version held more than once" in imported.output
+    assert json.loads(origin.import_report.read_text())["reasons"]["changed_history"] == 1
+    stored = current_rows(origin)
+    copies = stored[stored[schema.TRANSACTION_ID].astype("int64") == duplicate_id]
+    assert sorted(copies[schema.TX_FRAUD].astype("int64")) == [0, 1] and len(stored) == len(twice)
+    quarantined = pd.read_parquet(origin.import_quarantine)
+    assert list(quarantined.loc[quarantined["reason"] == "changed_history", schema.TRANSACTION_ID]
+                .astype("int64")) == [duplicate_id]
+    result = stage.run(stage.ValidatePaths.of(origin), load_settings(origin.params).validate_)
+    assert duplicate_id not in set(result.accepted[schema.TRANSACTION_ID].astype("int64"))
+    history = json.loads(origin.validation_report.read_text())["history"]
+    assert history["changed_history_unresolved_duplicate"] == 1 and history["changed_history"] == 1
+
+
 def test_deleting_existing_transactions_is_printed_tagged_and_blocks_promotion_until_acknowledged(origin, tmp_path):
     from fraudguard.lineage import validation_lineage
     from fraudguard.stages import validate as stage

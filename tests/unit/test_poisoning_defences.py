@@ -120,6 +120,32 @@ def test_label_flip_hidden_behind_a_decoy_copy_of_its_id_is_a_change_of_history(
     assert diff.summary(upload[schema.TRANSACTION_ID])[CHANGED_HISTORY] == 2 * len(flipped)
 
 
+def test_an_id_the_previous_version_repeated_is_not_settled_by_a_file_that_gives_it_once(world, validate):
+    # The previous version held a new id twice (a fraud and a legitimate copy): validation quarantined both.
+    # A later file giving only the legitimate copy used to make it training data, unrecorded.
+    fraud = world[world[schema.TX_FRAUD] == 1].iloc[[0]]
+    twin = fraud.assign(**{schema.TRANSACTION_ID: 10**7})
+    previous = pd.concat([world, twin, twin.assign(**{schema.TX_FRAUD: 0, schema.TX_FRAUD_SCENARIO: 0})],
+                         ignore_index=True)
+    legitimate_copy_only = pd.concat([world, previous.iloc[[-1]]], ignore_index=True)
+    for upload in (legitimate_copy_only, legitimate_copy_only.astype(str)):  # as Parquet and as CSV reads it
+        diff = diff_history(previous, upload)
+        kept, rejected = keep_history(previous, upload, diff)
+        assert list(rejected[schema.TRANSACTION_ID].astype("int64")) == [10**7]
+        assert (rejected[schema.QUARANTINE_REASON] == CHANGED_HISTORY).all()
+        assert diff.summary(upload[schema.TRANSACTION_ID])["changed_history_unresolved_duplicate"] == 1
+        stored = kept[kept[schema.TRANSACTION_ID].astype("int64") == 10**7]
+        assert sorted(stored[schema.TX_FRAUD].astype("int64")) == [0, 1]  # both previous copies, as they were
+        assert len(kept) == len(previous)
+        result = validate(kept)
+        assert 10**7 not in set(result.accepted[schema.TRANSACTION_ID].astype("int64"))
+        quarantined = result.quarantined[result.quarantined[schema.TRANSACTION_ID].astype("int64") == 10**7]
+        assert len(quarantined) == 2 and quarantined[schema.QUARANTINE_REASON].str.contains(
+            "duplicate_transaction_id").all()
+    dropped = diff_history(previous, world)
+    assert dropped.missing_from_new == 1 and not dropped.changed.any()
+
+
 def test_relabel_list_does_not_approve_a_repeated_existing_id(world):
     attacked, flipped = label_flip(world, share=0.05)
     upload = pd.concat([attacked, attacked[attacked[schema.TRANSACTION_ID] == flipped[0]]], ignore_index=True)

@@ -44,6 +44,10 @@ def _echo_reasons(report: dict, err: bool = False) -> None:
         typer.echo(f"history: {history.get('changed_history', 0)} changed transaction(s) kept at their previous "
                    f"values (changed_history), {history.get('label_changes', 0)} reviewed label change(s) applied",
                    err=err)
+    unresolved = int(history.get("changed_history_unresolved_duplicate", 0) or 0)
+    if unresolved:
+        typer.echo(f"history: {unresolved} of those row(s) give an id the previous version held more than once; "
+                   "its previous copies are kept and stay quarantined as duplicate_transaction_id", err=err)
     if history.get("replaced"):
         intake = report.get("intake") or {}
         typer.echo(f"history: replaced (--new-history): the previous version {intake.get('previous_md5')} "

@@ -38,9 +38,11 @@ _LABELS = (schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO)
 class HistoryDiff:
     """How a new frame relates to the previous version, by position in the new frame.
 
-    changed: rows of an existing transaction with a value changed and no reviewed relabel for it, and
-    every copy of an existing transaction the new frame repeats; relabelled: rows whose label change the relabel list approves (applied); previous_rows: for each
-    changed row, the position of its transaction in the previous frame.
+    changed: rows of an existing transaction with a value changed and no reviewed relabel for it, every
+    copy of an existing transaction the new frame repeats, and every row of an id the previous frame held
+    more than once (`unresolved`); relabelled: rows whose label change the relabel list approves (applied);
+    previous_rows: for each changed row, the position of its transaction in the previous frame (-1 for an
+    unresolved id: it has no one previous row).
     """
 
     changed: np.ndarray
@@ -52,6 +54,11 @@ class HistoryDiff:
     missing_from_new: int
     relabels_unused: int
     redundant: np.ndarray  # extra copies of a repeated existing id: dropped from the stored frame
+    # Rows of an id the previous frame held more than once (validation quarantined every copy there): which
+    # copy was the transaction is unknown, so a file giving the id is not allowed to settle it.
+    unresolved: np.ndarray
+    # Positions in the previous frame of every copy of those ids: they are stored again as they were.
+    unresolved_previous_rows: np.ndarray
 
     def summary(self, transaction_ids: pd.Series) -> dict[str, Any]:
         """Counts (and the first ids) for the intake record and the import report."""
@@ -61,6 +68,7 @@ class HistoryDiff:
             CHANGED_HISTORY: int(self.changed.sum()),
             "changed_history_label": int((self.changed & self.label_changed).sum()),
             "changed_history_amount": int((self.changed & self.amount_changed).sum()),
+            "changed_history_unresolved_duplicate": int(self.unresolved.sum()),
             "changed_history_ids": [str(i) for i in pd.unique(ids[self.changed])[:MAX_LISTED_IDS]],
             "label_changes": int(self.relabelled.sum()),
             "label_change_ids": [str(i) for i in ids[self.relabelled][:MAX_LISTED_IDS]],
@@ -73,14 +81,23 @@ def diff_history(previous: pd.DataFrame, new: pd.DataFrame,
                  relabels: pd.DataFrame | None = None) -> HistoryDiff:
     """Compare `new` with `previous` (both as read: any dtypes) on their parsed values, by TRANSACTION_ID.
 
-    Rows whose id does not parse, and ids repeated in `previous`, are left to validation (not compared).
+    Rows whose id does not parse are left to validation (not compared).
     An id of `previous` that `new` repeats is a change of history whatever the copies hold (which copy is
     the transaction is unknown; a decoy copy would otherwise hide a changed one): every copy is changed.
+    So is every row of an id that `previous` repeats (validation quarantined all its copies there): a file
+    that gives it once would otherwise pick, unrecorded, which copy becomes training data. Its previous
+    copies are stored again, so the id stays quarantined as a duplicate.
     A relabel (TRANSACTION_ID, TX_FRAUD[, TX_FRAUD_SCENARIO]) approves a change when the new row's labels
     are the listed ones and nothing but the labels changed.
     """
     old, new_typed = _typed(previous), _typed(new)
-    old = old[old["_ok_id"] & ~repeated_ids(old[schema.TRANSACTION_ID], _failed(old))]
+    old_repeated = old["_ok_id"].to_numpy() & repeated_ids(old[schema.TRANSACTION_ID], _failed(old))
+    unresolved_ids = pd.unique(old[schema.TRANSACTION_ID].to_numpy()[old_repeated])
+    unresolved = new_typed["_ok_id"].to_numpy() & new_typed[schema.TRANSACTION_ID].isin(unresolved_ids).to_numpy()
+    given_unresolved = pd.unique(new_typed[schema.TRANSACTION_ID].to_numpy()[unresolved])
+    unresolved_previous_rows = np.flatnonzero(
+        old_repeated & old[schema.TRANSACTION_ID].isin(given_unresolved).to_numpy())
+    old = old[old["_ok_id"] & ~old_repeated]
     repeated = repeated_ids(new_typed[schema.TRANSACTION_ID], _failed(new_typed))
     position = pd.Series(np.arange(len(old)), index=old.index)
     lookup = pd.Series(position.to_numpy(), index=old[schema.TRANSACTION_ID].to_numpy())
@@ -116,7 +133,7 @@ def diff_history(previous: pd.DataFrame, new: pd.DataFrame,
                 approved &= np.isnan(want) | (want == has)
         approved &= label_changed & ~other_changed & existing
         unused = int(len(listed) - approved.sum())
-    changed = (any_change & ~approved) | repeated_existing
+    changed = (any_change & ~approved) | repeated_existing | unresolved
     all_rows = np.flatnonzero(known)
     previous_rows = np.full(n, -1, dtype=np.int64)
     previous_rows[all_rows] = old.index.to_numpy()[old_pos[all_rows].astype(np.int64)]
@@ -125,9 +142,11 @@ def diff_history(previous: pd.DataFrame, new: pd.DataFrame,
     return HistoryDiff(
         changed=changed, relabelled=approved, previous_rows=previous_rows,
         label_changed=label_changed, amount_changed=differs[schema.TX_AMOUNT],
-        existing=int(len(np.unique(old_pos[all_rows]))),
-        missing_from_new=int(len(old) - len(np.unique(old_pos[all_rows]))),
+        existing=int(len(np.unique(old_pos[all_rows]))) + len(given_unresolved),
+        missing_from_new=int(len(old) - len(np.unique(old_pos[all_rows])))
+        + len(unresolved_ids) - len(given_unresolved),
         relabels_unused=unused, redundant=redundant,
+        unresolved=unresolved, unresolved_previous_rows=unresolved_previous_rows,
     )
 
 
@@ -135,27 +154,26 @@ def keep_history(previous: pd.DataFrame, new: pd.DataFrame,
                  diff: HistoryDiff) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(`new` with each changed row's values put back to the previous version's, the changed rows as they
     came with reason `changed_history`). Order is `new`'s; of the copies of a repeated existing transaction
-    only the first stays (at its previous values), so every copy the file brought is in the second frame."""
+    only the first stays (at its previous values), so every copy the file brought is in the second frame.
+    The rows of an unresolved id (repeated in `previous`) are replaced by all its previous copies, at the
+    end, so validation quarantines them as duplicates again."""
     kept = new.reset_index(drop=True).copy()
     rows = np.flatnonzero(diff.changed)
     rejected = kept.iloc[rows].copy()
     rejected[schema.QUARANTINE_REASON] = CHANGED_HISTORY
-    if len(rows):
-        source = previous.reset_index(drop=True).loc[diff.previous_rows[rows]]
-        for column in kept.columns:
-            if column not in source.columns:
-                continue
-            values = source[column]
-            target = kept[column].dtype
-            try:
-                # A file read as text (CSV) gets the previous values as text, so the column stays one type.
-                values = values.astype(str) if target == object or pd.api.types.is_string_dtype(target) \
-                    else values.astype(target)
-            except (TypeError, ValueError):
-                kept[column] = kept[column].astype(object)
-            kept.loc[kept.index[rows], column] = values.to_numpy()
-    if diff.redundant.any():
-        kept = kept.loc[~diff.redundant].reset_index(drop=True)
+    previous = previous.reset_index(drop=True)
+    restored = np.flatnonzero(diff.changed & ~diff.unresolved)
+    if len(restored):
+        _put_values(kept, kept.index[restored], previous.loc[diff.previous_rows[restored]])
+    if diff.redundant.any() or diff.unresolved.any():
+        kept = kept.loc[~(diff.redundant | diff.unresolved)].reset_index(drop=True)
+    if len(diff.unresolved_previous_rows):
+        source = previous.loc[diff.unresolved_previous_rows].reset_index(drop=True)
+        copies = pd.DataFrame({
+            column: _in_dtype(source[column], kept[column].dtype)[0] if column in source.columns
+            else pd.Series([None] * len(source), dtype=object)
+            for column in kept.columns})
+        kept = pd.concat([kept, copies], ignore_index=True)
     return kept, rejected
 
 
@@ -281,6 +299,28 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 def _failed(typed: pd.DataFrame) -> dict[int, list[str]]:
     """The positions (as repeated_ids takes them) of `_typed` rows whose id did not parse."""
     return {int(i): [] for i in np.flatnonzero(~typed["_ok_id"].to_numpy())}
+
+
+def _put_values(target: pd.DataFrame, at: pd.Index, source: pd.DataFrame) -> None:
+    """Write `source`'s rows (the previous version's values) into `target` at the labels `at`, column by
+    column in `target`'s dtypes."""
+    for column in target.columns:
+        if column not in source.columns:
+            continue
+        values, fits = _in_dtype(source[column], target[column].dtype)
+        if not fits:
+            target[column] = target[column].astype(object)
+        target.loc[at, column] = values.to_numpy()
+
+
+def _in_dtype(values: pd.Series, dtype: Any) -> tuple[pd.Series, bool]:
+    """(`values` in `dtype`, True) where they fit, else (as they are, False): a file read as text (CSV) gets
+    the previous values as text, so each column stays one type."""
+    try:
+        return (values.astype(str) if dtype == object or pd.api.types.is_string_dtype(dtype)
+                else values.astype(dtype)), True
+    except (TypeError, ValueError):
+        return values.astype(object), False
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
