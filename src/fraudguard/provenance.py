@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fraudguard.attestation import file_manifest
-
 from fraudguard.errors import ModelError, SignatureError
 from fraudguard.signing import Signer, Verifier, in_toto_statement, open_envelope, sha256_text, sign_envelope, \
     subject_digests

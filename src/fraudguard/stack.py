@@ -13,8 +13,8 @@ import argparse
 import base64
 import glob
 import json
-import os
 import logging
+import os
 import pwd
 import secrets
 import shutil
@@ -173,6 +173,28 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def signal_disposition(pid: int, sig: int) -> str:
+    """What process `pid` does with `sig`, from /proc/PID/status: "ignored", "blocked", "handled" or "default"
+    ("unknown" where /proc cannot say). Said when a process outlives its stop signal: an ignored SIGINT is
+    inherited across exec from whoever started it, a handled one means the process chose to wait."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    masks = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigBlk", "SigIgn", "SigCgt"):
+            masks[key] = int(value.strip(), 16)
+    bit = 1 << (sig - 1)
+    for key, word in (("SigIgn", "ignored"), ("SigBlk", "blocked"), ("SigCgt", "handled")):
+        if key not in masks:
+            return "unknown"
+        if masks[key] & bit:
+            return word
+    return "default"
+
+
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
     """Signal the process group led by `pid` (its children too); SIGKILL it if it outlives timeout_s."""
     if not _alive(pid):
@@ -185,7 +207,8 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if _alive(pid):
-        logger.warning("process %d did not stop within %.0f s of signal %d; killing it", pid, timeout_s, sig)
+        logger.warning("process %d did not stop within %.0f s of signal %d (%s); killing it", pid, timeout_s, sig,
+                       signal_disposition(pid, sig))
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:

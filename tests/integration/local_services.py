@@ -40,9 +40,11 @@ def stop_process_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        from fraudguard.stack import signal_disposition
+
         # Said out loud: a teardown that waits out the timeout costs the suite its length each time.
-        warnings.warn(f"{' '.join(map(str, proc.args[:4]))} did not stop within {timeout_s:.0f} s of signal {sig}; "
-                      "killed", stacklevel=2)
+        warnings.warn(f"{' '.join(map(str, proc.args[:4]))} did not stop within {timeout_s:.0f} s of signal {sig} "
+                      f"({signal_disposition(proc.pid, sig)}); killed", stacklevel=2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 

@@ -1,0 +1,45 @@
+"""Stopping the stack's processes by PID: what a process does with its stop signal is said, not guessed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fraudguard.stack import signal_disposition, stop_pid
+
+
+def _started(argv: list[str], ignore_sigint: bool = False) -> subprocess.Popen:
+    # preexec_fn runs in the child before exec: an ignored signal survives exec, as it does for any child of a
+    # process that ignores it.
+    prepare = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=prepare)  # noqa: PLW1509 - test-only
+    time.sleep(0.3)
+    return proc
+
+
+def test_signal_disposition_tells_default_ignored_and_handled_sigint_apart():
+    plain = _started(["sleep", "30"])
+    deaf = _started(["sleep", "30"], ignore_sigint=True)
+    python = _started([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert signal_disposition(plain.pid, signal.SIGINT) == "default"
+        assert signal_disposition(deaf.pid, signal.SIGINT) == "ignored"
+        assert signal_disposition(python.pid, signal.SIGINT) == "handled"  # Python's KeyboardInterrupt handler
+        assert signal_disposition(2**22 + 12345, signal.SIGINT) == "unknown"  # no such process
+    finally:
+        for proc in (plain, deaf, python):
+            proc.kill()
+            proc.wait()
+
+
+def test_stop_pid_kills_a_process_that_ignores_its_stop_signal_and_names_why(caplog):
+    deaf = _started(["sleep", "30"], ignore_sigint=True)
+    start = time.monotonic()
+    stop_pid(deaf.pid, signal.SIGINT, timeout_s=1)
+    deaf.wait(timeout=5)  # stop_pid reaped it already (its exit status with it): gone is what counts
+    assert not Path(f"/proc/{deaf.pid}").exists()
+    assert time.monotonic() - start < 10
+    assert f"process {deaf.pid} did not stop within 1 s of signal 2 (ignored); killing it" in caplog.text
