@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import glob
 import json
 import logging
@@ -22,14 +23,16 @@ import signal
 import socket
 import subprocess  # nosec B404 -- starts the stack's own services (fixed argv, no shell)
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fraudguard.files import write_json
 from fraudguard.errors import FraudGuardError
+from fraudguard.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +220,33 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None
             time.sleep(0.2)
 
 
+# ------------------------------------------------------------------------------------------ packages
+
+# One Debian install at a time from this host's processes: test workers running in parallel on a fresh CI
+# machine would otherwise both run apt-get, and the second fails on dpkg's lock.
+_APT_INSTALL_LOCK = Path(tempfile.gettempdir()) / "fraudguard-apt-install.lock"
+
+
+def install_debian_package(package: str, what: str, present: Callable[[], bool]) -> None:
+    """`apt-get install` Debian's `package` as root (after `apt-get update`), unless `present()` says another
+    process installed it while this one waited for the install lock. StackError naming `what` when it cannot
+    (not root, no apt-get) or apt-get fails; dpkg's own lock (another apt user) is waited for up to 10 min."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError(f"{what} not found and cannot install it here: run `apt-get install -y {package}` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait_for_dpkg = ["-o", "DPkg::Lock::Timeout=600"]
+    with open(_APT_INSTALL_LOCK, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if present():
+            return
+        logger.info("installing Debian's %s (apt-get, as root)", package)
+        for cmd in (["apt-get", *wait_for_dpkg, "update", "-q"],
+                    ["apt-get", *wait_for_dpkg, "install", "-y", "-q", package]):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)  # nosec B603 - fixed argv
+            if proc.returncode != 0:
+                raise StackError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
 # ------------------------------------------------------------------------------------------ postgres
 
 def postgres_bin_dir(install: bool = True) -> Path:
@@ -226,14 +256,8 @@ def postgres_bin_dir(install: bool = True) -> Path:
     if not found and initdb:
         found = [initdb]
     if not found and install:
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise StackError("PostgreSQL server binaries (initdb) not found and cannot install them here: "
-                             "run `apt-get install -y postgresql` as root")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            if proc.returncode != 0:
-                raise StackError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        install_debian_package("postgresql", "PostgreSQL server binaries (initdb)",
+                               present=lambda: bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")))
         return postgres_bin_dir(install=False)
     if not found:
         raise StackError("PostgreSQL server binaries (initdb) not found after installing `postgresql`")
@@ -350,14 +374,8 @@ def redis_server_binary(install: bool = True) -> Path:
     found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").is_file()
                                              else None)
     if found is None and install:
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise StackError("redis-server not found and cannot install it here: "
-                             "run `apt-get install -y redis-server` as root")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)  # nosec B603 - fixed argv
-            if proc.returncode != 0:
-                raise StackError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        install_debian_package("redis-server", "redis-server",
+                               present=lambda: Path("/usr/bin/redis-server").is_file())
         return redis_server_binary(install=False)
     if found is None:
         raise StackError("redis-server not found after installing the `redis-server` package")

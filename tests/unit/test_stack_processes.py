@@ -43,3 +43,39 @@ def test_stop_pid_kills_a_process_that_ignores_its_stop_signal_and_names_why(cap
     assert not Path(f"/proc/{deaf.pid}").exists()
     assert time.monotonic() - start < 10
     assert f"process {deaf.pid} did not stop within 1 s of signal 2 (ignored); killing it" in caplog.text
+
+
+def test_a_debian_install_waits_for_another_process_install_and_skips_what_it_installed():
+    # Two test workers on a fresh CI machine both needing PostgreSQL: the second waits for the first's install
+    # (the lock), then finds the package there and runs no apt-get of its own.
+    import fcntl
+    import os
+    import shutil
+    import threading
+
+    import pytest
+
+    from fraudguard import stack
+
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the install path runs only as root with apt-get (CI's case)")
+    installed = threading.Event()
+    outcome: list[object] = []
+
+    def second_worker() -> None:
+        try:
+            # A package that does not exist: had apt-get run, this would raise StackError.
+            stack.install_debian_package("fraudguard-no-such-package", "nothing", present=installed.is_set)
+            outcome.append("skipped")
+        except stack.StackError as exc:
+            outcome.append(exc)
+
+    with open(stack._APT_INSTALL_LOCK, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker, mid-install
+        waiter = threading.Thread(target=second_worker)
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive() and not outcome  # waiting for the lock, not racing apt-get
+        installed.set()
+    waiter.join(timeout=10)
+    assert outcome == ["skipped"]
