@@ -28,8 +28,12 @@ install: $(VENV)/.installed $(VENV)/.prefect-db
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fraudguard run
 
+# Two pytest-xdist workers, each taking whole test modules (their module fixtures, e.g. the team stack, start
+# once); TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
+
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src flows tests bench
