@@ -55,3 +55,12 @@ def pipeline_signing_key(tmp_path_factory):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+def pytest_unconfigure(config):
+    """Prefect stops the temporary API servers still running (its ephemeral server) at interpreter exit and says
+    so at INFO, through a console bound to the stream pytest captured; a pytest-xdist worker has closed that
+    stream by then, so the line came out as a "--- Logging error ---" traceback in the suite's output."""
+    import logging
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)

@@ -4,7 +4,6 @@ Prefect API), on a small real project with a real MLflow store."""
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,8 @@ STRICT_QUALITY = {"gates": {"quality": {"min_average_precision": 0.999}}, "train
 def prefect_api():
     from prefect.testing.utilities import prefect_test_harness
 
-    prefect_logger = logging.getLogger("prefect")
-    level = prefect_logger.level
     with prefect_test_harness(server_startup_timeout=120):
         yield
-        # Its "Stopping temporary server" line goes to a console bound to the stream pytest captured, which a
-        # pytest-xdist worker has closed by the end of its session ("--- Logging error ---" in the output).
-        prefect_logger.setLevel(logging.WARNING)
-    prefect_logger.setLevel(level)
 
 
 @pytest.fixture
