@@ -235,7 +235,9 @@ def install_debian_package(package: str, what: str, present: Callable[[], bool])
         raise StackError(f"{what} not found and cannot install it here: run `apt-get install -y {package}` as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     wait_for_dpkg = ["-o", "DPkg::Lock::Timeout=600"]
-    with open(_APT_INSTALL_LOCK, "a", encoding="utf-8") as lock:
+    # O_NOFOLLOW: as root in a world-writable temp dir, never open a link someone else left under that name.
+    descriptor = os.open(_APT_INSTALL_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if present():
             return
