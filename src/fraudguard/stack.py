@@ -236,7 +236,11 @@ def install_debian_package(package: str, what: str, present: Callable[[], bool])
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     wait_for_dpkg = ["-o", "DPkg::Lock::Timeout=600"]
     # O_NOFOLLOW: as root in a world-writable temp dir, never open a link someone else left under that name.
-    descriptor = os.open(_APT_INSTALL_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        descriptor = os.open(_APT_INSTALL_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StackError(f"cannot open the install lock {_APT_INSTALL_LOCK} ({exc.strerror}; a symbolic link there "
+                         f"is refused): remove it, then install {package} again") from exc
     with os.fdopen(descriptor, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if present():

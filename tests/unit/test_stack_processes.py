@@ -79,3 +79,25 @@ def test_a_debian_install_waits_for_another_process_install_and_skips_what_it_in
         installed.set()
     waiter.join(timeout=10)
     assert outcome == ["skipped"]
+
+
+def test_the_install_lock_never_follows_a_link_left_under_its_name(tmp_path, monkeypatch):
+    import errno
+    import os
+    import shutil
+
+    import pytest
+
+    from fraudguard import stack
+
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the install path runs only as root with apt-get (CI's case)")
+    target = tmp_path / "a-file-root-owns"
+    target.write_text("untouched\n")
+    planted = tmp_path / "fraudguard-apt-install.lock"
+    planted.symlink_to(target)
+    monkeypatch.setattr(stack, "_APT_INSTALL_LOCK", planted)
+    with pytest.raises(stack.StackError, match="cannot open the install lock .*symbolic link") as refused:
+        stack.install_debian_package("fraudguard-no-such-package", "nothing", present=lambda: True)
+    assert refused.value.__cause__.errno == errno.ELOOP
+    assert target.read_text() == "untouched\n"
