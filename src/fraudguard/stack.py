@@ -255,15 +255,18 @@ def install_debian_package(package: str, what: str, present: Callable[[], bool])
 
 # ------------------------------------------------------------------------------------------ postgres
 
+_DEBIAN_INITDB = "/usr/lib/postgresql/*/bin/initdb"  # one per installed major version
+
+
 def postgres_bin_dir(install: bool = True) -> Path:
     """The directory holding initdb/postgres; installs Debian's `postgresql` (as root) when missing."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = sorted(glob.glob(_DEBIAN_INITDB))
     initdb = shutil.which("initdb")
     if not found and initdb:
         found = [initdb]
     if not found and install:
         install_debian_package("postgresql", "PostgreSQL server binaries (initdb)",
-                               present=lambda: bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")))
+                               present=lambda: bool(glob.glob(_DEBIAN_INITDB)))
         return postgres_bin_dir(install=False)
     if not found:
         raise StackError("PostgreSQL server binaries (initdb) not found after installing `postgresql`")

@@ -1,14 +1,27 @@
-"""Stopping the stack's processes by PID: what a process does with its stop signal is said, not guessed."""
+"""The stack's process and package helpers: what a process does with its stop signal is said, not guessed; Debian
+installs happen one at a time."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from fraudguard import stack
 from fraudguard.stack import signal_disposition, stop_pid
+
+# CI runs as root with apt-get, so these run there; elsewhere the install path refuses before any lock.
+installs_as_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
+                                      reason="the install path runs only as root with apt-get (CI's case)")
 
 
 def _started(argv: list[str], ignore_sigint: bool = False) -> subprocess.Popen:
@@ -45,20 +58,10 @@ def test_stop_pid_kills_a_process_that_ignores_its_stop_signal_and_names_why(cap
     assert f"process {deaf.pid} did not stop within 1 s of signal 2 (ignored); killing it" in caplog.text
 
 
+@installs_as_root
 def test_a_debian_install_waits_for_another_process_install_and_skips_what_it_installed():
     # Two test workers on a fresh CI machine both needing PostgreSQL: the second waits for the first's install
     # (the lock), then finds the package there and runs no apt-get of its own.
-    import fcntl
-    import os
-    import shutil
-    import threading
-
-    import pytest
-
-    from fraudguard import stack
-
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("the install path runs only as root with apt-get (CI's case)")
     installed = threading.Event()
     outcome: list[object] = []
 
@@ -81,17 +84,8 @@ def test_a_debian_install_waits_for_another_process_install_and_skips_what_it_in
     assert outcome == ["skipped"]
 
 
+@installs_as_root
 def test_the_install_lock_never_follows_a_link_left_under_its_name(tmp_path, monkeypatch):
-    import errno
-    import os
-    import shutil
-
-    import pytest
-
-    from fraudguard import stack
-
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("the install path runs only as root with apt-get (CI's case)")
     target = tmp_path / "a-file-root-owns"
     target.write_text("untouched\n")
     planted = tmp_path / "fraudguard-apt-install.lock"
