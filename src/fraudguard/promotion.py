@@ -12,6 +12,7 @@ champion only on its signed pass attestation and the files it will serve; tags a
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import shutil
@@ -20,7 +21,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -503,9 +504,32 @@ def _champion_attestation(client: "MlflowClient", name: str, state: RegistryStat
 
 
 def run_gate(run: GateRun, name: str) -> tuple[GateResult, float]:
-    """One gate of the run with its params section, timed; a gate that raises is a failed result."""
+    """One gate of the run with its params section, timed; a gate that raises is a failed result.
+
+    The gate gets its own copies of the candidate's and the champion's models (private_models): the gates of
+    a run go at once, each in its own thread."""
     section = getattr(run.context.settings.gates, name, None)
-    return _run_one(name, run.gates[name], run.candidate, run.context, section)
+    candidate, context = private_models(run.candidate, run.context)
+    return _run_one(name, run.gates[name], candidate, context, section)
+
+
+def private_models(candidate: ModelUnderTest, context: GateContext) -> tuple[ModelUnderTest, GateContext]:
+    """The candidate and the context with copies of their models (torch modules, standardizers) that no other
+    thread holds; the frames and settings are shared, as the gates only read them.
+
+    Why: a torch module is not safe to share between threads that take gradients. ART's classifiers clear and
+    fill the parameters' .grad and switch train/eval mode on the module they wrap; the robustness gate did so
+    while the privacy and quality gates scored the same module, and the flow process died with SIGSEGV in
+    libtorch (seen twice: CI's deployment walkthrough and a loaded run here). A copy of the models is small
+    beside what one gate computes on them.
+    """
+    own_candidate = replace(candidate, bundle=copy.deepcopy(candidate.bundle))
+    champion = context.champion
+    if champion is None:
+        return own_candidate, context
+    own_champion = replace(champion, bundle=own_candidate.bundle if champion.bundle is candidate.bundle
+                           else copy.deepcopy(champion.bundle))
+    return own_candidate, replace(context, champion=own_champion)
 
 
 def run_gates(run: GateRun) -> tuple[tuple[GateResult, ...], dict[str, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from fraudguard.errors import RegistryError
@@ -142,6 +143,58 @@ def test_gates_run_concurrently(world):
 
     outcome = _promote(world, v1, {"a": meeting("a"), "b": meeting("b")})
     assert outcome.promoted and [r.passed for r in outcome.results] == [True, True]
+
+
+def test_concurrent_gates_each_score_their_own_copy_of_the_candidate_and_champion_models(world):
+    """Gates run at once in threads; a torch module shared between a gate taking gradients (ART) and gates
+    scoring it crashed the flow process (SIGSEGV in libtorch). Each gate gets copies no other gate holds."""
+    import dataclasses
+
+    import torch
+
+    from fraudguard.gates.base import ModelUnderTest
+    from fraudguard.model import FraudMLP, ModelBundle, Standardizer
+    from fraudguard.policy import policy_from_settings
+    from fraudguard.promotion import promote_version
+
+    from registry_helpers import simple_context
+
+    client, (v1, _, _), settings, tmp_path = world
+    features = tuple(settings.model.features)
+
+    def bundle(seed: int) -> ModelBundle:
+        torch.manual_seed(seed)
+        module = FraudMLP(len(features), (4,), 0.0).eval()
+        return ModelBundle(module, Standardizer(features, np.zeros(len(features)), np.ones(len(features))),
+                           (4,), 0.0, threshold=0.5)
+
+    candidate = dataclasses.replace(candidate_for(client, NAME, v1), bundle=bundle(1))
+    report_dir = tmp_path / "reports" / "copies"
+    report_dir.mkdir(parents=True)
+    context = dataclasses.replace(simple_context(settings, tmp_path, report_dir),
+                                  champion=ModelUnderTest(bundle=bundle(2), version=None))
+    barrier = threading.Barrier(3, timeout=20)
+    seen: dict[str, tuple] = {}
+
+    def recording(name):
+        def run(candidate_seen, context_seen, _settings) -> GateResult:
+            barrier.wait()  # all three gates hold their models at the same time
+            seen[name] = (candidate_seen.bundle, context_seen.champion.bundle, context_seen.train_features)
+            return GateResult(name, True, {}, {}, "recorded its models")
+        return run
+
+    outcome = promote_version(client, tmp_path, settings, version=v1, promote=False, actor="tester",
+                              gates={name: recording(name) for name in ("a", "b", "c")}, candidate=candidate,
+                              context=context, policy=policy_from_settings(settings, "test"))
+    assert [r.passed for r in outcome.results] == [True, True, True]
+    modules = [m for cand, champ, _ in seen.values() for m in (cand.module, champ.module)]
+    originals = (candidate.bundle.module, context.champion.bundle.module)
+    assert len({id(m) for m in (*modules, *originals)}) == 8, "a torch module was shared between gates"
+    x = torch.randn(16, len(features))
+    for cand, champ, frame in seen.values():
+        assert torch.equal(cand.module(x), candidate.bundle.module(x))  # same weights: a copy, not a new model
+        assert torch.equal(champ.module(x), context.champion.bundle.module(x))
+        assert frame is context.train_features  # the data, only read, is not copied
 
 
 def test_dry_run_tags_the_version_but_moves_no_alias(world):
