@@ -132,14 +132,14 @@ def start(stages: Iterable[str] = HEAVY_STAGES, warm_imports: tuple[str, ...] = 
     global _started
     import atexit
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+
+    from fraudguard.child_interpreter import spawn_interpreter
 
     if _started is not None or multiprocessing.current_process().daemon:
         return False
     root = logging.getLogger()
     formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None]  # noqa: SLF001 - stdlib's field
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_set_up, initargs=(root.getEffectiveLevel(), formats[0] if formats else None))
+    pool = spawn_interpreter(_set_up, (root.getEffectiveLevel(), formats[0] if formats else None))
     pool.submit(_warm, tuple(warm_imports), warm_up_nice)
     atexit.register(pool.shutdown, wait=False, cancel_futures=True)
     _started = _Interpreter(pool, frozenset(stages))

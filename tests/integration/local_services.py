@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 import urllib.request
@@ -47,6 +49,49 @@ def stop_process_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
                       f"({signal_disposition(proc.pid, sig)}); killed", stacklevel=2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every process under `pid` (children first, from /proc), `pid` itself excluded."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
+
+def python_stacks(pid: int, timeout_s: float = 30) -> str:
+    """Every thread's Python stack in each process under `pid` (py-spy dump), for the message of a test whose
+    run hangs: on a CI machine that is the only evidence of where it waits. Never raises."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        return "(no py-spy on PATH: no stacks)"
+    parts = []
+    for child in descendants(pid):
+        try:
+            args = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            continue
+        if "python" not in args:
+            continue
+        try:
+            dump = subprocess.run([spy, "dump", "--pid", str(child)], capture_output=True, text=True,
+                                  timeout=timeout_s)
+            text = dump.stdout or dump.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            text = f"py-spy failed: {exc}"
+        parts.append(f"--- pid {child}: {args}\n{text.strip()}")
+    return "\n".join(parts) or f"(no Python process under pid {pid})"
 
 
 class RedisServer:

@@ -20,7 +20,7 @@ import pytest
 
 from fraudguard.config import merge_overrides
 
-from local_services import free_port, stop_process_group, wait_for_health
+from local_services import descendants, free_port, python_stacks, stop_process_group, wait_for_health
 from project_factory import LENIENT_GATES, make_project, run_checked as _run
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,7 @@ def prefect_stack(tmp_path_factory):
             [str(BIN / "prefect"), "worker", "start", "--pool", "fraudguard", "--type", "process"],
             cwd=root, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
+        (logs / "worker.pid").write_text(str(worker.pid))
         yield root, env, mlflow_uri, logs
     finally:
         # The worker stops on SIGINT (not SIGTERM); the server on SIGTERM. Both by PID. In the whole suite the
@@ -84,6 +85,8 @@ def _deployment_run(stack, name: str, params: dict, expect_ok: bool = True) -> t
     out = proc.stdout + proc.stderr
     match = UUID.search(out)
     assert match, f"no flow run id in the output of {' '.join(cmd)}:\n{out}"
+    state = _flow_run(stack, match.group(1))["state"]
+    assert state["type"] in TERMINAL, _stuck_report(stack, match.group(1), f"{name}\n{out[-3000:]}")
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"{name} did not complete (exit {proc.returncode}):\n{out[-4000:]}\n--- worker log:\n"
                              + (logs / "worker.log").read_text()[-6000:])
@@ -133,7 +136,35 @@ def _readme_run(stack, argv: list[str]) -> tuple[str, subprocess.CompletedProces
     out = proc.stdout + proc.stderr
     match = UUID.search(out)
     assert match, f"no flow run id in the output of {' '.join(argv)}:\n{out}"
+    if "--watch" in cmd:
+        state = _flow_run(stack, match.group(1))["state"]
+        assert state["type"] in TERMINAL, _stuck_report(stack, match.group(1), f"{' '.join(argv)}\n{out[-3000:]}")
     return match.group(1), proc
+
+
+TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _stuck_report(stack, flow_run_id: str, what: str) -> str:
+    """Why a flow run has not ended: its state, its log lines (Prefect API), the worker's log, and the Python
+    stack of every process under the worker (the flow run's own, its stage and gate interpreters)."""
+    _, _, _, logs = stack
+    parts = [f"flow run {flow_run_id} not ended: {what}"]
+    try:
+        parts.append(f"state: {_flow_run(stack, flow_run_id)['state']}")
+        records = _api(stack, "POST", "/logs/filter",
+                       {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200})
+        parts.append("flow run logs:\n" + "\n".join(f"{r['timestamp'][11:23]} {r['name']}: {r['message'][:300]}"
+                                                     for r in records))
+        tasks = _api(stack, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        parts.append("task runs: " + ", ".join(f"{t['name']}={t['state']['type']}" for t in tasks))
+    except Exception as exc:  # the report must not hide the failure it explains
+        parts.append(f"(Prefect API: {exc})")
+    parts.append("worker log tail:\n" + (logs / "worker.log").read_text()[-4000:])
+    pid_file = logs / "worker.pid"
+    if pid_file.exists():
+        parts.append("stacks:\n" + python_stacks(int(pid_file.read_text())))
+    return "\n".join(parts)
 
 
 def _task_run_names(stack, flow_run_id: str) -> list[str]:
@@ -229,7 +260,7 @@ def _api(stack, method: str, path: str, body: dict | None = None):
 
 
 def test_monitor_on_drift_triggers_the_train_and_promote_deployment(prefect_stack):
-    _, _, mlflow_uri, logs = prefect_stack
+    _, _, mlflow_uri, _ = prefect_stack
     client = _client(mlflow_uri)
     if "champion" not in client.get_registered_model("fraudguard").aliases:
         _deployment_run(prefect_stack, "train-and-promote/default", {})
@@ -243,9 +274,8 @@ def test_monitor_on_drift_triggers_the_train_and_promote_deployment(prefect_stac
                  if run["id"] not in before]
     assert len(triggered) == 1, "monitor did not trigger exactly one train-and-promote run"
     deadline = time.time() + 600
-    while (state := _flow_run(prefect_stack, triggered[0]["id"])["state"])["type"] not in (
-            "COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-        assert time.time() < deadline, "triggered run did not finish:\n" + (logs / "worker.log").read_text()[-4000:]
+    while (state := _flow_run(prefect_stack, triggered[0]["id"])["state"])["type"] not in TERMINAL:
+        assert time.time() < deadline, _stuck_report(prefect_stack, triggered[0]["id"], "the triggered run")
         time.sleep(2)
     assert state["type"] == "COMPLETED", state["message"]
     experiment = client.get_experiment_by_name("fraudguard-monitoring")
@@ -266,9 +296,62 @@ def _wait_for_state(stack, flow_run_id: str, types: tuple[str, ...], timeout: fl
     while (state := _flow_run(stack, flow_run_id)["state"])["type"] not in types:
         assert state["type"] not in ("FAILED", "CRASHED", "CANCELLED") or state["type"] in types, \
             f"{state}\n" + (logs / "worker.log").read_text()[-4000:]
-        assert time.time() < deadline, f"flow run stuck in {state}:\n" + (logs / "worker.log").read_text()[-4000:]
+        assert time.time() < deadline, _stuck_report(stack, flow_run_id, f"waited {timeout:.0f} s for {types}")
         time.sleep(2)
     return state
+
+
+def _aliases(client) -> dict:
+    """alias -> version of the model, {} before anything is registered."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model("fraudguard").aliases)
+    except MlflowException:
+        return {}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_flow_process_killed_mid_run_is_reported_crashed_and_leaves_no_helper_behind(prefect_stack):
+    """kill -9 of the flow run's process while its helper interpreter (the drift gate's, started as the training
+    starts) runs: Prefect marks the run Crashed, the helper exits, champion stays. Before, the helper kept the
+    flow's stdout open and Prefect's worker, reading that output to its end, never saw the exit: the run stayed
+    RUNNING (CI's failed walkthrough, where a gate thread had crashed the process)."""
+    _, _, mlflow_uri, logs = prefect_stack
+    client = _client(mlflow_uri)
+    aliases_before = _aliases(client)
+    worker_pid = int((logs / "worker.pid").read_text())
+    run_id = _start_run(prefect_stack, "train-and-promote/default", {"params_overrides": {"train": {"seed": 31}}})
+    deadline = time.time() + 300
+    helper = None
+    while helper is None:
+        helper = next((pid for pid in descendants(worker_pid) if "spawn_main" in _cmdline(pid)), None)
+        assert helper is not None or time.time() < deadline, _stuck_report(prefect_stack, run_id, "no helper seen")
+        time.sleep(0.2)
+    flow_pid = int((Path("/proc") / str(helper) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "prefect.engine" in _cmdline(flow_pid), _cmdline(flow_pid)
+    os.kill(flow_pid, signal.SIGKILL)
+
+    state = _wait_for_state(prefect_stack, run_id, ("CRASHED",), timeout=120)
+    assert "exit" in (state["message"] or "").lower(), state
+    gone_by = time.time() + 10
+    while _running(helper) and time.time() < gone_by:
+        time.sleep(0.2)
+    assert not _running(helper), f"helper interpreter {helper} outlived the killed flow process"
+    assert _aliases(client) == aliases_before
 
 
 def test_four_eyes_approval_waits_for_a_second_person_then_promotes_or_leaves_champion(prefect_stack):

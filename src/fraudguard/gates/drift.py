@@ -135,11 +135,11 @@ def _wait_for_evidently() -> None:
 
 
 def _new_interpreter() -> "ProcessPoolExecutor":
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from fraudguard.child_interpreter import spawn_interpreter
 
-    # spawn, not fork: the caller has threads (Prefect's, the other gates'), which fork does not copy safely.
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    # spawn, not fork: the caller has threads (Prefect's, the other gates'), which fork does not copy safely;
+    # and it exits when this process dies (a kill -9 or a crash of the flow must not leave it waiting).
+    return spawn_interpreter()
 
 
 def start_evidently_interpreter() -> None:
