@@ -113,6 +113,8 @@ def feature_frame(settings: Settings, n: int, seed: int, amount_scale: float = 1
             data[feature] = rng.gamma(2.0, 50.0, n) * amount_scale
         elif "RISK" in feature:
             data[feature] = rng.beta(1.0, 20.0, n)
+        elif feature.startswith("CUSTOMER_ID_NB_TX"):  # a customer's window holds the transaction itself: >= 1
+            data[feature] = 1.0 + rng.poisson(2.0, n)
         else:
             data[feature] = rng.poisson(3.0, n).astype(float)
     return pd.DataFrame(data)

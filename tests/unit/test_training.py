@@ -466,6 +466,6 @@ def test_gradient_penalty_training_flattens_the_fraud_margin_along_what_the_atta
     def mean_drop(bundle):
         threat = build_threat_model(_settings().threat_model, bundle.standardizer)
         x = torch.from_numpy(bundle.standardizer.transform(frauds))
-        return float(MarginGradientPenalty(threat, 1.0, "fraud").first_order_drop(bundle.module, x).mean())
+        return float(MarginGradientPenalty(threat, 1.0, "fraud").first_order_drop(bundle.module, x).mean().detach())
 
     assert mean_drop(penalized.bundle) < 0.7 * mean_drop(trained.bundle)
