@@ -29,6 +29,8 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from fraudguard.child_interpreter import exit_with_parent
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_ENV = "FRAUDGUARD_PREFECT_DB_TEMPLATE"
@@ -125,14 +127,17 @@ class TemporaryServer:
     def start(self) -> None:
         self.port = free_port()
         # In its home: the database URL is relative to it (HOME_DATABASE_URL).
+        # It lives as long as this process: a kill -9 of the command must not leave it serving (see exit_with_parent).
+        die_with_us = exit_with_parent()
         if self._log_path is None:
             self.process = subprocess.Popen(temporary_server_argv(self.port), cwd=self.home,  # nosec B603 - fixed argv
-                                            env=self._env)
+                                            env=self._env, preexec_fn=die_with_us)
             return
         # A file, not a pipe: a server that writes much never blocks on it.
         with self._log_path.open("ab") as log:
             self.process = subprocess.Popen(temporary_server_argv(self.port), cwd=self.home,  # nosec B603 - fixed argv
-                                            env=self._env, stdout=subprocess.DEVNULL, stderr=log)
+                                            env=self._env, stdout=subprocess.DEVNULL, stderr=log,
+                                            preexec_fn=die_with_us)
 
     def ready(self) -> bool:
         """Whether the server answers its health check now (does not wait); also true when its process has

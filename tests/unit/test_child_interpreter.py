@@ -1,5 +1,6 @@
 """fraudguard.child_interpreter: a helper interpreter dies with the process that started it (kill -9 included),
-so it never keeps that process's output open after it is gone (what hid a crashed flow run from Prefect)."""
+so it never keeps that process's output open after it is gone (what hid a crashed flow run from Prefect); so does
+Prefect's temporary server that `fraudguard run` starts."""
 
 from __future__ import annotations
 
@@ -62,3 +63,64 @@ def test_a_helper_interpreter_runs_the_callers_initializer_and_its_work(tmp_path
     with spawn_interpreter(os.chdir, (str(tmp_path),)) as pool:
         assert pool.submit(os.getcwd).result(timeout=60) == str(tmp_path)
         assert pool.submit(os.getppid).result(timeout=60) == os.getpid()
+
+
+SERVER_PARENT = """
+import os, sys, time
+from pathlib import Path
+from fraudguard.prefect_database import TemporaryServer, temporary_server_env
+home = Path(sys.argv[1])
+env = temporary_server_env(home, {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+server = TemporaryServer(home, 180, env, log_path=home / "server.log")
+server.start()
+print(server.process.pid, server.port, server.wait(), flush=True)
+time.sleep(600)
+"""
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def test_prefects_temporary_server_stops_when_the_command_that_started_it_is_killed(tmp_path):
+    """`fraudguard run` killed with -9 (no atexit, no stop()): its Prefect server must not keep serving."""
+    import urllib.request
+
+    parent = subprocess.Popen([sys.executable, "-c", SERVER_PARENT, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        server_pid, port, problem = parent.stdout.readline().split(maxsplit=2)
+        assert problem.strip() == "None", problem
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10) as answer:
+            assert answer.status == 200
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert _wait_gone(int(server_pid), 30), f"Prefect's server {server_pid} outlived the killed command"
+    finally:
+        try:
+            os.killpg(parent.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+ORPHAN_BEFORE_THE_CALL = """
+import os, time
+from fraudguard.child_interpreter import exit_with_parent
+in_child = exit_with_parent()
+if os.fork() == 0:
+    time.sleep(1.0)  # its parent has exited by now
+    in_child()  # what Popen runs in a new child before it executes the command
+    print("still running", flush=True)
+os._exit(0)
+"""
+
+
+def test_exit_with_parent_ends_a_child_whose_parent_died_before_it_was_set():
+    """The race PR_SET_PDEATHSIG leaves: a parent gone before the child's call would never send the signal."""
+    proc = subprocess.run([sys.executable, "-c", ORPHAN_BEFORE_THE_CALL], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "", "the child kept running though its parent died before it asked for the signal"
