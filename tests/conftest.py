@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import yaml
 from fraudguard.config import Settings, merge_overrides, parse_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# No Prefect server a test starts (its own or one Prefect starts for a flow called directly) tries to send
+# telemetry: nothing outside this machine is reachable, and CI's log showed the failed attempts.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # A small world: a few thousand transactions, trains in seconds.
 SMALL_OVERRIDES = {
