@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,10 +123,46 @@ def write_credentials_file(path: Path, username: str, password: str) -> None:
 
 # ------------------------------------------------------------------------------------------ processes
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+# Where free_port looks: above the well-known and registered services most machines run, below the kernel's
+# ephemeral range (read from /proc where there is one).
+PORT_FLOOR = 20000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections and bind(0): Linux's from /proc, else
+    IANA's dynamic range."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def free_port(within: tuple[int, int] | None = None, avoid: Iterable[int] = ()) -> int:
+    """A port 127.0.0.1 can bind now, for a server started next, picked outside the ephemeral range.
+
+    A port the kernel hands out for bind(0) is in its ephemeral range, where any outgoing connection on the
+    machine may take it as its source port between this check and the server's own bind (a Prefect or MLflow
+    server binds seconds after it starts). `within` narrows the search (inclusive); `avoid` are ports already
+    promised to other servers of the same start. Falls back to bind(0) when the range has no free port."""
+    import random
+
+    ephemeral_low, ephemeral_high = ephemeral_port_range()
+    low, high = within or (PORT_FLOOR, ephemeral_low - 1)
+    avoided = set(avoid)
+    candidates = [port for port in range(low, high + 1)
+                  if port not in avoided and not ephemeral_low <= port <= ephemeral_high]
+    for port in random.sample(candidates, min(len(candidates), 200)):  # nosec B311 - a port, not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _bin(name: str) -> str:
@@ -610,8 +646,10 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
     if (base / STATE_FILE).exists() and any(_alive(p) for p in StackState.load(base).pids.values()):
         raise StackError(f"a stack is already running from {base}: `make stack-down` first")
     base.mkdir(parents=True, exist_ok=True)
-    state = StackState(base=str(base), pg_port=pg_port or free_port(), mlflow_port=mlflow_port or free_port(),
-                       prefect_port=prefect_port or free_port(), pg_data="")
+    pg_port = pg_port or free_port(avoid=(mlflow_port, prefect_port))
+    mlflow_port = mlflow_port or free_port(avoid=(pg_port, prefect_port))
+    prefect_port = prefect_port or free_port(avoid=(pg_port, mlflow_port))
+    state = StackState(base=str(base), pg_port=pg_port, mlflow_port=mlflow_port, prefect_port=prefect_port, pg_data="")
     passwords = {name: _secret(base, name) for name in
                  ("pg-superuser", "pg-mlflow", "pg-prefect", "pg-lock", "mlflow-admin", "mlflow-pipeline",
                   "mlflow-reviewer")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,9 +14,17 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server a test starts next: outside the ephemeral range (fraudguard.stack.free_port), and in
+    this pytest-xdist worker's own share of it, so the two workers never pick the same one."""
+    from fraudguard.stack import PORT_FLOOR, ephemeral_port_range, free_port as pick
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    top = ephemeral_port_range()[0] - 1
+    share = (top - PORT_FLOOR + 1) // max(workers, 1)
+    low = PORT_FLOOR + index * share
+    return pick(within=(low, low + share - 1))
 
 
 def wait_for_health(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s: float = 120) -> None:
