@@ -58,17 +58,40 @@ def stop_process_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
         proc.wait(timeout=10)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (state first, then the parent's PID); None when it is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def running(pid: int) -> bool:
+    """Running or sleeping: not gone and not a zombie nobody reaped yet."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def parent_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields is not None else None
+
+
+def cmdline(pid: int) -> str:
+    """The process's command line, arguments joined by spaces ("" when it is gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def descendants(pid: int) -> list[int]:
     """PIDs of every process under `pid` (children first, from /proc), `pid` itself excluded."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        parent = parent_of(int(entry.name)) if entry.name.isdigit() else None
+        if parent is not None:
+            children.setdefault(parent, []).append(int(entry.name))
     found, queue = [], list(children.get(pid, []))
     while queue:
         child = queue.pop(0)
@@ -85,10 +108,7 @@ def python_stacks(pid: int, timeout_s: float = 30) -> str:
         return "(no py-spy on PATH: no stacks)"
     parts = []
     for child in descendants(pid):
-        try:
-            args = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-        except OSError:
-            continue
+        args = cmdline(child)[:200]
         if "python" not in args:
             continue
         try:

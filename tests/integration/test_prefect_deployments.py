@@ -20,7 +20,8 @@ import pytest
 
 from fraudguard.config import merge_overrides
 
-from local_services import descendants, free_port, python_stacks, stop_process_group, wait_for_health
+from local_services import (cmdline, descendants, free_port, parent_of, python_stacks, running,
+                            stop_process_group, wait_for_health)
 from project_factory import LENIENT_GATES, make_project, run_checked as _run
 
 pytestmark = pytest.mark.slow
@@ -311,20 +312,6 @@ def _aliases(client) -> dict:
         return {}
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_a_flow_process_killed_mid_run_is_reported_crashed_and_leaves_no_helper_behind(prefect_stack):
     """kill -9 of the flow run's process while its helper interpreter (the drift gate's, started as the training
     starts) runs: Prefect marks the run Crashed, the helper exits, champion stays. Before, the helper kept the
@@ -338,19 +325,19 @@ def test_a_flow_process_killed_mid_run_is_reported_crashed_and_leaves_no_helper_
     deadline = time.time() + 300
     helper = None
     while helper is None:
-        helper = next((pid for pid in descendants(worker_pid) if "spawn_main" in _cmdline(pid)), None)
+        helper = next((pid for pid in descendants(worker_pid) if "spawn_main" in cmdline(pid)), None)
         assert helper is not None or time.time() < deadline, _stuck_report(prefect_stack, run_id, "no helper seen")
         time.sleep(0.2)
-    flow_pid = int((Path("/proc") / str(helper) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert "prefect.engine" in _cmdline(flow_pid), _cmdline(flow_pid)
+    flow_pid = parent_of(helper)
+    assert flow_pid is not None and "prefect.engine" in cmdline(flow_pid), (helper, flow_pid)
     os.kill(flow_pid, signal.SIGKILL)
 
     state = _wait_for_state(prefect_stack, run_id, ("CRASHED",), timeout=120)
     assert "exit" in (state["message"] or "").lower(), state
     gone_by = time.time() + 10
-    while _running(helper) and time.time() < gone_by:
+    while running(helper) and time.time() < gone_by:
         time.sleep(0.2)
-    assert not _running(helper), f"helper interpreter {helper} outlived the killed flow process"
+    assert not running(helper), f"helper interpreter {helper} outlived the killed flow process"
     assert _aliases(client) == aliases_before
 
 
