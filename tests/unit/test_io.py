@@ -167,3 +167,81 @@ def test_a_quarantine_column_arrow_cannot_type_is_written_as_text_and_the_others
     assert types[schema.CUSTOMER_ID] == "int64" and types[schema.TX_DATETIME].startswith("timestamp")
     kept = read_transactions(tmp_path / "quarantine.parquet")
     assert list(kept[schema.TX_AMOUNT]) == ["12.5", "abc", "7"]
+
+
+def _csv_lines(frame: pd.DataFrame) -> list[str]:
+    return frame.astype(str).to_csv(index=False).splitlines()
+
+
+@pytest.mark.parametrize("column", [schema.TX_AMOUNT, "NOTE"])
+def test_a_quote_left_open_over_several_lines_is_refused_naming_the_lines_not_read_as_one_row(frame, tmp_path, column):
+    # A stray quote in a checked column or in an extra one: the lines up to its closing quote would be one record.
+    raw = frame.head(6).astype(str).assign(NOTE="x")
+    lines = _csv_lines(raw)
+    lines[2] = lines[2].replace(f",{raw.iloc[1][column]}", f',"{raw.iloc[1][column]}', 1) if column != "NOTE" \
+        else lines[2][:-1] + '"x'
+    lines[5] = lines[5][:-1] + 'x"'
+    (tmp_path / "tx.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"tx.csv: the record starting on line 3 runs to line 6: .*'{column}'"):
+        read_transactions(tmp_path / "tx.csv")
+
+
+def test_a_quoted_comma_inside_one_line_is_still_one_value(frame, tmp_path):
+    raw = frame.head(3).astype(str).assign(NOTE="a, b")
+    raw.to_csv(tmp_path / "tx.csv", index=False)  # pandas quotes "a, b"
+    back = read_transactions(tmp_path / "tx.csv")
+    assert len(back) == 3 and (back["NOTE"] == "a, b").all()
+
+
+@pytest.mark.parametrize("field", [schema.TX_AMOUNT, schema.TX_FRAUD, schema.TRANSACTION_ID])
+def test_a_nul_byte_inside_a_value_refuses_the_file_naming_its_line(frame, tmp_path, field):
+    # The CSV parser ends the field at the NUL: "1<NUL>150.00" would be read as the amount 1.
+    raw = frame.head(4).astype(str)
+    raw.loc[2, field] = raw.loc[2, field][:1] + "\0" + raw.loc[2, field][1:]
+    raw.to_csv(tmp_path / "tx.csv", index=False)
+    with pytest.raises(DataError, match=r"tx.csv: NUL byte on line 4"):
+        read_transactions(tmp_path / "tx.csv")
+
+
+@pytest.mark.parametrize("first_line", ["\n", "   \n"])
+def test_a_blank_first_line_cannot_hide_a_repeated_column_in_the_header_below_it(frame, tmp_path, first_line):
+    lines = _csv_lines(frame.head(3))
+    rows = [lines[0] + ",TX_AMOUNT"] + [line + ",99999" for line in lines[1:]]
+    (tmp_path / "tx.csv").write_text(first_line + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"tx.csv: line 1 is blank"):
+        read_transactions(tmp_path / "tx.csv")
+
+
+def test_a_header_name_with_a_quoted_line_break_is_refused(frame, tmp_path):
+    lines = _csv_lines(frame.head(3))
+    header = lines[0].replace(schema.TX_DATETIME, f'"NOTE\nX",{schema.TX_DATETIME}') + ",TX_AMOUNT"
+    rows = [header] + [line.replace(",", ",n,", 1) + ",99999" for line in lines[1:]]
+    (tmp_path / "tx.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"tx.csv: unreadable CSV header on line 1"):
+        read_transactions(tmp_path / "tx.csv")
+
+
+def test_parquet_with_an_id_column_pandas_stored_as_its_index_reads_the_column(frame, tmp_path):
+    frame.set_index(schema.TRANSACTION_ID).to_parquet(tmp_path / "tx.parquet")
+    back = read_transactions(tmp_path / "tx.parquet")
+    assert back[schema.TRANSACTION_ID].tolist() == frame[schema.TRANSACTION_ID].tolist()
+
+
+def test_parquet_bytes_that_are_not_utf8_reach_validation_as_an_unparseable_value(frame, tmp_path, small_settings):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fraudguard.data.validation import validate_transactions
+
+    rows = frame.head(4)
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    amounts = [f"{a}".encode() for a in rows[schema.TX_AMOUNT]]
+    amounts[2] = b"\xff"
+    table = table.set_column(table.schema.get_field_index(schema.TX_AMOUNT), schema.TX_AMOUNT, pa.array(amounts))
+    pq.write_table(table, tmp_path / "tx.parquet")
+    lenient = small_settings.validate_.model_copy(update={"max_quarantine_share": 1.0})
+    result = validate_transactions(read_transactions(tmp_path / "tx.parquet"), lenient,
+                                   now=pd.Timestamp("2030-01-01"))
+    assert result.quarantined[schema.TRANSACTION_ID].tolist() == [rows[schema.TRANSACTION_ID].iloc[2]]
+    assert result.quarantined[schema.QUARANTINE_REASON].str.contains("unparseable_amount").all()
+    assert len(result.accepted) == 3

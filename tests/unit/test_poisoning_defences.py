@@ -102,6 +102,27 @@ def test_label_flip_on_existing_rows_is_caught_as_changed_history_and_the_old_la
     pd.testing.assert_frame_equal(kept, world.reset_index(drop=True))
 
 
+@pytest.mark.parametrize("column, dtype, value", [
+    (schema.TX_AMOUNT, "int64", 830.75),                 # an export that writes whole-number amounts
+    (schema.TX_AMOUNT, "float32", 12.34),                # single precision
+    (schema.CUSTOMER_ID, "int32", 2**32 + 5),            # narrower ids
+    (schema.TX_DATETIME, "datetime64[s]", pd.Timestamp("2024-04-01 08:00:00.123456")),  # seconds only
+])
+def test_history_kept_from_a_file_of_narrower_types_keeps_the_previous_values_exactly(world, validate, column, dtype,
+                                                                                       value):
+    previous = world.head(40).copy()
+    previous[column] = previous[column].astype(dtype).astype(previous[column].dtype)  # the other rows fit `dtype`
+    previous.loc[7, column] = value
+    upload = previous.copy()
+    upload.loc[7, [schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO]] = [1 - int(previous.loc[7, schema.TX_FRAUD]), 0]
+    upload[column] = upload[column].astype(dtype)  # the changed row's previous value does not fit this type
+    kept, rejected = keep_history(previous, upload, diff_history(previous, upload))
+    assert rejected[schema.TRANSACTION_ID].tolist() == [previous.loc[7, schema.TRANSACTION_ID]]
+    stored = validate(kept).accepted.set_index(schema.TRANSACTION_ID).loc[previous.loc[7, schema.TRANSACTION_ID]]
+    assert stored[column] == value
+    assert stored[schema.TX_FRAUD] == previous.loc[7, schema.TX_FRAUD]
+
+
 def test_label_flip_hidden_behind_a_decoy_copy_of_its_id_is_a_change_of_history(world, validate):
     # The flipped row beside a decoy with the same id and an empty amount (which validation quarantines):
     # skipping repeated ids in the diff let the flip through, unrecorded.

@@ -488,9 +488,11 @@ def test_uint64_id_above_int64_is_quarantined_not_wrapped(settings):
 
 # --- Columns: duplicates and the quarantine file's own names ---------------------------------------
 
-def test_input_column_named_like_a_quarantine_column_is_refused(settings):
-    frame = clean_rows().assign(reason="customer dispute")
-    with pytest.raises(DataError, match=r"upload.csv: input column\(s\) 'reason' collide"):
+@pytest.mark.parametrize("name", ["reason", "Reason", " REASON"])
+def test_input_column_named_like_a_quarantine_column_is_refused(settings, name):
+    # Compared stripped and case-folded, as repeated columns are: `Reason` beside the file's `reason` is ambiguous.
+    frame = clean_rows().assign(**{name: "customer dispute"})
+    with pytest.raises(DataError, match=rf"upload.csv: input column\(s\) '{name}' collide"):
         validate_transactions(frame, settings, source="upload.csv")
 
 

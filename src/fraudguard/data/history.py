@@ -303,24 +303,45 @@ def _failed(typed: pd.DataFrame) -> dict[int, list[str]]:
 
 def _put_values(target: pd.DataFrame, at: pd.Index, source: pd.DataFrame) -> None:
     """Write `source`'s rows (the previous version's values) into `target` at the labels `at`, column by
-    column in `target`'s dtypes."""
+    column: in `target`'s dtype where the values survive it unchanged, else in a dtype that holds both the
+    column and them exactly (the previous value is kept as it was, never cast down to the new file's type)."""
     for column in target.columns:
         if column not in source.columns:
             continue
         values, fits = _in_dtype(source[column], target[column].dtype)
         if not fits:
-            target[column] = target[column].astype(object)
+            wider = _common_exact_dtype(target[column], source[column])
+            target[column] = target[column].astype(object if wider is None else wider)
+            values = source[column].astype(object) if wider is None else source[column].astype(wider)
         target.loc[at, column] = values.to_numpy()
 
 
 def _in_dtype(values: pd.Series, dtype: Any) -> tuple[pd.Series, bool]:
-    """(`values` in `dtype`, True) where they fit, else (as they are, False): a file read as text (CSV) gets
-    the previous values as text, so each column stays one type."""
+    """(`values` in `dtype`, True) where they fit exactly, else (as they are, False): a file read as text (CSV)
+    gets the previous values as text, so each column stays one type; a cast that would change a value
+    (830.75 into int64, an id past int32, nanoseconds into seconds, float64 into float32) does not fit."""
+    if dtype == object or pd.api.types.is_string_dtype(dtype):
+        return values.astype(str), True
     try:
-        return (values.astype(str) if dtype == object or pd.api.types.is_string_dtype(dtype)
-                else values.astype(dtype)), True
-    except (TypeError, ValueError):
-        return values.astype(object), False
+        cast = values.astype(dtype)
+        exact = bool(_same(cast.astype(values.dtype).to_numpy(), values.to_numpy()).all())
+    except (TypeError, ValueError, OverflowError):
+        exact = False
+    return (cast, True) if exact else (values.astype(object), False)
+
+
+def _common_exact_dtype(a: pd.Series, b: pd.Series) -> Any:
+    """A numpy dtype both series fit in exactly (int64 and float64 amounts: float64), else None."""
+    try:
+        common = np.result_type(a.dtype, b.dtype)
+    except TypeError:
+        return None
+    if common == object:
+        return None
+    for values in (a, b):
+        if not _in_dtype(values, common)[1]:
+            return None
+    return common
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:

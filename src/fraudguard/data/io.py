@@ -183,11 +183,22 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {clip_text(exc)}") from exc
-    return table.to_pandas()
+    # ignore_metadata: a column pandas wrote as its index (df.set_index("TRANSACTION_ID").to_parquet) stays a
+    # column, as the file's schema lists it, instead of vanishing into the frame's index.
+    frame = table.to_pandas(ignore_metadata=True)
+    for name, kind in zip(table.column_names, table.schema.types):
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            # Bytes as text for validation to parse; bytes that are not UTF-8 keep their escapes (b"\xff" ->
+            # "\\xff"), which parse as nothing, so the row is quarantined, not the whole read stopped.
+            frame[name] = frame[name].map(
+                lambda value: value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value)
+    return frame
 
 
 def _csv_header(path: Path) -> list[str]:
-    """The header row's names, read from at most MAX_HEADER_BYTES of the first line."""
+    """The header row's names, read from at most MAX_HEADER_BYTES of the first line, which must hold the whole
+    header: after a blank first line or with a quote left open at its end the parser would take another line as
+    the header than the one checked here (a repeated column would then pass as an extra one)."""
     with open(path, "rb") as fh:
         line = fh.readline(MAX_HEADER_BYTES + 1)
     if len(line) > MAX_HEADER_BYTES:
@@ -197,16 +208,19 @@ def _csv_header(path: Path) -> list[str]:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 CSV file (binary content at byte {exc.start})") from exc
+    if not text.strip():
+        raise DataError(f"{path}: line 1 is blank: a transactions CSV starts with its header line")
     try:
-        return next(csv.reader([text.rstrip("\r\n")]), [])
+        return next(csv.reader([text.rstrip("\r\n")], strict=True), [])
     except csv.Error as exc:
-        raise DataError(f"{path}: unreadable CSV header: {clip_text(exc)}") from exc
+        raise DataError(f"{path}: unreadable CSV header on line 1 (a quote left open?): {clip_text(exc)}") from exc
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     # pandas renames a repeated column (TX_AMOUNT.1), so duplicates are checked on the raw header.
     header = _csv_header(path)
     check_column_names(header, str(path))
+    has_quotes = _scan_csv_bytes(path)
     try:
         # Strings everywhere: a value that does not parse must reach validation, not become NaN here
         # (and ids stay exact: no trip through float64).
@@ -218,7 +232,54 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not isinstance(frame.index, pd.RangeIndex):
         # pandas takes the leading columns a header lacks names for as the index: every value would move.
         raise DataError(_longer_row_message(path, len(header)))
+    if len(frame.columns) != len(header):
+        raise DataError(f"{path}: the parser read {len(frame.columns)} header fields where line 1 holds "
+                        f"{len(header)}; refused")
+    if has_quotes:
+        _refuse_multiline_records(path, frame)
     return frame
+
+
+def _scan_csv_bytes(path: Path) -> bool:
+    """Whether the file holds a quote character; DataError naming the line of the first NUL byte. The CSV parser
+    ends a field at a NUL without a word ("1<NUL>150.00" is read as 1), so no file holding one is read."""
+    line, has_quotes = 1, False
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            nul = block.find(b"\0")
+            if nul >= 0:
+                at = line + block.count(b"\n", 0, nul)
+                raise DataError(f"{path}: NUL byte on line {at}: not a text CSV (the parser would cut the value "
+                                f"there); refused")
+            line += block.count(b"\n")
+            has_quotes = has_quotes or b'"' in block
+    return has_quotes
+
+
+def _refuse_multiline_records(path: Path, frame: pd.DataFrame) -> None:
+    """DataError naming the lines of the first record that runs over several. A quote opened and closed lines
+    later makes one record of them: the rows between would end up inside one field (of an extra column: dropped
+    unseen), so no value may hold a line break."""
+    for column in frame.columns:
+        spans = frame[column].str.contains("[\r\n]", regex=True, na=False).to_numpy()
+        if spans.any():
+            start, end = _record_lines(path, int(spans.argmax()))
+            raise DataError(f"{path}: the record starting on line {start} runs to line {end}: a quoted field of "
+                            f"column {name_list([column])} holds a line break (a quote left open?), so those "
+                            f"lines would be read as one transaction; refused")
+
+
+def _record_lines(path: Path, index: int) -> tuple[int, int]:
+    """The first and last physical line of data record `index` (0: the first after the header)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        end = reader.line_num
+        for position, _ in enumerate(reader):
+            start, end = end + 1, reader.line_num
+            if position == index:
+                return start, end
+    return end, end
 
 
 def _longer_row_message(path: Path, n_header: int) -> str:

@@ -148,7 +148,8 @@ def validate_transactions(
     if missing:
         raise DataError(f"{source}: missing required column(s) {', '.join(missing)}")
     check_column_names(df.columns, source)
-    reserved = [c for c in df.columns if c in QUARANTINE_COLUMNS]
+    # Compared as check_column_names compares: `Reason` beside the quarantine file's `reason` is as ambiguous.
+    reserved = [c for c in df.columns if str(c).strip().casefold() in {q.casefold() for q in QUARANTINE_COLUMNS}]
     if reserved:
         raise DataError(f"{source}: input column(s) {name_list(reserved)} collide with the quarantine "
                         f"file's own column(s); rename or drop them")
