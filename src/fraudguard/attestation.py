@@ -124,12 +124,27 @@ def download_served_model(client: "MlflowClient", model_name: str, version: int,
         uri = resilient(client).get_model_version_download_uri(model_name, str(version))
         inner = getattr(client, "inner", client)
         # Both URIs explicit: MLflow's process-wide defaults may name another store.
-        return Path(resilient(mlflow.artifacts).download_artifacts(
+        model_dir = Path(resilient(mlflow.artifacts).download_artifacts(
             artifact_uri=uri, dst_path=str(dst), tracking_uri=inner.tracking_uri,
             registry_uri=getattr(inner, "_registry_uri", None) or inner.tracking_uri))
     except Exception as exc:  # MLflow raises its own and OS errors for a missing or unreadable model
         raise RegistryError(f"model {model_name!r} version {version}: cannot download the served model "
                             f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+    refuse_unlisted_files(model_dir, f"model {model_name!r} version {version}")
+    return model_dir
+
+
+def refuse_unlisted_files(model_dir: Path, where: str) -> None:
+    """ModelError when a downloaded model directory holds files the manifest leaves out (compiled Python under
+    `__pycache__`). No logged model has them (MLflow leaves `__pycache__` out of a model's code), and Python
+    runs an unchecked-hash .pyc there in place of its checked source: such a file planted in the store would
+    reach a pulled model unseen by every digest check."""
+    model_dir = Path(model_dir)
+    unlisted = sorted(path.relative_to(model_dir).as_posix() for path in model_dir.rglob("__pycache__"))
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        raise ModelError(f"{where}: the store's copy holds compiled Python ({shown}), which no logged model has "
+                         "and no signature covers; refusing it")
 
 
 # ------------------------------------------------------------------------------------ make and read

@@ -50,6 +50,7 @@ from fraudguard.registry import (
     GATE_TAG_PREFIX,
     STATUS_BLOCKED,
     STATUS_TAG,
+    ChampionChange,
     RecoveryOutcome,
     RegistryState,
     alias_drift_problem,
@@ -602,13 +603,13 @@ def decide(
     failed = [r for r in results if not r.passed]
     if failed:
         reasons = tuple(f"{r.name}: {r.reason}" for r in failed)
-        client.set_model_version_tag(name, str(version), STATUS_TAG, STATUS_BLOCKED)
-        client.set_model_version_tag(name, str(version), BLOCKED_REASONS_TAG, "; ".join(reasons)[:_MAX_TAG_REASON_CHARS])
         audit = None
-        if run.promote:
+        if run.promote:  # first: it refuses a version another run made champion meanwhile, tagged nothing then
             signer, verifier = _keys(signer, verifier)
             audit = record_block(client, name, version, champion=run.champion_before, reasons=reasons,
                                  gates=verdicts, signer=signer, verifier=verifier, actor=actor)
+        client.set_model_version_tag(name, str(version), STATUS_TAG, STATUS_BLOCKED)
+        client.set_model_version_tag(name, str(version), BLOCKED_REASONS_TAG, "; ".join(reasons)[:_MAX_TAG_REASON_CHARS])
         return PromotionOutcome(promoted=False, dry_run=not run.promote, blocked=True,
                                 champion_after=run.champion_before, audit=audit, **base)
 
@@ -723,6 +724,10 @@ def promote_version(
 
 # -------------------------------------------------------------------------------------- rollback
 
+# Recorded among a plain rollback's reasons (signed with its audit entry): it went to the previous good champion
+# rather than to a version the operator named, so a plain rollback right after it may be its own retry.
+STEP_BACK_REASON = "plain rollback: to the previous good champion"
+
 def rollback(
     client: "MlflowClient",
     settings: "Settings",
@@ -759,6 +764,8 @@ def rollback(
         current = state.champion
         if current is None:
             raise RegistryError(f"model {name!r} has no champion to roll back from")
+        if to_version is None:
+            _refuse_second_step_back(name, state.history, current)
         target = int(to_version) if to_version is not None else previous_champion(state.history, current)
         if target is None:
             raise RegistryError(
@@ -786,6 +793,25 @@ def rollback(
         reason = reason or f"rollback from version {current}"
         move = move_champion(client, name, target, action="rollback", expected_current=current,
                              attestation=verdict.attestation, signer=signer, verifier=verifier, actor=actor,
-                             reasons=(reason,), gates={g: "passed" for g in attestation.gates})
+                             reasons=(reason, STEP_BACK_REASON) if to_version is None else (reason,),
+                             gates={g: "passed" for g in attestation.gates})
     return RollbackOutcome(from_version=current, to_version=target, reason=reason, audit=move.audit,
                            weights_sha256=digests.get("model/artifacts/model.pt", ""))
+
+
+def _refuse_second_step_back(name: str, history: list[ChampionChange], current: int) -> None:
+    """RegistryError when the champion got where it is by a plain rollback (no target named) and this one names
+    none either. A plain rollback killed after its commit leaves nothing a retry could tell from a second,
+    deliberate one, and the retry stepped back once more, from a good version. Going further back after a plain
+    rollback takes `--to VERSION`; after a rollback *to* a version, a plain one steps back as usual (case 11)."""
+    arrival = history[-1] if history else None
+    if arrival is None or arrival.action != "rollback" or arrival.version != current \
+            or STEP_BACK_REASON not in arrival.reasons:
+        return
+    further = previous_champion(history, current)
+    way = (f"name the version: `fraudguard rollback --to {further}`" if further is not None
+           else "there is no earlier good champion to name")
+    raise RegistryError(f"model {name!r}: champion {current} is there by the rollback from version "
+                        f"{arrival.previous} (audit entry {arrival.audit_seq or arrival.seq}, {arrival.time}, "
+                        f"{arrival.actor}); if that was this rollback cut short, it is done. To step back further, "
+                        f"{way} (the rollback flow's `to_version`)")

@@ -760,10 +760,18 @@ def move_champion(
 def record_block(client: "MlflowClient", model_name: str, version: int, *, champion: int | None,
                  reasons: tuple[str, ...], gates: Mapping[str, str], signer: Signer, verifier: Verifier,
                  actor: str | None = None) -> AuditEntry:
-    """Append a signed `block` record for `version` (champion untouched)."""
+    """Append a signed `block` record for `version` (champion untouched). ChampionChanged, nothing written, when
+    `version` is the champion by now: another run promoted it while these gates ran (runs that reuse one version
+    gate it at once). A block of the serving champion disowned it for new replicas and pyfunc loads while
+    running ones, `status` and `audit verify` called it verified; taking a champion back is a rollback's job."""
     with registry_lock(client):
         state = read_state(client, model_name, verifier)
         recover_locked(client, state, signer, actor)
+        if state.champion == version:
+            raise ChampionChanged(
+                f"model {model_name!r} version {version} became the champion while these gates ran (another run "
+                f"promoted it); their failures are in this run's reports, not recorded as a block of the serving "
+                f"champion: if it must go, `fraudguard rollback`")
         entry = append_entry(client, state, AuditEvent(
             action="block", phase="record", from_version=champion, to_version=version, reasons=reasons,
             gates=gates, actor=actor), signer)
@@ -801,7 +809,8 @@ def committed_champion_attestation(state: RegistryState) -> tuple[int, str]:
 def committed_attestation_for(state: RegistryState, version: int) -> str | None:
     """The attestation sha256 the audit log commits for `version`: the champion's (checked as
     committed_champion_attestation), or for another version its newest committed promotion's.
-    None when the log never judged it (a candidate); RegistryError when its newest verdict is a block.
+    None when the log never judged it (a candidate); RegistryError when its newest verdict is a block or a
+    rollback moved away from it since it was last champion.
     An attestation tag that no committed move names (a promotion killed or beaten before its commit) counts
     for nothing."""
     if version in (state.champion, state.committed_champion):
@@ -812,7 +821,22 @@ def committed_attestation_for(state: RegistryState, version: int) -> str | None:
     if verdict.action == "block":
         raise RegistryError(f"model {state.model_name!r} version {version} was blocked: "
                             f"{'; '.join(verdict.reasons) or 'see the audit log'}")
+    left = _rolled_away_from(state.history, version)
+    if left is not None:
+        raise RegistryError(f"model {state.model_name!r} version {version} was rolled back from at audit entry "
+                            f"{left.audit_seq or left.seq} ({'; '.join(left.reasons) or 'see the audit log'}); it "
+                            f"serves again only once a rollback returns to it or the gates pass it afresh")
     return verdict.attestation or None
+
+
+def _rolled_away_from(history: list[ChampionChange], version: int) -> ChampionChange | None:
+    """The rollback that moved `champion` away from `version`, when no move has made it champion since."""
+    for change in reversed(history):
+        if change.version == version:
+            return None
+        if change.action == "rollback" and change.previous == version:
+            return change
+    return None
 
 
 def newest_verdict(entries: list[AuditEntry], version: int) -> AuditEntry | None:

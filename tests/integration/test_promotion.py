@@ -9,7 +9,7 @@ import pytest
 
 from fraudguard.errors import RegistryError
 from fraudguard.gates.base import GateResult
-from fraudguard.promotion import discover_gates, promote_version, rollback
+from fraudguard.promotion import STEP_BACK_REASON, discover_gates, promote_version, rollback
 from fraudguard.registry import (
     ChampionChange,
     champion_history,
@@ -219,6 +219,27 @@ def test_promote_defaults_to_the_newest_version(world):
     assert outcome.version == v3 and get_champion_version(client, NAME) == v3
 
 
+def test_a_failed_run_does_not_block_the_version_another_run_made_champion_while_its_gates_ran(world):
+    """Two runs gating one version (a reused identical version): B promotes it while A's gates fail. A's block of
+    the serving champion disowned it for new replicas while `status` and `audit verify` called it verified."""
+    from fraudguard.registry import ChampionChanged, committed_champion_attestation, read_state
+
+    client, (v1, v2, _), settings, tmp_path = world
+    _promote(world, v1, _ok_gates())
+
+    def failing_after_the_other_run_promotes(candidate, context, section) -> GateResult:
+        assert promote_with_gates(client, NAME, v2, settings, tmp_path / "run-b", _ok_gates()).promoted
+        return GateResult("quality", False, {"average_precision": 0.1}, {}, "run A's data says no")
+
+    with pytest.raises(ChampionChanged, match=f"version {v2} became the champion while these gates ran"):
+        _promote(world, v2, {"quality": failing_after_the_other_run_promotes, "privacy": passing_gate("privacy")})
+    assert get_champion_version(client, NAME) == v2
+    assert [e.action for e in read_audit_log(client, NAME)].count("block") == 0
+    assert committed_champion_attestation(read_state(client, NAME, load_verifier()))[0] == v2
+    assert client.get_model_version(NAME, str(v2)).tags["fraudguard.status"] == "champion"
+    assert verify_registry(client, NAME, load_verifier()).ok
+
+
 def test_rollback_restores_the_previous_champion_and_is_audited(world):
     client, (v1, v2, _), settings, _ = world
     _promote(world, v1, _ok_gates())
@@ -231,7 +252,7 @@ def test_rollback_restores_the_previous_champion_and_is_audited(world):
     last = read_audit_log(client, NAME)[-1]
     assert (last.action, last.phase, last.from_version, last.to_version, last.actor) == \
         ("rollback", "commit", v2, v1, "oncall")
-    assert last.reasons == ("v2 flags every night transaction",)
+    assert last.reasons == ("v2 flags every night transaction", STEP_BACK_REASON)
     assert champion_history(client, NAME)[-1].action == "rollback"
     assert verify_registry(client, NAME, load_verifier()).ok
 

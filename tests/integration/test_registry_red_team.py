@@ -232,6 +232,26 @@ def test_kill_9_of_rollback_then_the_same_command_never_returns_to_the_bad_versi
         ("promote", None, v1), ("promote", v1, v2), ("rollback", v2, v1)]
 
 
+@pytest.mark.parametrize("crash_after", ["commit", "status"])
+def test_a_rollback_killed_after_its_commit_and_run_again_does_not_step_back_a_second_time(project, crash_after):
+    """Killed after the commit there is nothing to recover, so the retry looked like a second rollback and moved the
+    good v2 back to v1. A plain rollback from a champion that a rollback put there now names the way on instead."""
+    v1, v2, v3 = project.versions
+    for version in (v1, v2, v3):
+        project.promote_setup(version)
+    assert _killed(project.fg("rollback", "--reason", "v3 is bad", crash_after=crash_after))
+    assert project.champion == v2
+
+    retry = project.fg("rollback", "--reason", "v3 is bad")
+    assert retry.returncode == 1 and project.champion == v2, retry.stdout + retry.stderr[-2000:]
+    assert f"champion {v2} is there by the rollback from version {v3}" in retry.stderr
+    assert f"fraudguard rollback --to {v1}" in retry.stderr and "Traceback" not in retry.stderr
+    further = project.fg("rollback", "--to", str(v1), "--reason", "v2 is bad too")
+    assert further.returncode == 0 and project.champion == v1, further.stderr[-2000:]
+    assert [(c.action, c.previous, c.version) for c in project.verify().history] == [
+        ("promote", None, v1), ("promote", v1, v2), ("promote", v2, v3), ("rollback", v3, v2), ("rollback", v2, v1)]
+
+
 # ------------------------------------------------------------------------------------------ case 4
 
 def _lock_store(db: Path, seconds: float) -> subprocess.Popen:
@@ -511,6 +531,83 @@ def test_a_check_edited_in_the_stores_code_copy_passes_a_models_uri_load_but_mod
         pull_verified(project.client, NAME, load_verifier(), tmp_path / "candidate", version=v2)
     with pytest.raises(ModelError, match="not an empty folder"):
         pull_verified(project.client, NAME, load_verifier(), tmp_path / "good")
+
+
+def test_compiled_python_planted_in_the_stores_code_copy_is_refused_by_model_pull(project, tmp_path):
+    """No digest covers `__pycache__` (Python writes it beside code it imports, so the manifest leaves it out), and
+    Python runs an unchecked-hash .pyc in place of its source: planted in the store's code copy, the insider's
+    check reached the pulled model, which every file check called clean."""
+    import py_compile
+
+    v1, _, _ = project.versions
+    project.promote_setup(v1)
+    code = _served_dir(project, v1) / "code" / "fraudguard"
+    edited = tmp_path / "attestation.py"
+    edited.write_text((code / "attestation.py").read_text(encoding="utf-8")
+                      + "\n\ndef verify_loaded_model(model_dir, verifier=None):\n    return None\n", encoding="utf-8")
+    planted = code / "__pycache__" / f"attestation.{sys.implementation.cache_tag}.pyc"
+    planted.parent.mkdir(exist_ok=True)
+    py_compile.compile(str(edited), cfile=str(planted), dfile=str(code / "attestation.py"), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    refused = project.fg("model", "pull", str(tmp_path / "pulled"))
+    assert refused.returncode == 1 and "compiled Python" in refused.stderr, refused.stderr[-2000:]
+    assert "code/fraudguard/__pycache__" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pull-*"))
+
+
+def test_a_pulled_model_of_a_version_rolled_back_from_since_the_pull_no_longer_loads(project, tmp_path):
+    """The load-time check counted only blocks against a version that is not the champion: a copy of v2 pulled
+    while it was champion kept loading after `fraudguard rollback` moved away from it, on every restart."""
+    from fraudguard.errors import RegistryError
+    from fraudguard.serving.champion import pull_verified
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    assert project.fg("model", "pull", str(tmp_path / "v2")).returncode == 0
+    rolled = project.fg("rollback", "--reason", "v2 flags every night payment")
+    assert rolled.returncode == 0 and project.champion == v1, rolled.stderr[-2000:]
+
+    loaded = _load_pyfunc(project, str(tmp_path / "v2"))
+    assert loaded.returncode != 0 and f"version {v2} was rolled back from" in loaded.stderr, loaded.stdout
+    assert "v2 flags every night payment" in loaded.stderr
+    with pytest.raises(RegistryError, match=f"version {v2} was rolled back from"):
+        pull_verified(project.client, NAME, load_verifier(), tmp_path / "again", version=v2)
+    back = project.fg("rollback", "--to", str(v2), "--reason", "false alarm")  # undoing the rollback serves it again
+    assert back.returncode == 0 and project.champion == v2, back.stderr[-2000:]
+    assert _load_pyfunc(project, str(tmp_path / "v2")).returncode == 0
+
+
+def test_a_gateway_stops_serving_a_version_rolled_back_from_even_when_its_successor_cannot_load(project, tmp_path):
+    """A failed switch kept the old model serving. After a rollback the old model is the one rolled away from: an
+    insider who broke the restored version's files (or tags) held every replica on it. Now a replica drops a version
+    the audit log disowns (503, /health says why); an earlier champion replaced by a promotion keeps serving."""
+    from fraudguard.features import feature_names
+    from fraudguard.serving.champion import ChampionFollower
+
+    v1, v2, v3 = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    follower = ChampionFollower(project.client, NAME, load_verifier(), tmp_path / "cache",
+                                set(feature_names(project.settings.featurize)) | {"TX_AMOUNT"}, interval_s=3600)
+    assert follower.check() and follower.current.version == v2
+    rolled = project.fg("rollback", "--reason", "v2 flags every night payment")
+    assert rolled.returncode == 0 and project.champion == v1, rolled.stderr[-2000:]
+    weights = _served_dir(project, v1) / "artifacts" / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")  # the insider breaks the restored version
+
+    assert not follower.check()
+    assert follower.current is None, "still serving the version the rollback removed"
+    assert "differ from the signed attestation" in follower.status.last_error
+    assert f"stopped serving version {v2}: model {NAME!r} version {v2} was rolled back from" in follower.status.last_error
+    assert follower.status.failed_target[0] == v1
+
+    weights.write_bytes(weights.read_bytes()[:-1])  # repaired: the next check serves the rollback's target
+    assert follower.check() and follower.current.version == v1
+    project.promote_setup(v3)
+    weights = _served_dir(project, v3) / "artifacts" / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")  # a promotion's new champion that fails to load ...
+    assert not follower.check() and follower.current.version == v1  # ... leaves the good previous one serving
 
 
 def _set_served_threshold(project: Project, version: int, threshold: float) -> None:

@@ -100,7 +100,7 @@ def rollback(
         return
     if outcome.completed_interrupted:
         typer.echo(f"completed an interrupted rollback: champion {outcome.from_version} -> {outcome.to_version} "
-                   f"(audit entry {outcome.audit.seq}); run rollback again to go further back")
+                   f"(audit entry {outcome.audit.seq}); to go further back, name the version with --to")
         return
     typer.echo(f"champion: {outcome.from_version} -> {outcome.to_version} "
                f"(served weights sha256 {outcome.weights_sha256[:12]}, audit entry {outcome.audit.seq})")

@@ -145,7 +145,7 @@ class Gateway:
         Runs on the event loop: nothing else touches the state store between a read and its write."""
         served = self.follower.current
         if served is None:
-            raise _Refused(503, "no verified champion to serve yet", "model")
+            raise _Refused(503, "no verified champion to serve (see /health)", "model")
         rows = []
         try:
             with self.store.transaction():

@@ -28,6 +28,7 @@ from fraudguard.errors import FraudGuardError, ModelError, RegistryError
 from fraudguard.model import ModelBundle
 from fraudguard.registry import (
     committed_attestation_for,
+    RegistryState,
     committed_champion_attestation,
     get_version,
     read_state,
@@ -173,8 +174,10 @@ class ChampionFollower:
         with self.lock:
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             self.status.last_check = now
+            state = None
             try:
-                target = resolve_champion(self.client, self.model_name, self.verifier)
+                state = read_state(self.client, self.model_name, self.verifier)
+                target = committed_champion_attestation(state)
                 if self.current is not None and self.current.key == target:
                     self.status.failed_target = None
                     self.status.last_error = None
@@ -182,10 +185,10 @@ class ChampionFollower:
                 served = load_verified(self.client, self.model_name, target[0], target[1], self.verifier,
                                        self.cache_dir, self.feature_names)
             except FraudGuardError as exc:
-                self._failed(now, str(exc), locals().get("target"))
+                self._failed(now, str(exc), locals().get("target"), state)
                 return False
             except Exception as exc:  # MLflow, OS and torch errors of a broken store: keep serving, report
-                self._failed(now, f"{type(exc).__name__}: {str(exc)[:300]}", locals().get("target"))
+                self._failed(now, f"{type(exc).__name__}: {str(exc)[:300]}", locals().get("target"), state)
                 return False
             old, self.current = self.current, served  # one reference assignment: requests see old or new
             self.status.switches += 1
@@ -198,12 +201,32 @@ class ChampionFollower:
                 shutil.rmtree(old.model_dir, ignore_errors=True)
             return True
 
-    def _failed(self, now: str, message: str, target) -> None:
+    def _failed(self, now: str, message: str, target, state: RegistryState | None = None) -> None:
+        """Report a refused switch. The current model keeps serving unless the audit log (`state`, read and
+        verified) has since disowned it: a rollback moved away from it or a block judged it. Keeping a rolled-back
+        version because its successor fails to load would let anyone who can break the successor's files or tags
+        hold the fleet on the version the rollback removed."""
+        disowned = self._disowned(state)
+        if disowned is not None:
+            message = f"{message}; stopped serving version {self.current.version}: {disowned}"
+            old, self.current = self.current, None
+            shutil.rmtree(old.model_dir, ignore_errors=True)
         serving = f"; still serving version {self.current.version}" if self.current else "; nothing to serve"
         if self.status.last_error != message:
             logger.error("champion switch refused: %s%s", message, serving)
         self.status.last_error, self.status.last_error_at = message, now
         self.status.failed_target = target
+
+    def _disowned(self, state: RegistryState | None) -> str | None:
+        """Why the audit log no longer stands behind the served version, or None (nothing served, no state read,
+        or the version is still judged good: an earlier champion replaced by a promotion keeps serving)."""
+        if self.current is None or state is None:
+            return None
+        try:
+            committed_attestation_for(state, self.current.version)
+        except RegistryError as exc:
+            return str(exc)
+        return None
 
     def start(self) -> None:
         def loop():
