@@ -818,15 +818,25 @@ def committed_attestation_for(state: RegistryState, version: int) -> str | None:
     verdict = newest_verdict(state.entries, version)
     if verdict is None:
         return None
-    if verdict.action == "block":
-        raise RegistryError(f"model {state.model_name!r} version {version} was blocked: "
-                            f"{'; '.join(verdict.reasons) or 'see the audit log'}")
+    disowned = disowned_reason(state, version)
+    if disowned is not None:
+        raise RegistryError(disowned)
+    return verdict.attestation or None
+
+
+def disowned_reason(state: RegistryState, version: int) -> str | None:
+    """Why the audit log no longer stands behind `version` (its newest verdict is a block, or a rollback moved
+    away from it and nothing made it champion since), or None."""
+    verdict = newest_verdict(state.entries, version)
+    if verdict is not None and verdict.action == "block":
+        return (f"model {state.model_name!r} version {version} was blocked: "
+                f"{'; '.join(verdict.reasons) or 'see the audit log'}")
     left = _rolled_away_from(state.history, version)
     if left is not None:
-        raise RegistryError(f"model {state.model_name!r} version {version} was rolled back from at audit entry "
-                            f"{left.audit_seq or left.seq} ({'; '.join(left.reasons) or 'see the audit log'}); it "
-                            f"serves again only once a rollback returns to it or the gates pass it afresh")
-    return verdict.attestation or None
+        return (f"model {state.model_name!r} version {version} was rolled back from at audit entry "
+                f"{left.audit_seq or left.seq} ({'; '.join(left.reasons) or 'see the audit log'}); it serves "
+                f"again only once a rollback returns to it or the gates pass it afresh")
+    return None
 
 
 def _rolled_away_from(history: list[ChampionChange], version: int) -> ChampionChange | None:

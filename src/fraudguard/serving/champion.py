@@ -30,6 +30,7 @@ from fraudguard.registry import (
     committed_attestation_for,
     RegistryState,
     committed_champion_attestation,
+    disowned_reason,
     get_version,
     read_state,
 )
@@ -206,27 +207,17 @@ class ChampionFollower:
         verified) has since disowned it: a rollback moved away from it or a block judged it. Keeping a rolled-back
         version because its successor fails to load would let anyone who can break the successor's files or tags
         hold the fleet on the version the rollback removed."""
-        disowned = self._disowned(state)
-        if disowned is not None:
-            message = f"{message}; stopped serving version {self.current.version}: {disowned}"
-            old, self.current = self.current, None
+        old = self.current
+        disowned = None if old is None or state is None else disowned_reason(state, old.version)
+        if old is not None and disowned is not None:
+            message = f"{message}; stopped serving version {old.version}: {disowned}"
+            self.current = None
             shutil.rmtree(old.model_dir, ignore_errors=True)
         serving = f"; still serving version {self.current.version}" if self.current else "; nothing to serve"
         if self.status.last_error != message:
             logger.error("champion switch refused: %s%s", message, serving)
         self.status.last_error, self.status.last_error_at = message, now
         self.status.failed_target = target
-
-    def _disowned(self, state: RegistryState | None) -> str | None:
-        """Why the audit log no longer stands behind the served version, or None (nothing served, no state read,
-        or the version is still judged good: an earlier champion replaced by a promotion keeps serving)."""
-        if self.current is None or state is None:
-            return None
-        try:
-            committed_attestation_for(state, self.current.version)
-        except RegistryError as exc:
-            return str(exc)
-        return None
 
     def start(self) -> None:
         def loop():
