@@ -291,6 +291,15 @@ def _start_run(stack, name: str, params: dict) -> str:
     return match.group(1)
 
 
+def _create_run(stack, name: str, params: dict) -> str:
+    """A run of deployment `name` created through the API (what `prefect deployment run` calls), for a test that
+    must act within seconds of the run's start: the CLI, started and shut down on a loaded machine, returned
+    after a 24 s run had ended."""
+    flow_name, deployment_name = name.split("/")
+    deployment = _api(stack, "GET", f"/deployments/name/{flow_name}/{deployment_name}")
+    return _api(stack, "POST", f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})["id"]
+
+
 def _wait_for_state(stack, flow_run_id: str, types: tuple[str, ...], timeout: float = 600) -> dict:
     _, _, _, logs = stack
     deadline = time.time() + timeout
@@ -321,13 +330,14 @@ def test_a_flow_process_killed_mid_run_is_reported_crashed_and_leaves_no_helper_
     client = _client(mlflow_uri)
     aliases_before = _aliases(client)
     worker_pid = int((logs / "worker.pid").read_text())
-    run_id = _start_run(prefect_stack, "train-and-promote/default", {"params_overrides": {"train": {"seed": 31}}})
+    run_id = _create_run(prefect_stack, "train-and-promote/default", {"params_overrides": {"train": {"seed": 31}}})
     deadline = time.time() + 300
     helper = None
     while helper is None:
         helper = next((pid for pid in descendants(worker_pid) if "spawn_main" in cmdline(pid)), None)
         assert helper is not None or time.time() < deadline, _stuck_report(prefect_stack, run_id, "no helper seen")
         time.sleep(0.2)
+    assert _flow_run(prefect_stack, run_id)["state"]["type"] == "RUNNING", "the run ended before its helper was seen"
     flow_pid = parent_of(helper)
     assert flow_pid is not None and "prefect.engine" in cmdline(flow_pid), (helper, flow_pid)
     os.kill(flow_pid, signal.SIGKILL)
