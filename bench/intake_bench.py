@@ -1,7 +1,9 @@
 """Intake: reading and validating a default-size (~229k-row) simulated CSV, clean and with one bad
 timestamp (a per-row parsing fallback made the bad file ~40x slower), and quarantine precision on
 the clean default world (frauds quarantined, genuine rows quarantined, with and without the true
-terminal-location table).
+terminal-location table), and what reading a CSV line for line costs (read_transactions against pandas' bare
+read_csv with the same options, on the plain file and on one with every field quoted, where the check for
+records that run over several lines scans every value).
 
     python bench/intake_bench.py [--repeats 3]
     python bench/intake_bench.py --params params.handbook.yaml --precision-only   # handbook-size world
@@ -52,6 +54,35 @@ def csv_timing(frame, validate, repeats: int) -> dict:
             "bad_vs_clean_ratio": round(bad_s / clean_s, 3)}
 
 
+def line_check_timing(frame, repeats: int) -> dict:
+    """Best read_transactions time against pandas' own read of the same CSV (its checks: NUL bytes, header,
+    records over several lines), unquoted and with every field quoted."""
+    import csv
+
+    import pandas as pd
+
+    def best(read) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, quoting in (("plain", csv.QUOTE_MINIMAL), ("all_quoted", csv.QUOTE_ALL)):
+            path = Path(tmp) / f"{label}.csv"
+            frame.to_csv(path, index=False, quoting=quoting)
+            bare = best(lambda: pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8"))
+            checked = best(lambda: read_transactions(path))
+            print(f"{label} CSV: read_transactions {checked:.3f} s, pandas read_csv {bare:.3f} s, "
+                  f"ratio {checked / bare:.2f}")
+            figures[f"{label}_csv_read_s"] = round(checked, 3)
+            figures[f"{label}_csv_read_vs_pandas"] = round(checked / bare, 3)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -67,6 +98,7 @@ def main() -> None:
     figures: dict = {"params": args.params, "rows": len(frame)}
     if not args.precision_only:
         figures.update(csv_timing(frame, validate, args.repeats))
+        figures.update(line_check_timing(frame, args.repeats))
     frauds = int((frame[schema.TX_FRAUD] == 1).sum())
     genuine = len(frame) - frauds
     for label, locations in (("no_locations", None), ("true_locations", world.terminals)):

@@ -220,7 +220,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     # pandas renames a repeated column (TX_AMOUNT.1), so duplicates are checked on the raw header.
     header = _csv_header(path)
     check_column_names(header, str(path))
-    has_quotes = _scan_csv_bytes(path)
+    has_quotes, lines = _scan_csv_bytes(path)
     try:
         # Strings everywhere: a value that does not parse must reach validation, not become NaN here
         # (and ids stay exact: no trip through float64).
@@ -235,15 +235,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if len(frame.columns) != len(header):
         raise DataError(f"{path}: the parser read {len(frame.columns)} header fields where line 1 holds "
                         f"{len(header)}; refused")
-    if has_quotes:
+    if has_quotes and lines != len(frame) + 1:  # one line a record and the header: no record can span lines
         _refuse_multiline_records(path, frame)
     return frame
 
 
-def _scan_csv_bytes(path: Path) -> bool:
-    """Whether the file holds a quote character; DataError naming the line of the first NUL byte. The CSV parser
-    ends a field at a NUL without a word ("1<NUL>150.00" is read as 1), so no file holding one is read."""
-    line, has_quotes = 1, False
+def _scan_csv_bytes(path: Path) -> tuple[bool, int]:
+    """(whether the file holds a quote character, its number of lines); DataError naming the line of the first
+    NUL byte. The CSV parser ends a field at a NUL without a word ("1<NUL>150.00" is read as 1), so no file
+    holding one is read."""
+    line, has_quotes, last = 1, False, b""
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             nul = block.find(b"\0")
@@ -253,7 +254,8 @@ def _scan_csv_bytes(path: Path) -> bool:
                                 f"there); refused")
             line += block.count(b"\n")
             has_quotes = has_quotes or b'"' in block
-    return has_quotes
+            last = block[-1:]
+    return has_quotes, line - 1 if last == b"\n" else line
 
 
 def _refuse_multiline_records(path: Path, frame: pd.DataFrame) -> None:
