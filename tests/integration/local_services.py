@@ -85,6 +85,15 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def environment(pid: int) -> dict[str, str]:
+    """The process's environment as it started ({} when it is gone or not readable)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
 def descendants(pid: int) -> list[int]:
     """PIDs of every process under `pid` (children first, from /proc), `pid` itself excluded."""
     children: dict[int, list[int]] = {}

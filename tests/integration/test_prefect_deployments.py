@@ -20,7 +20,7 @@ import pytest
 
 from fraudguard.config import merge_overrides
 
-from local_services import (cmdline, descendants, free_port, parent_of, python_stacks, running,
+from local_services import (cmdline, descendants, environment, free_port, parent_of, python_stacks, running,
                             stop_process_group, wait_for_health)
 from project_factory import LENIENT_GATES, make_project, run_checked as _run
 
@@ -333,8 +333,9 @@ def test_a_flow_process_killed_mid_run_is_reported_crashed_and_leaves_no_helper_
     run_id = _create_run(prefect_stack, "train-and-promote/default", {"params_overrides": {"train": {"seed": 31}}})
     deadline = time.time() + 300
     helper = None
-    while helper is None:
-        helper = next((pid for pid in descendants(worker_pid) if "spawn_main" in cmdline(pid)), None)
+    while helper is None:  # this run's helper: a run an earlier test triggered (the monitor's) may still be going
+        helper = next((pid for pid in descendants(worker_pid) if "spawn_main" in cmdline(pid)
+                       and environment(parent_of(pid) or 0).get("PREFECT__FLOW_RUN_ID") == run_id), None)
         assert helper is not None or time.time() < deadline, _stuck_report(prefect_stack, run_id, "no helper seen")
         time.sleep(0.2)
     assert _flow_run(prefect_stack, run_id)["state"]["type"] == "RUNNING", "the run ended before its helper was seen"
