@@ -64,7 +64,7 @@ class GatewayMetrics:
         self.model_switches = Counter("fraudguard_model_switches", "Hot switches to a new champion", registry=r)
         self.switch_failures = Gauge("fraudguard_model_switch_failing",
                                      "1 while the newest champion cannot be verified or loaded", registry=r)
-        self.log_dropped = Counter("fraudguard_prediction_log_dropped", "Decisions not logged (queue full)",
+        self.log_dropped = Counter("fraudguard_prediction_log_dropped", "Decisions not logged (queue full, or the disk refused them)",
                                    registry=r)
         self.state_rows = Gauge("fraudguard_state_transactions", "Transactions in the state store", registry=r)
 
@@ -225,6 +225,7 @@ class Gateway:
             "state_backend": self.settings.serve.state.backend,
             "state_transactions": _unavailable_count(self.store),
             "prediction_log_dropped": self.log.dropped if self.log else 0,
+            "prediction_log_error": self.log.last_error if self.log else None,
         }
         self.metrics.switch_failures.set(1 if status.last_error else 0)
         return (200 if served is not None else 503), body
