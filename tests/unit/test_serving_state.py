@@ -161,3 +161,20 @@ def test_a_disk_error_counts_the_records_it_lost_and_the_writer_keeps_going(tmp_
     writer.flush(timeout_s=15)
     assert writer._thread.is_alive() and writer.dropped == 4  # still draining after the error
     writer.close()
+
+
+def test_a_recorded_chargeback_is_never_erased_or_moved_by_a_later_label(tmp_path, small_settings):
+    settings = small_settings.featurize
+    store = FeatureStore(tmp_path / "s.sqlite", settings)
+    t0 = dt.datetime(2024, 5, 1, 12)
+    store.add(RawTransaction(1, t0, 1, 7, 50.0))
+    store.add(RawTransaction(2, t0, 2, 8, 50.0))
+    labelled = t0 + dt.timedelta(days=settings.label_delay_days)
+    assert store.record_label(2, False, labelled) and store.record_label(2, True, labelled)  # legit, then a chargeback
+    assert store.record_label(1, True, labelled)
+    assert not store.record_label(1, False, labelled + dt.timedelta(days=1))  # before: erased the chargeback
+    assert not store.record_label(1, True, t0)  # nor moved in time
+    assert store.fraud_label_time(1) == int(pd.Timestamp(labelled).value) and store.fraud_label_time(3) is None
+    w = settings.windows_days[-1]
+    probe = store.features(RawTransaction(9, labelled + dt.timedelta(hours=1), 3, 7, 10.0))[terminal_risk(w)]
+    assert probe == 1.0

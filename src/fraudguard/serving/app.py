@@ -343,22 +343,35 @@ def create_app(gateway: Gateway) -> Any:
 
         admit(request, len(body.labels), False)  # a label costs what a scored transaction does (labels feed training)
         store = gateway.store
-        unknown, problems, accepted = [], [], []
+        unknown, problems, conflicts, accepted, kept = [], [], [], [], 0
+        seen: set[int] = set()
         for i, label in enumerate(body.labels):
             tx_time = store.transaction_time(label.TRANSACTION_ID)
-            if tx_time is None:
+            if label.TRANSACTION_ID in seen:
+                problems.append({"field": f"labels[{i}].TRANSACTION_ID", "message": "is repeated in this request"})
+            elif tx_time is None:
                 unknown.append(label.TRANSACTION_ID)
             elif time_ns(label.LABEL_DATETIME) < tx_time:
                 problems.append({"field": f"labels[{i}].LABEL_DATETIME",
                                  "message": "is before the transaction's TX_DATETIME"})
+            elif store.fraud_label_time(label.TRANSACTION_ID) is not None:
+                # A chargeback on record is history: the same again changes nothing, a legitimate label would erase it.
+                if label.TX_FRAUD:
+                    kept += 1
+                else:
+                    conflicts.append({"field": f"labels[{i}].TX_FRAUD",
+                                      "message": "the transaction already holds a fraud label; it is not changed"})
             else:
                 accepted.append(label)
+            seen.add(label.TRANSACTION_ID)
         if problems:
             return JSONResponse({"error": "invalid request", "fields": problems[:50]}, status_code=422)
+        if conflicts:
+            return JSONResponse({"error": "conflict", "fields": conflicts[:50]}, status_code=409)
         with store.transaction():
             for label in accepted:
                 store.record_label(label.TRANSACTION_ID, label.TX_FRAUD, label.LABEL_DATETIME)
-        return {"recorded": len(accepted), "unknown_transaction_ids": unknown[:100],
+        return {"recorded": len(accepted), "already_recorded": kept, "unknown_transaction_ids": unknown[:100],
                 "unknown": len(unknown)}
 
     @app.get("/health")
