@@ -43,17 +43,31 @@ def approval_key(version: int) -> str:
 def change_authors(root: Path) -> set[str]:
     """Name and e-mail (lower case) of the author of the checkout's HEAD commit: who may not approve it."""
     try:
-        out = subprocess.run(["git", "log", "-1", "--format=%an%n%ae"], cwd=root, capture_output=True,  # nosec B603 B607 - git, fixed argv, no shell
+        # As recorded and as .mailmap maps them: either spelling is the author.
+        out = subprocess.run(["git", "log", "-1", "--format=%an%n%ae%n%aN%n%aE"], cwd=root, capture_output=True,  # nosec B603 B607 - git, fixed argv, no shell
                              text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise PolicyError(f"{root}: cannot read the author of the change to approve: {exc}") from exc
-    return {line.strip().lower() for line in out.splitlines() if line.strip()}
+    return {key for line in out.splitlines() for key in identity_keys(line)}
+
+
+def identity_keys(identity: str) -> set[str]:
+    """The forms one person's name or address is compared in: Unicode NFKC, case-folded, inner white space
+    collapsed; `Name <mail>` (git's form) gives the name and the address, `<mail>` the address."""
+    import re
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", identity)
+    match = re.fullmatch(r"\s*(.*?)\s*<([^<>]*)>\s*", text)
+    parts = [match.group(1), match.group(2)] if match else [text]
+    return {key for key in (" ".join(part.split()).casefold() for part in parts) if key}
 
 
 def check_approval(answer: ApprovalInput, authors: set[str]) -> ApprovalDecision:
-    """The decision an answer amounts to: a self-approval is a rejection that says why."""
+    """The decision an answer amounts to: a self-approval is a rejection that says why. `authors` as
+    change_authors gives them (identity_keys of each)."""
     approver = answer.approver.strip()
-    if approver.lower() in authors:
+    if identity_keys(approver) & authors:
         return ApprovalDecision(approver, False, f"{approver} authored the change and cannot approve it")
     if not answer.approve:
         return ApprovalDecision(approver, False, f"rejected by {approver}" + (f": {answer.comment}" if answer.comment else ""))

@@ -243,12 +243,13 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    from fraudguard.config import load_params_yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {what} is not valid YAML: {exc}") from exc
+    data = load_params_yaml(text, f"{path} ({what})")  # a repeated key is refused, not the last one kept
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must be a mapping at top level")
     return data

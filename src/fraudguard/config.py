@@ -691,6 +691,32 @@ def parse_settings(raw: Any, source: str = "<params>") -> Settings:
         raise ConfigError(f"{source}: invalid params: " + "; ".join(problems)) from exc
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a mapping that repeats a key: safe_load keeps the last, so a second `gates:` block
+    appended to params.yaml would silently replace every threshold above it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_params_yaml(text: str, source: str) -> Any:
+    """The YAML document of a params file (safe types only); ConfigError naming `source` when it is not valid YAML
+    or a mapping repeats a key."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # nosec B506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f"{problem} on line {mark.line + 1}" if mark is not None and problem else str(exc)
+        raise ConfigError(f"{source}: not valid YAML: {where}") from exc
+
+
 def load_settings(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Settings:
     """Read params.yaml (plus optional nested overrides) into validated Settings."""
     path = Path(path)
@@ -698,10 +724,7 @@ def load_settings(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, A
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read params file: {exc.strerror or exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = load_params_yaml(text, str(path))
     if overrides:
         raw = merge_overrides(raw, overrides)
     return parse_settings(raw, source=str(path))

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from fraudguard import stage_interpreter
-from fraudguard.config import Settings, load_settings, merge_overrides, parse_settings
+from fraudguard.config import Settings, load_params_yaml, load_settings, merge_overrides, parse_settings
 from fraudguard.errors import ConfigError, DataVersionError
 from fraudguard.tools import dvc_console_quiet, run_dvc
 
@@ -312,7 +312,7 @@ def override_workspace(root: Path, overrides: dict[str, Any] | None) -> Iterator
     if not overrides:
         yield root, load_settings(params_path)
         return
-    merged = merge_overrides(yaml.safe_load(params_path.read_text(encoding="utf-8")), overrides)
+    merged = merge_overrides(load_params_yaml(params_path.read_text(encoding="utf-8"), str(params_path)), overrides)
     settings = parse_settings(merged, source=f"{params_path} with overrides {sorted(overrides)}")
     holder = Path(tempfile.mkdtemp(prefix="fraudguard-override-"))
     try:

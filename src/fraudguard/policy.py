@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from fraudguard.errors import ConfigError, PolicyError
 from fraudguard.signing import canonical_json, sha256_text
 
@@ -24,6 +22,9 @@ if TYPE_CHECKING:
 # The sections a verdict depends on: thresholds and gate set, the attacker's budget, the metric k, and
 # whether a second person must approve.
 POLICY_SECTIONS = ("gates", "threat_model", "evaluate", "promotion")
+# Single keys of other sections that a gate judges by: the data-changes gate's fraud-rate factor lives in
+# `validate` (the import applies it too). Left out, an override or an uncommitted edit of it passed the gate.
+POLICY_KEYS = (("validate", "max_fraud_rate_change_factor"),)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ class GatePolicy:
 def policy_sections(settings: "Settings") -> dict[str, Any]:
     """The policy sections of already-validated settings, as plain data."""
     data = settings.as_params_dict()
-    return {name: data[name] for name in POLICY_SECTIONS}
+    sections = {name: data[name] for name in POLICY_SECTIONS}
+    for section, key in POLICY_KEYS:
+        sections.setdefault(section, {})[key] = data[section][key]
+    return sections
 
 
 def policy_from_settings(settings: "Settings", source: str) -> GatePolicy:
@@ -64,7 +68,7 @@ def _differences(committed: Any, effective: Any, prefix: str = "") -> list[str]:
 
 def committed_policy(root: Path, effective: "Settings", params_file: str = "params.yaml") -> GatePolicy:
     """The policy at HEAD; PolicyError when git cannot show it or `effective` departs from it."""
-    from fraudguard.config import parse_settings
+    from fraudguard.config import load_params_yaml, parse_settings
 
     root = Path(root).resolve()
     try:
@@ -76,8 +80,9 @@ def committed_policy(root: Path, effective: "Settings", params_file: str = "para
         raise PolicyError(f"{root}: cannot read the committed {params_file} (the policy of record): {exc}; "
                           "promotion needs a git checkout with params.yaml committed") from exc
     try:
-        committed = parse_settings(yaml.safe_load(text), source=f"{params_file} at {commit[:12]}")
-    except (ConfigError, yaml.YAMLError) as exc:
+        source = f"{params_file} at {commit[:12]}"
+        committed = parse_settings(load_params_yaml(text, source), source=source)
+    except ConfigError as exc:
         raise PolicyError(f"committed {params_file} at {commit[:12]} is not valid: {exc}") from exc
     policy = GatePolicy(policy_sections(committed), f"git:{commit}:{params_file}")
     differences = _differences(policy.sections, policy_sections(effective))

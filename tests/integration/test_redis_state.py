@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import pandas as pd
 import pytest
 
 from fraudguard.config import StateSettings
@@ -77,6 +78,16 @@ def test_a_redis_chargeback_counts_only_from_its_label_date(small_settings, open
     edge = t0 + dt.timedelta(days=settings.label_delay_days + w)
     count = lambda when, i: store.features(RawTransaction(i, when, 2, 7, 10.0))[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"]  # noqa: E731
     assert count(edge - dt.timedelta(microseconds=1), 4) == 1 and count(edge, 5) == 0
+
+
+def test_a_recorded_redis_chargeback_is_never_erased_or_moved_by_a_later_label(small_settings, open_store):
+    store = open_store(small_settings.featurize)
+    t0 = dt.datetime(2024, 5, 1, 12)
+    store.add(RawTransaction(1, t0, 1, 7, 50.0))
+    labelled = t0 + dt.timedelta(days=small_settings.featurize.label_delay_days)
+    assert store.record_label(1, True, labelled)
+    assert not store.record_label(1, False, labelled + dt.timedelta(days=1)) and not store.record_label(1, True, t0)
+    assert store.fraud_label_time(1) == int(pd.Timestamp(labelled).value) and store.fraud_label_time(2) is None
 
 
 def test_a_redis_batch_with_a_duplicate_is_undone(small_settings, open_store):

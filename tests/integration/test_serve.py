@@ -374,6 +374,24 @@ def test_feedback_dated_before_its_transaction_is_a_422(served):
     assert response.status_code == 422 and response.json()["fields"][0]["field"] == "labels[0].LABEL_DATETIME"
 
 
+def test_a_chargeback_on_record_cannot_be_erased_through_feedback_and_repeats_change_nothing(served):
+    tx = _tx(customer=10**9 + 9)
+    assert httpx.post(f"{served.url}/score", json=tx, headers=_headers(), timeout=10).status_code == 200
+
+    def feedback(*labels):
+        return httpx.post(f"{served.url}/feedback", headers=_headers(), timeout=10, json={"labels": [
+            {"TRANSACTION_ID": tx["TRANSACTION_ID"], "TX_FRAUD": fraud, "LABEL_DATETIME": tx["TX_DATETIME"]}
+            for fraud in labels]})
+
+    assert feedback(True).json()["recorded"] == 1
+    erased = feedback(False)  # before: 200, and the terminal's risk forgot the fraud
+    assert erased.status_code == 409 and erased.json()["fields"][0]["field"] == "labels[0].TX_FRAUD", erased.text
+    again = feedback(True)
+    assert again.status_code == 200 and again.json()["recorded"] == 0 and again.json()["already_recorded"] == 1
+    twice = feedback(True, True)
+    assert twice.status_code == 422 and twice.json()["fields"][0]["field"] == "labels[1].TRANSACTION_ID"
+
+
 def test_a_repeated_transaction_id_is_a_409(served):
     tx = _tx(customer=10**9 + 8)
     assert httpx.post(f"{served.url}/score", json=tx, headers=_headers(), timeout=10).status_code == 200

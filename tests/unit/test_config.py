@@ -182,3 +182,14 @@ def test_data_remote_url_without_credentials_is_kept_as_written():
     for url in ("s3://bucket/fraudguard", "ssh://fraud@storage.example/dvc", "/mnt/shared/dvc", "../shared"):
         assert parse_settings(small_params({"data_remote": {"url": url}})).data_remote.url == url
     assert parse_settings(small_params()).data_remote.url is None
+
+
+def test_a_params_file_repeating_a_key_is_refused_naming_it(tmp_path):
+    # yaml.safe_load keeps the last: a second `gates:` block appended below would replace every threshold above.
+    text = (PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(text + "\ngates:\n  quality:\n    min_average_precision: 0.0\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML: .*duplicate key 'gates'"):
+        load_settings(tmp_path / "params.yaml")
+    (tmp_path / "nested.yaml").write_text(text.replace("train:\n", "train:\n  epochs: 1\n  epochs: 2\n", 1))
+    with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
+        load_settings(tmp_path / "nested.yaml")

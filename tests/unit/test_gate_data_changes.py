@@ -64,3 +64,13 @@ def test_deleted_transactions_block_until_acknowledged_and_show_as_a_metric(tmp_
     acknowledge_data_changes(within, tmp_path / small_settings.gates.data_changes.acknowledgements,
                              "reviewer", "card scheme purge")
     assert verdict(tmp_path, small_settings).passed
+
+
+def test_a_factor_loosened_when_the_data_was_validated_does_not_pass_the_gate(tmp_path, small_settings):
+    # The intake report judged the change with `-S validate.max_fraud_rate_change_factor=1000`; the gate judges it
+    # with the policy of record's factor (the settings a promotion checked against the committed params).
+    loosened = {**EXCEEDED, "fraud_rate_change": {**EXCEEDED["fraud_rate_change"], "max_factor": 1000.0,
+                                                   "exceeded": False}}
+    result = verdict(tmp_path, small_settings, loosened)
+    assert not result.passed and "1.43 > 1.25" in result.reason
+    assert result.thresholds["max_fraud_rate_change_factor"] == small_settings.validate_.max_fraud_rate_change_factor

@@ -4,6 +4,7 @@ prediction log read back whatever a line holds."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 import json
 
 import pandas as pd
@@ -125,3 +126,55 @@ def test_a_prediction_log_mixing_time_formats_and_bad_lines_reads_every_good_lin
                                                   pd.Timestamp("2024-07-29 13:46:00")]
     assert read.skipped == 3 and [n for n, _ in read.skipped_lines] == [3, 4, 5]
     assert "line 4: transaction.TX_DATETIME is not an ISO 8601" in read.describe_skipped(log)
+
+
+def test_a_line_torn_by_a_crash_does_not_swallow_the_next_record_written_after_restart(tmp_path):
+    import json
+
+    from fraudguard.serving.predictions import PredictionLog
+
+    log = tmp_path / "predictions.jsonl"
+    log.write_text(_decision(1, "2024-07-29T13:45:00") + _decision(2, "2024-07-29T13:46:00")[:40], encoding="utf-8")
+    writer = PredictionLog(log, max_queue=10)
+    for i in (3, 4):
+        writer.put(json.loads(_decision(i, "2024-07-29T13:47:00")))
+    writer.flush()
+    writer.close()
+    read = load_prediction_log(log)
+    assert read.frame["TRANSACTION_ID"].tolist() == [1, 3, 4]  # before: record 3 was glued to the torn line
+    assert read.skipped == 1 and writer.written == 2 and writer.dropped == 0
+
+
+def test_a_disk_error_counts_the_records_it_lost_and_the_writer_keeps_going(tmp_path):
+    import json
+
+    from fraudguard.serving.predictions import PredictionLog
+
+    dropped = []
+    writer = PredictionLog(Path("/dev/full"), max_queue=10, on_drop=lambda: dropped.append(1))  # every write: ENOSPC
+    for i in (1, 2, 3):
+        writer.put(json.loads(_decision(i, "2024-07-29T13:45:00")))
+    writer.flush()
+    assert (writer.written, writer.dropped, len(dropped)) == (0, 3, 3)  # before: written 3, dropped 0, thread dead
+    assert "No space left on device" in writer.last_error
+    writer.put(json.loads(_decision(4, "2024-07-29T13:45:00")))
+    writer.flush(timeout_s=15)
+    assert writer._thread.is_alive() and writer.dropped == 4  # still draining after the error
+    writer.close()
+
+
+def test_a_recorded_chargeback_is_never_erased_or_moved_by_a_later_label(tmp_path, small_settings):
+    settings = small_settings.featurize
+    store = FeatureStore(tmp_path / "s.sqlite", settings)
+    t0 = dt.datetime(2024, 5, 1, 12)
+    store.add(RawTransaction(1, t0, 1, 7, 50.0))
+    store.add(RawTransaction(2, t0, 2, 8, 50.0))
+    labelled = t0 + dt.timedelta(days=settings.label_delay_days)
+    assert store.record_label(2, False, labelled) and store.record_label(2, True, labelled)  # legit, then a chargeback
+    assert store.record_label(1, True, labelled)
+    assert not store.record_label(1, False, labelled + dt.timedelta(days=1))  # before: erased the chargeback
+    assert not store.record_label(1, True, t0)  # nor moved in time
+    assert store.fraud_label_time(1) == int(pd.Timestamp(labelled).value) and store.fraud_label_time(3) is None
+    w = settings.windows_days[-1]
+    probe = store.features(RawTransaction(9, labelled + dt.timedelta(hours=1), 3, 7, 10.0))[terminal_risk(w)]
+    assert probe == 1.0

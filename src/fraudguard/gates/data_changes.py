@@ -191,10 +191,13 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
         metrics["fraud_rate_change_factor"] = float("inf") if factor == "inf" else float(factor)
         metrics["fraud_rate"] = float(change.get("current", 0.0))
         metrics["previous_fraud_rate"] = float(change.get("previous", 0.0))
-        thresholds["max_fraud_rate_change_factor"] = float(change.get("max_factor", 0.0))
-        if change.get("exceeded"):
+        # The factor of the policy of record (context.settings: a promotion has checked it against the committed
+        # params), not the one the import or validate stage ran with, which an override or edit may have loosened.
+        max_factor = float(context.settings.validate_.max_fraud_rate_change_factor)
+        thresholds["max_fraud_rate_change_factor"] = max_factor
+        if change.get("exceeded") or metrics["fraud_rate_change_factor"] > max_factor:
             findings.append(f"fraud rate {change['previous']:.4f} -> {change['current']:.4f} (factor "
-                            f"{change['factor']} > {change['max_factor']})")
+                            f"{change['factor']} > {max_factor})")
     if deleted:
         findings.append(f"{deleted} transaction(s) of the previous version deleted")
     outside_import = changed_outside_import(history, context)

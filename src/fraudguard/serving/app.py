@@ -64,7 +64,7 @@ class GatewayMetrics:
         self.model_switches = Counter("fraudguard_model_switches", "Hot switches to a new champion", registry=r)
         self.switch_failures = Gauge("fraudguard_model_switch_failing",
                                      "1 while the newest champion cannot be verified or loaded", registry=r)
-        self.log_dropped = Counter("fraudguard_prediction_log_dropped", "Decisions not logged (queue full)",
+        self.log_dropped = Counter("fraudguard_prediction_log_dropped", "Decisions not logged (queue full, or the disk refused them)",
                                    registry=r)
         self.state_rows = Gauge("fraudguard_state_transactions", "Transactions in the state store", registry=r)
 
@@ -225,6 +225,7 @@ class Gateway:
             "state_backend": self.settings.serve.state.backend,
             "state_transactions": _unavailable_count(self.store),
             "prediction_log_dropped": self.log.dropped if self.log else 0,
+            "prediction_log_error": self.log.last_error if self.log else None,
         }
         self.metrics.switch_failures.set(1 if status.last_error else 0)
         return (200 if served is not None else 503), body
@@ -342,22 +343,35 @@ def create_app(gateway: Gateway) -> Any:
 
         admit(request, len(body.labels), False)  # a label costs what a scored transaction does (labels feed training)
         store = gateway.store
-        unknown, problems, accepted = [], [], []
+        unknown, problems, conflicts, accepted, kept = [], [], [], [], 0
+        seen: set[int] = set()
         for i, label in enumerate(body.labels):
             tx_time = store.transaction_time(label.TRANSACTION_ID)
-            if tx_time is None:
+            if label.TRANSACTION_ID in seen:
+                problems.append({"field": f"labels[{i}].TRANSACTION_ID", "message": "is repeated in this request"})
+            elif tx_time is None:
                 unknown.append(label.TRANSACTION_ID)
             elif time_ns(label.LABEL_DATETIME) < tx_time:
                 problems.append({"field": f"labels[{i}].LABEL_DATETIME",
                                  "message": "is before the transaction's TX_DATETIME"})
+            elif store.fraud_label_time(label.TRANSACTION_ID) is not None:
+                # A chargeback on record is history: the same again changes nothing, a legitimate label would erase it.
+                if label.TX_FRAUD:
+                    kept += 1
+                else:
+                    conflicts.append({"field": f"labels[{i}].TX_FRAUD",
+                                      "message": "the transaction already holds a fraud label; it is not changed"})
             else:
                 accepted.append(label)
+            seen.add(label.TRANSACTION_ID)
         if problems:
             return JSONResponse({"error": "invalid request", "fields": problems[:50]}, status_code=422)
+        if conflicts:
+            return JSONResponse({"error": "conflict", "fields": conflicts[:50]}, status_code=409)
         with store.transaction():
             for label in accepted:
                 store.record_label(label.TRANSACTION_ID, label.TX_FRAUD, label.LABEL_DATETIME)
-        return {"recorded": len(accepted), "unknown_transaction_ids": unknown[:100],
+        return {"recorded": len(accepted), "already_recorded": kept, "unknown_transaction_ids": unknown[:100],
                 "unknown": len(unknown)}
 
     @app.get("/health")

@@ -37,6 +37,8 @@ class PredictionLog:
         self.dropped = 0
         self.put_count = 0
         self.written = 0
+        self.lost = 0  # taken from the queue but not stored (serialisation or disk errors); in `dropped` too
+        self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -49,29 +51,70 @@ class PredictionLog:
         self.put_count += 1
         self._pending.append(record)
 
-    def _drain(self, handle) -> None:
-        wrote = False
+    def _drain(self, handle) -> bool:
+        """Write what is pending, then flush; False when the file failed. A record is counted written only once
+        flushed; one that cannot be serialised, or a batch the disk refused, is counted dropped (never written)."""
+        lines = []
         while self._pending:
             record = self._pending.popleft()
             try:
-                handle.write(json.dumps(record, allow_nan=False, default=str) + "\n")
+                lines.append(json.dumps(record, allow_nan=False, default=str) + "\n")
             except (TypeError, ValueError) as exc:
-                logger.error("prediction log: record not written (%s)", exc)
-            self.written += 1
-            wrote = True
-        if wrote:
+                self._lose(1, f"a record cannot be written as JSON ({exc})")
+        if not lines:
+            return True
+        try:
+            handle.write("".join(lines))
             handle.flush()
+        except OSError as exc:
+            self._lose(len(lines), f"{self.path}: {exc}")
+            return False
+        self.written += len(lines)
+        return True
+
+    def _lose(self, count: int, why: str) -> None:
+        self.lost += count
+        self.dropped += count
+        self.last_error = why
+        for _ in range(count):
+            self._on_drop()
+        logger.error("prediction log: %d record(s) lost: %s", count, why)
+
+    def _open(self):
+        """The log for appending. A line torn by a crash (no newline at the end) is ended first: the next record
+        would otherwise be glued to it and lost with it."""
+        handle = self.path.open("a", encoding="utf-8")
+        if handle.tell() > 0:
+            with self.path.open("rb") as existing:
+                existing.seek(-1, 2)
+                torn = existing.read(1) != b"\n"
+            if torn:
+                handle.write("\n")
+        return handle
 
     def _run(self) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            while not self._stop.wait(self._interval_s):
-                self._drain(handle)
-            self._drain(handle)
+        # A disk error (full, gone) loses the records it hit, counted, and the writer goes on: it opens the file
+        # again after a second, so the log resumes once the disk is back. Before, the thread died on the error.
+        while True:
+            stopping = False
+            try:
+                with self._open() as handle:
+                    healthy = True
+                    while healthy and not stopping:
+                        stopping = self._stop.wait(self._interval_s)
+                        healthy = self._drain(handle)
+            except OSError as exc:
+                pending = len(self._pending)
+                self._pending.clear()
+                self._lose(pending, f"{self.path}: cannot open or close: {exc}")
+            if stopping:
+                return
+            self._stop.wait(1.0)
 
     def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until every record put so far is written (for tests and shutdown)."""
+        """Wait until every record put so far is written or counted lost (for tests and shutdown)."""
         target, deadline = self.put_count, time.monotonic() + timeout_s
-        while self.written < target and time.monotonic() < deadline:
+        while self.written + self.lost < target and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def close(self) -> None:

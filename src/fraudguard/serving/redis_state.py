@@ -83,6 +83,8 @@ return {1, found[1], found[2], found[3]}
 # KEYS: tx, label; ARGV: id, label
 _LABEL = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held and string.sub(held, 1, 2) == '1:' then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
@@ -256,8 +258,15 @@ class RedisFeatureStore:
             record = self._db.hget(self._tx, str(transaction_id))
         return None if record is None else int(record.split(":", 1)[0])
 
+    def fraud_label_time(self, transaction_id: int) -> int | None:
+        """When the transaction's fraud label became known (ns), or None when it holds none."""
+        with self._reachable():
+            held = self._db.hget(self._label, str(transaction_id))
+        return int(held.split(":", 1)[1]) if held and held.startswith("1:") else None
+
     def record_label(self, transaction_id: int, fraud: bool, label_time: dt.datetime) -> bool:
-        """Store a confirmed label (a chargeback: fraud=True) known from label_time; False if the id is unknown."""
+        """Store a confirmed label (a chargeback: fraud=True) known from label_time; False if the id is unknown or
+        already holds a fraud label, which is history: never erased, relabelled or moved in time."""
         with self._reachable():
             done = self._set_label(keys=[self._tx, self._label],
                                    args=[transaction_id, f"{int(bool(fraud))}:{time_ns(label_time)}"])

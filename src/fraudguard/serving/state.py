@@ -97,6 +97,7 @@ class StateStore(Protocol):
     def score_and_add(self, tx: RawTransaction) -> dict[str, float]: ...
     def transaction_time(self, transaction_id: int) -> int | None: ...
     def record_label(self, transaction_id: int, fraud: bool, label_time: dt.datetime) -> bool: ...
+    def fraud_label_time(self, transaction_id: int) -> int | None: ...
     def bootstrap(self, transactions: pd.DataFrame, until: pd.Timestamp | None = None) -> int: ...
     def close(self) -> None: ...
 
@@ -189,10 +190,17 @@ class FeatureStore:
         return None if row is None else int(row[0])
 
     def record_label(self, transaction_id: int, fraud: bool, label_time: dt.datetime) -> bool:
-        """Store a confirmed label (a chargeback: fraud=True) known from label_time; False if the id is unknown."""
-        cur = self._db.execute("UPDATE tx SET fraud=?, label_t=? WHERE id=?",
+        """Store a confirmed label (a chargeback: fraud=True) known from label_time; False if the id is unknown or
+        already holds a fraud label, which is history: never erased, relabelled or moved in time."""
+        cur = self._db.execute("UPDATE tx SET fraud=?, label_t=? WHERE id=? AND NOT (fraud = 1 AND label_t IS NOT NULL)",
                                (int(bool(fraud)), time_ns(label_time), transaction_id))
         return cur.rowcount == 1
+
+    def fraud_label_time(self, transaction_id: int) -> int | None:
+        """When the transaction's fraud label became known (ns), or None when it holds none."""
+        row = self._db.execute("SELECT label_t FROM tx WHERE id=? AND fraud = 1 AND label_t IS NOT NULL",
+                               (transaction_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def bootstrap(self, transactions: pd.DataFrame, until: pd.Timestamp | None = None) -> int:
         """Load history (raw schema with TX_FRAUD) before `until` (all when None); labels known after the delay.

@@ -1,0 +1,36 @@
+"""The policy of record: what a promotion is judged by comes from the committed params.yaml."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import PROJECT_ROOT
+from fraudguard.config import load_settings
+from fraudguard.errors import PolicyError
+from fraudguard.policy import committed_policy
+
+
+def _committed_project(tmp_path, params_text: str):
+    (tmp_path / "params.yaml").write_text(params_text, encoding="utf-8")
+    for args in (["init", "-q"], ["add", "params.yaml"],
+                 ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "params"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    return tmp_path
+
+
+def test_an_override_of_the_data_changes_factor_is_refused_by_the_policy_of_record(tmp_path):
+    root = _committed_project(tmp_path, (PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    loosened = load_settings(root / "params.yaml", overrides={"validate.max_fraud_rate_change_factor": 1000})
+    with pytest.raises(PolicyError, match=r"validate\.max_fraud_rate_change_factor \(1\.25 committed, 1000\.0 here\)"):
+        committed_policy(root, loosened)
+    assert committed_policy(root, load_settings(root / "params.yaml")).sections["validate"] == {
+        "max_fraud_rate_change_factor": 1.25}
+
+
+def test_a_committed_params_file_repeating_a_section_is_refused_naming_the_key(tmp_path):
+    text = (PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8")
+    root = _committed_project(tmp_path, text + "\ngates:\n  quality:\n    min_average_precision: 0.0\n")
+    with pytest.raises(PolicyError, match="duplicate key 'gates'"):
+        committed_policy(root, load_settings(PROJECT_ROOT / "params.yaml"))
