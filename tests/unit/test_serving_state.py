@@ -178,3 +178,20 @@ def test_a_recorded_chargeback_is_never_erased_or_moved_by_a_later_label(tmp_pat
     w = settings.windows_days[-1]
     probe = store.features(RawTransaction(9, labelled + dt.timedelta(hours=1), 3, 7, 10.0))[terminal_risk(w)]
     assert probe == 1.0
+
+
+def test_lines_the_column_wide_time_parse_or_the_row_merge_would_trip_on_are_skipped_not_fatal(tmp_path):
+    log = tmp_path / "predictions.jsonl"
+    clash_time = json.loads(_decision(4, "2024-07-29T13:45:00"))
+    clash_time["features"]["TX_DATETIME"] = 1.0
+    clash_terminal = json.loads(_decision(5, "2024-07-29T13:45:00"))
+    clash_terminal["features"]["TERMINAL_ID"] = 999
+    log.write_text(_decision(1, "2024-07-29T13:45:00")
+                   + _decision(2, "9999-12-31T00:00:00")          # before: OutOfBoundsDatetime stopped the read
+                   + _decision(3, "2024-W31-1T13:45:00")          # a week date: Python reads it, pandas not
+                   + json.dumps(clash_time) + "\n" + json.dumps(clash_terminal) + "\n"  # before: 999 overwrote 2
+                   + _decision(6, "2024-07-29T13:46:00.000000"), encoding="utf-8")
+    read = load_prediction_log(log)
+    assert read.frame["TRANSACTION_ID"].tolist() == [1, 6] and read.frame["TERMINAL_ID"].tolist() == [2, 2]
+    assert [n for n, _ in read.skipped_lines] == [2, 3, 4, 5]
+    assert "features named like transaction or decision fields (TERMINAL_ID)" in read.describe_skipped(log)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -126,6 +127,12 @@ class PredictionLog:
 _TRANSACTION_FIELDS: dict[str, type | tuple[type, ...]] = {"TRANSACTION_ID": int, "CUSTOMER_ID": int, "TERMINAL_ID": int, "TX_DATETIME": str,
                        "TX_AMOUNT": (int, float)}
 _SKIPPED_SHOWN = 20
+# The decision's own fields beside the transaction's: a feature named like one of them would overwrite it.
+_RECORD_FIELDS = ("time", "request_id", "client", "model_version", "score", "decision", "latency_ms")
+# What the reader's one column-wide parse (pandas, format="ISO8601") takes: the gateway's form, with or without the
+# fraction. Python's fromisoformat also takes week dates ("2024-W31-1") and years pandas cannot hold (9999).
+_LOGGED_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?")
+_YEARS = range(pd.Timestamp.min.year + 1, pd.Timestamp.max.year)
 
 
 @dataclass(frozen=True)
@@ -159,9 +166,14 @@ def _line_problem(record) -> str | None:
         return "transaction.TX_DATETIME is not an ISO 8601 date and time"
     if stamp.tzinfo is not None:
         return "transaction.TX_DATETIME has a time zone (the gateway logs naive local times)"
+    if not _LOGGED_TIME.fullmatch(transaction["TX_DATETIME"]) or stamp.year not in _YEARS:
+        return "transaction.TX_DATETIME is not a date and time the gateway writes (YYYY-MM-DDTHH:MM:SS[.ffffff])"
     if not isinstance(features, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in features.values()):
         return "features missing or not all numbers"
+    clashing = sorted(set(features) & (set(_TRANSACTION_FIELDS) | set(_RECORD_FIELDS)))
+    if clashing:
+        return f"features named like transaction or decision fields ({', '.join(clashing[:3])})"
     if not isinstance(record.get("decision"), bool):
         return "decision missing or not a boolean"
     if not isinstance(record.get("model_version"), int) or isinstance(record.get("model_version"), bool):
@@ -200,8 +212,7 @@ def load_prediction_log(path: Path) -> PredictionLogRead:
                 skip(number, problem)
                 continue
             rows.append({**record["transaction"], **record["features"],
-                         **{k: record.get(k) for k in ("time", "request_id", "client", "model_version",
-                                                        "score", "decision", "latency_ms")}})
+                         **{k: record.get(k) for k in _RECORD_FIELDS}})
     frame = pd.DataFrame(rows)
     if not frame.empty:
         # format="ISO8601": lines written before the fixed format omit ".000000" on whole seconds.
