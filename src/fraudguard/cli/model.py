@@ -52,6 +52,8 @@ def register(
     try:
         settings = load_settings(params or root / "params.yaml")
         require_current_outputs(root)
+        if params is not None:
+            _require_params_the_outputs_were_built_from(root, params, settings)
         configure_mlflow(root, settings.registry)
         record = log_training_run(root, settings, flow_run_id=flow_run_id)
     except FraudGuardError as exc:
@@ -66,6 +68,26 @@ def register(
     typer.echo(f"review: {_ui_hint(root, tracking_uri)}")
     typer.echo(f"  then {ui_base(tracking_uri)}/#/models/{settings.registry.model_name}/versions/"
                f"{record.version}{UI_VIEW_QUERY}")
+
+
+def _require_params_the_outputs_were_built_from(root: Path, params: Path, settings) -> None:
+    """ConfigError unless `--params` holds the settings of root's params.yaml, which the stages read: registering
+    with another file logged, hashed and signed a config that did not produce the weights."""
+    from fraudguard.config import load_settings
+    from fraudguard.errors import ConfigError
+
+    def flat(data, prefix=""):
+        if isinstance(data, dict):
+            return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: data}
+
+    built, given = flat(load_settings(root / "params.yaml").as_params_dict()), flat(settings.as_params_dict())
+    differing = sorted(key for key in set(built) | set(given) if built.get(key) != given.get(key))
+    if differing:
+        raise ConfigError(f"--params {params} is not the params.yaml the outputs in models/ were built from "
+                          f"({root / 'params.yaml'}): {', '.join(differing[:5])}"
+                          f"{f' and {len(differing) - 5} more' if len(differing) > 5 else ''} differ; the version "
+                          "would record a config that did not produce its weights")
 
 
 @app.command("lineage")
