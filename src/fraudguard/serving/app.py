@@ -147,6 +147,7 @@ class Gateway:
         if served is None:
             raise _Refused(503, "no verified champion to serve (see /health)", "model")
         rows = []
+        bundle = served.bundle
         try:
             with self.store.transaction():
                 for tx in transactions:
@@ -154,16 +155,18 @@ class Gateway:
                     # between this one's read and its write. DuplicateTransaction for an id already scored (or
                     # repeated in the batch); the batch is then undone.
                     rows.append(self.store.score_and_add(tx))
+                # Scored inside the batch: a model that fails undoes the recorded transactions too. Before, they
+                # stayed in the history (in later windows) and the retry of "nothing was decided" was a 409.
+                values = np.array([[tx.amount if name == TX_AMOUNT else row[name] for name in bundle.features]
+                                   for tx, row in zip(transactions, rows)], dtype=np.float64)
+                std = bundle.standardizer
+                standardized = ((values - std.mean) / std.std).astype(np.float32)
+                scores = bundle.predict_proba_standardized(standardized)
+                if not np.all(np.isfinite(scores)):
+                    raise _Refused(500, "the model returned a non-finite score; nothing was decided or recorded",
+                                   "model")
         except DuplicateTransaction as exc:
             raise _Refused(409, str(exc), "TRANSACTION_ID") from None
-        bundle = served.bundle
-        values = np.array([[tx.amount if name == TX_AMOUNT else row[name] for name in bundle.features]
-                           for tx, row in zip(transactions, rows)], dtype=np.float64)
-        std = bundle.standardizer
-        standardized = ((values - std.mean) / std.std).astype(np.float32)
-        scores = bundle.predict_proba_standardized(standardized)
-        if not np.all(np.isfinite(scores)):
-            raise _Refused(500, "the model returned a non-finite score; nothing was decided", "model")
         latency_ms = (time.perf_counter() - started) * 1000
         results: list[dict[str, Any]] = []
         version = str(served.version)
@@ -322,7 +325,13 @@ def create_app(gateway: Gateway) -> Any:
         started, request_id = time.perf_counter(), uuid.uuid4().hex
         done = gateway.score(transactions, client_of(request), request_id, started)
         if explain:
-            await gateway.explain(done)
+            try:
+                await gateway.explain(done)
+            except Exception as exc:  # the decisions stand (recorded and logged): return them, say why no reasons
+                logger.exception("request %s: explanations failed", request_id)
+                for result in done.results:
+                    result["explanation"] = None
+                    result["explanation_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         return done
 
     @app.post("/score")
