@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from fraudguard.config import Settings, StaticAnalysisGateSettings, merge_overrides, parse_settings
+from fraudguard.config import Settings, StaticAnalysisGateSettings, flat_keys, merge_overrides, parse_settings
 from fraudguard.errors import ConfigError, DataVersionError, FraudGuardError, StaticAnalysisError
 from fraudguard.files import sha256_file, write_json
 from fraudguard.tools import read_bandit_report, run_dvc, tool_path
@@ -233,15 +233,6 @@ def collect_gate_rows(gate_dir: Path) -> tuple[GateRow, ...]:
 # ----------------------------------------------------------------------------------------- profile
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def _read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     from fraudguard.config import load_params_yaml
 
@@ -261,13 +252,13 @@ def merge_ci_profile(params: dict[str, Any], profile: dict[str, Any],
 
     A profile key that params.yaml does not have is refused by name, before any file is touched.
     """
-    before = _flatten(params)
-    unknown = sorted(key for key in _flatten(profile) if key not in before)
+    before = flat_keys(params)
+    unknown = sorted(key for key in flat_keys(profile) if key not in before)
     if unknown:
         raise ConfigError(f"{source}: keys not in params.yaml: {', '.join(unknown)}")
     merged = merge_overrides(params, profile)
     settings = parse_settings(merged, source=f"params.yaml + {source}")
-    after = _flatten(merged)
+    after = flat_keys(merged)
     changes = {key: (before[key], after[key]) for key in after if before.get(key) != after[key]}
     return settings, changes
 
@@ -377,7 +368,7 @@ def _run_base_pipeline(worktree: Path, profile_path: Path) -> None:
 
 
 def _flat_numbers(data: Any, prefix: str = "") -> dict[str, float]:
-    return {key: float(value) for key, value in _flatten(data, prefix).items()
+    return {key: float(value) for key, value in flat_keys(data, prefix).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 

@@ -730,6 +730,16 @@ def load_settings(path: Path | str = DEFAULT_PARAMS_PATH, overrides: dict[str, A
     return parse_settings(raw, source=str(path))
 
 
+def flat_keys(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys ("train.epochs") -> values; a non-mapping is one key, the prefix itself."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge overrides into a copy of base. Dotted keys ("train.epochs") are accepted."""
     merged: dict[str, Any] = dict(base)

@@ -73,15 +73,10 @@ def register(
 def _require_params_the_outputs_were_built_from(root: Path, params: Path, settings) -> None:
     """ConfigError unless `--params` holds the settings of root's params.yaml, which the stages read: registering
     with another file logged, hashed and signed a config that did not produce the weights."""
-    from fraudguard.config import load_settings
+    from fraudguard.config import flat_keys, load_settings
     from fraudguard.errors import ConfigError
 
-    def flat(data, prefix=""):
-        if isinstance(data, dict):
-            return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: data}
-
-    built, given = flat(load_settings(root / "params.yaml").as_params_dict()), flat(settings.as_params_dict())
+    built, given = flat_keys(load_settings(root / "params.yaml").as_params_dict()), flat_keys(settings.as_params_dict())
     differing = sorted(key for key in set(built) | set(given) if built.get(key) != given.get(key))
     if differing:
         raise ConfigError(f"--params {params} is not the params.yaml the outputs in models/ were built from "
