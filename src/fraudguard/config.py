@@ -4,19 +4,44 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fraudguard.errors import ConfigError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
+def _admits_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_admits_bool(arg) for arg in typing.get_args(annotation))
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN passes every comparison a bound makes (NaN <= 0 is false), and an infinite threshold gates nothing: a
+    # tunable is a finite number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _true_false_only_for_switches(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `true` as 1 for a number and 1 or "yes" as true for a switch; either is a typo that would
+        change a threshold or a gate silently."""
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        if not _admits_bool(annotation) and _holds_bool(value):
+            raise ValueError("true/false where a value is expected")
+        return value
 
 
 class SimulateSettings(_Strict):

@@ -28,11 +28,45 @@ POLICY_KEYS = (("validate", "max_fraud_rate_change_factor"),)
 
 
 @dataclass(frozen=True)
+class CommittedTree:
+    """One commit of a git checkout: where a promotion reads the reviewed files it acts on (the policy of record,
+    data-change acknowledgements), so that an uncommitted edit in the working tree cannot stand in for a review."""
+
+    root: Path
+    commit: str
+
+    def read_text(self, path: Path) -> str | None:
+        """The text of `path` (relative to the checkout, or absolute inside it) at the commit; None when the commit
+        does not hold it. PolicyError when the path lies outside the checkout or git cannot be asked."""
+        root = Path(self.root).resolve()
+        target = Path(path) if Path(path).is_absolute() else root / path
+        try:
+            relative = target.resolve().relative_to(root)
+        except ValueError as exc:
+            raise PolicyError(f"{path} lies outside the checkout {root}: it cannot be a reviewed, committed "
+                              "file") from exc
+        try:
+            shown = subprocess.run(["git", "show", f"{self.commit}:./{relative.as_posix()}"], cwd=root,  # nosec B603 B607 - git, fixed argv, no shell
+                                   capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise PolicyError(f"{root}: cannot read {relative} at {self.commit[:12]}: {exc}") from exc
+        if shown.returncode != 0:
+            listed = subprocess.run(["git", "cat-file", "-e", self.commit], cwd=root,  # nosec B603 B607 - git, fixed argv, no shell
+                                    capture_output=True, check=False, timeout=30)
+            if listed.returncode != 0:
+                raise PolicyError(f"{root}: commit {self.commit[:12]} is not in this checkout")
+            return None
+        return shown.stdout.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
 class GatePolicy:
-    """The policy sections a promotion is judged by, where they came from, and their hash."""
+    """The policy sections a promotion is judged by, where they came from, and their hash. `committed` is the
+    commit it was read from (a promotion's policy of record); None for the working tree (dry runs, tests)."""
 
     sections: dict[str, Any]
     source: str
+    committed: CommittedTree | None = None
 
     @property
     def sha256(self) -> str:
@@ -84,7 +118,7 @@ def committed_policy(root: Path, effective: "Settings", params_file: str = "para
         committed = parse_settings(load_params_yaml(text, source), source=source)
     except ConfigError as exc:
         raise PolicyError(f"committed {params_file} at {commit[:12]} is not valid: {exc}") from exc
-    policy = GatePolicy(policy_sections(committed), f"git:{commit}:{params_file}")
+    policy = GatePolicy(policy_sections(committed), f"git:{commit}:{params_file}", CommittedTree(root, commit))
     differences = _differences(policy.sections, policy_sections(effective))
     if differences:
         shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")

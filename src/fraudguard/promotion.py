@@ -451,6 +451,9 @@ def prepare(
                      if context_from_checkout else reference_sha256(client, name, version))
         if reference is not None:
             candidate_digests = {**candidate_digests, REFERENCE_SUBJECT: reference}
+    if promote and policy.committed is not None and context.committed is None:
+        # The reviewed files a gate acts on are read at the policy's commit, like the policy itself.
+        context = replace(context, committed=policy.committed)
     discovered = gates is None
     gates = discover_gates(settings.gates) if gates is None else dict(gates)
     warm_imports(gates, STANDARD_HEAVY_IMPORTS if discovered else ())

@@ -820,6 +820,37 @@ def test_a_validation_report_rewritten_in_the_candidates_run_is_never_the_data_g
     assert project.champion == v1 and project.verify().ok
 
 
+def test_an_acknowledgement_nobody_committed_does_not_pass_the_data_gate_of_a_promotion(project):
+    """An acknowledgement is a reviewer's word, and review happens on commits: one written into the working tree
+    (by `fraudguard data acknowledge` or by hand) and never committed used to pass the data_changes gate."""
+    import subprocess
+
+    from fraudguard.gates.data_changes import acknowledge_data_changes
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    found = {"inputs": {"data/raw/transactions.parquet": "a" * 32},
+             "history": {"checked": True, "label_changes": 611, "changed_history": 0},
+             "fraud_rate_change": {"checked": True, "previous": 0.0089, "current": 0.0062, "factor": 1.43,
+                                   "max_factor": 1.25, "exceeded": True}}
+    (project.root / "reports" / "validation.json").write_text(json.dumps(found))
+    _run_artifact(project, v2, "reports/validation.json").write_text(json.dumps(found))
+    acks = project.settings.gates.data_changes.acknowledgements
+    acknowledge_data_changes(found, project.root / acks, "insider", "looks fine to me")
+    outcome, gate = _promote_with_the_real_data_changes_gate(project, v2)
+    assert outcome.blocked and project.champion == v1 and "not acknowledged" in gate.reason
+    assert f"the working tree's {acks} acknowledges this data, but commit" in gate.reason
+    assert project.verify().ok
+
+    git = ["git", "-c", "user.name=reviewer", "-c", "user.email=reviewer@example.com"]
+    subprocess.run([*git, "add", "-f", str(acks)], cwd=project.root, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-m", "acknowledge the chargeback review"], cwd=project.root, check=True,
+                   capture_output=True)
+    outcome, gate = _promote_with_the_real_data_changes_gate(project, v2)
+    assert gate.passed and "acknowledged by insider" in gate.reason
+    assert project.champion == v2 and project.verify().ok
+
+
 def test_a_drift_reference_swapped_into_the_candidates_run_is_never_signed(project):
     """The monitor compares live traffic with the drift reference the champion's attestation signs. A promotion
     from the checkout signs the run's sample only when it is the sample of the checkout's training features."""

@@ -193,3 +193,31 @@ def test_a_params_file_repeating_a_key_is_refused_naming_it(tmp_path):
     (tmp_path / "nested.yaml").write_text(text.replace("train:\n", "train:\n  epochs: 1\n  epochs: 2\n", 1))
     with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
         load_settings(tmp_path / "nested.yaml")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("gates.robustness.epsilons", [float("nan")]),
+    ("gates.robustness.epsilons", [1.0, float("inf")]),
+    ("threat_model.controlled_features.TX_AMOUNT.max", float("nan")),
+    ("threat_model.epsilon", float("nan")),
+    ("gates.quality.min_average_precision", float("inf")),
+])
+def test_a_threshold_or_budget_that_is_not_a_finite_number_is_refused_naming_the_key(key, value):
+    # NaN fails no comparison a bound or a gate makes (NaN <= 0 is false): a NaN epsilon or bound used to load.
+    with pytest.raises(ConfigError, match="finite number") as raised:
+        load_settings(PROJECT_ROOT / "params.yaml", {key: value})
+    assert key.split(".")[-1] in str(raised.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("gates.robustness.min_robust_recall", True),    # read as 1.0: no candidate passes
+    ("gates.robustness.epsilons", [1.0, True]),
+    ("train.seed", False),                           # read as 0
+    ("gates.privacy.max_attack_auc", True),
+    ("train.adversarial.enabled", 1),                # a number where a switch is expected
+    ("promotion.approval.required", "yes"),
+])
+def test_true_or_false_where_a_number_is_expected_and_a_number_for_a_switch_are_refused(key, value):
+    with pytest.raises(ConfigError, match="true/false where a value is expected|must be true or false") as raised:
+        load_settings(PROJECT_ROOT / "params.yaml", {key: value})
+    assert key in str(raised.value)

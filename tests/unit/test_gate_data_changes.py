@@ -74,3 +74,40 @@ def test_a_factor_loosened_when_the_data_was_validated_does_not_pass_the_gate(tm
     result = verdict(tmp_path, small_settings, loosened)
     assert not result.passed and "1.43 > 1.25" in result.reason
     assert result.thresholds["max_fraud_rate_change_factor"] == small_settings.validate_.max_fraud_rate_change_factor
+
+
+def test_at_a_commit_only_the_committed_acknowledgements_count(tmp_path, small_settings):
+    import subprocess
+
+    from fraudguard.gates.base import GateContext, ModelUnderTest
+    from fraudguard.policy import CommittedTree
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "README").write_text("x")
+    subprocess.run([*git, "add", "README"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    verdict(tmp_path, small_settings, EXCEEDED)  # writes the report
+    acknowledge_data_changes(EXCEEDED, tmp_path / small_settings.gates.data_changes.acknowledgements, "r", "why")
+    empty = pd.DataFrame()
+
+    def at(commit):
+        context = GateContext(settings=small_settings, train_features=empty, test_features=empty,
+                              newest_window=empty, source_root=tmp_path, report_dir=tmp_path / "gates",
+                              committed=CommittedTree(tmp_path, commit))
+        return run_data_changes_gate(ModelUnderTest(bundle=None), context, small_settings.gates.data_changes)
+
+    assert verdict(tmp_path, small_settings).passed  # the working tree (a dry run) counts it
+    blocked = at(head)
+    assert not blocked.passed and "but commit" in blocked.reason and "does not: commit it" in blocked.reason
+    subprocess.run([*git, "add", "-f", str(small_settings.gates.data_changes.acknowledgements)], cwd=tmp_path,
+                   check=True)
+    subprocess.run([*git, "commit", "-qm", "ack"], cwd=tmp_path, check=True)
+    acked = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    assert at(acked).passed
+    assert not at(head).passed  # the older commit still does not hold it
+    (tmp_path / small_settings.gates.data_changes.acknowledgements).unlink()  # the working tree no longer matters
+    assert at(acked).passed

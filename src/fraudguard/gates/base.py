@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # heavy imports only for type checkers
 
     from fraudguard.config import GatesSettings, Settings
     from fraudguard.model import ModelBundle
+    from fraudguard.policy import CommittedTree
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class GateContext:
     report_dir: Path                   # where gates write their reports
     champion: ModelUnderTest | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The commit a promotion's policy of record came from: reviewed files (acknowledgements) are read there, not
+    # from the working tree. None: the working tree (dry runs, tests).
+    committed: "CommittedTree | None" = None
 
 
 def finish_gate(name: str, passed: bool, metrics: dict[str, float], thresholds: dict[str, float], reason: str,

@@ -6,7 +6,9 @@ The validate stage records both in reports/validation.json (`fraud_rate_change`,
 validate.max_fraud_rate_change_factor, and `history.previous_transactions_missing`, from the intake record
 `fraudguard data import` writes). The gate reads that report from the checkout it runs in, the data every other
 gate reads too, and passes when there is neither, or when the acknowledgement file (`fraudguard data acknowledge`,
-committed for review) names the exact data files. The candidate's copy in its MLflow run is not evidence (anyone
+committed for review) names the exact data files. A promotion reads that file at the commit of its policy of record
+(GateContext.committed), never from the working tree: an acknowledgement nobody committed was never reviewed. The
+candidate's copy in its MLflow run is not evidence (anyone
 with write access to the store can rewrite it, and the gate's verdict is signed): it must name the same data files
 as the checkout's (a candidate trained on other data is gated in a checkout of that data) and agree with it on what
 the gate judges, else the gate fails.
@@ -23,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fraudguard.errors import DataError
+from fraudguard.errors import DataError, PolicyError
 from fraudguard.gates.base import GateContext, GateResult, GateSpec, ModelUnderTest, finish_gate
 
 if TYPE_CHECKING:
     from fraudguard.config import DataChangesGateSettings
+    from fraudguard.policy import CommittedTree
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +44,36 @@ def data_key(report: dict[str, Any]) -> list[str]:
     return sorted(str(v) for v in (report.get("inputs") or {}).values())
 
 
-def read_acknowledgements(path: Path) -> list[dict[str, Any]]:
-    """The acknowledged fraud-rate changes in `path` ([] when it does not exist)."""
-    if not path.is_file():
+def read_acknowledgements(path: Path, committed: "CommittedTree | None" = None) -> list[dict[str, Any]]:
+    """The acknowledged fraud-rate changes in `path` ([] when it does not exist), in the working tree, or at the
+    `committed` commit (a promotion: an acknowledgement nobody committed has not been reviewed)."""
+    if committed is not None:
+        text = committed.read_text(path)
+        if text is None:
+            return []
+    elif not path.is_file():
         return []
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable acknowledgement file: {exc}") from exc
+    where = f"{path} at {committed.commit[:12]}" if committed is not None else str(path)
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: unreadable acknowledgement file: {exc}") from exc
+        content = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"{where}: unreadable acknowledgement file: {exc}") from exc
     entries = content.get(ACK_KEY, []) if isinstance(content, dict) else None
     if not isinstance(entries, list):
-        raise DataError(f"{path}: `{ACK_KEY}` must be a list")
+        raise DataError(f"{where}: `{ACK_KEY}` must be a list")
     return [e for e in entries if isinstance(e, dict)]
+
+
+def _working_tree_acknowledges(path: Path, report: dict[str, Any]) -> bool:
+    try:
+        return any(e.get("data_md5s") == data_key(report) for e in read_acknowledgements(path))
+    except DataError:
+        return False
 
 
 def deleted_transactions(report: dict[str, Any]) -> int:
@@ -204,7 +225,17 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
     if outside_import:
         findings.append(outside_import)
     metrics["changed_outside_import"] = float(bool(outside_import))
-    acknowledged = [e for e in read_acknowledgements(ack_path) if e.get("data_md5s") == data_key(report)]
+    try:
+        # At a commit, a relative path is the checkout's (the gates may read features from a run's scratch copy).
+        on_record = read_acknowledgements(settings.acknowledgements if context.committed is not None else ack_path,
+                                          context.committed)
+    except (DataError, PolicyError) as exc:
+        return finish_gate(NAME, False, metrics, thresholds, f"acknowledgements cannot be read: {exc}", report_json,
+                           {"fraud_rate_change": change, "history": history, "acknowledgement_file": str(ack_path)})
+    acknowledged = [e for e in on_record if e.get("data_md5s") == data_key(report)]
+    # Said when it is why the gate blocks: an acknowledgement written but not committed has not been reviewed.
+    uncommitted = context.committed is not None and bool(findings) and not acknowledged \
+        and _working_tree_acknowledges(ack_path, report)
     if not findings and not change.get("checked"):
         passed, reason = True, f"fraud-rate change unchecked ({change.get('reason', 'unknown')})"
     elif not findings:
@@ -218,6 +249,9 @@ def run_data_changes_gate(candidate: ModelUnderTest, context: GateContext,
         passed, reason = False, (f"{'; '.join(findings)} not acknowledged: review it, then "
                                  "`fraudguard data acknowledge --as NAME --reason TEXT` and commit "
                                  f"{settings.acknowledgements}")
+        if uncommitted:
+            reason += (f" (the working tree's {settings.acknowledgements} acknowledges this data, but commit "
+                       f"{context.committed.commit[:12]} does not: commit it)")
     return finish_gate(NAME, passed, metrics, thresholds, reason, report_json,
                        {"fraud_rate_change": change, "history": history, "acknowledgement_file": str(ack_path),
                         "acknowledged_by": [e.get("by") for e in acknowledged]})
