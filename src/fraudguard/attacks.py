@@ -223,16 +223,34 @@ def masked_pgd(
     return x_adv
 
 
-# HopSkipJump's gradient estimates draw from numpy's global generator: one seeded run at a time per process.
-_GLOBAL_NUMPY_RNG = threading.Lock()
+# numpy's and torch's global generators, which parts of ART draw from: one seeded block at a time per process.
+_GLOBAL_GENERATORS = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded_global_generators(seed: int) -> Iterator[None]:
+    """numpy's and torch's global generators seeded with `seed` for the block and put back as they were after,
+    under a process-wide lock the other seeded blocks respect. Code that draws from them (ART's HopSkipJump and
+    BoundaryAttack, its membership-inference attack models) repeats in any process, and a gate in one thread no
+    longer reseeds the generators its caller or another gate draws from."""
+    with _GLOBAL_GENERATORS:
+        numpy_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                yield
+            finally:
+                np.random.set_state(numpy_state)
 
 
 class _SeededHopSkipJump(HopSkipJump):
     """ART's HopSkipJump with its random draws seeded, so a call repeats in any process. ART draws each row's
     starting point from an unseeded `np.random.RandomState()` (OS entropy) and its gradient-estimation noise
     from numpy's global generator: here the starting points come from RandomState(seed), row after row, and
-    the global generator is seeded under a lock that other seeded HopSkipJump runs of this process respect
-    (code drawing from it without the lock, in another thread, would still disturb a run)."""
+    the global generator is seeded (and put back after) under a lock that other seeded blocks of this process
+    respect (seeded_global_generators; code drawing from it without the lock, in another thread, would still
+    disturb a run)."""
 
     def __init__(self, *args, seed: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -240,9 +258,8 @@ class _SeededHopSkipJump(HopSkipJump):
         self._start_rng = np.random.RandomState(seed)
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
-        with _GLOBAL_NUMPY_RNG:
+        with seeded_global_generators(self._seed):
             self._start_rng = np.random.RandomState(self._seed)
-            np.random.seed(self._seed)
             return super().generate(x, y, **kwargs)
 
     def _init_sample(self, x, y, y_p, init_pred, adv_init, mask, clip_min, clip_max):

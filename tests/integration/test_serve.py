@@ -310,6 +310,7 @@ HOSTILE = [  # (name, body transform or raw body, expected field)
     ("datetime_1850", {"TX_DATETIME": "1850-01-01T00:00:00"}, "TX_DATETIME"),
     ("datetime_far_future", {"TX_DATETIME": "2999-01-01T00:00:00"}, "TX_DATETIME"),
     ("datetime_with_zone", {"TX_DATETIME": "2024-06-01T12:00:00+02:00"}, "TX_DATETIME"),
+    ("datetime_nanoseconds", {"TX_DATETIME": "2024-06-01T12:00:00.123456789"}, "TX_DATETIME"),  # was cut to us
     ("datetime_epoch_number", {"TX_DATETIME": 1717243200}, "TX_DATETIME"),
     ("datetime_very_long", {"TX_DATETIME": "2024-06-01T12:00:00" + " " * 5000}, "TX_DATETIME"),
     ("body_not_json", b"{not json", "body"),

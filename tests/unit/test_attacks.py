@@ -158,3 +158,32 @@ def test_hop_skip_jump_repeats_its_points_for_the_same_seed(world):
     clf, threat, rows = world["classifier"], world["threat"], world["x"][:8]
     runs = [hop_skip_jump(clf, rows, threat, max_iter=3, max_eval=50, init_eval=10, eps=EPS, seed=3) for _ in range(2)]
     assert np.array_equal(runs[0], runs[1])
+
+
+def _global_generator_states() -> tuple:
+    numpy_state = np.random.get_state()
+    return numpy_state[0], numpy_state[1].copy(), numpy_state[2:], torch.get_rng_state().clone()
+
+
+def _same_states(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2] == b[2] and torch.equal(a[3], b[3])
+
+
+def test_seeded_attacks_and_the_privacy_gate_put_the_global_generators_back_and_repeat(world, small_settings):
+    # The gates run in threads of one process: the privacy gate reseeded torch's global generator (and HopSkipJump
+    # numpy's) and left it so, which changed the draws of whatever ran beside or after them.
+    from fraudguard.data.schema import TX_FRAUD
+    from fraudguard.gates.privacy import membership_attack_auc
+
+    rows = world["frame"].assign(**{TX_FRAUD: world["y"]})
+    members, non_members = rows.iloc[:150], rows.iloc[150:]
+    settings = small_settings.gates.privacy.model_copy(update={"attack_model_type": "nn", "sample_size": 100})
+    np.random.seed(11)
+    torch.manual_seed(11)
+    before = _global_generator_states()
+    first = membership_attack_auc(world["bundle"], members, non_members, settings)
+    hop_skip_jump(world["classifier"], world["x"][:4], world["threat"], max_iter=2, max_eval=20, init_eval=5,
+                  eps=EPS, seed=3)
+    assert _same_states(before, _global_generator_states())
+    torch.manual_seed(99)  # another state of the caller's: the gate's figures do not depend on it
+    assert membership_attack_auc(world["bundle"], members, non_members, settings) == first

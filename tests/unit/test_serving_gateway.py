@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -42,3 +43,23 @@ def test_a_score_the_model_cannot_give_records_nothing_so_the_retry_is_scored(tm
     done = broken.score([tx], "bank", "r2", time.perf_counter())
     assert done.results[0]["TRANSACTION_ID"] == 1 and broken.store.count() == 1
     broken.log.close()
+
+
+def test_explanations_that_fail_leave_the_recorded_decisions_returned_with_the_reason(tmp_path, small_settings):
+    gateway = _gateway(tmp_path, small_settings, 0.01)
+    first = gateway.score([RawTransaction(1, dt.datetime(2024, 7, 29, 13, 45), 5, 7, 50.0)], "bank", "r1",
+                          time.perf_counter())
+    asyncio.run(gateway.explain_or_say_why(first))
+    explained = first.results[0]
+    assert explained["explanation"]["method"] and "explanation_error" not in explained
+    assert set(explained["explanation"]["attributions"]) == set(small_settings.model.features)
+
+    gateway.explain_pool().shutdown(wait=True)  # what a replica that is stopping has: no thread to explain on
+    done = gateway.score([RawTransaction(2, dt.datetime(2024, 7, 29, 13, 46), 5, 7, 60.0)], "bank", "r2",
+                         time.perf_counter())
+    asyncio.run(gateway.explain_or_say_why(done))
+    result = done.results[0]
+    assert result["TRANSACTION_ID"] == 2 and isinstance(result["is_fraud"], bool)  # the decision stands
+    assert result["explanation"] is None and result["explanation_error"].startswith("RuntimeError: ")
+    assert gateway.store.count() == 2  # and stays recorded
+    gateway.log.close()

@@ -38,11 +38,10 @@ def membership_attack_auc(
     settings: "PrivacyGateSettings",
 ) -> dict[str, float]:
     """Attack AUC (and accuracy) of ART's black-box membership inference on held-out halves of the samples."""
-    import torch
     from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
     from sklearn.metrics import roc_auc_score
 
-    from fraudguard.attacks import make_art_classifier
+    from fraudguard.attacks import make_art_classifier, seeded_global_generators
 
     rng = np.random.default_rng(settings.seed)
     n = min(settings.sample_size, len(members), len(non_members))
@@ -61,10 +60,12 @@ def membership_attack_auc(
     # ART builds its default sklearn attack models unseeded; seed them so the gate is reproducible.
     if hasattr(attack.attack_model, "random_state"):
         attack.attack_model.set_params(random_state=settings.seed)
-    torch.manual_seed(settings.seed)
-    attack.fit(x=x_in[:half], y=y_in[:half], test_x=x_out[:half], test_y=y_out[:half])
-    p_in = np.asarray(attack.infer(x_in[half:], y_in[half:], probabilities=True), dtype=float).ravel()
-    p_out = np.asarray(attack.infer(x_out[half:], y_out[half:], probabilities=True), dtype=float).ravel()
+    # The nn attack model draws its weights and batches from torch's global generator: seeded for this block
+    # only, and put back after (the gates run in threads of one process).
+    with seeded_global_generators(settings.seed):
+        attack.fit(x=x_in[:half], y=y_in[:half], test_x=x_out[:half], test_y=y_out[:half])
+        p_in = np.asarray(attack.infer(x_in[half:], y_in[half:], probabilities=True), dtype=float).ravel()
+        p_out = np.asarray(attack.infer(x_out[half:], y_out[half:], probabilities=True), dtype=float).ravel()
     truth = np.concatenate([np.ones(p_in.size), np.zeros(p_out.size)])
     guess = np.concatenate([p_in, p_out])
     return {

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from fraudguard.attacks import seeded_global_generators
 from fraudguard.redteam.base import AttackResult, RedTeamContext
 from fraudguard.redteam.evasion import detected_frauds, evasion_result, still_flagged
 from fraudguard.threat import ThreatModel
@@ -89,7 +90,7 @@ def run_boundary(ctx: RedTeamContext) -> AttackResult:
     rng = np.random.default_rng(cfg.seed)
     n = min(cfg.boundary.samples, len(t.x))
     x = t.x[np.sort(rng.choice(len(t.x), n, replace=False))] if n else t.x[:0]
-    np.random.seed(cfg.seed)  # ART's BoundaryAttack draws its start and steps from numpy's global generator
-    x_adv = np.stack([boundary_attack_row(ctx, t.threat, row) for row in x]) if n else x
+    with seeded_global_generators(cfg.seed):  # ART's BoundaryAttack draws its start and steps from numpy's
+        x_adv = np.stack([boundary_attack_row(ctx, t.threat, row) for row in x]) if n else x
     return evasion_result(ctx, NAME, still_flagged(ctx, t.threat, x_adv, x, t.threat.epsilon),
                           t.threat.epsilon, "BoundaryAttack")

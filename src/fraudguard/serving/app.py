@@ -196,6 +196,17 @@ class Gateway:
         for result, explanation in zip(scored.results, explanations):
             result["explanation"] = explanation
 
+    async def explain_or_say_why(self, scored: Scored) -> None:
+        """explain(), but a failure costs only the reasons: the decisions stand (recorded and logged), so they are
+        returned, each with `explanation: null` and `explanation_error` naming what failed."""
+        try:
+            await self.explain(scored)
+        except Exception as exc:
+            logger.exception("request %s: explanations failed", scored.request_id)
+            for result in scored.results:
+                result["explanation"] = None
+                result["explanation_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
     def explain_pool(self) -> ThreadPoolExecutor:
         """The one thread explanations run on (created on first use; stop() shuts it down)."""
         if self.explainer is None:
@@ -325,13 +336,7 @@ def create_app(gateway: Gateway) -> Any:
         started, request_id = time.perf_counter(), uuid.uuid4().hex
         done = gateway.score(transactions, client_of(request), request_id, started)
         if explain:
-            try:
-                await gateway.explain(done)
-            except Exception as exc:  # the decisions stand (recorded and logged): return them, say why no reasons
-                logger.exception("request %s: explanations failed", request_id)
-                for result in done.results:
-                    result["explanation"] = None
-                    result["explanation_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            await gateway.explain_or_say_why(done)
         return done
 
     @app.post("/score")
