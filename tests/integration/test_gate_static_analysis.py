@@ -77,3 +77,23 @@ def test_finding_below_the_severity_threshold_passes(tmp_path):
 def test_no_scanned_path_fails_closed(tmp_path, small_settings):
     result = _gate(small_settings, tmp_path / "empty", tmp_path / "reports")
     assert not result.passed and "nothing to vouch for" in result.reason
+
+
+def test_a_bandit_config_file_in_the_scanned_tree_does_not_silence_the_gate(tmp_path, small_settings):
+    # Bandit obeyed a `.bandit` found under the targets: `skips` or `exclude` there passed a shell=True call.
+    for name, ini in (("skips", "[bandit]\nskips: B602,B404\n"), ("exclude", "[bandit]\nexclude: run.py\n")):
+        root = _tree(tmp_path / name, {"src/pkg/run.py": SHELL, "src/pkg/.bandit": ini})
+        result = _gate(small_settings, root, tmp_path / f"reports-{name}")
+        assert not result.passed and "B602" in result.reason, (name, result.reason)
+
+
+def test_a_nosec_bandit_reads_as_naming_no_test_is_refused(tmp_path, small_settings):
+    # Bandit reads `# nosecurity ...` and `#nosec_` as a nosec naming no test it knows: every finding on the line
+    # silenced. A word-boundary pattern did not see them as nosec at all.
+    for i, comment in enumerate(("# nosecurity: reviewed by the platform team", "#nosec_ reviewed and accepted",
+                                 "# nosec - reviewed and accepted by the platform team")):
+        root = _tree(tmp_path / f"repo{i}", {"src/pkg/run.py": SHELL.replace("shell=True)", f"shell=True)  {comment}")})
+        result = _gate(small_settings, root, tmp_path / f"reports{i}")
+        assert not result.passed and "no Bandit test named" in result.reason, (comment, result.reason)
+    named = SHELL.replace("shell=True)", "shell=True)  # nosec B602 - the command is a fixed list")
+    assert _gate(small_settings, _tree(tmp_path / "named", {"src/pkg/run.py": named}), tmp_path / "r-named").passed

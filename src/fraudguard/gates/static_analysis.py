@@ -1,7 +1,9 @@
 """Static-analysis gate: Bandit over the code the candidate was built from.
 
 Blocks on any finding at or above both `min_severity` and `min_confidence`, and on any bare `nosec`
-comment: a suppression must say why (`# nosec B404 - only runs git with fixed arguments`).
+comment: a suppression must name the Bandit test it silences and say why (`# nosec B404 - only runs git with fixed
+arguments`). Bandit reads no configuration file of the scanned tree (tools.run_bandit): the policy of record is
+the only one.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ _MIN_REASON_LETTERS = 8
 
 @dataclass(frozen=True)
 class BareNosec:
-    """A `nosec` comment without a written reason."""
+    """A `nosec` comment without a named Bandit test or a written reason."""
 
     path: str
     line: int
     text: str
+    problem: str = "no written reason"
 
 
 def blocking_findings(report: dict, min_severity: str, min_confidence: str) -> list[dict]:
@@ -56,16 +59,34 @@ def scan_errors(report: dict) -> list[str]:
     return [f"{e.get('filename')}: {e.get('reason')}" for e in report.get("errors", [])]
 
 
-def _nosec_reason(comment: str) -> str | None:
-    match = _NOSEC_RE.search(comment)
-    if not match:
-        return None
-    rest = _TEST_REF_RE.sub(" ", match.group("rest"))
-    return "".join(ch for ch in rest if ch.isalpha())
+def _nosec_problem(comment: str) -> str | None:
+    """Why a `nosec` comment is not an acceptable suppression; None when it is one, or is no nosec at all.
+
+    What counts as nosec, and which tests it silences, is Bandit's own reading (its NOSEC_COMMENT and test lookup),
+    not a second pattern of ours: `# nosecurity` and `#nosec_` slipped past a word-boundary pattern while Bandit read
+    them as a nosec naming no test it knows, which silences every finding on the line."""
+    from bandit.core.manager import NOSEC_COMMENT, _parse_nosec_comment
+
+    bandits = NOSEC_COMMENT.search(comment)
+    if bandits is None:
+        # Bandit ignores a nosec it cannot read (`# NOSEC`); still refused without a reason, as before.
+        ours = _NOSEC_RE.search(comment)
+        return None if ours is None or _reason_letters(ours.group("rest")) >= _MIN_REASON_LETTERS \
+            else "no written reason"
+    if not _parse_nosec_comment(comment):
+        return "no Bandit test named: it silences every finding on its line"
+    if _reason_letters(comment[bandits.start():].replace("nosec", " ", 1)) < _MIN_REASON_LETTERS:
+        return "no written reason"
+    return None
+
+
+def _reason_letters(text: str) -> int:
+    return sum(ch.isalpha() for ch in _TEST_REF_RE.sub(" ", text))
 
 
 def find_bare_nosec(paths: list[Path]) -> list[BareNosec]:
-    """Every comment with `nosec` and no written reason, in the Python files under `paths`."""
+    """Every `nosec` comment that names no Bandit test or gives no written reason, in the Python files under
+    `paths`."""
     found = []
     for root in paths:
         files = [root] if root.is_file() else sorted(root.rglob("*.py"))
@@ -79,9 +100,9 @@ def find_bare_nosec(paths: list[Path]) -> list[BareNosec]:
             for tok in tokens:
                 if tok.type != tokenize.COMMENT:
                     continue
-                reason = _nosec_reason(tok.string)
-                if reason is not None and len(reason) < _MIN_REASON_LETTERS:
-                    found.append(BareNosec(str(file), tok.start[0], tok.string.strip()))
+                problem = _nosec_problem(tok.string)
+                if problem is not None:
+                    found.append(BareNosec(str(file), tok.start[0], tok.string.strip(), problem))
     return found
 
 
@@ -124,8 +145,8 @@ def run_static_analysis_gate(
         )
         problems.append(f"{len(blocking)} finding(s) at or above {cfg.min_severity}/{cfg.min_confidence}: {shown}")
     if bare:
-        shown = ", ".join(f"{Path(b.path).name}:{b.line}" for b in bare[:5])
-        problems.append(f"{len(bare)} nosec without a written reason: {shown}")
+        shown = ", ".join(f"{Path(b.path).name}:{b.line} ({b.problem})" for b in bare[:5])
+        problems.append(f"{len(bare)} nosec without a written reason and a named Bandit test: {shown}")
     if errors:
         shown = ", ".join(errors[:3])
         problems.append(f"{len(errors)} file(s) bandit could not scan: {shown}")
