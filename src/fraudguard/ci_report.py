@@ -103,7 +103,7 @@ class BanditRun:
     sarif_path: Path | None
     findings: int
     scanned_paths: tuple[str, ...]
-    # `# nosec` comments without a written reason ("file:line"), which the gate also blocks on.
+    # Bandit suppression comments (nosec) without a written reason ("file:line"), which the gate also blocks on.
     bare_nosec: tuple[str, ...] = ()
     # "file: reason" for each file Bandit could not scan; the gate fails closed on these, and so does CI.
     scan_errors: tuple[str, ...] = ()

@@ -73,7 +73,14 @@ def _nosec_problem(comment: str) -> str | None:
         ours = _NOSEC_RE.search(comment)
         return None if ours is None or _reason_letters(ours.group("rest")) >= _MIN_REASON_LETTERS \
             else "no written reason"
-    if not _parse_nosec_comment(comment):
+    quiet = logging.getLogger("bandit.core.manager")  # it warns once per word of a reason that is not a test name
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        tests = _parse_nosec_comment(comment)
+    finally:
+        quiet.setLevel(level)
+    if not tests:
         return "no Bandit test named: it silences every finding on its line"
     if _reason_letters(comment[bandits.start():].replace("nosec", " ", 1)) < _MIN_REASON_LETTERS:
         return "no written reason"
