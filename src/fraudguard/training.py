@@ -419,7 +419,8 @@ def build_crafter(trainee: Trainee, threat: ThreatModel, cfg: TrainSettings) -> 
     """The crafter of train.adversarial's rows, attacking the trainee's module through ART."""
     return AdversarialCrafter(
         attack=cfg.adversarial.attack,
-        classifier=make_art_classifier(trainee.module, threat.n_features),
+        # The recipe's crafting loss (its figures were measured with it); evaluation and gates attack the margin.
+        classifier=make_art_classifier(trainee.module, threat.n_features, loss="cross_entropy"),
         threat=threat,
         batch_size=cfg.batch_size,
         ratio=cfg.adversarial.ratio,

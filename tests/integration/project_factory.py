@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 LENIENT_GATES = {
     "gates": {
         "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
-                    "non_inferiority_tolerance": 1.0},
+                    "non_inferiority_tolerance": 1.0, "max_false_positive_rate": 1.0},
         "robustness": {"min_robust_recall": 0.0, "min_dilution_recall": 0.0, "non_inferiority_tolerance": 1.0,
                        "hopskipjump_samples": 5, "hopskipjump_max_iter": 2,
                        "split_payments": {"splits": 3, "min_flagged_share": 0.0}},

@@ -46,7 +46,7 @@ FRAUDGUARD = str(Path(sys.executable).parent / "fraudguard")
 LENIENT_POLICY = {
     "gates": {
         "quality": {"min_average_precision": 0.0, "min_card_precision_at_k": 0.0, "min_recall_at_fpr": 0.0,
-                    "non_inferiority_tolerance": 1.0},
+                    "non_inferiority_tolerance": 1.0, "max_false_positive_rate": 1.0},
         "robustness": {"epsilons": [1.0], "min_robust_recall": 0.0, "min_dilution_recall": 0.0,
                        "non_inferiority_tolerance": 1.0,
                        "hopskipjump_samples": 0, "max_attack_rows": 50,

@@ -187,3 +187,36 @@ def test_seeded_attacks_and_the_privacy_gate_put_the_global_generators_back_and_
     assert _same_states(before, _global_generator_states())
     torch.manual_seed(99)  # another state of the caller's: the gate's figures do not depend on it
     assert membership_attack_auc(world["bundle"], members, non_members, settings) == first
+
+
+def test_scaling_the_logits_does_not_hide_the_model_from_the_gradient_attacks(world):
+    # The last layer x 1024 makes the same decisions with saturated scores. Cross-entropy's gradient vanished there
+    # (softmax rounds to exactly 0/1 in float32), so PGD and FGSM left the frauds flagged: the robustness gate passed
+    # such a model with robust recall 0.98 against the original's 0.45.
+    import copy
+
+    original = world["bundle"].module
+    saturated = copy.deepcopy(original)
+    last = [layer for layer in saturated.modules() if isinstance(layer, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1024.0)
+        last.bias.mul_(1024.0)
+    fraud = world["y"] == 1
+    x, y, threat = world["x"][fraud], world["y"][fraud], world["threat"]
+
+    def attacked(module, attack):
+        classifier = make_art_classifier(module, len(world["features"]))
+        if attack == "pgd":
+            return masked_pgd(classifier, x, y, threat, EPS, eps_step=0.1, max_iter=10, batch_size=128)
+        return masked_fgsm(classifier, x, y, threat, EPS, batch_size=128)
+
+    def flagged(module, rows):
+        with torch.no_grad():
+            logits = module(torch.from_numpy(rows))
+        return (logits[:, 1] > logits[:, 0]).numpy()
+
+    assert np.array_equal(flagged(original, x), flagged(saturated, x))  # the same decisions
+    for attack in ("pgd", "fgsm"):
+        still = flagged(saturated, attacked(saturated, attack)).mean()
+        assert still == pytest.approx(flagged(original, attacked(original, attack)).mean(), abs=0.02), attack
+        assert still < flagged(saturated, x).mean()  # the attack found something to move

@@ -91,3 +91,20 @@ def test_quality_gate_writes_a_json_report_listed_in_report_paths(world, tmp_pat
     assert report.parent == context.report_dir
     assert content["passed"] is False and content["reason"] == result.reason
     assert content["candidate"]["average_precision"] == pytest.approx(result.metrics["average_precision"])
+
+
+def test_an_operating_threshold_that_flags_every_payment_is_blocked_naming_the_rate(world, tmp_path):
+    # The ranking metrics ignore the threshold and the robustness gate measures recall at it: a threshold of 0
+    # (every payment flagged, FPR 1.0) passed both.
+    import dataclasses
+
+    context, gate_settings = _context(world, tmp_path)
+    good = world[3]
+    honest = run_quality_gate(ModelUnderTest(good), context, gate_settings)
+    assert honest.passed and honest.metrics["false_positive_rate"] <= gate_settings.max_false_positive_rate
+    assert honest.thresholds["false_positive_rate.ceiling"] == gate_settings.max_false_positive_rate
+    everything = dataclasses.replace(good, threshold=0.0)
+    result = run_quality_gate(ModelUnderTest(everything), context, gate_settings)
+    assert not result.passed and result.metrics["false_positive_rate"] == 1.0
+    assert "false_positive_rate 1.0000 at the model's threshold 0 > ceiling" in result.reason
+    assert result.metrics["average_precision"] == honest.metrics["average_precision"]  # the ranking did not move

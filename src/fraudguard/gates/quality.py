@@ -1,4 +1,5 @@
-"""Quality gate: absolute metric floors, and non-inferiority against the champion on the same test split."""
+"""Quality gate: absolute metric floors, non-inferiority against the champion on the same test split, and the
+operating point: the share of legitimate test payments flagged at the model's own threshold."""
 
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ _FLOORS = {
 
 
 def score_quality(candidate: ModelUnderTest, context: GateContext) -> dict[str, float]:
-    """Clean ranking metrics of one model on context.test_features (no attack)."""
+    """Clean ranking metrics of one model on context.test_features (no attack), and its operating point: the
+    shares of legitimate and fraudulent test payments its own threshold flags."""
+    import numpy as np
+
     from fraudguard.evaluation import ranking_metrics
 
     frame = context.test_features
     scores = candidate.bundle.predict_proba(frame)
     y = frame[TX_FRAUD].to_numpy().astype(int)
-    return ranking_metrics(y, scores, frame, context.settings.evaluate)
+    metrics = ranking_metrics(y, scores, frame, context.settings.evaluate)
+    flagged = np.asarray(scores) >= candidate.bundle.threshold
+    metrics["false_positive_rate"] = float(flagged[y == 0].mean()) if (y == 0).any() else float("nan")
+    metrics["recall_at_threshold"] = float(flagged[y == 1].mean()) if (y == 1).any() else float("nan")
+    return metrics
 
 
 def run_quality_gate(
@@ -46,6 +54,13 @@ def run_quality_gate(
         thresholds[f"{metric}.floor"] = floor
         if measured[metric] < floor:
             failures.append(f"{metric} {measured[metric]:.4f} < floor {floor:.4f}")
+
+    ceiling = float(settings.max_false_positive_rate)
+    thresholds["false_positive_rate.ceiling"] = ceiling
+    fpr = measured["false_positive_rate"]
+    if not fpr <= ceiling:  # NaN (no legitimate test row) fails too
+        failures.append(f"false_positive_rate {fpr:.4f} at the model's threshold "
+                        f"{candidate.bundle.threshold:.4g} > ceiling {ceiling:.4f}")
 
     champion_metrics: dict[str, float] | None = None
     if context.champion is not None:
