@@ -23,7 +23,7 @@ LENIENT_GATES = {
                        "hopskipjump_samples": 5, "hopskipjump_max_iter": 2,
                        "split_payments": {"splits": 3, "min_flagged_share": 0.0}},
         "drift": {"drift_share_threshold": 1.0},
-        "privacy": {"max_attack_auc": 1.0, "sample_size": 300},
+        "privacy": {"max_attack_auc": 1.0, "sample_size": 300, "min_sample_size": 4},
     },
     "train": {"epochs": 2},
 }

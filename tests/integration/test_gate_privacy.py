@@ -88,3 +88,15 @@ def test_members_are_training_rows_after_the_warm_up_and_non_members_the_newest_
                               settings.gates.privacy)
     assert result.metrics["n_members_available"] == len(train)
     assert result.metrics["n_non_members_available"] == len(newest) != len(test)
+
+
+def test_too_few_non_members_fail_the_gate_naming_the_counts_instead_of_a_coin_flip_verdict(world, tmp_path):
+    # With 4 non-members the attack AUC was measured on 4 rows and the gate passed (0.375); 8 rows failed (0.69).
+    settings, train, test, newest, _ = world
+    bundle = train_model(train, settings, adversarial=False, progress=False).bundle
+    few = newest.iloc[:5]
+    result = run_privacy_gate(ModelUnderTest(bundle), _context(settings, train, test, tmp_path, few),
+                              settings.gates.privacy)
+    assert not result.passed and "attack_auc" not in result.metrics
+    assert f"{len(train)} member(s) and 5 non-member(s)" in result.reason
+    assert f"fewer than min_sample_size {settings.gates.privacy.min_sample_size}" in result.reason

@@ -53,7 +53,7 @@ LENIENT_POLICY = {
                        "split_payments": {"splits": 3, "min_flagged_share": 0.0}},
         "drift": {"drift_share_threshold": 1.0},
         "static_analysis": {"paths": ["gatecheck"]},
-        "privacy": {"max_attack_auc": 1.0, "sample_size": 100},
+        "privacy": {"max_attack_auc": 1.0, "sample_size": 100, "min_sample_size": 4},
     },
 }
 

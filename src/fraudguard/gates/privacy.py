@@ -86,12 +86,21 @@ def run_privacy_gate(
     so both sides hold every kind of card; the evaluation test set lacks known-compromised cards.
     """
     members, non_members = context.train_features, context.newest_window
+    available = min(len(members), len(non_members))
+    if available < settings.min_sample_size:
+        reason = (f"too few rows to measure membership inference: {len(members)} member(s) and {len(non_members)} "
+                  f"non-member(s) (the newest window), fewer than min_sample_size {settings.min_sample_size}")
+        counts = {"n_members_available": float(len(members)), "n_non_members_available": float(len(non_members))}
+        return finish_gate(NAME, False, counts, {"min_sample_size": float(settings.min_sample_size)}, reason,
+                           context.report_dir / "privacy.json", {"gate": NAME, "passed": False, "reason": reason,
+                                                                 "metrics": counts})
     metrics = membership_attack_auc(candidate.bundle, members, non_members, settings)
     metrics.update(n_members_available=float(len(members)), n_non_members_available=float(len(non_members)))
     auc = metrics["attack_auc"]
     passed = auc <= settings.max_attack_auc
     comparison = "<=" if passed else ">"
-    reason = f"membership inference attack_auc {auc:.4f} {comparison} max_attack_auc {settings.max_attack_auc:.4f}"
+    reason = (f"membership inference attack_auc {auc:.4f} {comparison} max_attack_auc {settings.max_attack_auc:.4f} "
+              f"({int(metrics['n_attack_eval'])} rows scored)")
     thresholds = {"max_attack_auc": settings.max_attack_auc}
 
     report = context.report_dir / "privacy.json"
