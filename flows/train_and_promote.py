@@ -30,15 +30,22 @@ def validate_params(root: Path, params_overrides: dict[str, Any] | None):
     return validate_overrides(root / "params.yaml", params_overrides)
 
 
+@task(name="read-data-revision", cache_policy=NO_CACHE)
+def read_data_revision(root: Path, data_revision: str) -> str:
+    """data.dvc as of the git commit `data_revision` names (refused when it names none); root is not written."""
+    from fraudguard.pipeline import data_dvc_at_revision
+
+    return data_dvc_at_revision(root, data_revision)
+
+
 @task(name="pull-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def pull_data(root: Path, settings, data_revision: str | None) -> str:
-    """The only task with retries: it is the one doing remote I/O."""
+def pull_data(workspace: Path, settings) -> str:
+    """The only task with retries: it is the one doing remote I/O. Into the run's workspace: another data
+    revision's pull never touches the project's own data.dvc or data/raw."""
     from fraudguard.data.versioning import pull_data as pull
     from fraudguard.paths import ProjectPaths
-    from fraudguard.pipeline import checkout_data_revision
 
-    checkout_data_revision(root, data_revision)
-    outcome = pull(ProjectPaths.at(root), settings.data_remote, settings.simulate)
+    outcome = pull(ProjectPaths.at(workspace), settings.data_remote, settings.simulate)
     get_run_logger().info("data/raw %s (%s)", outcome.md5, outcome.source)
     return outcome.md5
 
@@ -188,7 +195,8 @@ def train_and_promote(
 ):
     """Train a candidate from the DVC-versioned data and promote it to `champion` if every gate passes.
 
-    data_revision: git revision of data.dvc to train on (default: the work tree's).
+    data_revision: git revision (a commit, branch or tag) whose data.dvc to train on, in a scratch copy of the
+        project (default: the work tree's data.dvc, in the project itself).
     params_overrides: nested or dotted params.yaml keys, validated against the typed settings.
     promote: false runs the gates only (a dry run); `champion` never moves.
     """
@@ -196,9 +204,11 @@ def train_and_promote(
 
     root = _project_root()
     settings = validate_params(root, params_overrides)
-    data_md5 = pull_data(root, settings, data_revision)
-    # Overrides run the stages in a scratch copy of the project: the user's params.yaml is never rewritten.
-    with override_workspace(root, params_overrides) as (workspace, _):
+    data_dvc = read_data_revision(root, data_revision) if data_revision else None
+    # Overrides or another data version run the stages in a scratch copy of the project: the user's params.yaml,
+    # data.dvc and data/raw are never rewritten.
+    with override_workspace(root, params_overrides, data_dvc) as (workspace, _):
+        data_md5 = pull_data(workspace, settings)
         return _train_and_gate(root, workspace, settings, data_md5, promote)
 
 

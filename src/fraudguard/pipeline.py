@@ -268,12 +268,13 @@ def _copy_into(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Path:
+def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path, data_dvc: str | None = None) -> Path:
     """A copy of the project at root in dest, with `params` as its params.yaml; root is left untouched.
 
     The copy holds the project's files (uncommitted edits included), data/raw and the current stage outputs
     (so `dvc repro` there reruns only what the params change), and shares root's DVC cache. It is a DVC
-    project without git (core.no_scm): its lineage's code revision is read from root.
+    project without git (core.no_scm): its lineage's code revision is read from root. With `data_dvc` (another
+    data version's data.dvc) that is its data.dvc, and data/raw is left for the pull to fetch.
     """
     from fraudguard.lineage import pipeline_output_paths
     from fraudguard.paths import ProjectPaths
@@ -283,13 +284,15 @@ def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Pa
         raise DataVersionError(f"{root}: not a DVC project (no .dvc/); cannot run the stages in a scratch copy")
     cache = _dvc_cache_dir(root)
     dest.mkdir(parents=True)
+    raw = ProjectPaths.at(root).raw_dir.relative_to(root).as_posix()
     for rel in _project_files(root):
-        if rel.parts[0] == ".dvc":
+        if rel.parts[0] == ".dvc" or (data_dvc is not None and rel.as_posix().startswith(raw + "/")):
             continue
         _copy_into(root / rel, dest / rel)
-    raw = ProjectPaths.at(root).raw_dir.relative_to(root).as_posix()
-    for output in [raw, *sorted(pipeline_output_paths(root))]:
+    for output in [*([raw] if data_dvc is None else []), *sorted(pipeline_output_paths(root))]:
         _copy_into(root / output, dest / output)
+    if data_dvc is not None:
+        (dest / "data.dvc").write_text(data_dvc, encoding="utf-8")
     (dest / ".dvc").mkdir(exist_ok=True)
     _copy_into(root / ".dvc" / "config", dest / ".dvc" / "config")
     (dest / ".dvc" / "config.local").write_text(
@@ -301,51 +304,72 @@ def make_scratch_workspace(root: Path, params: dict[str, Any], dest: Path) -> Pa
 
 
 @contextmanager
-def override_workspace(root: Path, overrides: dict[str, Any] | None) -> Iterator[tuple[Path, Settings]]:
-    """(workspace, settings) where the stages run with `overrides` applied; the user's params.yaml is never
-    written. Without overrides the workspace is root itself; with them, a scratch copy in the system's
-    temporary directory, removed when the block ends (a crash leaves only that copy behind)."""
+def override_workspace(root: Path, overrides: dict[str, Any] | None,
+                       data_dvc: str | None = None) -> Iterator[tuple[Path, Settings]]:
+    """(workspace, settings) where the stages run with `overrides` applied, on the data version `data_dvc` (the
+    text of a data.dvc; None: root's); the user's params.yaml and data.dvc are never written. Without either the
+    workspace is root itself; with one, a scratch copy in the system's temporary directory, removed when the block
+    ends (a crash leaves only that copy behind). Another data version used to be written into root's data.dvc and
+    stayed there: later runs trained on it, and two runs at once read each other's."""
     import tempfile
 
     root = Path(root).resolve()
     params_path = root / "params.yaml"
-    if not overrides:
+    if data_dvc is not None and (root / "data.dvc").is_file() \
+            and (root / "data.dvc").read_text(encoding="utf-8") == data_dvc:
+        data_dvc = None  # the version root already holds
+    if not overrides and data_dvc is None:
         yield root, load_settings(params_path)
         return
-    merged = merge_overrides(load_params_yaml(params_path.read_text(encoding="utf-8"), str(params_path)), overrides)
-    settings = parse_settings(merged, source=f"{params_path} with overrides {sorted(overrides)}")
+    merged = merge_overrides(load_params_yaml(params_path.read_text(encoding="utf-8"), str(params_path)),
+                             overrides or {})
+    settings = parse_settings(merged, source=f"{params_path} with overrides {sorted(overrides or {})}")
     holder = Path(tempfile.mkdtemp(prefix="fraudguard-override-"))
     try:
-        workspace = make_scratch_workspace(root, merged, holder / "project")
-        log.info("overrides %s: stages run in the scratch workspace %s", sorted(overrides), workspace)
+        workspace = make_scratch_workspace(root, merged, holder / "project", data_dvc)
+        log.info("overrides %s%s: stages run in the scratch workspace %s", sorted(overrides or {}),
+                 "" if data_dvc is None else f", data {data_dvc_md5(data_dvc, 'data revision')}", workspace)
         yield workspace, settings
     finally:
         shutil.rmtree(holder, ignore_errors=True)
 
 
-def checkout_data_revision(root: Path, revision: str | None) -> str:
-    """Put data.dvc as of git `revision` in the work tree (None: leave it); returns the md5 it names."""
+def data_dvc_at_revision(root: Path, revision: str) -> str:
+    """The text of data.dvc in the git commit `revision` names; DataVersionError naming the revision when it names
+    no commit of root's repository or that commit has no data.dvc. Nothing is written.
+
+    The revision is resolved to a commit first (`git rev-parse --verify --end-of-options REV^{commit}`): passed on as
+    it came, `--output=/some/path` was an option of `git show`, which wrote a file there and an empty data.dvc."""
     git = shutil.which("git")
     if git is None:
         raise DataVersionError("git is not installed; cannot read data.dvc at a revision")
-    if revision:
-        proc = subprocess.run([git, "show", f"{revision}:data.dvc"], cwd=root,  # nosec B603 - fixed argv from our own code, no shell
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise DataVersionError(f"data revision '{revision}': cannot read data.dvc: {proc.stderr.strip()}")
-        (root / "data.dvc").write_text(proc.stdout, encoding="utf-8")
+    resolved = subprocess.run([git, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],  # nosec B603 - fixed argv, no shell
+                              cwd=root, capture_output=True, text=True, check=False)
+    commit = resolved.stdout.strip()
+    if resolved.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
+        raise DataVersionError(f"data revision {revision!r} names no commit of {root}")
+    shown = subprocess.run([git, "show", f"{commit}:data.dvc"], cwd=root,  # nosec B603 - fixed argv, no shell
+                           capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        raise DataVersionError(f"data revision {revision!r} ({commit[:12]}): cannot read data.dvc: "
+                               f"{shown.stderr.strip()}")
+    return shown.stdout
+
+
+def data_dvc_md5(text: str, source: str) -> str:
+    """The md5 a data.dvc's text names; DataVersionError naming `source` when it names none."""
     try:
-        meta = yaml.safe_load((root / "data.dvc").read_text(encoding="utf-8"))
-        return str(meta["outs"][0]["md5"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
-        raise DataVersionError(f"{root / 'data.dvc'}: cannot read the data md5: {exc}") from exc
+        return str(yaml.safe_load(text)["outs"][0]["md5"])
+    except (KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
+        raise DataVersionError(f"{source}: cannot read the data md5: {exc}") from exc
 
 
 __all__ = [
     "PIPELINE_STAGES",
     "ReproOutcome",
     "ConfigError",
-    "checkout_data_revision",
+    "data_dvc_at_revision",
+    "data_dvc_md5",
     "make_scratch_workspace",
     "override_workspace",
     "reproduce_stages",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,15 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
+from fraudguard.config import load_settings
 from fraudguard.errors import ConfigError, DataVersionError
-from fraudguard.pipeline import checkout_data_revision, override_workspace, reproduce_stages, validate_overrides
+from fraudguard.pipeline import (
+    data_dvc_at_revision,
+    data_dvc_md5,
+    override_workspace,
+    reproduce_stages,
+    validate_overrides,
+)
 
 
 def _git(root: Path, *args: str) -> None:
@@ -73,6 +81,28 @@ def test_scratch_workspace_is_removed_and_params_untouched_when_the_run_fails(dv
     assert (dvc_project / "params.yaml").read_bytes() == original
 
 
+def test_another_data_version_runs_in_a_scratch_copy_and_the_projects_data_dvc_is_never_written(dvc_project):
+    # train-and-promote(data_revision=...) wrote the revision's data.dvc into the project and left it there: the
+    # next default run trained on that data, and a run beside it read it mid-way.
+    (dvc_project / "data.dvc").write_text(_data_dvc("current.dir"))
+    (dvc_project / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    (dvc_project / "data" / "raw" / "t.parquet").write_bytes(b"current rows")
+    try:
+        with override_workspace(dvc_project, None, _data_dvc("older.dir")) as (workspace, settings):
+            assert workspace != dvc_project and settings.train.epochs == load_settings(
+                dvc_project / "params.yaml").train.epochs
+            assert data_dvc_md5((workspace / "data.dvc").read_text(), "copy") == "older.dir"
+            assert not (workspace / "data" / "raw").exists()  # the pull fetches the older version there
+            assert data_dvc_md5((dvc_project / "data.dvc").read_text(), "project") == "current.dir"
+        assert not workspace.exists()
+        # The version the project already holds needs no copy.
+        with override_workspace(dvc_project, None, _data_dvc("current.dir")) as (same, _):
+            assert same == dvc_project
+    finally:
+        (dvc_project / "data.dvc").unlink()
+        (dvc_project / "data" / "raw" / "t.parquet").unlink()
+
+
 def test_without_overrides_the_stages_run_in_the_project_itself(params_file):
     with override_workspace(params_file.parent, None) as (workspace, settings):
         assert workspace == params_file.parent.resolve()
@@ -89,7 +119,7 @@ def test_unknown_override_key_is_refused_by_name_and_the_file_is_untouched(param
     assert params_file.read_text() == original
 
 
-def test_checkout_data_revision_puts_the_older_data_dvc_in_the_work_tree(tmp_path):
+def test_a_data_revision_is_read_at_its_commit_and_the_work_tree_is_not_written(tmp_path):
     _git(tmp_path, "init", "-q")
     (tmp_path / "data.dvc").write_text(_data_dvc("aaa.dir"))
     _git(tmp_path, "add", "data.dvc")
@@ -97,16 +127,23 @@ def test_checkout_data_revision_puts_the_older_data_dvc_in_the_work_tree(tmp_pat
     (tmp_path / "data.dvc").write_text(_data_dvc("bbb.dir"))
     _git(tmp_path, "commit", "-qam", "v2")
 
-    assert checkout_data_revision(tmp_path, None) == "bbb.dir"
-    assert checkout_data_revision(tmp_path, "HEAD~1") == "aaa.dir"
-    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == "aaa.dir"
+    assert data_dvc_md5(data_dvc_at_revision(tmp_path, "HEAD~1"), "HEAD~1") == "aaa.dir"
+    assert data_dvc_md5(data_dvc_at_revision(tmp_path, "HEAD"), "HEAD") == "bbb.dir"
+    # It used to write the older data.dvc into the work tree, where the next default run trained on it.
+    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == "bbb.dir"
 
 
-def test_checkout_of_an_unknown_data_revision_names_it(tmp_path):
+@pytest.mark.parametrize("revision", ["no-such-rev", "--output=written_by_git", "-p", "HEAD:data.dvc", ""])
+def test_a_data_revision_that_names_no_commit_is_refused_naming_it_and_runs_nothing(tmp_path, revision):
+    # `--output=PATH` reached `git show` as an option: git wrote a file there, and an empty data.dvc here.
     _git(tmp_path, "init", "-q")
     (tmp_path / "data.dvc").write_text(_data_dvc("aaa.dir"))
-    with pytest.raises(DataVersionError, match="no-such-rev"):
-        checkout_data_revision(tmp_path, "no-such-rev")
+    _git(tmp_path, "add", "data.dvc")
+    _git(tmp_path, "commit", "-qm", "v1")
+    with pytest.raises(DataVersionError, match=f"data revision {re.escape(repr(revision))} names no commit"):
+        data_dvc_at_revision(tmp_path, revision)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "data.dvc"]
+    assert data_dvc_md5((tmp_path / "data.dvc").read_text(), "data.dvc") == "aaa.dir"
 
 
 def _waiting_stage_project(root: Path) -> Path:
