@@ -79,8 +79,12 @@ BASE_METRICS_DIR ?= reports/ci-base
 bandit: install
 	$(FG) ci bandit --out-dir reports
 
+# These values come from the workflow (branch names among them): they reach the commands through the environment
+# and are quoted there, never pasted into the recipe's shell line (a base branch named `main;id` ran `id`).
+export BASE_REF HEAD_REV CI_PROFILE GATE_DIR BASE_METRICS_DIR
+
 ci-profile: install
-	$(FG) ci profile $(CI_PROFILE)
+	$(FG) ci profile "$$CI_PROFILE"
 
 ci-pipeline: install
 	$(FG) data simulate
@@ -93,11 +97,11 @@ ci-gates: install
 # The base revision's metrics on the same CI profile (scratch git worktree; reused when $(BASE_METRICS_DIR)
 # already holds them for that commit and profile), so that ci-report diffs like with like.
 ci-base: install
-	$(FG) ci base-metrics --base $(BASE_REF) --profile $(CI_PROFILE) --out-dir $(BASE_METRICS_DIR)
+	$(FG) ci base-metrics --base "$$BASE_REF" --profile "$$CI_PROFILE" --out-dir "$$BASE_METRICS_DIR"
 
 ci-report: install
-	$(FG) ci report --base $(BASE_REF) $(if $(HEAD_REV),--head $(HEAD_REV)) --gate-dir $(GATE_DIR) \
-	  $(if $(wildcard $(BASE_METRICS_DIR)/base.json),--base-metrics $(BASE_METRICS_DIR))
+	if [ -f "$$BASE_METRICS_DIR/base.json" ]; then set -- --base-metrics "$$BASE_METRICS_DIR"; else set --; fi; \
+	$(FG) ci report --base "$$BASE_REF" $${HEAD_REV:+--head "$$HEAD_REV"} --gate-dir "$$GATE_DIR" "$$@"
 
 # --- Red team (.github/workflows/redteam.yml, weekly): attacks the candidate in a scratch copy ------------
 # `make redteam` after `dvc repro`; exits 1 when an attack is not caught (REDTEAM_ARGS=--report-only to only

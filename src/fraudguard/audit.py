@@ -53,6 +53,8 @@ CHECKPOINT_TTL_ENV = "FRAUDGUARD_AUDIT_CHECKPOINT_TTL_HOURS"
 # How long a trim can go unnoticed by a host that never read the trimmed entries. A host with the signing key
 # refreshes the checkpoint on every write; schedule `fraudguard audit checkpoint` more often than this.
 DEFAULT_CHECKPOINT_TTL_HOURS = 168.0
+MIN_CHECKPOINT_TTL_HOURS = 0.25
+MAX_CHECKPOINT_TTL_HOURS = 2160.0
 
 AuditAction = Literal["promote", "rollback", "block", "repair"]
 AuditPhase = Literal["intent", "commit", "abort", "record"]
@@ -299,8 +301,11 @@ def checkpoint_ttl_hours() -> float:
         hours = float(raw)
     except ValueError:
         hours = float("nan")
-    if not hours > 0:
-        raise ConfigError(f"${CHECKPOINT_TTL_ENV} must be a positive number of hours, got {raw!r}")
+    # Bounded, not only positive: `inf` or 1e9 crashed the promotion after its registry write (the date overflows),
+    # reporting a failure for a move that happened; 1e-9 expired every checkpoint as it was signed.
+    if not MIN_CHECKPOINT_TTL_HOURS <= hours <= MAX_CHECKPOINT_TTL_HOURS:
+        raise ConfigError(f"${CHECKPOINT_TTL_ENV} must be a number of hours from {MIN_CHECKPOINT_TTL_HOURS:g} to "
+                          f"{MAX_CHECKPOINT_TTL_HOURS:g} (90 days), got {raw!r}")
     return hours
 
 

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 # whether a second person must approve.
 POLICY_SECTIONS = ("gates", "threat_model", "evaluate", "promotion")
 # Single keys of other sections that a gate judges by: the data-changes gate's fraud-rate factor lives in
-# `validate` (the import applies it too). Left out, an override or an uncommitted edit of it passed the gate.
-POLICY_KEYS = (("validate", "max_fraud_rate_change_factor"),)
+# `validate` (the import applies it too); the drift reference signed with each champion (which the next drift gate
+# and the monitor compare with) is drawn by `registry.reference_sample_*`. Left out, an override or an uncommitted
+# edit passed: `-S registry.reference_sample_rows=1` signed a one-row reference that saw no drift.
+POLICY_KEYS = (("validate", "max_fraud_rate_change_factor"), ("registry", "reference_sample_rows"),
+               ("registry", "reference_sample_seed"))
 
 
 @dataclass(frozen=True)

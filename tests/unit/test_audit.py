@@ -136,6 +136,10 @@ def test_a_checkpoint_is_refused_when_forged_for_another_log_unreached_rewritten
     later = now + dt.timedelta(hours=25)
     assert "expired" in checkpoint_problem("fraudguard", entries, at_head, verifier, now=later)
     assert checkpoint_problem("fraudguard", entries, at_head, verifier, now=later, accept_expired=True) == ""
-    monkeypatch.setenv(CHECKPOINT_TTL_ENV, "0")
-    with pytest.raises(ConfigError, match=CHECKPOINT_TTL_ENV):
-        checkpoint_ttl_hours()
+    # `inf` and 1e9 overflowed the expiry date after the registry write; 1e-9 expired checkpoints as they were made.
+    for unusable in ("0", "-3", "nan", "inf", "1e9", "1e-9", "a week"):
+        monkeypatch.setenv(CHECKPOINT_TTL_ENV, unusable)
+        with pytest.raises(ConfigError, match=f"{CHECKPOINT_TTL_ENV} must be a number of hours from 0.25 to 2160"):
+            checkpoint_ttl_hours()
+    monkeypatch.setenv(CHECKPOINT_TTL_ENV, "720")
+    assert checkpoint_ttl_hours() == 720.0

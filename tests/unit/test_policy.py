@@ -8,7 +8,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from fraudguard.config import load_settings
-from fraudguard.errors import PolicyError
+from fraudguard.errors import ConfigError, PolicyError
 from fraudguard.policy import committed_policy
 
 
@@ -27,6 +27,17 @@ def test_an_override_of_the_data_changes_factor_is_refused_by_the_policy_of_reco
         committed_policy(root, loosened)
     assert committed_policy(root, load_settings(root / "params.yaml")).sections["validate"] == {
         "max_fraud_rate_change_factor": 1.25}
+
+
+def test_an_override_of_the_signed_drift_references_size_is_refused_by_the_policy_of_record(tmp_path):
+    # `-S registry.reference_sample_rows=1` passed: the promotion signed a one-row drift reference, against which
+    # the next drift gate and the monitor saw no drift in traffic scaled x3.
+    root = _committed_project(tmp_path, (PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in (("registry.reference_sample_rows", 5000), ("registry.reference_sample_seed", 3)):
+        with pytest.raises(PolicyError, match=rf"{key.replace('.', r'[.]')} \("):
+            committed_policy(root, load_settings(root / "params.yaml", overrides={key: value}))
+    with pytest.raises(ConfigError, match="reference_sample_rows"):
+        load_settings(root / "params.yaml", overrides={"registry.reference_sample_rows": 1})
 
 
 def test_a_committed_params_file_repeating_a_section_is_refused_naming_the_key(tmp_path):
