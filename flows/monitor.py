@@ -54,6 +54,11 @@ def check_live(root: Path, settings):
                               history=validated_history(root))
 
 
+def _share(check) -> str:
+    return f"too few rows to judge ({check.n_current if hasattr(check, 'n_current') else check.n_decisions})" \
+        if check.too_few_rows else f"{check.drift_share:.0%}"
+
+
 @flow(name="monitor", log_prints=True)
 def monitor(retrain_on_drift: bool | None = None):
     """Check champion drift on the newest window; retrain through the train-and-promote deployment on drift.
@@ -81,14 +86,14 @@ def monitor(retrain_on_drift: bool | None = None):
         markdown=(
             "## Drift monitor\n\n| champion | drift share | threshold | drifted features | attacker-controlled "
             "| MLflow run | retrain run |\n|---|---|---|---|---|---|---|\n"
-            f"| v{check.champion_version} | {check.drift_share:.0%} | {check.threshold:.0%} | "
+            f"| v{check.champion_version} | {_share(check)} | {check.threshold:.0%} | "
             f"{', '.join(check.drifted_columns) or '-'} | {', '.join(check.drifted_controlled) or '-'} | "
             f"{check.run_id} | {triggered or '-'} |\n"
             + ("" if live is None else
                "\n## Live traffic (gateway prediction log)\n\n| decisions | flag rate | drift share | drifted features "
                "| terminal bursts | beyond own history | attacker-controlled share of flagged attributions (training) | MLflow run |\n"
                "|---|---|---|---|---|---|---|---|\n"
-               f"| {live.n_decisions} | {live.flag_rate:.2%} | {live.drift_share:.0%} | "
+               f"| {live.n_decisions} | {live.flag_rate:.2%} | {_share(live)} | "
                f"{', '.join(live.drifted_columns) or '-'} | {len(live.bursts)} | {len(live.relative_bursts)} | "
                f"{_attribution_cell(live)} | "
                f"{live.run_id} |\n")),

@@ -421,6 +421,9 @@ class RobustnessGateSettings(_Strict):
 class DriftGateSettings(_Strict):
     drift_share_threshold: float = Field(ge=0, le=1)
     window_days: int = Field(gt=0)
+    # Fewer rows than this on either side of a comparison and Evidently's tests are noise (1 to 5 rows of undrifted
+    # traffic read as 100 % drift): the gate fails naming the counts instead of judging drift.
+    min_rows: int = Field(ge=2)
 
 
 class StaticAnalysisGateSettings(_Strict):
@@ -482,6 +485,9 @@ class PromotionSettings(_Strict):
 class MonitorSettings(_Strict):
     window_days: int = Field(gt=0)
     drift_share_threshold: float = Field(ge=0, le=1)
+    # A window with fewer rows than this is reported as too few to judge: never drifted, never a retrain (one row
+    # after a quiet spell read as 100 % drift and retrained on every scheduled run).
+    min_rows: int = Field(ge=2)
     experiment: str = Field(min_length=1)
     retrain_on_drift: bool
     retrain_deployment: str = Field(pattern=r"^[^/]+/[^/]+$")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from fraudguard.config import Settings, ValidateSettings
+    from fraudguard.gates.drift import DriftComparison
     from fraudguard.signing import Verifier
 
 logger = logging.getLogger(__name__)
@@ -105,10 +106,12 @@ class DriftCheck:
     report_path: Path
     run_id: str
     reference_verified: bool = False  # checked against the attestation's reference digest (verified_reference)
+    # The window held fewer than monitor.min_rows rows: not compared (drift_share NaN), never drifted.
+    too_few_rows: bool = False
 
     @property
     def drifted(self) -> bool:
-        return self.drift_share > self.threshold
+        return not self.too_few_rows and self.drift_share > self.threshold
 
 
 def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings",
@@ -119,7 +122,6 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     import pandas as pd
 
     from fraudguard.features import newest_window
-    from fraudguard.gates.drift import compare_features
     from fraudguard.signing import load_verifier
     from fraudguard.tracking import ensure_experiment
 
@@ -135,26 +137,49 @@ def check_champion_drift(client: "MlflowClient", root: Path, settings: "Settings
     reference, reference_verified = verified_reference(client, name, champion, digest, verifier)
     report_dir = report_dir or paths.reports_dir / "monitor"
     threshold = settings.monitor.drift_share_threshold
-    comparison = compare_features(reference, current, list(settings.model.features), threshold,
-                                  report_dir / f"drift_champion_v{champion}.html", "newest_window")
+    comparison = _compare_or_too_few(reference, current, settings, report_dir / f"drift_champion_v{champion}.html",
+                                     "newest_window")
     controlled = tuple(sorted(set(settings.threat_model.controlled_features) & set(comparison.drifted_columns)))
 
     experiment_id = ensure_experiment(client, settings.monitor.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift-v{champion}") as run:
         mlflow.set_tags({"fraudguard.kind": "drift-monitor", "fraudguard.champion_version": str(champion),
                          "fraudguard.champion_verified": "true", **_reference_tags(reference_verified)})
-        mlflow.log_metrics({"drift_share": comparison.drift_share,
-                            "drifted_columns": float(len(comparison.drifted_columns)),
-                            "drifted_controlled": float(len(controlled))})
-        mlflow.log_params({"window_days": settings.monitor.window_days, "threshold": threshold})
-        mlflow.log_artifact(str(comparison.report_path), artifact_path="drift")
+        too_few = comparison.report_path is None
+        mlflow.log_metrics({"drift_rows": float(comparison.n_current),
+                            **({} if too_few else {"drift_share": comparison.drift_share,
+                                                   "drifted_columns": float(len(comparison.drifted_columns)),
+                                                   "drifted_controlled": float(len(controlled))})})
+        mlflow.log_params({"window_days": settings.monitor.window_days, "threshold": threshold,
+                           "min_rows": settings.monitor.min_rows})
+        if too_few:
+            mlflow.set_tag("fraudguard.drift", "too few rows to judge")
+        else:
+            mlflow.log_artifact(str(comparison.report_path), artifact_path="drift")
     check = DriftCheck(champion, comparison.drift_share, threshold, comparison.drifted_columns, controlled,
                        comparison.n_reference, comparison.n_current, comparison.report_path, run.info.run_id,
-                       reference_verified=reference_verified)
-    logger.info("champion v%s: %.0f%% of features drifted over the last %s days (threshold %.0f%%)%s",
-                champion, 100 * check.drift_share, settings.monitor.window_days, 100 * threshold,
-                f"; attacker-controlled: {', '.join(controlled)}" if controlled else "")
+                       reference_verified=reference_verified, too_few_rows=too_few)
+    if too_few:
+        logger.warning("champion v%s: the last %s days hold %d row(s), fewer than monitor.min_rows %d: drift not "
+                       "judged", champion, settings.monitor.window_days, comparison.n_current,
+                       settings.monitor.min_rows)
+    else:
+        logger.info("champion v%s: %.0f%% of features drifted over the last %s days (threshold %.0f%%)%s",
+                    champion, 100 * check.drift_share, settings.monitor.window_days, 100 * threshold,
+                    f"; attacker-controlled: {', '.join(controlled)}" if controlled else "")
     return check
+
+
+def _compare_or_too_few(reference: "pd.DataFrame", current: "pd.DataFrame", settings: "Settings", report: Path,
+                        label: str) -> "DriftComparison":
+    """Evidently's comparison of the model features, or (fewer rows than monitor.min_rows on either side) a
+    comparison that was not made: drift share NaN, no report (report_path None)."""
+    from fraudguard.gates.drift import DriftComparison, compare_features
+
+    if min(len(reference), len(current)) < settings.monitor.min_rows:
+        return DriftComparison(label, float("nan"), (), len(reference), len(current), None)
+    return compare_features(reference, current, list(settings.model.features),
+                            settings.monitor.drift_share_threshold, report, label)
 
 
 @dataclass(frozen=True)
@@ -183,10 +208,12 @@ class LiveCheck:
     # The champion is resolved and its weights loaded as the gateway does (signed attestation); the drift reference
     # is checked against the attestation's digest of it, where the attestation holds one (verified_reference).
     reference_verified: bool = False
+    # Fewer decisions than monitor.min_rows in the window: drift not compared (NaN), never drifted.
+    too_few_rows: bool = False
 
     @property
     def drifted(self) -> bool:
-        return self.drift_share > self.threshold
+        return not self.too_few_rows and self.drift_share > self.threshold
 
     @property
     def controlled_attribution_alert(self) -> bool:
@@ -323,7 +350,6 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     import mlflow
 
     from fraudguard.features import newest_window
-    from fraudguard.gates.drift import compare_features
     from fraudguard.serving.predictions import load_prediction_log
     from fraudguard.signing import load_verifier
     from fraudguard.tracking import ensure_experiment
@@ -341,8 +367,9 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
     current = newest_window(decisions, settings.monitor.window_days)
     reference, reference_verified = verified_reference(client, name, champion, digest, verifier)
     threshold = settings.monitor.drift_share_threshold
-    comparison = compare_features(reference, current, list(settings.model.features), threshold,
-                                  report_dir / f"live_drift_champion_v{champion}.html", "live traffic")
+    comparison = _compare_or_too_few(reference, current, settings,
+                                     report_dir / f"live_drift_champion_v{champion}.html", "live traffic")
+    too_few = comparison.report_path is None
     controlled = tuple(sorted(set(settings.threat_model.controlled_features) & set(comparison.drifted_columns)))
     flag_rate = float(current["decision"].astype(bool).mean())
     bursts = terminal_bursts(current, settings.monitor.burst_tx_per_hour)
@@ -353,7 +380,7 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
                              "terminal_dilution": dilution[:1000]}, indent=1)
     explained_version, attribution = explain_flagged_traffic(client, current, settings, report_dir / "models",
                                                              verifier)
-    metrics = {"live_drift_share": comparison.drift_share, "live_flag_rate": flag_rate,
+    metrics = {**({} if too_few else {"live_drift_share": comparison.drift_share}), "live_flag_rate": flag_rate,
                "live_decisions": float(len(current)), "live_terminal_bursts": float(len(bursts)),
                "live_drifted_controlled": float(len(controlled)), "live_relative_bursts": float(len(relative)),
                "live_terminal_dilution": float(len(dilution)), "live_log_lines_skipped": float(read.skipped)}
@@ -372,13 +399,16 @@ def check_live_traffic(client: "MlflowClient", log_path: Path, settings: "Settin
         mlflow.log_params({"window_days": settings.monitor.window_days, "threshold": threshold,
                            "burst_tx_per_hour": settings.monitor.burst_tx_per_hour,
                            "controlled_attribution_margin": settings.monitor.controlled_attribution_margin})
-        mlflow.log_artifact(str(comparison.report_path), artifact_path="live")
+        if too_few:
+            mlflow.set_tag("fraudguard.live_drift", "too few decisions to judge")
+        else:
+            mlflow.log_artifact(str(comparison.report_path), artifact_path="live")
         mlflow.log_artifact(str(bursts_file), artifact_path="live")
     check = LiveCheck(champion, len(current), flag_rate, comparison.drift_share, threshold,
                       comparison.drifted_columns, controlled, tuple(bursts), comparison.report_path, run.info.run_id,
                       attribution, explained_version, relative_bursts=tuple(relative),
                       terminal_dilution=tuple(dilution), log_lines_skipped=read.skipped,
-                      reference_verified=reference_verified)
+                      reference_verified=reference_verified, too_few_rows=too_few)
     logger.info("live traffic (champion v%s, %d decisions): flag rate %.2f%%, %.0f%% of features drifted, "
                 "%d terminal burst(s), %d day(s) beyond an entity's own history", champion, len(current),
                 100 * flag_rate, 100 * check.drift_share, len(bursts), len(relative))

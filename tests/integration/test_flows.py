@@ -142,6 +142,18 @@ def test_monitor_reports_drift_of_the_newest_window_to_mlflow(tmp_path, monkeypa
     assert runs[0].data.metrics["drift_share"] == pytest.approx(result["drift_share"])
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "drift")][0].endswith(".html")
 
+    # A window with fewer rows than monitor.min_rows is not judged: one row after a quiet spell read as 100 % drift
+    # and retrained on every scheduled run.
+    from fraudguard.config import load_settings
+    from fraudguard.monitoring import check_champion_drift
+
+    sparse = load_settings(root / "params.yaml", overrides={"monitor.min_rows": 10**6})
+    check = check_champion_drift(MlflowClient(tracking_uri=uri, registry_uri=uri), root, sparse)
+    assert check.too_few_rows and not check.drifted and 0 < check.n_current < 10**6
+    logged = client.get_run(check.run_id).data
+    assert "drift_share" not in logged.metrics and logged.metrics["drift_rows"] == check.n_current
+    assert logged.tags["fraudguard.drift"] == "too few rows to judge"
+
 
 def test_rerun_with_nothing_changed_reuses_the_champion_instead_of_registering_a_duplicate(
         tmp_path, monkeypatch, prefect_api):

@@ -142,3 +142,15 @@ def test_an_interpreter_started_ahead_runs_the_reports_and_this_one_never_loads_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TX_AMOUNT" in proc.stdout.split("DRIFTED", 1)[1]
     assert "<html" in (tmp_path / "d.html").read_text()[:2000].lower()
+
+
+def test_a_window_too_small_to_judge_fails_naming_the_counts_instead_of_reading_as_total_drift(tmp_path, settings):
+    # 1 to 5 rows of undrifted traffic read as 100 % drift (Evidently's tests on a handful of values): a quiet tail
+    # of the data blocked every promotion as "drifted", and the monitor retrained on every run.
+    window = feature_frame(settings, 5, seed=2)
+    result = run_drift_gate(ModelUnderTest(bundle=None), _context(settings, tmp_path, window), settings.gates.drift)
+    assert not result.passed
+    assert result.reason == (f"too few rows to judge drift (newest_window: 3000 reference and 5 current row(s); "
+                             f"min_rows {settings.gates.drift.min_rows})")
+    assert "drift_share_newest_window" not in result.metrics
+    assert not (tmp_path / "reports" / "drift_vs_newest_window.html").exists()  # Evidently never ran

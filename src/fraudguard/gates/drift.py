@@ -42,7 +42,7 @@ class DriftComparison:
     drifted_columns: tuple[str, ...]
     n_reference: int
     n_current: int
-    report_path: Path
+    report_path: Path | None  # None: not compared (too few rows; fraudguard.monitoring)
 
 
 def _model_frame(frame: "pd.DataFrame", features: list[str], what: str) -> "pd.DataFrame":
@@ -222,6 +222,15 @@ def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "D
     jobs.append(_job(
         context.train_features, context.newest_window, features, cfg.drift_share_threshold,
         context.report_dir / "drift_vs_newest_window.html", "newest_window"))
+    thresholds = {"drift_share_threshold": cfg.drift_share_threshold, "min_rows": float(cfg.min_rows)}
+    too_few = [f"{job.label}: {len(job.reference)} reference and {len(job.current)} current row(s)"
+               for job in jobs if min(len(job.reference), len(job.current)) < cfg.min_rows]
+    if too_few:
+        reason = f"too few rows to judge drift ({'; '.join(too_few)}; min_rows {cfg.min_rows})"
+        counts = {f"n_current_{job.label}": float(len(job.current)) for job in jobs}
+        return finish_gate(NAME, False, counts, thresholds, reason, context.report_dir / f"{NAME}.json",
+                           {"gate": NAME, "passed": False, "reason": reason, "metrics": counts,
+                            "thresholds": thresholds})
     comparisons = run_comparisons(jobs)
 
     metrics: dict[str, float] = {}
@@ -241,7 +250,6 @@ def run_drift_gate(candidate: ModelUnderTest, context: GateContext, settings: "D
     passed = not problems
     reason = ("; ".join(problems) + f" (threshold {cfg.drift_share_threshold:.0%})") if problems else \
         f"drift within {cfg.drift_share_threshold:.0%}: " + "; ".join(notes)
-    thresholds = {"drift_share_threshold": cfg.drift_share_threshold}
     return finish_gate(NAME, passed, metrics, thresholds, reason, context.report_dir / f"{NAME}.json", {
         "gate": NAME,
         "passed": passed,
