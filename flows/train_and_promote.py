@@ -137,10 +137,15 @@ def dask_task_runner(compute):
         return None
     from prefect_dask import DaskTaskRunner
 
+    from fraudguard.compute import dask_client_security, local_cluster_security
+
     if compute.dask_address:
-        return DaskTaskRunner(address=compute.dask_address)
+        return DaskTaskRunner(address=compute.dask_address, client_kwargs={"security": dask_client_security(compute)})
+    # TLS with a throw-away certificate: without it any local process could connect to the cluster and run code on
+    # workers holding the signing key.
     return DaskTaskRunner(cluster_kwargs={"n_workers": compute.dask_local_workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True, "dashboard_address": None,
+                                          "security": local_cluster_security()})
 
 
 def run_gate_tasks(gate_run, compute) -> list:

@@ -53,8 +53,27 @@ def attack_executor(compute: "ComputeSettings") -> Iterator[Executor | None]:
     if compute.dask_address:
         from distributed import Client
 
-        with Client(compute.dask_address) as client:
+        with Client(compute.dask_address, security=dask_client_security(compute)) as client:
             logger.info("attack sweep on the Dask cluster %s", compute.dask_address)
             yield client.get_executor(pure=False)  # every sweep runs: no reuse of a past task by its inputs
         return
     yield None
+
+
+def dask_client_security(compute: "ComputeSettings"):
+    """The mutual-TLS security of a client of compute.dask_address (the config requires the three files with an
+    address); None when no certificate is set (a caller that built the settings without validation)."""
+    if compute.dask_tls_ca_file is None:
+        return None
+    from distributed.security import Security
+
+    return Security(tls_ca_file=str(compute.dask_tls_ca_file), tls_client_cert=str(compute.dask_tls_cert_file),
+                    tls_client_key=str(compute.dask_tls_key_file), require_encryption=True)
+
+
+def local_cluster_security():
+    """A LocalCluster's own throw-away certificate: TLS between its scheduler, workers and this client, so that no
+    other local process can connect and run code on workers that hold the signing key."""
+    from distributed.security import Security
+
+    return Security.temporary()

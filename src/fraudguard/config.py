@@ -547,8 +547,22 @@ class ComputeSettings(_Strict):
     """Where train-and-promote runs its gates: in-process threads (default), or a Dask cluster through
     prefect-dask's DaskTaskRunner (a scheduler's address, or a LocalCluster of `dask_local_workers`)."""
 
-    dask_address: str | None = None
+    # The scheduler runs whatever code its clients send (pickled tasks) on workers holding the signing key: only a
+    # TLS address, with this host's client certificate, is accepted (a plain tcp:// one took tasks from anyone who
+    # could reach it). The LocalCluster of dask_local_workers gets a throw-away certificate of its own.
+    dask_address: str | None = Field(default=None, pattern=r"^tls://")
+    dask_tls_ca_file: Path | None = None
+    dask_tls_cert_file: Path | None = None
+    dask_tls_key_file: Path | None = None
     dask_local_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _address_needs_certificates(self) -> "ComputeSettings":
+        missing = [key for key in ("dask_tls_ca_file", "dask_tls_cert_file", "dask_tls_key_file")
+                   if getattr(self, key) is None]
+        if self.dask_address is not None and missing:
+            raise ValueError(f"dask_address needs {', '.join(missing)} (mutual TLS with the scheduler)")
+        return self
 
 
 class LabelFlipSettings(_Strict):

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess  # nosec B404 -- starts the stack's own services (fixed argv, no shell)
 import sys
 import tempfile
@@ -64,6 +65,25 @@ class StackState:
     pg_data: str
     pids: dict[str, int] = field(default_factory=dict)
     workers: list[str] = field(default_factory=list)
+    # Each process's start time (/proc/PID/stat, clock ticks since boot): a PID reused by another process after a
+    # crash or a reboot is not ours, and is neither stopped nor taken for a running stack.
+    started: dict[str, int] = field(default_factory=dict)
+
+    def record(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+        ticks = process_start_ticks(pid)
+        if ticks is not None:
+            self.started[name] = ticks
+
+    def is_ours(self, name: str) -> bool:
+        """Whether the process state.json names `name` is still the one `up` started."""
+        pid = self.pids[name]
+        if not _alive(pid):
+            return False
+        recorded = self.started.get(name)
+        if recorded is None:  # a state.json written before start times were kept: the PID is all there is
+            return True
+        return process_start_ticks(pid) == recorded
 
     @property
     def mlflow_url(self) -> str:
@@ -197,6 +217,19 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s
         if proc.poll() is not None or time.monotonic() > deadline:
             raise StackError(f"{what} did not start (log {log}):\n{_tail(log)}")
         time.sleep(0.5)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, field 22 of /proc/PID/stat); None where /proc cannot say."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # after the command name, which may hold spaces and parentheses
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -343,6 +376,24 @@ def _pg_data_dir(base: Path, user: pwd.struct_passwd | None) -> Path:
     return wanted
 
 
+def _claim_data_dir(data: Path, user: pwd.struct_passwd | None) -> None:
+    """Create the data folder 0700 for the postgres account, or accept an existing one only if it is a real folder
+    (not a link) owned by that account with no access for others; StackError naming it otherwise. The /tmp
+    fallback's name is predictable: anyone could create it first."""
+    try:
+        data.mkdir(parents=True, mode=0o700)
+        if user is not None:
+            os.chown(data, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        return
+    except FileExistsError:
+        pass
+    info = os.lstat(data)
+    owner = user.pw_uid if user is not None else os.getuid()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner or info.st_mode & 0o077:
+        raise StackError(f"{data} exists but is not a private folder of uid {owner} (mode {stat.filemode(info.st_mode)}, "
+                         f"uid {info.st_uid}): someone else may have made it; remove it and run `make stack` again")
+
+
 def start_postgres(base: Path, port: int, superuser_password: str) -> tuple[subprocess.Popen, Path]:
     """initdb (first time) and start a postgres server on 127.0.0.1:port, as an unprivileged account."""
     bindir = postgres_bin_dir()
@@ -351,19 +402,25 @@ def start_postgres(base: Path, port: int, superuser_password: str) -> tuple[subp
     log = base / "logs" / "postgres.log"
     env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
            "HOME": user.pw_dir if user else os.environ.get("HOME", "/tmp")}  # nosec B108 - HOME fallback only, nothing is written there
+    _claim_data_dir(data, user)
     if not (data / "PG_VERSION").exists():
-        data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pwfile = data.parent / f".{data.name}.pwfile"
-        _write_private(pwfile, superuser_password + "\n")
+        # The password file sits in a directory of our own with a random name (mkdtemp: 0700), created with
+        # O_EXCL | O_NOFOLLOW: beside a predictable /tmp data folder, a local user could plant the file (and read
+        # the superuser password written into it) or a symbolic link (root then wrote and chowned its target).
+        holder = Path(tempfile.mkdtemp(prefix="fraudguard-initdb-"))
+        pwfile = holder / "pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(superuser_password + "\n")
         if user is not None:
-            os.chown(data, user.pw_uid, user.pw_gid)
-            os.chown(pwfile, user.pw_uid, user.pw_gid)
+            os.chown(holder, user.pw_uid, user.pw_gid, follow_symlinks=False)
+            os.chown(pwfile, user.pw_uid, user.pw_gid, follow_symlinks=False)
         try:
             proc = subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", PG_SUPERUSER, "--pwfile", str(pwfile),
                                    "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8"],
                                   env=env, capture_output=True, text=True, timeout=300, **_as_user(user))
         finally:
-            pwfile.unlink(missing_ok=True)
+            shutil.rmtree(holder, ignore_errors=True)
         if proc.returncode != 0:
             raise StackError(f"initdb {data} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     server = _spawn([str(bindir / "postgres"), "-D", str(data), "-h", HOST, "-p", str(port),
@@ -495,8 +552,10 @@ def start_mlflow(base: Path, port: int, pg_port: int, mlflow_db_password: str, a
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
     log = base / "logs" / "mlflow.log"
+    # The database URL holds the mlflow role's password: through the environment (readable by its owner only), not
+    # the command line, which every local user reads in `ps` (/proc/PID/cmdline is 0444).
+    env["MLFLOW_BACKEND_STORE_URI"] = _pg_url("mlflow", mlflow_db_password, pg_port, "mlflow", "psycopg")
     proc = _spawn([_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
-                   "--backend-store-uri", _pg_url("mlflow", mlflow_db_password, pg_port, "mlflow", "psycopg"),
                    "--artifacts-destination", str(artifacts), "--serve-artifacts", "--app-name", "basic-auth"],
                   log, env, base / "mlflow")
     _wait_http(f"http://{HOST}:{port}/health", proc, log, "mlflow server")
@@ -643,8 +702,10 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
              worker_limit: int | None = 1) -> StackState:
     """Start every service (ports 0: free ones); on any failure stop what was started and raise StackError."""
     base = base.resolve()
-    if (base / STATE_FILE).exists() and any(_alive(p) for p in StackState.load(base).pids.values()):
-        raise StackError(f"a stack is already running from {base}: `make stack-down` first")
+    if (base / STATE_FILE).exists():
+        previous = StackState.load(base)
+        if any(previous.is_ours(name) for name in previous.pids):
+            raise StackError(f"a stack is already running from {base}: `make stack-down` first")
     base.mkdir(parents=True, exist_ok=True)
     pg_port = pg_port or free_port(avoid=(mlflow_port, prefect_port))
     mlflow_port = mlflow_port or free_port(avoid=(pg_port, prefect_port))
@@ -655,14 +716,15 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
                   "mlflow-reviewer")}
     try:
         pg, data = start_postgres(base, state.pg_port, passwords["pg-superuser"])
-        state.pids["postgres"], state.pg_data = pg.pid, str(data)
+        state.record("postgres", pg.pid)
+        state.pg_data = str(data)
         state.save()
         create_databases(state.pg_port, passwords["pg-superuser"],
                          {"mlflow": passwords["pg-mlflow"], "prefect": passwords["pg-prefect"],
                           "fraudguard_lock": passwords["pg-lock"]})
         mlflow_proc = start_mlflow(base, state.mlflow_port, state.pg_port, passwords["pg-mlflow"],
                                    passwords["mlflow-admin"], artifacts or base / "shared" / "mlflow-artifacts")
-        state.pids["mlflow"] = mlflow_proc.pid
+        state.record("mlflow", mlflow_proc.pid)
         state.save()
         set_up_identities(state.mlflow_url, passwords["mlflow-admin"], passwords["mlflow-pipeline"],
                           passwords["mlflow-reviewer"])
@@ -670,7 +732,7 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
             write_credentials_file(state.credentials_file(who), user, passwords[f"mlflow-{who}"])
         prefect_proc = start_prefect(base, state.prefect_port, state.pg_port, passwords["pg-prefect"],
                                      state.prefect_auth_string)
-        state.pids["prefect"] = prefect_proc.pid
+        state.record("prefect", prefect_proc.pid)
         state.save()
         env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, "PREFECT_API_AUTH_STRING": state.prefect_auth_string,
                "PREFECT_HOME": str(base / "prefect" / "cli-home")}
@@ -683,7 +745,7 @@ def stack_up(base: Path, *, pg_port: int = 0, mlflow_port: int = 0, prefect_port
         load_signer(base / "secrets" / "signing-key.pem")  # created once here, not raced by two workers
         names = [chr(ord("a") + i) for i in range(workers)]
         for name in names:
-            state.pids[f"worker-{name}"] = start_worker(state, name, worker_env_extra, worker_limit).pid
+            state.record(f"worker-{name}", start_worker(state, name, worker_env_extra, worker_limit).pid)
             state.workers.append(name)
             state.save()
         _wait_workers_online(state, names)
@@ -708,11 +770,15 @@ def stack_down(base: Path) -> list[str]:
     for prefix, sig in _STOP_ORDER:
         for name, pid in list(state.pids.items()):
             if name.startswith(prefix):
-                started = time.monotonic()
-                stop_pid(pid, sig)
-                logger.info("stopped %s (pid %d) in %.1f s", name, pid, time.monotonic() - started)
-                stopped.append(name)
+                if state.is_ours(name):
+                    started = time.monotonic()
+                    stop_pid(pid, sig)
+                    logger.info("stopped %s (pid %d) in %.1f s", name, pid, time.monotonic() - started)
+                    stopped.append(name)
+                elif _alive(pid):
+                    logger.warning("%s: pid %d is now another process (it started after ours): left alone", name, pid)
                 del state.pids[name]
+                state.started.pop(name, None)
                 state.save()
     return stopped
 

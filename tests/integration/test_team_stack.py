@@ -137,6 +137,31 @@ def test_stack_runs_every_service_and_two_workers_online(stack):
     for who in ("pipeline", "reviewer", "admin"):
         assert state.credentials_file(who).stat().st_mode & 0o077 == 0
     assert not str(state.credentials_file("pipeline")).startswith(str(PROJECT_ROOT))
+    assert set(state.started) == set(state.pids)  # start times: a reused PID is never stopped as ours
+
+
+def test_no_secret_of_the_stack_is_on_a_command_line(stack):
+    # The MLflow server got its database URL, the mlflow role's password in it, as an argument: every local user
+    # reads /proc/PID/cmdline (`ps`).
+    state, _ = stack
+    secrets = {path.read_text().strip() for path in state.secrets_dir.iterdir()
+               if path.is_file() and not path.name.endswith((".pem", ".env", ".credentials", ".ini"))}
+    assert len(secrets) >= 5
+    groups = {os.getpgid(pid) for pid in state.pids.values()}
+    seen = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(proc.name)) not in groups:
+                continue
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ProcessLookupError):
+            continue
+        seen += 1
+        leaked = [secret[:4] + "..." for secret in secrets if secret and secret in argv]
+        assert not leaked, f"pid {proc.name}: a secret on its command line ({argv[:120]}...)"
+    assert seen >= len(state.pids)
 
 
 def test_prefect_api_refuses_requests_without_the_stack_auth_string(stack):

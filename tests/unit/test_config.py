@@ -221,3 +221,19 @@ def test_true_or_false_where_a_number_is_expected_and_a_number_for_a_switch_are_
     with pytest.raises(ConfigError, match="true/false where a value is expected|must be true or false") as raised:
         load_settings(PROJECT_ROOT / "params.yaml", {key: value})
     assert key in str(raised.value)
+
+
+def test_a_dask_scheduler_is_accepted_only_over_mutual_tls(tmp_path):
+    # The scheduler runs the pickled tasks its clients send, on workers holding the signing key: a plain tcp://
+    # address let anyone who could reach it run code there.
+    with pytest.raises(ConfigError, match="compute.dask_address"):
+        load_settings(PROJECT_ROOT / "params.yaml", {"compute.dask_address": "tcp://scheduler:8786"})
+    with pytest.raises(ConfigError, match="dask_address needs dask_tls_ca_file, dask_tls_cert_file, dask_tls_key_file"):
+        load_settings(PROJECT_ROOT / "params.yaml", {"compute.dask_address": "tls://scheduler:8786"})
+    files = {f"compute.dask_tls_{name}": str(tmp_path / name) for name in ("ca_file", "cert_file", "key_file")}
+    settings = load_settings(PROJECT_ROOT / "params.yaml", {"compute.dask_address": "tls://scheduler:8786", **files})
+    from fraudguard.compute import dask_client_security, local_cluster_security
+
+    security = dask_client_security(settings.compute)
+    assert security.require_encryption and security.tls_client_cert == str(tmp_path / "cert_file")
+    assert local_cluster_security().require_encryption

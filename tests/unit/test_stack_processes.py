@@ -95,3 +95,45 @@ def test_the_install_lock_never_follows_a_link_left_under_its_name(tmp_path, mon
         stack.install_debian_package("fraudguard-no-such-package", "nothing", present=lambda: True)
     assert refused.value.__cause__.errno == errno.ELOOP
     assert target.read_text() == "untouched\n"
+
+
+def test_stack_down_leaves_alone_a_process_that_took_a_recorded_pid_and_up_does_not_take_it_for_a_stack(tmp_path):
+    # After a crash or a reboot the PID in state.json may be another session's: stop signalled its process group.
+    ours = _started(["sleep", "30"])
+    victim = _started(["sleep", "30"])
+    try:
+        state = stack.StackState(base=str(tmp_path), pg_port=1, mlflow_port=2, prefect_port=3, pg_data="")
+        state.record("mlflow", ours.pid)
+        state.record("postgres", victim.pid)
+        state.started["postgres"] -= 1  # what a reused PID looks like: the process there started at another time
+        state.save()
+        assert state.is_ours("mlflow") and not state.is_ours("postgres")
+        assert stack.stack_down(tmp_path) == ["mlflow"]
+        assert ours.wait(timeout=10) is not None
+        assert victim.poll() is None  # still running
+        assert stack.StackState.load(tmp_path).pids == {}
+    finally:
+        for proc in (ours, victim):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_predictable_data_folder_someone_else_made_first_is_refused(tmp_path):
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    with pytest.raises(stack.StackError, match="is not a private folder"):
+        stack._claim_data_dir(loose, me)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    with pytest.raises(stack.StackError, match="is not a private folder"):
+        stack._claim_data_dir(link, me)
+    fresh = tmp_path / "fresh"
+    stack._claim_data_dir(fresh, me)
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    stack._claim_data_dir(fresh, me)  # ours already: accepted
