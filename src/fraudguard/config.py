@@ -506,6 +506,19 @@ class StateSettings(_Strict):
 
     backend: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _no_password_in_params(cls, value: str) -> str:
+        # params.yaml is committed and logged whole with every run: a password in it would be published.
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.password is not None or any(item.partition("=")[0].lower() == "password"
+                                             for item in parts.query.split("&")):
+            raise ValueError("the Redis URL carries a password: set $FRAUDGUARD_REDIS_URL on the gateway's host "
+                             "instead (params.yaml is committed and logged with every run)")
+        return value
     redis_key_prefix: str = Field(default="fraudguard:state", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     redis_timeout_s: float = Field(default=5.0, gt=0)
 
@@ -727,7 +740,7 @@ class Settings(_Strict):
 
 
 # Values an error message must not repeat: a URL refused for carrying a password would print it.
-_NOT_ECHOED = frozenset({"data_remote.url"})
+_NOT_ECHOED = frozenset({"data_remote.url", "serve.state.redis_url"})  # may hold a password
 
 
 def parse_settings(raw: Any, source: str = "<params>") -> Settings:

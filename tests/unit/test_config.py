@@ -237,3 +237,19 @@ def test_a_dask_scheduler_is_accepted_only_over_mutual_tls(tmp_path):
     security = dask_client_security(settings.compute)
     assert security.require_encryption and security.tls_client_cert == str(tmp_path / "cert_file")
     assert local_cluster_security().require_encryption
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@cache:6379/0", "redis://cache:6379/0?password=s3cret",
+                                 "rediss://user:s3cret@cache:6380/1"])
+def test_a_redis_url_with_a_password_is_refused_without_echoing_it(url):
+    with pytest.raises(ConfigError, match="FRAUDGUARD_REDIS_URL") as raised:
+        load_settings(PROJECT_ROOT / "params.yaml", {"serve.state.redis_url": url})
+    assert "s3cret" not in str(raised.value)
+
+
+def test_the_redis_url_in_logs_hides_a_password_in_the_user_part_and_in_the_query():
+    from fraudguard.serving.redis_state import _redacted
+
+    assert _redacted("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert _redacted("redis://cache:6379/0?db=1&password=s3cret") == "redis://cache:6379/0?db=1&password=***"
+    assert _redacted("redis://cache:6379/0") == "redis://cache:6379/0"

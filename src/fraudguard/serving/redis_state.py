@@ -100,11 +100,14 @@ _BOOTSTRAP_CHUNK = 5000
 
 
 def _redacted(url: str) -> str:
+    """The URL with its password hidden, in the user-info part and in a `?password=` query (redis-py reads both)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    query = "&".join(f"{key}=***" if key.lower() == "password" else (f"{key}={value}" if sep else key)
+                     for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RedisFeatureStore:
