@@ -46,7 +46,9 @@ bench: install
 # --- Team stack on this machine (docs/team.md): PostgreSQL, MLflow (basic-auth), Prefect, two workers -----
 # Started on 127.0.0.1, stopped by PID; secrets in $(STACK_DIR)/secrets (never in git).
 STACK_DIR ?= .stack
-GIT_REMOTE ?= $(abspath .)
+# The reviewed repository the workers clone (no default: this checkout would ship local commits nobody reviewed to
+# workers that hold the signing key).
+GIT_REMOTE ?=
 
 stack: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m fraudguard.stack up --dir $(STACK_DIR)
@@ -56,8 +58,9 @@ stack-down:
 
 # The flows as deployments whose workers clone $(GIT_REMOTE) (prefect.team.yaml); needs a running stack.
 deploy-team: install
+	@if [ -z "$$GIT_REMOTE" ]; then echo "deploy-team: set GIT_REMOTE=<the reviewed git URL the workers clone>" >&2; exit 2; fi
 	set -a; . $(STACK_DIR)/secrets/pipeline.env; set +a; \
-	FRAUDGUARD_GIT_REMOTE="$(GIT_REMOTE)" PATH="$(abspath $(BIN)):$$PATH" \
+	FRAUDGUARD_GIT_REMOTE="$$GIT_REMOTE" PATH="$(abspath $(BIN)):$$PATH" \
 	  $(BIN)/prefect --no-prompt deploy --all --prefect-file prefect.team.yaml
 
 clean:
@@ -81,7 +84,7 @@ bandit: install
 
 # These values come from the workflow (branch names among them): they reach the commands through the environment
 # and are quoted there, never pasted into the recipe's shell line (a base branch named `main;id` ran `id`).
-export BASE_REF HEAD_REV CI_PROFILE GATE_DIR BASE_METRICS_DIR
+export BASE_REF HEAD_REV CI_PROFILE GATE_DIR BASE_METRICS_DIR GIT_REMOTE
 
 ci-profile: install
 	$(FG) ci profile "$$CI_PROFILE"

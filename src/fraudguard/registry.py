@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -152,7 +151,8 @@ class LockBackend:
 
 
 def lock_path_for(client: "MlflowClient") -> Path:
-    """The lock file guarding this client's registry: next to a sqlite/file store, else $LOCK_DIR or tmp.
+    """The lock file guarding this client's registry: next to a sqlite/file store, else $LOCK_DIR or a private
+    folder of this user's ($XDG_RUNTIME_DIR or ~/.cache, then fraudguard/locks).
 
     A file lock only serialises processes on one host; a remote registry shared by hosts needs the
     PostgreSQL backend (lock_backend_for) or $FRAUDGUARD_REGISTRY_LOCK_DIR on a shared filesystem.
@@ -169,7 +169,11 @@ def lock_path_for(client: "MlflowClient") -> Path:
     if parsed.scheme in ("", "file"):
         store = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
         return store / ".fraudguard-registry.lock"
-    return Path(tempfile.gettempdir()) / f"fraudguard-registry-{digest}.lock"
+    # Not the shared temporary directory: its predictable name there let any local user hold the lock (and block
+    # every promotion and rollback). A folder of this user's own, 0700.
+    private = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache") / "fraudguard" / "locks"
+    private.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return private / f"fraudguard-registry-{digest}.lock"
 
 
 def advisory_lock_key(registry_uri: str) -> int:

@@ -92,6 +92,19 @@ def test_lock_file_sits_next_to_the_sqlite_store(store):
     assert lock_path_for(client) == tmp_path / "store" / "mlflow.db.fraudguard.lock"
 
 
+def test_the_lock_of_a_server_registry_is_in_a_private_folder_not_the_shared_temporary_one(tmp_path, monkeypatch):
+    # /tmp/fraudguard-registry-<digest>.lock had a predictable name: any local user could hold it and block every
+    # promotion and rollback of that registry on the host.
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("FRAUDGUARD_REGISTRY_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    path = lock_path_for(MlflowClient(tracking_uri="http://mlflow.internal:5000",
+                                      registry_uri="http://mlflow.internal:5000"))
+    assert path.parent == tmp_path / "run" / "fraudguard" / "locks"
+    assert path.parent.stat().st_mode & 0o077 == 0
+
+
 def test_half_done_move_with_the_alias_moved_is_completed(store, keys):
     client, (v1, v2, _), _, _ = store
     first = _promote(store, v1)
