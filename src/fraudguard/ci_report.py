@@ -67,6 +67,9 @@ class CiSummary:
     profile: dict[str, Any] | None = None
     # The base side of the metrics diff when it was produced with the CI profile (`ci base-metrics`).
     base_metrics: "BaseMetrics | None" = None
+    # What the pull request changes in the CI profile itself ((key, base, head) rows): the dry-run gates above judge
+    # by the profile's values, and `dvc params diff` covers params.yaml only.
+    profile_changes: tuple[tuple[str, Any, Any], ...] = ()
 
     @property
     def gates_passed(self) -> bool:
@@ -422,6 +425,27 @@ def render_gate_table(rows: tuple[GateRow, ...]) -> str:
     return "\n".join(lines)
 
 
+def ci_profile_changes(root: Path, base_rev: str, head_rev: str | None,
+                       profile: Path = DEFAULT_PROFILE) -> tuple[tuple[str, Any, Any], ...]:
+    """(key, base value, head value) for every key of the CI profile that differs between base_rev and head_rev
+    (the working tree's file when None); a file missing on one side reads as empty."""
+    from fraudguard.config import flat_keys, load_params_yaml
+
+    def at(rev: str | None) -> dict[str, Any]:
+        if rev is None:
+            path = root / profile
+            text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        else:
+            shown = subprocess.run(["git", "show", "--end-of-options", f"{rev}:{profile.as_posix()}"], cwd=root,  # nosec B603 B607 - git, fixed argv, no shell
+                                   capture_output=True, text=True, check=False)
+            text = shown.stdout if shown.returncode == 0 else ""
+        return flat_keys(load_params_yaml(text, f"{profile} at {rev or 'the working tree'}") or {})
+
+    base, head = at(base_rev), at(head_rev)
+    return tuple((key, base.get(key), head.get(key)) for key in sorted(set(base) | set(head))
+                 if base.get(key) != head.get(key))
+
+
 def render_summary(summary: CiSummary) -> str:
     """The whole pull-request report as GitHub-flavoured markdown."""
     head = summary.head_rev or "workspace"
@@ -438,6 +462,16 @@ def render_summary(summary: CiSummary) -> str:
     parts.append(render_gate_table(summary.gates) if summary.gates else "_No gate results._")
     parts += ["", f"### Params diff (`{summary.base_rev}` → `{head}`)", ""]
     parts.append(summary.params_diff_md or "_No params changed._")
+    if summary.profile_changes:
+        from fraudguard.policy import POLICY_KEYS, POLICY_SECTIONS
+
+        policy_keys = {f"{section}.{key}" for section, key in POLICY_KEYS}
+        parts += ["", f"### CI profile changed (`{summary.base_rev}` → `{head}`)", "",
+                  "The dry-run gates above judged by the CI profile's values; this pull request changes them:", "",
+                  "| Param | base | head | |", "|---|---|---|---|"]
+        for key, before, after in summary.profile_changes:
+            policy = key.split(".")[0] in POLICY_SECTIONS or key in policy_keys
+            parts.append(f"| {_cell(key)} | {_cell(before)} | {_cell(after)} | {'⚠️ gate policy' if policy else ''} |")
     parts += ["", *_metrics_heading(summary), ""]
     parts.append(summary.metrics_diff_md or "_No metrics changed._")
     if summary.profile:
@@ -506,6 +540,7 @@ def build_ci_summary(root: Path, base_rev: str, head_rev: str | None = None,
         gate_dir=gate_dir,
         profile=read_profile_record(profile_record),
         base_metrics=base_metrics,
+        profile_changes=ci_profile_changes(root, base_rev, head_rev),
     )
 
 

@@ -106,6 +106,26 @@ def test_params_diff_against_head_rev_ignores_workspace_edits(dvc_repo):
     assert "_No params changed._" in render_summary(summary)
 
 
+def test_a_pull_request_loosening_the_ci_profile_shows_it_marked_as_gate_policy(dvc_repo):
+    # The dry-run gates judge by params.ci.yaml's values, and `dvc params diff` covers params.yaml only: a PR could
+    # lower the CI profile's floors and the summary showed nothing.
+    (dvc_repo / "params.ci.yaml").write_text(yaml.safe_dump({"train": {"epochs": 10},
+                                                             "gates": {"quality": {"min_average_precision": 0.3}}}))
+    _git(dvc_repo, "add", "params.ci.yaml")
+    _git(dvc_repo, "commit", "-qm", "ci profile")
+    base = _git(dvc_repo, "rev-parse", "HEAD")
+    (dvc_repo / "params.ci.yaml").write_text(yaml.safe_dump({"train": {"epochs": 12},
+                                                             "gates": {"quality": {"min_average_precision": 0.0}}}))
+    _git(dvc_repo, "commit", "-qam", "loosen")
+    summary = build_ci_summary(dvc_repo, base_rev=base, head_rev="HEAD")
+    assert summary.profile_changes == (("gates.quality.min_average_precision", 0.3, 0.0), ("train.epochs", 10, 12))
+    markdown = render_summary(summary)
+    assert "### CI profile changed" in markdown
+    assert "| gates.quality.min_average_precision | 0.3 | 0.0 | ⚠️ gate policy |" in markdown
+    assert "| train.epochs | 10 | 12 |  |" in markdown
+    assert build_ci_summary(dvc_repo, base_rev="HEAD", head_rev="HEAD").profile_changes == ()
+
+
 def test_summary_shows_metrics_changed_since_the_base_rev(dvc_repo):
     base = _git(dvc_repo, "rev-parse", "HEAD")
     (dvc_repo / "metrics.json").write_text(json.dumps({"average_precision": 0.74}))
