@@ -771,7 +771,9 @@ def record_block(client: "MlflowClient", model_name: str, version: int, *, champ
     with registry_lock(client):
         state = read_state(client, model_name, verifier)
         recover_locked(client, state, signer, actor)
-        if state.champion == version:
+        # The signed log says who the champion is, not the alias: an insider who pointed the alias at `version`
+        # while its gates ran (and back after) kept its block out of the log; it loaded as an unjudged candidate.
+        if state.committed_champion == version and state.pending_intent is None:
             raise ChampionChanged(
                 f"model {model_name!r} version {version} became the champion while these gates ran (another run "
                 f"promoted it); their failures are in this run's reports, not recorded as a block of the serving "

@@ -240,6 +240,28 @@ def test_a_failed_run_does_not_block_the_version_another_run_made_champion_while
     assert verify_registry(client, NAME, load_verifier()).ok
 
 
+def test_an_alias_moved_by_hand_while_the_gates_ran_does_not_keep_the_block_out_of_the_log(world):
+    """The insider points `champion` at the candidate while its gates run and back afterwards: the block used to be
+    skipped as "became the champion" (the alias was read, not the signed log), and the failed version then loaded
+    as a never-judged candidate."""
+    from fraudguard.registry import disowned_reason, read_state
+
+    client, (v1, v2, _), settings, tmp_path = world
+    _promote(world, v1, _ok_gates())
+
+    def failing_with_the_alias_moved(candidate, context, section) -> GateResult:
+        client.set_registered_model_alias(NAME, "champion", str(v2))
+        return GateResult("quality", False, {"average_precision": 0.1}, {}, "below the floor")
+
+    outcome = _promote(world, v2, {"quality": failing_with_the_alias_moved, "privacy": passing_gate("privacy")})
+    assert outcome.blocked
+    client.set_registered_model_alias(NAME, "champion", str(v1))  # and back
+    blocks = [e for e in read_audit_log(client, NAME) if e.action == "block"]
+    assert [(e.to_version, e.from_version) for e in blocks] == [(v2, v1)]
+    assert disowned_reason(read_state(client, NAME, load_verifier()), v2)
+    assert verify_registry(client, NAME, load_verifier()).ok
+
+
 def test_rollback_restores_the_previous_champion_and_is_audited(world):
     client, (v1, v2, _), settings, _ = world
     _promote(world, v1, _ok_gates())
