@@ -528,11 +528,13 @@ def reference_sha256(client: "MlflowClient", model_name: str, version: int | str
 
 
 def checked_reference_sha256(client: "MlflowClient", model_name: str, version: int | str,
-                             train_features: "pd.DataFrame", rows: int, seed: int) -> str | None:
+                             train_features: "pd.DataFrame", rows: int, seed: int) -> str:
     """reference_sha256, once the store's sample is the one registration draws from `train_features` (the checkout's
     training split: same rows, same values). What a promotion signs as the monitor's drift reference must be a
     sample of the data the gates read, not a file swapped into the run by anyone with write access to the store.
-    RegistryError naming the mismatch; None when the run has no reference."""
+    RegistryError naming the mismatch, or when the run has no reference: signed without one, the champion's
+    reference was whatever file appeared later (deleted before the promotion, planted after), and the monitor and
+    the next drift gate compared with it."""
     import pandas as pd
 
     from fraudguard.files import sha256_file
@@ -541,8 +543,8 @@ def checked_reference_sha256(client: "MlflowClient", model_name: str, version: i
         try:
             local = _download_reference(client, model_name, version, tmp)
         except RegistryError as exc:
-            logger.warning("%s", exc)
-            return None
+            raise RegistryError(f"{exc}: a version is promoted with its drift reference signed beside it; register "
+                                "it again (`fraudguard register`) to log one") from exc
         try:
             stored = pd.read_parquet(local)
         except (OSError, ValueError) as exc:

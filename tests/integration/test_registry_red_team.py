@@ -875,6 +875,12 @@ def test_a_drift_reference_swapped_into_the_candidates_run_is_never_signed(proje
     with pytest.raises(RegistryError, match="is not the sample of this checkout's training features"):
         promote_from_checkout()
     assert project.champion == v1 and len(project.audit()) == entries  # refused before any gate or record
+    # Deleted before the promotion: it was signed without one, and a sample planted after it was read as the
+    # champion's reference by the monitor and the next drift gate.
+    reference.unlink()
+    with pytest.raises(RegistryError, match="register it again"):
+        promote_from_checkout()
+    assert project.champion == v1 and len(project.audit()) == entries
     reference.write_bytes(honest)
     outcome = promote_from_checkout()
     assert outcome.promoted and project.champion == v2
