@@ -18,7 +18,7 @@ from fraudguard.serving.redis_state import RedisFeatureStore
 from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction, StateUnavailable
 
 from local_services import RedisServer, free_port
-from state_samples import random_transactions, raw_transaction
+from state_samples import random_transactions, raw_transaction, same_instant_pieces, scored_in_some_serial_order
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +129,13 @@ def test_concurrent_replicas_scoring_a_split_payment_each_see_the_pieces_before_
     replicas = [open_store(settings) for _ in range(4)]  # four gateway replicas: four connections
     t = dt.datetime(2024, 7, 29, 13, 45)
     for round_ in range(5):  # a card's payment split into 8 pieces at one instant, sent to all replicas at once
-        pieces = [RawTransaction(1000 * round_ + k, t, 500 + round_, 7, 100.0 + k) for k in range(8)]
+        pieces = same_instant_pieces([1000 * round_ + k for k in range(8)], t, customer=500 + round_)
         found = _score_concurrently(replicas, pieces)
-        order = sorted(range(len(pieces)), key=lambda k: found[k]["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"])
-        # whatever order the server ran them in, the k-th saw exactly the k - 1 before it
-        assert [found[k]["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] for k in order] == list(range(1, len(pieces) + 1))
-        for i, k in enumerate(order):
-            spent = sum(pieces[j].amount for j in order[:i + 1])
-            assert found[k]["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] == pytest.approx(spent), (round_, i)
+        # whatever order the server ran them in, each counted exactly the lower-id pieces run before it
+        assert scored_in_some_serial_order(pieces, {pieces[k].transaction_id: f for k, f in enumerate(found)}), found
+        after = replicas[round_ % 4].features(RawTransaction(10**6 + round_, t + dt.timedelta(seconds=1),
+                                                             500 + round_, 7, 0.5))
+        assert after["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] == 9 and after["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] == 255.5
     assert replicas[0].count() == 40
 
 
@@ -173,3 +172,21 @@ def test_an_unreachable_redis_is_state_unavailable_without_its_password(small_se
     with pytest.raises(StateUnavailable) as info:
         open_store(small_settings.featurize, url)
     assert "127.0.0.1" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_redis_counts_payments_at_the_same_instant_by_id_as_compute_features_does(small_settings, open_store):
+    # Arriving 11 then 10 (same card, same instant), payment 10 counted 11 as earlier: 1-hour spend 130, not 100.
+    settings = small_settings.featurize.model_copy(update={"label_delay_days": 0})
+    at = pd.Timestamp("2024-05-01 12:00:00")
+    frame = pd.DataFrame({"TRANSACTION_ID": [1, 10, 11], "TX_DATETIME": [at - pd.Timedelta(hours=5), at, at],
+                          "CUSTOMER_ID": [3, 3, 3], "TERMINAL_ID": [7, 7, 7], "TX_AMOUNT": [5.0, 100.0, 30.0],
+                          "TX_FRAUD": [1, 0, 0]})
+    offline = compute_features(frame, settings).set_index("TRANSACTION_ID")
+    store = open_store(settings)
+    rows = {int(row.TRANSACTION_ID): raw_transaction(row) for row in frame.itertuples()}
+    store.add(rows[1])
+    store.record_label(1, True, rows[1].time)
+    store.add(rows[11])
+    online = store.features(rows[10])
+    for name in feature_names(settings):
+        assert online[name] == pytest.approx(float(offline.loc[10, name])), name

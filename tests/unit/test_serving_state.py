@@ -14,7 +14,12 @@ from fraudguard.errors import DataError
 from fraudguard.features import compute_features, feature_names, terminal_risk
 from fraudguard.serving.predictions import load_prediction_log
 from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction
-from state_samples import random_transactions, raw_transaction
+from state_samples import (
+    random_transactions,
+    raw_transaction,
+    same_instant_pieces,
+    scored_in_some_serial_order,
+)
 
 
 def test_store_replay_equals_compute_features_with_labels_dated_at_the_delay(tmp_path, small_settings):
@@ -77,8 +82,7 @@ def test_two_connections_scoring_one_card_at_once_each_see_the_pieces_before_it(
     settings = small_settings.featurize
     FeatureStore(tmp_path / "s.sqlite", settings).close()
     stores = [FeatureStore(tmp_path / "s.sqlite", settings) for _ in range(2)]  # two processes' connections
-    t = dt.datetime(2024, 7, 29, 13, 45)
-    pieces = [RawTransaction(k, t, 42, 7, 100.0 + k) for k in range(8)]
+    pieces = same_instant_pieces(list(range(8)), dt.datetime(2024, 7, 29, 13, 45), customer=42)
     barrier, found, errors = threading.Barrier(len(pieces)), {}, []
     locks = [threading.Lock(), threading.Lock()]  # one connection is used by one thread at a time, as in a gateway
 
@@ -86,7 +90,7 @@ def test_two_connections_scoring_one_card_at_once_each_see_the_pieces_before_it(
         try:
             barrier.wait(timeout=10)
             with locks[k % 2]:
-                found[k] = stores[k % 2].score_and_add(pieces[k])
+                found[pieces[k].transaction_id] = stores[k % 2].score_and_add(pieces[k])
         except Exception as exc:
             errors.append(exc)
 
@@ -96,11 +100,15 @@ def test_two_connections_scoring_one_card_at_once_each_see_the_pieces_before_it(
     for thread in threads:
         thread.join(timeout=30)
     assert not errors, errors
-    assert sorted(f["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] for f in found.values()) == list(range(1, len(pieces) + 1))
+    assert scored_in_some_serial_order(pieces, found), found
     assert stores[0].count() == len(pieces)
+    # and nothing was lost: a payment a second later counts all eight
+    after = stores[1].score_and_add(RawTransaction(99, pieces[0].time + dt.timedelta(seconds=1), 42, 7, 0.5))
+    assert after["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"] == 9 and after["CUSTOMER_ID_SPEND_1HOUR_WINDOW"] == 255.5
     with pytest.raises(DuplicateTransaction):
         stores[1].score_and_add(pieces[0])
-    assert stores[0].count() == len(pieces)
+    assert stores[0].count() == len(pieces) + 1
+
 
 def _decision(transaction_id: int, when: str) -> str:
     return json.dumps({"time": 1.0, "request_id": "r", "client": "bank", "model_version": 1,
@@ -195,3 +203,24 @@ def test_lines_the_column_wide_time_parse_or_the_row_merge_would_trip_on_are_ski
     assert read.frame["TRANSACTION_ID"].tolist() == [1, 6] and read.frame["TERMINAL_ID"].tolist() == [2, 2]
     assert [n for n, _ in read.skipped_lines] == [2, 3, 4, 5]
     assert "features named like transaction or decision fields (TERMINAL_ID)" in read.describe_skipped(log)
+
+
+def test_payments_at_the_same_instant_count_as_earlier_only_with_a_lower_id_whichever_arrived_first(
+        tmp_path, small_settings):
+    # compute_features orders same-instant payments by TRANSACTION_ID; the store counted whatever had arrived, so a
+    # card's two payments at 12:00:00 arriving 11 then 10 gave payment 10 a 1-hour spend of 130 online, 100 offline.
+    settings = small_settings.featurize.model_copy(update={"label_delay_days": 0})
+    at = pd.Timestamp("2024-05-01 12:00:00")
+    frame = pd.DataFrame({"TRANSACTION_ID": [1, 10, 11], "TX_DATETIME": [at - pd.Timedelta(hours=5), at, at],
+                          "CUSTOMER_ID": [3, 3, 3], "TERMINAL_ID": [7, 7, 7], "TX_AMOUNT": [5.0, 100.0, 30.0],
+                          "TX_FRAUD": [1, 0, 0]})
+    offline = compute_features(frame, settings).set_index("TRANSACTION_ID")
+    store = FeatureStore(tmp_path / "s.sqlite", settings)
+    first = raw_transaction(next(frame.itertuples()))
+    store.add(first)
+    store.record_label(1, True, first.time)
+    late = raw_transaction(frame.iloc[2:3].itertuples().__next__())   # id 11 arrives first
+    store.add(late)
+    online = store.features(raw_transaction(frame.iloc[1:2].itertuples().__next__()))  # then id 10
+    for name in feature_names(settings):
+        assert online[name] == pytest.approx(float(offline.loc[10, name])), name

@@ -221,16 +221,18 @@ class RedisFeatureStore:
         c_lo, t_lo, t_hi = self._ranges(t)
         # Exact bounds on the nanoseconds: (t - span, t] for the card, (t - d - span, t - d] for the terminal.
         cust_t, cust_amount = [], []
+        # Payments at the same instant count as earlier only with a lower TRANSACTION_ID (compute_features' order),
+        # whichever arrived first; the terminal window too when it ends at this payment (no label delay).
         for member in cust:
-            stamp, _, amount = member.split(":")
+            stamp, ident, amount = member.split(":")
             when = int(stamp)
-            if c_lo < when <= t:
+            if c_lo < when < t or (when == t and int(ident) < tx.transaction_id):
                 cust_t.append(when)
                 cust_amount.append(float(amount))
         term_t, known = [], []
         for member, label in zip(term, labels):
             when = int(member[:20])
-            if t_lo < when <= t_hi:
+            if t_lo < when < t_hi or (when == t_hi and (t_hi < t or int(member[21:41]) < tx.transaction_id)):
                 term_t.append(when)
                 fraud, _, label_t = label.partition(":")
                 known.append(1.0 if fraud == "1" and label_t and int(label_t) <= t else 0.0)

@@ -150,14 +150,18 @@ class FeatureStore:
     def features(self, tx: RawTransaction) -> dict[str, float]:
         """The transaction's derived features from the history before it (the store is not changed)."""
         t = time_ns(tx.time)
+        # Payments at the same instant are ordered as compute_features orders them, by TRANSACTION_ID: one with a
+        # higher id is not "before" this one, whichever arrived first (before, one that arrived first was counted).
         cust = self._db.execute(
-            "SELECT t, amount FROM tx WHERE customer=? AND t>? AND t<=? ORDER BY t, id",
-            (tx.customer_id, t - self._customer_span, t)).fetchall()
-        # A label counts once it is known at t: fraud recorded with a label time at or before t.
+            "SELECT t, amount FROM tx WHERE customer=? AND t>? AND (t<? OR (t=? AND id<?)) ORDER BY t, id",
+            (tx.customer_id, t - self._customer_span, t, t, tx.transaction_id)).fetchall()
+        # A label counts once it is known at t: fraud recorded with a label time at or before t. The window ends at
+        # t - delay; with no delay it ends at this payment, ties ordered by id as above.
+        end = t - self._terminal_end
         term = self._db.execute(
             "SELECT t, (fraud = 1 AND label_t IS NOT NULL AND label_t <= ?) FROM tx "
-            "WHERE terminal=? AND t>? AND t<=? ORDER BY t, id",
-            (t, tx.terminal_id, t - self._terminal_span, t - self._terminal_end)).fetchall()
+            "WHERE terminal=? AND t>? AND (t<? OR (t=? AND (? > 0 OR id<?))) ORDER BY t, id",
+            (t, tx.terminal_id, t - self._terminal_span, end, end, self._terminal_end, tx.transaction_id)).fetchall()
         cust_t = np.fromiter((r[0] for r in cust), dtype=np.int64, count=len(cust))
         cust_amount = np.fromiter((r[1] for r in cust), dtype=np.float64, count=len(cust))
         term_t = np.fromiter((r[0] for r in term), dtype=np.int64, count=len(term))
