@@ -193,6 +193,21 @@ class FeaturizeSettings(_Strict):
         return windows
 
     @model_validator(mode="after")
+    def _gap_covers_the_label_delay(self) -> "FeaturizeSettings":
+        # The days between training and test must hold the label delay: a training fraud's label is known d days
+        # after it, so with a shorter gap the model trains on labels nobody had on the first test day (a gap of 0
+        # with d = 7 trained on 1,404 such rows), and the test filter drops cards for frauds not yet known.
+        split = self.split
+        gap = (split.test_start - split.train_end).days - 1 if split.uses_dates and split.test_start \
+            and split.train_end else split.delay_gap_days
+        if gap is not None and gap < self.label_delay_days:
+            where = (f"{split.train_end} to {split.test_start} leaves {gap} day(s)" if split.uses_dates
+                     else f"delay_gap_days is {gap}")
+            raise ValueError(f"the gap between training and test must be at least label_delay_days "
+                             f"({self.label_delay_days}): {where}")
+        return self
+
+    @model_validator(mode="after")
     def _hour_windows_within_day_windows(self) -> "FeaturizeSettings":
         # The online state keeps a customer's history for the longest day window only.
         if self.windows_hours and max(self.windows_hours) > 24 * max(self.windows_days):

@@ -253,3 +253,13 @@ def test_the_redis_url_in_logs_hides_a_password_in_the_user_part_and_in_the_quer
     assert _redacted("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert _redacted("redis://cache:6379/0?db=1&password=s3cret") == "redis://cache:6379/0?db=1&password=***"
     assert _redacted("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_a_gap_shorter_than_the_label_delay_is_refused_for_periods_and_for_dates():
+    # A gap of 0 with a 7-day label delay trained on 1,404 rows whose labels nobody had on the first test day.
+    message = _refused({"featurize": {"split": {"delay_gap_days": 0}}})
+    assert "at least label_delay_days (7): delay_gap_days is 0" in message
+    message = _refused({"featurize": {"split": {
+        "train_days": None, "delay_gap_days": None, "test_days": None,
+        "train_start": "2024-03-01", "train_end": "2024-03-31", "test_start": "2024-04-01", "test_end": "2024-04-20"}}})
+    assert "at least label_delay_days (7): 2024-03-31 to 2024-04-01 leaves 0 day(s)" in message

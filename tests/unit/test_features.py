@@ -22,7 +22,7 @@ from fraudguard.features import (
 
 SETTINGS = FeaturizeSettings(
     windows_days=[1, 7, 30], windows_hours=[1], label_delay_days=7, night_end_hour=6,
-    split={"train_days": 10, "delay_gap_days": 3, "test_days": 5}, test_filter="handbook",
+    split={"train_days": 10, "delay_gap_days": 7, "test_days": 5}, test_filter="handbook",
 )
 
 # 2024-04-01 is a Monday. Hand-computed expectations are in the tests below.

@@ -22,7 +22,7 @@ from fraudguard.splitting import (
 
 SETTINGS = FeaturizeSettings(
     windows_days=[1, 7], windows_hours=[1], label_delay_days=3, night_end_hour=6,
-    split={"train_days": 5, "delay_gap_days": 1, "test_days": 3}, test_filter="handbook",
+    split={"train_days": 5, "delay_gap_days": 3, "test_days": 3}, test_filter="handbook",
 )
 
 
