@@ -237,6 +237,32 @@ class _EntityIndex:
         return np.searchsorted(self.all_times, times_ns, side="right").astype(np.int64)
 
 
+@dataclass(frozen=True)
+class _CardSums:
+    """Running totals of the amounts restarted at each card, for window sums (rows sorted by (card, time)).
+
+    One running total over the whole table made every window sum a difference of two totals of the table: its
+    rounding grew with the table's total, not the card's (a 0.01 payment's average was off by 1.7e-4 of itself
+    behind 1e6 payments of 20,000), where the gateway sums the card's own history."""
+
+    inclusive: np.ndarray    # per row: the sum of its card's amounts up to and including it
+    first: np.ndarray        # per row: the row where its card starts
+
+    @classmethod
+    def build(cls, amounts: np.ndarray, codes: np.ndarray) -> "_CardSums":
+        n = len(amounts)
+        new_card = np.ones(n, dtype=bool)
+        new_card[1:] = codes[1:] != codes[:-1]
+        first = np.maximum.accumulate(np.where(new_card, np.arange(n), 0))
+        inclusive = pd.Series(amounts).groupby(np.cumsum(new_card), sort=False).cumsum().to_numpy(np.float64)
+        return cls(inclusive, first)
+
+    def window(self, start: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Sum of the amounts of rows start..last (inclusive, one card each: start >= its card's first row)."""
+        before = np.where(start > self.first[last], self.inclusive[np.maximum(start - 1, 0)], 0.0)
+        return self.inclusive[last] - before
+
+
 def _cumsum0(values: np.ndarray) -> np.ndarray:
     out = np.zeros(len(values) + 1, dtype=np.float64)
     np.cumsum(values, out=out[1:])
@@ -268,19 +294,19 @@ def compute_features(transactions: pd.DataFrame, settings: FeaturizeSettings) ->
     # Customer windows (t - w, t]: from the first row after t - w up to and including the current row.
     cust = _EntityIndex.build(frame[CUSTOMER_ID], times)
     amounts = frame[TX_AMOUNT].to_numpy(dtype=np.float64)[cust.order]
-    amount_cs = _cumsum0(amounts)
+    card_sums = _CardSums.build(amounts, cust.codes)
     starts = cust.bounds([np.int64(o) for o in customer_window_offsets(settings)])
     for w, start in zip(windows, starts):
         end = row + 1
         count = end - start
         derived[customer_nb_tx(w)] = _scatter(cust.order, count, np.int32)
         derived[customer_avg_amount(w)] = _scatter(
-            cust.order, window_mean(amount_cs[end] - amount_cs[start], count), np.float32)
+            cust.order, window_mean(card_sums.window(start, row), count), np.float32)
     hour_starts = cust.bounds([np.int64(o) for o in customer_hour_window_offsets(settings)])
     for h, start in zip(settings.windows_hours, hour_starts):
         end = row + 1
         derived[customer_nb_tx_hours(h)] = _scatter(cust.order, end - start, np.int32)
-        derived[customer_spend_hours(h)] = _scatter(cust.order, window_spend(amount_cs[end] - amount_cs[start]),
+        derived[customer_spend_hours(h)] = _scatter(cust.order, window_spend(card_sums.window(start, row)),
                                                     np.float32)
 
     # Terminal windows (t - d - w, t - d]: labels known at t only; never the current row's own label.

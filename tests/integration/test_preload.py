@@ -14,7 +14,7 @@ def test_prepare_elsewhere_creates_the_mlflow_store_and_the_font_cache(tmp_path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("MPLCONFIGDIR", raising=False)
     registry = RegistrySettings(model_name="fraudguard", experiment="prepared-elsewhere",
-                                reference_sample_rows=10, reference_sample_seed=0)
+                                reference_sample_rows=1000, reference_sample_seed=0)
 
     prepare_elsewhere(tmp_path, registry)
 
@@ -27,7 +27,7 @@ def test_prepare_elsewhere_creates_the_mlflow_store_and_the_font_cache(tmp_path,
 
 def test_a_failure_elsewhere_is_logged_not_raised(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "no-such-scheme://store")
-    registry = RegistrySettings(model_name="fraudguard", experiment="x", reference_sample_rows=10,
+    registry = RegistrySettings(model_name="fraudguard", experiment="x", reference_sample_rows=1000,
                                 reference_sample_seed=0)
 
     prepare_elsewhere(tmp_path, registry)

@@ -425,3 +425,25 @@ def test_featurize_settings_reject_repeated_or_non_positive_windows():
     for windows in ([7, 7], [0, 7]):
         with pytest.raises(ValidationError, match="distinct positive"):
             FeaturizeSettings(**{**SETTINGS.model_dump(), "windows_days": windows})
+
+
+def test_a_cards_window_sums_do_not_carry_the_rounding_of_the_rest_of_the_table():
+    # One running total over the whole table: behind 200,000 payments of 1,000,000 a card's 0.01 payment averaged
+    # 0.01 +- 3e-5 (the total's rounding); the gateway sums the card's own history and gets 0.01.
+    from fraudguard.features import transaction_features
+
+    n = 200_000
+    big = pd.DataFrame({"TRANSACTION_ID": np.arange(n), "TX_DATETIME": pd.Timestamp("2024-04-01")
+                        + pd.to_timedelta(np.arange(n), unit="s"), "CUSTOMER_ID": np.arange(n) % 100,
+                        "TERMINAL_ID": 1, "TX_AMOUNT": 1_000_000.0, "TX_FRAUD": 0})
+    small = pd.DataFrame({"TRANSACTION_ID": [n, n + 1], "CUSTOMER_ID": [10**6, 10**6], "TERMINAL_ID": [2, 2],
+                          "TX_DATETIME": [pd.Timestamp("2024-04-03 12:00"), pd.Timestamp("2024-04-03 12:10")],
+                          "TX_AMOUNT": [0.01, 0.03], "TX_FRAUD": [0, 0]})
+    offline = compute_features(pd.concat([big, small], ignore_index=True), SETTINGS).set_index("TRANSACTION_ID")
+    first = small.iloc[0]
+    online = transaction_features(int(small["TX_DATETIME"].iloc[1].value), 2, 12, 0.03,
+                                  np.array([first.TX_DATETIME.value]), np.array([0.01]), np.array([], dtype=np.int64),
+                                  np.array([]), SETTINGS)
+    for name in ("CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW", "CUSTOMER_ID_SPEND_1HOUR_WINDOW"):
+        assert offline.loc[n + 1, name] == np.float32(online[name]), name
+    assert offline.loc[n, "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == np.float32(0.01)
