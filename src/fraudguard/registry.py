@@ -504,10 +504,30 @@ def read_state(client: "MlflowClient", model_name: str, verifier: Verifier,
         if not (refreshing_checkpoint and envelope is None):
             problem = checkpoint_problem(model_name, state.entries, envelope, verifier,
                                          accept_expired=refreshing_checkpoint)
+        if not problem and not state.entries and envelope is None:
+            problem = judged_without_a_log(client, model_name)
     if problem:
         raise AuditError(f"audit log of {model_name!r}: {problem}")
     pin_seen_head(path, state.entries, anchor)
     return state
+
+
+def judged_without_a_log(client: "MlflowClient", model_name: str) -> str:
+    """Why an empty audit log without a checkpoint is not a model that was never judged ('' when it is one).
+
+    An empty log read as whole on a host with no anchor: deleting every entry and the checkpoint erased promotions,
+    blocks and rollbacks from the record, and blocked or rolled-back versions loaded as never-judged candidates.
+    A version's status tag is written only after a log entry about it (a commit, a block), so one beside an empty
+    log means the log was deleted. (An attestation tag is not such evidence: a promotion killed before its first
+    entry leaves one. Deleting the status tags too is caught only by a host's anchor, $FRAUDGUARD_AUDIT_ANCHOR_DIR.)"""
+    from fraudguard.names import STATUS_TAG
+
+    for mv in client.search_model_versions(f"name = '{model_name}'"):
+        status = (mv.tags or {}).get(STATUS_TAG)
+        if status:
+            return (f"the log is empty and has no checkpoint, but version {mv.version} has status {status!r}, which "
+                    "is written only after a log entry: the log and its checkpoint were deleted")
+    return ""
 
 
 def pin_seen_head(path: Path, entries: list[AuditEntry], anchor: tuple[int, str] | None) -> None:

@@ -21,6 +21,7 @@ from fraudguard.registry import (
     ChampionChange,
     anchor_path,
     anchor_problem,
+    judged_without_a_log,
     pin_seen_head,
     get_registered_tags_and_aliases,
     get_version,
@@ -100,6 +101,8 @@ def verify_registry(client: "MlflowClient", model_name: str, verifier: Verifier,
     else:
         pin_seen_head(anchor_file, entries, anchor)
     stale = checkpoint_problem(model_name, entries, tags.get(CHECKPOINT_TAG), verifier)
+    if not stale and not entries and tags.get(CHECKPOINT_TAG) is None:
+        stale = judged_without_a_log(client, model_name)
     if stale:
         problems.append(stale)
     structure, committed, open_intent = _structure_problems(entries)

@@ -435,6 +435,29 @@ def test_a_brand_new_serving_host_refuses_a_log_trimmed_back_past_a_rollback(pro
     assert refresh.returncode == 1 and "newest entries removed" in refresh.stderr, refresh.stderr[-2000:]
 
 
+def test_a_log_deleted_whole_with_its_checkpoint_is_refused_by_a_host_without_an_anchor(project, tmp_path, monkeypatch):
+    """An empty log without a checkpoint read as a model never judged: wiping every entry, the checkpoint and the
+    alias erased the rollback and the block from `audit verify` on a fresh host, and the rolled-back version loaded
+    as a never-judged candidate."""
+    from fraudguard.audit import CHECKPOINT_TAG, audit_tag_key
+    from fraudguard.errors import AuditError
+    from fraudguard.registry import read_state
+
+    v1, v2, _ = project.versions
+    project.promote_setup(v1)
+    project.promote_setup(v2)
+    assert project.fg("rollback", "--reason", "v2 misses fraud").returncode == 0 and project.champion == v1
+    for entry in project.audit():
+        project.client.delete_registered_model_tag(NAME, audit_tag_key(entry.seq))
+    project.client.delete_registered_model_tag(NAME, CHECKPOINT_TAG)
+    project.client.delete_registered_model_alias(NAME, CHAMPION_ALIAS)
+    monkeypatch.setenv("FRAUDGUARD_AUDIT_ANCHOR_DIR", str(tmp_path / "fresh-host"))
+    with pytest.raises(AuditError, match="has status .* the log and its checkpoint were deleted"):
+        read_state(project.client, NAME, load_verifier())
+    verify = project.fg("audit", "verify", env={"FRAUDGUARD_AUDIT_ANCHOR_DIR": str(tmp_path / "fresh-cli")})
+    assert verify.returncode != 0 and "were deleted" in verify.stderr + verify.stdout
+
+
 def test_the_audit_checkpoint_is_refreshed_by_the_key_holder_and_an_expired_one_needs_an_operator(project, tmp_path):
     from fraudguard.audit import CHECKPOINT_TAG
 
