@@ -463,7 +463,8 @@ def create_databases(port: int, admin_password: str, roles: dict[str, str]) -> N
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner)))
         # The lock role may connect to its own database and nothing else: advisory locks need no table rights,
         # so a pipeline host's lock password grants no write access to the tracking store.
-        for db in ("mlflow", "mlflow_auth", "prefect"):
+        # postgres and template1 too: PUBLIC may connect to them by default (superusers connect regardless).
+        for db in ("mlflow", "mlflow_auth", "prefect", "postgres", "template1"):
             conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
         conn.execute("REVOKE ALL ON DATABASE fraudguard_locks FROM PUBLIC")
         conn.execute("GRANT CONNECT ON DATABASE fraudguard_locks TO fraudguard_lock")

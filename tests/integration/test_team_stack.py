@@ -254,6 +254,15 @@ def test_advisory_lock_is_exclusive_across_connections_and_reentrant(stack):
     assert "still held" in str(outcome.get("error")), outcome
     with registry_lock(client, timeout_s=5):  # released on exit
         pass
+    # The lock role reaches its own database only (PUBLIC could connect to postgres and template1 by default).
+    import psycopg
+
+    lock_url = os.environ["FRAUDGUARD_REGISTRY_LOCK_URL"]
+    with psycopg.connect(lock_url, connect_timeout=5):
+        pass
+    for other in ("postgres", "template1", "mlflow", "prefect"):
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            psycopg.connect(lock_url.rsplit("/", 1)[0] + "/" + other, connect_timeout=5)
 
 
 _WORKER = textwrap.dedent("""
