@@ -24,6 +24,12 @@ from fraudguard.files import sha256_file, write_json
 
 PREPROCESS_FORMAT_VERSION = 1
 _PREDICT_CHUNK = 65536
+# Bounds on a bundle's architecture, checked before anything is allocated: a signed preprocess.json of a few
+# bytes with hidden_sizes [10**9] made the loader allocate ~96 GB before it compared the weights' shapes.
+MAX_FEATURES = 1024
+MAX_HIDDEN_LAYERS = 8
+MAX_HIDDEN_WIDTH = 4096
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # fraudguard.features' names: customer_avg_amount / customer_nb_tx (day windows), customer_spend_hours.
@@ -178,9 +184,17 @@ class Standardizer:
         return cls(features=features, mean=mean, std=std)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """The frame's feature columns, standardized, as float32 (N, n_features)."""
+        """The frame's feature columns, standardized, as float32 (N, n_features). ModelError naming the feature
+        when a value is finite in float64 but not once standardized in float32 (1e300 scored NaN: never flagged)."""
         values = _feature_matrix(frame, self.features, dtype=np.float64)
-        return ((values - self.mean) / self.std).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = ((values - self.mean) / self.std).astype(np.float32)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ModelError(f"feature {self.features[col]!r} = {float(values[row, col])!r} (row {row}) is out of the "
+                             "model's range: it overflows once standardized")
+        return out
 
     def inverse_transform(self, x: np.ndarray) -> np.ndarray:
         """Standardized values back to real units (float64)."""
@@ -201,12 +215,22 @@ class Standardizer:
             std = np.asarray(data["std"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"standardizer: malformed data ({exc})") from exc
-        if not (len(features) == mean.shape[0] == std.shape[0]) or mean.ndim != 1:
+        if mean.ndim != 1 or std.ndim != 1 or not (len(features) == mean.shape[0] == std.shape[0]):
             raise ModelError(
                 f"standardizer: {len(features)} features but {mean.shape} means and {std.shape} stds"
             )
-        if not np.all(np.isfinite(mean)) or not np.all(std > 0):
-            raise ModelError("standardizer: means must be finite and stds > 0")
+        if not 0 < len(features) <= MAX_FEATURES or len(set(features)) != len(features):
+            raise ModelError(f"standardizer: features must be 1 to {MAX_FEATURES} distinct names, got "
+                             f"{len(features)} ({len(features) - len(set(features))} repeated)")
+        # Finite, and finite once standardized in float32: an infinite std passed `> 0`, a huge mean or a tiny std
+        # overflowed float32, and every score came out NaN (never flagged).
+        with np.errstate(over="ignore", divide="ignore"):
+            scale = 1.0 / std
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)
+                and np.all(np.abs(mean) < _FLOAT32_MAX) and np.all(std < _FLOAT32_MAX)
+                and np.all(np.isfinite(scale)) and np.all(scale < _FLOAT32_MAX)):
+            raise ModelError("standardizer: means and stds must be finite float32 numbers, stds > 0 with a finite "
+                             "reciprocal")
         return cls(features=features, mean=mean, std=std)
 
 
@@ -260,8 +284,13 @@ class ModelBundle:
         return out
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """P(fraud) for each row of a feature frame, shape (N,)."""
-        return self.predict_proba_standardized(self.standardizer.transform(frame))
+        """P(fraud) for each row of a feature frame, shape (N,); ModelError when the model gives no finite score
+        (a NaN compared with the threshold reads as "not fraud")."""
+        proba = self.predict_proba_standardized(self.standardizer.transform(frame))
+        if not np.all(np.isfinite(proba)):
+            raise ModelError(f"the model returned a non-finite score for {int((~np.isfinite(proba)).sum())} of "
+                             f"{len(proba)} rows")
+        return proba
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Boolean decision per row at the bundle's operating threshold."""
@@ -296,6 +325,36 @@ def save_bundle(bundle: ModelBundle, weights_path: Path, preprocess_path: Path) 
     return sha256_file(weights_path)
 
 
+def _number(value: Any, name: str, low: float, high: float, upper_open: bool = False) -> float:
+    """A JSON number (not a boolean or a string) within [low, high] (or [low, high))."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (low <= value < high if upper_open else low <= value <= high):
+        raise ModelError(f"{name} must be a number in [{low:g}, {high:g}{')' if upper_open else ']'}, got {value!r}")
+    return float(value)
+
+
+def _hidden_sizes(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_HIDDEN_LAYERS or not all(
+            isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_HIDDEN_WIDTH for h in value):
+        raise ModelError(f"hidden_sizes must be 1 to {MAX_HIDDEN_LAYERS} widths of 1 to {MAX_HIDDEN_WIDTH}, "
+                         f"got {str(value)[:80]}")
+    return tuple(value)
+
+
+def _check_stored_archive(weights_path: Path) -> None:
+    """torch.save writes an uncompressed zip; torch.load also inflates deflated entries, so a 600 KB file held a
+    600 MB tensor. Only stored (uncompressed) entries are accepted: what is read is then at most the file's size."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(weights_path) as archive:
+            packed = [info.filename for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{weights_path}: not a torch.save archive: {exc}") from exc
+    if packed:
+        raise ModelError(f"{weights_path}: compressed entries ({', '.join(packed[:3])}): torch.save writes none")
+
+
 def load_bundle(
     weights_path: Path, preprocess_path: Path, expected_sha256: str | None = None
 ) -> ModelBundle:
@@ -316,15 +375,15 @@ def load_bundle(
             )
     try:
         meta = json.loads(preprocess_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{preprocess_path}: not readable JSON: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{preprocess_path}: not readable JSON: {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(meta, dict):
         raise ModelError(f"{preprocess_path}: top level must be an object")
     try:
         standardizer = Standardizer.from_dict(meta)
-        hidden_sizes = tuple(int(h) for h in meta["hidden_sizes"])
-        dropout = float(meta["dropout"])
-        threshold = float(meta["threshold"])
+        hidden_sizes = _hidden_sizes(meta["hidden_sizes"])
+        dropout = _number(meta["dropout"], "dropout", 0.0, 1.0, upper_open=True)
+        threshold = _number(meta["threshold"], "threshold", 0.0, 1.0)
         linear_term = meta.get("linear_term", False)
         history_inputs = meta.get("history_inputs", False)
         history_contrasts = meta.get("history_contrasts", False)
@@ -336,12 +395,16 @@ def load_bundle(
                               history_inputs=history_inputs, history_contrasts=history_contrasts)
     except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise ModelError(f"{preprocess_path}: malformed preprocessing file: {exc}") from exc
-    if not math.isfinite(threshold):
-        raise ModelError(f"{preprocess_path}: threshold must be finite, got {threshold}")
+    _check_stored_archive(weights_path)
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types (pickle, zip, runtime) for a bad file
         raise ModelError(f"{weights_path}: not a loadable weights-only state_dict: {exc}") from exc
+    if isinstance(state, dict):
+        for key, tensor in state.items():
+            # load_state_dict casts: int64 weights changed the scores, a complex one lost its imaginary part.
+            if isinstance(tensor, torch.Tensor) and (not tensor.is_floating_point() or not torch.isfinite(tensor).all()):
+                raise ModelError(f"{weights_path}: weight {key!r} is not finite floating point ({tensor.dtype})")
     try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:

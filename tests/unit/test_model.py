@@ -318,3 +318,73 @@ def test_history_contrasts_bundle_round_trips_and_need_the_history_inputs(tmp_pa
     (tmp_path / "preprocess.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="history_contrasts must be true or false"):
         load_bundle(tmp_path / "model.pt", tmp_path / "preprocess.json")
+
+
+def _edited(tmp_path, **changes):
+    save_bundle(_bundle(), tmp_path / "model.pt", tmp_path / "preprocess.json")
+    meta = json.loads((tmp_path / "preprocess.json").read_text())
+    meta.update(changes)
+    (tmp_path / "preprocess.json").write_text(json.dumps(meta))
+    return tmp_path / "model.pt", tmp_path / "preprocess.json"
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"hidden_sizes": [10**9]}, "hidden_sizes must be"),          # allocated ~96 GB before the shape check
+    ({"hidden_sizes": [4000] * 40}, "hidden_sizes must be"),
+    ({"hidden_sizes": [-1]}, "hidden_sizes must be"),              # a bare RuntimeError
+    ({"threshold": -1}, "threshold must be a number in"),          # flagged every row
+    ({"threshold": 2.0}, "threshold must be a number in"),         # flagged none
+    ({"threshold": True}, "threshold must be a number in"),        # read as 1.0
+    ({"threshold": "0.5"}, "threshold must be a number in"),
+    ({"dropout": float("nan")}, "dropout must be a number in"),    # loaded, every predict raised
+    ({"std": [float("inf")] * 3}, "finite float32"),               # passed `> 0`: every score NaN
+    ({"std": [1e-300] * 3}, "finite float32"),
+    ({"mean": [1e300] * 3}, "finite float32"),
+    ({"std": [[1.0, 1.0, 1.0]] * 3}, "3 features but"),            # 2-D: history inputs read a row, not a number
+    ({"features": ["TX_AMOUNT", "TX_AMOUNT", "TX_DURING_NIGHT"]}, "distinct names"),
+])
+def test_a_preprocessing_file_out_of_range_is_refused_naming_the_field_before_anything_is_allocated(
+        tmp_path, changes, named):
+    weights, preprocess = _edited(tmp_path, **changes)
+    with pytest.raises(ModelError, match=named):
+        load_bundle(weights, preprocess)
+
+
+def test_deeply_nested_json_is_a_model_error_not_a_recursion_error(tmp_path):
+    weights, preprocess = _edited(tmp_path)
+    preprocess.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelError, match="not readable JSON"):
+        load_bundle(weights, preprocess)
+
+
+@pytest.mark.parametrize("poison", ["nan", "int", "compressed"])
+def test_weights_that_are_not_finite_floats_or_a_compressed_archive_are_refused(tmp_path, poison):
+    import zipfile
+
+    weights, preprocess = _edited(tmp_path)
+    state = torch.load(weights, weights_only=True)
+    first = next(iter(state))
+    if poison == "nan":
+        state[first] = state[first].clone().fill_(float("nan"))   # loaded, scored NaN: never flagged
+    elif poison == "int":
+        state[first] = state[first].round().to(torch.int64)         # silently cast, other scores
+    torch.save(state, weights)
+    if poison == "compressed":  # torch.load inflates deflated entries: 600 KB held 600 MB
+        packed = tmp_path / "packed.pt"
+        with zipfile.ZipFile(weights) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+        weights = packed
+    with pytest.raises(ModelError, match="not finite floating point|compressed entries"):
+        load_bundle(weights, preprocess)
+
+
+def test_a_value_that_overflows_once_standardized_is_refused_not_scored_nan(tmp_path):
+    # 1e300 is finite in float64: it became inf in float32, the score NaN, and `NaN >= threshold` "not fraud".
+    from fraudguard.pyfunc_model import score_frame
+
+    bundle = _bundle()
+    frame = _frame(5, 3)
+    frame.loc[2, "TX_AMOUNT"] = 1e300
+    with pytest.raises(ModelError, match="'TX_AMOUNT' = 1e\\+300 \\(row 2\\) is out of the model's range"):
+        score_frame(bundle, frame)
