@@ -53,3 +53,12 @@ def scored_in_some_serial_order(pieces: list[RawTransaction], found: dict[int, d
             return False
         done.update(ready)
     return True
+
+
+def same_instant_frame():
+    """Raw rows of one card: a fraud five hours earlier (id 1), then payments 10 (100.0) and 11 (30.0) at the same
+    instant, as compute_features reads them (ties by TRANSACTION_ID)."""
+    at = pd.Timestamp("2024-05-01 12:00:00")
+    return pd.DataFrame({"TRANSACTION_ID": [1, 10, 11], "TX_DATETIME": [at - pd.Timedelta(hours=5), at, at],
+                         "CUSTOMER_ID": [3, 3, 3], "TERMINAL_ID": [7, 7, 7], "TX_AMOUNT": [5.0, 100.0, 30.0],
+                         "TX_FRAUD": [1, 0, 0]})

@@ -18,7 +18,13 @@ from fraudguard.serving.redis_state import RedisFeatureStore
 from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTransaction, StateUnavailable
 
 from local_services import RedisServer, free_port
-from state_samples import random_transactions, raw_transaction, same_instant_pieces, scored_in_some_serial_order
+from state_samples import (
+    random_transactions,
+    raw_transaction,
+    same_instant_frame,
+    same_instant_pieces,
+    scored_in_some_serial_order,
+)
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +183,7 @@ def test_an_unreachable_redis_is_state_unavailable_without_its_password(small_se
 def test_redis_counts_payments_at_the_same_instant_by_id_as_compute_features_does(small_settings, open_store):
     # Arriving 11 then 10 (same card, same instant), payment 10 counted 11 as earlier: 1-hour spend 130, not 100.
     settings = small_settings.featurize.model_copy(update={"label_delay_days": 0})
-    at = pd.Timestamp("2024-05-01 12:00:00")
-    frame = pd.DataFrame({"TRANSACTION_ID": [1, 10, 11], "TX_DATETIME": [at - pd.Timedelta(hours=5), at, at],
-                          "CUSTOMER_ID": [3, 3, 3], "TERMINAL_ID": [7, 7, 7], "TX_AMOUNT": [5.0, 100.0, 30.0],
-                          "TX_FRAUD": [1, 0, 0]})
+    frame = same_instant_frame()
     offline = compute_features(frame, settings).set_index("TRANSACTION_ID")
     store = open_store(settings)
     rows = {int(row.TRANSACTION_ID): raw_transaction(row) for row in frame.itertuples()}

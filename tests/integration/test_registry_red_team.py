@@ -8,6 +8,7 @@ configured gate (fast); the promotions under test run the real gates under a len
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -814,15 +815,19 @@ def _promote_with_the_real_data_changes_gate(project: Project, version: int):
     return outcome, next(r for r in results if r.name == DATA_CHANGES)
 
 
+# What validate records for data whose fraud rate moved beyond the factor (labels flipped by an import).
+FRAUD_RATE_CHANGE_FOUND = {"inputs": {"data/raw/transactions.parquet": "a" * 32},
+                           "history": {"checked": True, "label_changes": 611, "changed_history": 0},
+                           "fraud_rate_change": {"checked": True, "previous": 0.0089, "current": 0.0062,
+                                                 "factor": 1.43, "max_factor": 1.25, "exceeded": True}}
+
+
 def test_a_validation_report_rewritten_in_the_candidates_run_is_never_the_data_gates_reading(project):
     """The data_changes gate's verdict is signed. It judges the validation report of the checkout the gates read;
     the candidate run's copy in the store (which an insider can rewrite) must name the same data and agree."""
     v1, v2, _ = project.versions
     project.promote_setup(v1)
-    found = {"inputs": {"data/raw/transactions.parquet": "a" * 32},
-             "history": {"checked": True, "label_changes": 611, "changed_history": 0},
-             "fraud_rate_change": {"checked": True, "previous": 0.0089, "current": 0.0062, "factor": 1.43,
-                                   "max_factor": 1.25, "exceeded": True}}
+    found = copy.deepcopy(FRAUD_RATE_CHANGE_FOUND)
     (project.root / "reports" / "validation.json").write_text(json.dumps(found))  # what validate found here
     run_copy = _run_artifact(project, v2, "reports/validation.json")
     assert run_copy.is_file()
@@ -852,10 +857,7 @@ def test_an_acknowledgement_nobody_committed_does_not_pass_the_data_gate_of_a_pr
 
     v1, v2, _ = project.versions
     project.promote_setup(v1)
-    found = {"inputs": {"data/raw/transactions.parquet": "a" * 32},
-             "history": {"checked": True, "label_changes": 611, "changed_history": 0},
-             "fraud_rate_change": {"checked": True, "previous": 0.0089, "current": 0.0062, "factor": 1.43,
-                                   "max_factor": 1.25, "exceeded": True}}
+    found = copy.deepcopy(FRAUD_RATE_CHANGE_FOUND)
     (project.root / "reports" / "validation.json").write_text(json.dumps(found))
     _run_artifact(project, v2, "reports/validation.json").write_text(json.dumps(found))
     acks = project.settings.gates.data_changes.acknowledgements

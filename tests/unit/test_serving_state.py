@@ -17,6 +17,7 @@ from fraudguard.serving.state import DuplicateTransaction, FeatureStore, RawTran
 from state_samples import (
     random_transactions,
     raw_transaction,
+    same_instant_frame,
     same_instant_pieces,
     scored_in_some_serial_order,
 )
@@ -210,10 +211,7 @@ def test_payments_at_the_same_instant_count_as_earlier_only_with_a_lower_id_whic
     # compute_features orders same-instant payments by TRANSACTION_ID; the store counted whatever had arrived, so a
     # card's two payments at 12:00:00 arriving 11 then 10 gave payment 10 a 1-hour spend of 130 online, 100 offline.
     settings = small_settings.featurize.model_copy(update={"label_delay_days": 0})
-    at = pd.Timestamp("2024-05-01 12:00:00")
-    frame = pd.DataFrame({"TRANSACTION_ID": [1, 10, 11], "TX_DATETIME": [at - pd.Timedelta(hours=5), at, at],
-                          "CUSTOMER_ID": [3, 3, 3], "TERMINAL_ID": [7, 7, 7], "TX_AMOUNT": [5.0, 100.0, 30.0],
-                          "TX_FRAUD": [1, 0, 0]})
+    frame = same_instant_frame()
     offline = compute_features(frame, settings).set_index("TRANSACTION_ID")
     store = FeatureStore(tmp_path / "s.sqlite", settings)
     first = raw_transaction(next(frame.itertuples()))
