@@ -520,7 +520,7 @@ def test_served_threshold_edit_refuses_to_load(project):
     project.promote_setup(v1)
     preprocess = _served_dir(project, v1) / "artifacts" / "preprocess.json"
     meta = json.loads(preprocess.read_text())
-    meta["threshold"] = 2.0  # nothing would ever be flagged
+    meta["threshold"] = 1.0  # nothing would ever be flagged (in range: the loader refuses > 1)
     preprocess.write_text(json.dumps(meta))
     refused = _load_champion(project)
     assert refused.returncode != 0 and "preprocess.json" in refused.stderr
@@ -667,7 +667,7 @@ def test_served_files_edited_after_registration_are_refused_before_any_gate(proj
     entries = len(project.audit())
     served_preprocess = _served_dir(project, v2) / "artifacts" / "preprocess.json"
     registered = served_preprocess.read_bytes()
-    _set_served_threshold(project, v2, 2.0)  # insider: the served copy, not the run's bundle/ folder
+    _set_served_threshold(project, v2, 1.0)  # insider: the served copy, not the run's bundle/ folder
     seen: list = []
     with pytest.raises(ModelError, match="preprocess.json.*differ from what `fraudguard register` signed"):
         _prepare_promotion(project, v2, _recording_gates(seen))
@@ -715,7 +715,7 @@ def test_served_files_edited_while_registration_runs_are_never_signed(project):
                     meta = json.loads(preprocess.read_text())
                 except (OSError, ValueError):
                     continue  # not uploaded yet
-                preprocess.write_text(json.dumps({**meta, "threshold": 2.0}))
+                preprocess.write_text(json.dumps({**meta, "threshold": 1.0}))
                 edited.set()
                 return
             time.sleep(0.001)
@@ -751,7 +751,7 @@ def test_a_version_registered_in_the_store_without_the_pipeline_key_is_never_pro
     model_dir = tmp_path / "model"
     shutil.copytree(_served_dir(project, v2), model_dir)
     meta = json.loads((model_dir / "artifacts" / "preprocess.json").read_text())
-    (model_dir / "artifacts" / "preprocess.json").write_text(json.dumps({**meta, "threshold": 2.0}))
+    (model_dir / "artifacts" / "preprocess.json").write_text(json.dumps({**meta, "threshold": 1.0}))
     source = project.client.get_model_version(NAME, str(v2))
     run = project.client.create_run(project.client.get_run(source.run_id).info.experiment_id)
     project.client.log_artifacts(run.info.run_id, str(model_dir), "model")
@@ -784,7 +784,7 @@ def test_served_files_swapped_after_the_gates_ran_are_never_signed_or_promoted(p
     run = prepare(project.client, project.root, project.settings, v2,
                   policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
     results, durations = run_gates(run)
-    _set_served_threshold(project, v2, 2.0)  # insider: between the gates' verdict and the signature
+    _set_served_threshold(project, v2, 1.0)  # insider: between the gates' verdict and the signature
     with pytest.raises(ModelError, match="changed after the gates tested them"):
         decide(project.client, run, results, durations, actor="red-team")
     assert project.champion == v1 and len(project.audit()) == entries_before
@@ -928,7 +928,7 @@ def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_r
     # bundle/ copy, with its sha256 tag rewritten to match (what the gates used to load).
     planted = _run_artifact(project, v1, PREPROCESS_ARTIFACT)
     meta = json.loads(planted.read_text())
-    meta["threshold"] = 2.0
+    meta["threshold"] = 1.0
     planted.write_text(json.dumps(meta))
     project.client.set_model_version_tag(NAME, str(v1), PREPROCESS_SHA_TAG, sha256_file(planted))
     seen: list = []
@@ -942,7 +942,7 @@ def test_a_worse_champion_copy_planted_in_the_store_is_never_the_quality_gates_r
     entries_before = len(project.audit())
     served = _served_dir(project, v1) / "artifacts" / "preprocess.json"
     signed_bytes = served.read_bytes()
-    _set_served_threshold(project, v1, 2.0)
+    _set_served_threshold(project, v1, 1.0)
     with pytest.raises(RegistryError, match="differ from the signed attestation"):
         prepare(project.client, project.root, project.settings, v2,
                 policy=committed_policy(project.root, project.settings), gates=all_passing_gates())
@@ -965,7 +965,7 @@ def test_the_red_team_suite_attacks_the_signed_champion_and_refuses_an_altered_o
     bundle, described = load_target(ProjectPaths.at(project.root), project.settings.registry, "champion",
                                     tmp_path / "first")
     assert described.startswith(f"champion (version {v1}, attestation ")
-    _set_served_threshold(project, v1, 2.0)  # attacking a planted copy would report on a model nobody serves
+    _set_served_threshold(project, v1, 1.0)  # attacking a planted copy would report on a model nobody serves
     with pytest.raises(ModelError, match="differ from the signed attestation"):
         load_target(ProjectPaths.at(project.root), project.settings.registry, "champion", tmp_path / "second")
 
