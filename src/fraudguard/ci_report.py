@@ -430,15 +430,15 @@ def ci_profile_changes(root: Path, base_rev: str, head_rev: str | None,
     """(key, base value, head value) for every key of the CI profile that differs between base_rev and head_rev
     (the working tree's file when None); a file missing on one side reads as empty."""
     from fraudguard.config import flat_keys, load_params_yaml
+    from fraudguard.policy import CommittedTree
 
     def at(rev: str | None) -> dict[str, Any]:
         if rev is None:
             path = root / profile
             text = path.read_text(encoding="utf-8") if path.is_file() else ""
         else:
-            shown = subprocess.run(["git", "show", "--end-of-options", f"{rev}:{profile.as_posix()}"], cwd=root,  # nosec B603 B607 - git, fixed argv, no shell
-                                   capture_output=True, text=True, check=False)
-            text = shown.stdout if shown.returncode == 0 else ""
+            tree = CommittedTree.resolve(root, rev)
+            text = (tree.read_text(profile) if tree is not None else None) or ""
         return flat_keys(load_params_yaml(text, f"{profile} at {rev or 'the working tree'}") or {})
 
     base, head = at(base_rev), at(head_rev)

@@ -338,22 +338,21 @@ def data_dvc_at_revision(root: Path, revision: str) -> str:
     """The text of data.dvc in the git commit `revision` names; DataVersionError naming the revision when it names
     no commit of root's repository or that commit has no data.dvc. Nothing is written.
 
-    The revision is resolved to a commit first (`git rev-parse --verify --end-of-options REV^{commit}`): passed on as
-    it came, `--output=/some/path` was an option of `git show`, which wrote a file there and an empty data.dvc."""
-    git = shutil.which("git")
-    if git is None:
-        raise DataVersionError("git is not installed; cannot read data.dvc at a revision")
-    resolved = subprocess.run([git, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],  # nosec B603 - fixed argv, no shell
-                              cwd=root, capture_output=True, text=True, check=False)
-    commit = resolved.stdout.strip()
-    if resolved.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
-        raise DataVersionError(f"data revision {revision!r} names no commit of {root}")
-    shown = subprocess.run([git, "show", f"{commit}:data.dvc"], cwd=root,  # nosec B603 - fixed argv, no shell
-                           capture_output=True, text=True, check=False)
-    if shown.returncode != 0:
-        raise DataVersionError(f"data revision {revision!r} ({commit[:12]}): cannot read data.dvc: "
-                               f"{shown.stderr.strip()}")
-    return shown.stdout
+    The revision is resolved to a commit first (policy.CommittedTree.resolve): passed on as it came,
+    `--output=/some/path` was an option of `git show`, which wrote a file there and an empty data.dvc."""
+    from fraudguard.errors import PolicyError
+    from fraudguard.policy import CommittedTree
+
+    try:
+        tree = CommittedTree.resolve(root, revision)
+        if tree is None:
+            raise DataVersionError(f"data revision {revision!r} names no commit of {root}")
+        text = tree.read_text(Path("data.dvc"))
+    except PolicyError as exc:
+        raise DataVersionError(f"data revision {revision!r}: {exc}") from exc
+    if text is None:
+        raise DataVersionError(f"data revision {revision!r} ({tree.commit[:12]}): holds no data.dvc")
+    return text
 
 
 def data_dvc_md5(text: str, source: str) -> str:

@@ -8,6 +8,7 @@ nothing and says which policy it used.
 
 from __future__ import annotations
 
+import re
 import subprocess  # nosec B404 - git with fixed arguments, no shell
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,22 @@ class CommittedTree:
 
     root: Path
     commit: str
+
+    @classmethod
+    def resolve(cls, root: Path, revision: str) -> "CommittedTree | None":
+        """The commit `revision` (a commit, branch or tag) names in root's repository; None when it names none.
+        Resolved with `--end-of-options`, so a revision that looks like an option (`--output=PATH`) is only ever a
+        name; PolicyError when git cannot be asked."""
+        try:
+            resolved = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options",  # nosec B603 B607 - git, fixed argv, no shell
+                                       f"{revision}^{{commit}}"], cwd=root, capture_output=True, text=True,
+                                      check=False, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise PolicyError(f"{root}: cannot resolve revision {revision!r}: {exc}") from exc
+        commit = resolved.stdout.strip()
+        if resolved.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
+            return None
+        return cls(Path(root), commit)
 
     def read_text(self, path: Path) -> str | None:
         """The text of `path` (relative to the checkout, or absolute inside it) at the commit; None when the commit

@@ -73,14 +73,7 @@ def _nosec_problem(comment: str) -> str | None:
         ours = _NOSEC_RE.search(comment)
         return None if ours is None or _reason_letters(ours.group("rest")) >= _MIN_REASON_LETTERS \
             else "no written reason"
-    quiet = logging.getLogger("bandit.core.manager")  # it warns once per word of a reason that is not a test name
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        tests = _parse_nosec_comment(comment)
-    finally:
-        quiet.setLevel(level)
-    if not tests:
+    if not _parse_nosec_comment(comment):
         return "no Bandit test named: it silences every finding on its line"
     if _reason_letters(comment[bandits.start():].replace("nosec", " ", 1)) < _MIN_REASON_LETTERS:
         return "no written reason"
@@ -95,21 +88,34 @@ def find_bare_nosec(paths: list[Path]) -> list[BareNosec]:
     """Every `nosec` comment that names no Bandit test or gives no written reason, in the Python files under
     `paths`."""
     found = []
-    for root in paths:
-        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-        for file in files:
-            try:
-                source = file.read_text(encoding="utf-8")
-                tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-            except (OSError, UnicodeDecodeError, SyntaxError, tokenize.TokenError) as exc:
-                logger.warning("%s: cannot tokenize for nosec check: %s", file, exc)
+    # Bandit's nosec parser warns once per word of a reason that is not a test name: quiet for the whole scan.
+    quiet = logging.getLogger("bandit.core.manager")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for root in paths:
+            found += _bare_nosec_under(root)
+    finally:
+        quiet.setLevel(level)
+    return found
+
+
+def _bare_nosec_under(root: Path) -> list[BareNosec]:
+    found = []
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    for file in files:
+        try:
+            source = file.read_text(encoding="utf-8")
+            tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+        except (OSError, UnicodeDecodeError, SyntaxError, tokenize.TokenError) as exc:
+            logger.warning("%s: cannot tokenize for nosec check: %s", file, exc)
+            continue
+        for tok in tokens:
+            if tok.type != tokenize.COMMENT:
                 continue
-            for tok in tokens:
-                if tok.type != tokenize.COMMENT:
-                    continue
-                problem = _nosec_problem(tok.string)
-                if problem is not None:
-                    found.append(BareNosec(str(file), tok.start[0], tok.string.strip(), problem))
+            problem = _nosec_problem(tok.string)
+            if problem is not None:
+                found.append(BareNosec(str(file), tok.start[0], tok.string.strip(), problem))
     return found
 
 
